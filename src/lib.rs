@@ -10,3 +10,9 @@ pub mod proto {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("jobs.v1");
 }
+pub mod exec;
+pub mod job;
+pub mod output;
+pub mod tls;
+pub mod server;
+pub mod client;

@@ -1,0 +1,358 @@
+//! TCP + TLS connection set-up for the client, and what its failures mean.
+
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::ClientError;
+
+/// Why a connection could not be set up, with the likely cause spelled out.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// TCP failed: nothing listening, unreachable, or refused.
+    #[error("TCP connection failed ({0}); is jobsd running and listening on that address?")]
+    Tcp(#[source] io::Error),
+    /// The server's certificate was not accepted by us.
+    #[error("the server's certificate is not trusted: {0}{hint}", hint = server_hint(.0))]
+    ServerCertificate(#[source] rustls::Error),
+    /// The server refused our certificate (it sent this TLS alert).
+    #[error(
+        "the server refused our client certificate (TLS alert: {alert}); it may be expired or not yet valid, issued by a CA the server does not trust, or not made for client authentication (use a certificate from `jobs-ca client`)"
+    )]
+    ClientCertificateRefused {
+        /// The alert, as rustls names it.
+        alert: String,
+    },
+    /// Any other TLS failure.
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The server closed the connection right after the handshake without a
+    /// TLS alert; most often it refused our certificate.
+    #[error(
+        "the server closed the connection during the handshake; it most likely refused our client certificate"
+    )]
+    ClosedDuringHandshake,
+    /// Something else (the detail is in the source).
+    #[error("connection failed: {0}")]
+    Other(String),
+}
+
+fn server_hint(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            " (it was not issued by the CA given with --ca / JOBS_CA)"
+        }
+        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            " (dial a name or address listed in its subject alternative names, or reissue it with `jobs-ca server --san`)"
+        }
+        _ => "",
+    }
+}
+
+impl ConnectError {
+    /// Classifies an I/O error from the TCP connect or the TLS handshake.
+    fn from_io(e: io::Error) -> Self {
+        if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            return Self::from_rustls(tls.clone());
+        }
+        match e.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe => Self::ClosedDuringHandshake,
+            _ => Self::Other(e.to_string()),
+        }
+    }
+
+    fn from_rustls(e: rustls::Error) -> Self {
+        match e {
+            rustls::Error::InvalidCertificate(_) => Self::ServerCertificate(e),
+            rustls::Error::AlertReceived(alert) => Self::ClientCertificateRefused {
+                alert: format!("{alert:?}"),
+            },
+            other => Self::Tls(other),
+        }
+    }
+
+    /// Finds our own error in the source chain of a tonic transport error.
+    pub(super) fn from_transport(e: &tonic::transport::Error) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
+            if let Some(ours) = err.downcast_ref::<ConnectErrorBox>() {
+                return ours.0.clone_shallow();
+            }
+            source = err.source();
+        }
+        Self::Other(chain(e))
+    }
+
+    fn clone_shallow(&self) -> Self {
+        match self {
+            Self::Tcp(e) => Self::Tcp(io::Error::new(e.kind(), e.to_string())),
+            Self::ServerCertificate(e) => Self::ServerCertificate(e.clone()),
+            Self::ClientCertificateRefused { alert } => Self::ClientCertificateRefused {
+                alert: alert.clone(),
+            },
+            Self::Tls(e) => Self::Tls(e.clone()),
+            Self::ClosedDuringHandshake => Self::ClosedDuringHandshake,
+            Self::Other(s) => Self::Other(s.clone()),
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        source = err.source();
+    }
+    s
+}
+
+/// Carries a [`ConnectError`] through tonic's boxed errors.
+#[derive(Debug)]
+pub(super) struct ConnectErrorBox(ConnectError);
+
+impl fmt::Display for ConnectErrorBox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for ConnectErrorBox {}
+
+/// Host and port to dial, and the name the server's certificate must carry.
+#[derive(Clone, Debug)]
+pub(super) struct Target {
+    host: String,
+    port: u16,
+    name: ServerName<'static>,
+}
+
+impl Target {
+    /// Parses `HOST:PORT` or `[IPv6]:PORT`.
+    pub(super) fn parse(addr: &str) -> Option<Self> {
+        let (host, port) = addr.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        let host = match host.strip_prefix('[') {
+            Some(h) => h.strip_suffix(']')?,
+            None if host.contains(':') => return None,
+            None => host,
+        };
+        if host.is_empty() {
+            return None;
+        }
+        let name = match host.parse::<IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(host.to_owned()).ok()?,
+        };
+        Some(Self {
+            host: host.to_owned(),
+            port,
+            name,
+        })
+    }
+}
+
+/// The connector tonic calls for each (re)connection.
+pub(super) fn connector(
+    target: Target,
+    tls: Arc<rustls::ClientConfig>,
+) -> impl tower::Service<
+    http::Uri,
+    Response = TokioIo<Handshaken>,
+    Error = ConnectErrorBox,
+    Future = Pin<Box<dyn Future<Output = Result<TokioIo<Handshaken>, ConnectErrorBox>> + Send>>,
+> + Clone
++ Send
++ 'static {
+    let connector = TlsConnector::from(tls);
+    tower::service_fn(move |_: http::Uri| {
+        let target = target.clone();
+        let connector = connector.clone();
+        Box::pin(async move {
+            connect(&target, &connector)
+                .await
+                .map(TokioIo::new)
+                .map_err(ConnectErrorBox)
+        }) as Pin<Box<dyn Future<Output = _> + Send>>
+    })
+}
+
+async fn connect(target: &Target, connector: &TlsConnector) -> Result<Handshaken, ConnectError> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(ConnectError::Tcp)?;
+    let _ = tcp.set_nodelay(true);
+    let mut tls = connector
+        .connect(target.name.clone(), tcp)
+        .await
+        .map_err(ConnectError::from_io)?;
+    // In TLS 1.3 the server checks our certificate only after our side of the
+    // handshake is done, so a refusal arrives as an alert on the first read.
+    // The server speaks first in HTTP/2 (its SETTINGS frame), so read that
+    // much now and replay it to the HTTP/2 layer.
+    let mut first = vec![0u8; 256];
+    let n = tls.read(&mut first).await.map_err(ConnectError::from_io)?;
+    if n == 0 {
+        return Err(ConnectError::ClosedDuringHandshake);
+    }
+    first.truncate(n);
+    Ok(Handshaken {
+        prefix: first,
+        pos: 0,
+        stream: tls,
+    })
+}
+
+/// A TLS stream whose first bytes were read during set-up and are replayed.
+pub(super) struct Handshaken {
+    prefix: Vec<u8>,
+    pos: usize,
+    stream: TlsStream<TcpStream>,
+}
+
+impl AsyncRead for Handshaken {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Handshaken {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Refuses to connect with a certificate that is outside its validity period,
+/// saying which bound is crossed and by how much (the server would only say
+/// "bad certificate").
+pub(super) fn check_own_certificate(path: &std::path::Path, pem: &[u8]) -> Result<(), ClientError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    // Parse failures are reported by the TLS configuration step instead.
+    let Some(Ok(der)) = CertificateDer::pem_slice_iter(pem).next() else {
+        return Ok(());
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return Ok(());
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let not_before = cert.validity().not_before.to_datetime();
+    let not_after = cert.validity().not_after.to_datetime();
+    if now > not_after {
+        return Err(ClientError::OwnCertificate(format!(
+            "client certificate {} expired {} ago (not valid after {})",
+            path.display(),
+            human(now - not_after),
+            rfc3339(not_after)
+        )));
+    }
+    if now < not_before {
+        return Err(ClientError::OwnCertificate(format!(
+            "client certificate {} is not valid yet: it starts in {} (not valid before {}); check the clocks of this machine and the CA's",
+            path.display(),
+            human(not_before - now),
+            rfc3339(not_before)
+        )));
+    }
+    Ok(())
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// "3 days", "5 hours", "12 minutes", "40 seconds".
+fn human(d: time::Duration) -> String {
+    let s = d.whole_seconds().max(0);
+    let (n, unit) = if s >= 86_400 {
+        (s / 86_400, "day")
+    } else if s >= 3_600 {
+        (s / 3_600, "hour")
+    } else if s >= 60 {
+        (s / 60, "minute")
+    } else {
+        (s, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_into_host_port_and_server_name() {
+        let t = Target::parse("127.0.0.1:50051").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 50051));
+        assert!(matches!(t.name, ServerName::IpAddress(_)));
+        let t = Target::parse("[::1]:7").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 7));
+        let t = Target::parse("localhost:1").unwrap();
+        assert!(matches!(t.name, ServerName::DnsName(_)));
+        for bad in ["localhost", ":1", "::1:7", "host:notaport", "host:70000", "[::1:7"] {
+            assert!(Target::parse(bad).is_none(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(human(time::Duration::seconds(1)), "1 second");
+        assert_eq!(human(time::Duration::minutes(5)), "5 minutes");
+        assert_eq!(human(time::Duration::days(3) + time::Duration::hours(2)), "3 days");
+    }
+}

@@ -1,0 +1,294 @@
+//! The client side: connecting to `jobsd` over mutual TLS and calling it.
+//!
+//! This module owns how a client reaches the daemon (TCP, TLS 1.3 through
+//! rustls, HTTP/2 through tonic) and turns the vague failures of a refused
+//! handshake into errors that name the likely cause: our certificate expired,
+//! the server does not trust our CA, the server's certificate is not valid
+//! for the name we dialled. It must not print or choose exit codes; the
+//! `jobs` binary does that.
+//!
+//! Unary calls are bounded by [`ConnectOptions::timeout`]; output streams are
+//! not, since a job may stay quiet for hours. HTTP/2 keepalive PINGs
+//! ([`KEEPALIVE_INTERVAL`]) keep such streams alive through idle periods and
+//! detect a vanished server.
+
+mod connect;
+
+use std::fmt;
+use std::time::Duration;
+
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+use crate::proto;
+use crate::proto::job_service_client::JobServiceClient;
+use crate::tls::{PemFiles, TlsError};
+
+pub use connect::ConnectError;
+
+/// Default deadline for connecting and for each unary call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Interval of the client's HTTP/2 PINGs, sent also while no call is open.
+/// The server accepts pings at any rate, so this never provokes GOAWAY.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a PING may go unanswered before the connection is considered dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// HTTP/2 receive window per stream, in bytes. Together with
+/// [`CONNECTION_WINDOW`] it lets up to 15 unread streams sit on one connection
+/// without stalling the others (RFC 9113 §5.2).
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+/// HTTP/2 receive window per connection, in bytes.
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Where the daemon is and who we are.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// `HOST:PORT`; HOST is a DNS name or an IP address (IPv6 in brackets).
+    /// The server's certificate must be valid for HOST.
+    pub addr: String,
+    /// CA certificate, our certificate and our private key.
+    pub pem: PemFiles,
+    /// Deadline for connecting and for each unary call.
+    pub timeout: Duration,
+}
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The CA, certificate or key file is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Our own certificate is outside its validity period; no connection was tried.
+    #[error("{0}")]
+    OwnCertificate(String),
+    /// `addr` is not `HOST:PORT`.
+    #[error("address '{addr}' is not HOST:PORT (IPv6 as [::1]:PORT)")]
+    BadAddress {
+        /// The address given.
+        addr: String,
+    },
+    /// Connecting (TCP or TLS) failed.
+    #[error("cannot connect to {addr}")]
+    Connect {
+        /// The address dialled.
+        addr: String,
+        /// Why.
+        #[source]
+        source: ConnectError,
+    },
+    /// Connecting or a unary call took longer than the deadline.
+    #[error("no answer from {addr} within {} s", timeout.as_secs())]
+    Timeout {
+        /// The address dialled.
+        addr: String,
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// The server answered with an error status.
+    #[error("{}", describe_status(.0))]
+    Rpc(tonic::Status),
+}
+
+impl ClientError {
+    /// The gRPC status code, when the server answered with one.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Rpc(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+fn describe_status(s: &tonic::Status) -> String {
+    let what = match s.code() {
+        tonic::Code::InvalidArgument => "invalid request",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::Unauthenticated => "not authenticated",
+        tonic::Code::ResourceExhausted => "limit reached",
+        tonic::Code::Unavailable => "server unavailable",
+        tonic::Code::DeadlineExceeded => "deadline exceeded",
+        tonic::Code::FailedPrecondition => "not possible now",
+        tonic::Code::Internal => "server error",
+        _ => "error",
+    };
+    if s.message().is_empty() {
+        format!("{what} ({:?})", s.code())
+    } else {
+        format!("{what}: {}", s.message())
+    }
+}
+
+/// A connection to `jobsd`. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    rpc: JobServiceClient<Channel>,
+    addr: String,
+    timeout: Duration,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("addr", &self.addr).finish()
+    }
+}
+
+impl Client {
+    /// Connects and completes the TLS handshake, including the server's
+    /// verdict on our certificate, so that a refused certificate is reported
+    /// here rather than on the first call.
+    ///
+    /// # Errors
+    /// [`ClientError::Tls`], [`ClientError::OwnCertificate`],
+    /// [`ClientError::BadAddress`], [`ClientError::Connect`] (whose source
+    /// says whether TCP, the server's certificate or ours was the problem),
+    /// [`ClientError::Timeout`].
+    pub async fn connect(options: &ConnectOptions) -> Result<Self, ClientError> {
+        let pem = options.pem.read()?;
+        connect::check_own_certificate(&options.pem.cert, &pem.cert)?;
+        let tls = options.pem.client_config_from(&pem)?;
+        let target = connect::Target::parse(&options.addr).ok_or_else(|| ClientError::BadAddress {
+            addr: options.addr.clone(),
+        })?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", options.addr))
+            .map_err(|_| ClientError::BadAddress {
+                addr: options.addr.clone(),
+            })?
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
+        let connector = connect::connector(target, tls);
+        let channel = tokio::time::timeout(options.timeout, endpoint.connect_with_connector(connector))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                addr: options.addr.clone(),
+                timeout: options.timeout,
+            })?
+            .map_err(|e| ClientError::Connect {
+                addr: options.addr.clone(),
+                source: ConnectError::from_transport(&e),
+            })?;
+        Ok(Self {
+            rpc: JobServiceClient::new(channel),
+            addr: options.addr.clone(),
+            timeout: options.timeout,
+        })
+    }
+
+    async fn unary<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(ClientError::Rpc(s)),
+            Err(_) => Err(ClientError::Timeout {
+                addr: self.addr.clone(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Starts `program` with `args`; returns the new job's status.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] with INVALID_ARGUMENT for a bad command,
+    /// [`ClientError::Timeout`].
+    pub async fn start(&self, program: &str, args: &[String]) -> Result<proto::JobStatus, ClientError> {
+        let mut rpc = self.rpc.clone();
+        let request = proto::StartRequest {
+            program: program.to_owned(),
+            args: args.to_vec(),
+        };
+        let response = self.unary(rpc.start(request)).await?;
+        response
+            .status
+            .ok_or_else(|| ClientError::Rpc(tonic::Status::internal("server sent no status")))
+    }
+
+    /// Stops job `id` and returns its final status. Waits up to the server's
+    /// grace period plus [`ConnectOptions::timeout`].
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] (NOT_FOUND, INVALID_ARGUMENT), [`ClientError::Timeout`].
+    pub async fn stop(&self, id: &str) -> Result<proto::JobStatus, ClientError> {
+        let mut rpc = self.rpc.clone();
+        let call = rpc.stop(proto::StopRequest { id: id.to_owned() });
+        // The server waits out the grace period before answering.
+        let deadline = self.timeout + crate::job::DEFAULT_GRACE;
+        let response = match tokio::time::timeout(deadline, call).await {
+            Ok(r) => r.map_err(ClientError::Rpc)?.into_inner(),
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    addr: self.addr.clone(),
+                    timeout: deadline,
+                });
+            }
+        };
+        response
+            .status
+            .ok_or_else(|| ClientError::Rpc(tonic::Status::internal("server sent no status")))
+    }
+
+    /// The status of job `id`.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] (NOT_FOUND, INVALID_ARGUMENT), [`ClientError::Timeout`].
+    pub async fn status(&self, id: &str) -> Result<proto::JobStatus, ClientError> {
+        let mut rpc = self.rpc.clone();
+        let response = self
+            .unary(rpc.status(proto::StatusRequest { id: id.to_owned() }))
+            .await?;
+        response
+            .status
+            .ok_or_else(|| ClientError::Rpc(tonic::Status::internal("server sent no status")))
+    }
+
+    /// The caller's jobs, oldest first.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`], [`ClientError::Timeout`].
+    pub async fn list(&self) -> Result<Vec<proto::JobStatus>, ClientError> {
+        let mut rpc = self.rpc.clone();
+        Ok(self.unary(rpc.list(proto::ListRequest {})).await?.jobs)
+    }
+
+    /// Everything job `id` has written so far, as a stream of chunks. Opening
+    /// the stream is bounded by the timeout; reading it is not.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] (NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED),
+    /// [`ClientError::Timeout`].
+    pub async fn output(&self, id: &str) -> Result<Streaming<proto::OutputChunk>, ClientError> {
+        let mut rpc = self.rpc.clone();
+        self.unary(rpc.output(proto::OutputRequest { id: id.to_owned() }))
+            .await
+    }
+
+    /// Follows job `id` from byte 0; the last message is its final status.
+    /// Opening the stream is bounded by the timeout; reading it is not.
+    ///
+    /// # Errors
+    /// As [`Client::output`].
+    pub async fn stream(&self, id: &str) -> Result<Streaming<proto::StreamEvent>, ClientError> {
+        let mut rpc = self.rpc.clone();
+        self.unary(rpc.stream(proto::StreamRequest { id: id.to_owned() }))
+            .await
+    }
+}
+
+/// The default client certificate paths for a user NAME in a certs directory,
+/// as `jobs-ca client NAME` writes them.
+pub fn pem_files_in(dir: &std::path::Path, name: &str) -> PemFiles {
+    PemFiles {
+        ca: dir.join("ca.crt"),
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+    }
+}
+

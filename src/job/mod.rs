@@ -1,0 +1,421 @@
+//! Jobs: ids, owners, states, the registry, and the per-job supervisor.
+//!
+//! This module owns what a job *is*: a UUID v4 [`JobId`], the [`Identity`] that
+//! owns it, the command it runs, its [`State`], and its output [`Log`]. Each job
+//! has exactly one supervisor task (see `supervisor.rs`) that owns the child's
+//! processes and pipes, is the only writer of its state and output, and takes
+//! stop requests as messages. RPC handlers never own a job: dropping one (the
+//! client went away) changes nothing about the job.
+//!
+//! Where a job runs is behind the [`Executor`] trait (`executor.rs`); this module
+//! must not fork, signal or wait on processes itself.
+//!
+//! Access control lives here too, in one function: [`Jobs::authorize`] is the
+//! only way to get an [`OwnedJob`], and every operation on an existing job is a
+//! method of `OwnedJob`.
+
+mod executor;
+mod spec;
+mod supervisor;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+pub use executor::{
+    BoxFuture, Executor, JobSignal, OutputPipe, Process, SpawnError, Spawned,
+};
+pub use spec::{JobSpec, MAX_ARGS, MAX_ARGV_BYTES, MAX_PROGRAM_LEN};
+
+use crate::auth::{Caller, Identity};
+use crate::output::{self, Log, LogReader};
+
+/// Default time between SIGTERM and SIGKILL when a job is stopped.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the supervisor keeps reading a job's pipes after its process group
+/// was killed. Every process of the group is dead by then, so the pipes reach
+/// EOF as soon as their buffered bytes are read; only a process that left the
+/// group (`setsid`) can hold them open, and it is not waited for beyond this.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A job's id: a UUID v4, written in canonical hyphenated lower-case form.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(Uuid);
+
+impl JobId {
+    fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = JobError;
+
+    /// Accepts only the canonical form (36 characters, lower-case, hyphens), so
+    /// one job has one spelling.
+    fn from_str(s: &str) -> Result<Self, JobError> {
+        let uuid = Uuid::try_parse(s).map_err(|_| JobError::InvalidId)?;
+        if s.len() != 36 || uuid.hyphenated().to_string() != s {
+            return Err(JobError::InvalidId);
+        }
+        Ok(Self(uuid))
+    }
+}
+
+/// How the main process of a job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitInfo {
+    /// It called exit(2) with this code (0..=255).
+    Exited(i32),
+    /// It was killed by this signal.
+    Signaled {
+        /// The signal number (signal(7)).
+        signal: i32,
+        /// The kernel wrote a core dump.
+        core_dumped: bool,
+    },
+}
+
+/// A job's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Not final yet: the main process runs, or its output is still draining.
+    Running,
+    /// The main process exited on its own.
+    Exited,
+    /// The main process was killed by a signal the daemon did not send.
+    Killed,
+    /// Its owner (or the daemon's shutdown) stopped it.
+    Stopped,
+}
+
+/// A point-in-time view of a job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The job's id.
+    pub id: JobId,
+    /// Its state.
+    pub state: State,
+    /// How the main process ended; `None` while running.
+    pub exit: Option<ExitInfo>,
+    /// The program as given, then its arguments.
+    pub command: Vec<String>,
+    /// When the process was spawned.
+    pub started_at: SystemTime,
+    /// When the job became final; `None` while running.
+    pub ended_at: Option<SystemTime>,
+    /// Who owns it.
+    pub owner: Identity,
+}
+
+/// Errors of job operations. The server maps each variant to one gRPC status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// A job id is not a UUID in canonical form.
+    #[error("job id must be a UUID like 67e55044-10b1-426f-9247-bb680e5fe0c8")]
+    InvalidId,
+    /// No such job, or it belongs to someone else (deliberately one answer).
+    #[error("no such job")]
+    NotFound,
+    /// The program is the empty string.
+    #[error("program must not be empty")]
+    EmptyProgram,
+    /// The program or an argument holds a NUL byte, which execve(2) cannot pass.
+    #[error("program and arguments must not contain NUL bytes")]
+    NulByte,
+    /// The program is longer than [`MAX_PROGRAM_LEN`].
+    #[error("program is longer than {max} bytes")]
+    ProgramTooLong {
+        /// The limit.
+        max: usize,
+    },
+    /// The program is a relative path such as `./run.sh`.
+    #[error(
+        "program '{program}' is a relative path; give an absolute path or a bare name looked up in PATH"
+    )]
+    RelativeProgram {
+        /// The program as given.
+        program: String,
+    },
+    /// More than [`MAX_ARGS`] arguments.
+    #[error("more than {max} arguments")]
+    TooManyArgs {
+        /// The limit.
+        max: usize,
+    },
+    /// Program and arguments exceed [`MAX_ARGV_BYTES`].
+    #[error("program and arguments exceed {max} bytes")]
+    ArgvTooLarge {
+        /// The limit.
+        max: usize,
+    },
+    /// The executor could not start the program.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The job's output log could not be created.
+    #[error("cannot create the job's output log")]
+    Output(#[from] output::OutputError),
+    /// The registry is shutting down and takes no new jobs.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// Settings of the job engine.
+#[derive(Clone, Debug)]
+pub struct JobsConfig {
+    /// Directory for per-job output logs (created if missing, mode 0700).
+    pub output_dir: PathBuf,
+    /// Time between SIGTERM and SIGKILL on stop.
+    pub grace: Duration,
+}
+
+/// What the supervisor publishes about a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Final {
+        state: State,
+        exit: ExitInfo,
+        ended_at: SystemTime,
+    },
+}
+
+/// One job's shared record. Immutable but for the watch channels.
+struct Job {
+    id: JobId,
+    owner: Identity,
+    command: Vec<String>,
+    started_at: SystemTime,
+    phase: watch::Receiver<Phase>,
+    stop: watch::Sender<bool>,
+    log: Log,
+}
+
+impl Job {
+    fn status(&self) -> Status {
+        let phase = *self.phase.borrow();
+        let (state, exit, ended_at) = match phase {
+            Phase::Running => (State::Running, None, None),
+            Phase::Final {
+                state,
+                exit,
+                ended_at,
+            } => (state, Some(exit), Some(ended_at)),
+        };
+        Status {
+            id: self.id,
+            state,
+            exit,
+            command: self.command.clone(),
+            started_at: self.started_at,
+            ended_at,
+            owner: self.owner,
+        }
+    }
+}
+
+/// The registry of jobs: starts them, finds them for their owners, and stops
+/// them all at shutdown.
+pub struct Jobs {
+    executor: Arc<dyn Executor>,
+    config: JobsConfig,
+    jobs: Mutex<HashMap<JobId, Arc<Job>>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// A job the caller owns. Only [`Jobs::authorize`] and [`Jobs::start`] make
+/// one, so holding it proves the ownership check was done.
+#[derive(Clone)]
+pub struct OwnedJob(Arc<Job>);
+
+impl Jobs {
+    /// A registry that starts jobs with `executor`.
+    ///
+    /// # Errors
+    /// The OS error if the output directory cannot be created.
+    pub fn new(executor: Arc<dyn Executor>, config: JobsConfig) -> std::io::Result<Self> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.output_dir)?;
+        Ok(Self {
+            executor,
+            config,
+            jobs: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The one access check: the job `id` if `caller` owns it.
+    ///
+    /// # Errors
+    /// [`JobError::InvalidId`] for a malformed id; [`JobError::NotFound`] when
+    /// there is no such job *or* it belongs to another identity.
+    pub fn authorize(&self, caller: &Caller, id: &str) -> Result<OwnedJob, JobError> {
+        let id: JobId = id.parse()?;
+        let job = self.lock().get(&id).cloned().ok_or(JobError::NotFound)?;
+        if job.owner != caller.identity() {
+            return Err(JobError::NotFound);
+        }
+        Ok(OwnedJob(job))
+    }
+
+    /// The caller's own jobs, oldest first.
+    pub fn list(&self, caller: &Caller) -> Vec<Status> {
+        let mut mine: Vec<Status> = self
+            .lock()
+            .values()
+            .filter(|j| j.owner == caller.identity())
+            .map(|j| j.status())
+            .collect();
+        mine.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        mine
+    }
+
+    /// Starts `spec` for `caller` and returns the running job.
+    ///
+    /// # Errors
+    /// [`JobError::ShuttingDown`] after [`Jobs::shutdown`] began;
+    /// [`JobError::Spawn`] when the program is missing or not executable (no
+    /// job is created); [`JobError::Output`] if the output log cannot be made.
+    pub fn start(&self, caller: &Caller, spec: JobSpec) -> Result<OwnedJob, JobError> {
+        if self.shutdown.is_cancelled() {
+            return Err(JobError::ShuttingDown);
+        }
+        let id = JobId::new_random();
+        let log_path = self.config.output_dir.join(format!("{id}.log"));
+        let (writer, log) = output::create(&log_path)?;
+        let spawned = match self.executor.spawn(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                drop((writer, log));
+                let _ = std::fs::remove_file(&log_path);
+                return Err(e.into());
+            }
+        };
+        let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let job = Arc::new(Job {
+            id,
+            owner: caller.identity(),
+            command: spec.command(),
+            started_at: SystemTime::now(),
+            phase: phase_rx,
+            stop: stop_tx,
+            log,
+        });
+        self.lock().insert(id, job.clone());
+        self.tracker.spawn(supervisor::supervise(supervisor::Supervisor {
+            id,
+            spawned,
+            log: writer,
+            phase: phase_tx,
+            stop: stop_rx,
+            shutdown: self.shutdown.clone(),
+            grace: self.config.grace,
+        }));
+        tracing::info!(job = %id, owner = %caller.identity(), command = ?job.command, "job started");
+        Ok(OwnedJob(job))
+    }
+
+    /// Stops every running job (SIGTERM, grace period, SIGKILL) and waits until
+    /// each one is final and its supervisor has exited. New starts are refused
+    /// from the moment this is called.
+    ///
+    /// # Cancel safety
+    /// Cancelling the wait does not undo the stop; call again to wait.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// Number of jobs not yet final.
+    pub fn running(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|j| matches!(*j.phase.borrow(), Phase::Running))
+            .count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Job>>> {
+        // A panic while holding this lock leaves the map itself consistent
+        // (every operation on it is a single insert or read), so poisoning is
+        // ignored rather than propagated to every later request.
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+impl OwnedJob {
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        self.0.id
+    }
+
+    /// The job's current status.
+    pub fn status(&self) -> Status {
+        self.0.status()
+    }
+
+    /// Asks the supervisor to stop the job (SIGTERM to every process, SIGKILL
+    /// after the grace period) and waits until it is final. A job that is
+    /// already final is not signalled.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the stop request stands even if the wait is dropped.
+    pub async fn stop(&self) -> Status {
+        if matches!(*self.0.phase.borrow(), Phase::Running) {
+            self.0.stop.send_replace(true);
+        }
+        self.wait_final().await
+    }
+
+    /// Waits until the job is final and returns its final status.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn wait_final(&self) -> Status {
+        let mut rx = self.0.phase.clone();
+        // The supervisor publishes a final phase before it drops its sender, so
+        // an error here still leaves the final phase in the channel.
+        let _ = rx.wait_for(|p| !matches!(p, Phase::Running)).await;
+        self.0.status()
+    }
+
+    /// A reader of everything the job has written so far.
+    pub fn output(&self) -> LogReader {
+        self.0.log.snapshot()
+    }
+
+    /// A reader that follows the job's output from byte 0 until the job is
+    /// final. When it returns `None`, [`OwnedJob::status`] is final.
+    pub fn follow(&self) -> LogReader {
+        self.0.log.follow()
+    }
+}

@@ -1,0 +1,199 @@
+//! The one task per job that owns its processes and pipes.
+//!
+//! Order of events, which is what makes output complete and final states
+//! honest:
+//! 1. While the main process runs: copy both pipes into the log as data
+//!    arrives (whether or not anyone follows), and act on stop requests:
+//!    SIGTERM + SIGCONT to the job, SIGKILL when the grace period ends.
+//! 2. The main process exits. It is not reaped yet, so its pid (and the
+//!    process group id) cannot be reused: the executor kills what is left of
+//!    the job and only then reaps it.
+//! 3. The pipes are drained to EOF (bounded by [`super::DRAIN_TIMEOUT`]).
+//! 4. The final state is published, then the log is sealed, so a follower that
+//!    reaches the end of the log always finds the job final.
+
+use std::time::SystemTime;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{ExitInfo, JobId, JobSignal, OutputPipe, Phase, Spawned, State};
+use crate::output::{Fd, LogWriter, RecordBuf};
+
+pub(super) struct Supervisor {
+    pub id: JobId,
+    pub spawned: Spawned,
+    pub log: LogWriter,
+    pub phase: watch::Sender<Phase>,
+    pub stop: watch::Receiver<bool>,
+    pub shutdown: CancellationToken,
+    pub grace: std::time::Duration,
+}
+
+/// One output pipe and its buffer; `None` once it reached EOF or failed.
+struct Pipe {
+    fd: Fd,
+    reader: Option<OutputPipe>,
+    buf: RecordBuf,
+}
+
+impl Pipe {
+    fn new(fd: Fd, reader: OutputPipe) -> Self {
+        Self {
+            fd,
+            reader: Some(reader),
+            buf: RecordBuf::new(),
+        }
+    }
+
+    /// Reads once; `Ok(n)` with `n == 0` means EOF. Pending forever if closed.
+    ///
+    /// Cancel safe: `AsyncReadExt::read` loses nothing when dropped.
+    async fn read(&mut self) -> std::io::Result<usize> {
+        match self.reader.as_mut() {
+            Some(r) => r.read(self.buf.data_mut()).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stores the result of [`Pipe::read`]; closes the pipe on EOF or error.
+    fn store(&mut self, job: JobId, result: std::io::Result<usize>, log: &mut LogWriter) {
+        match result {
+            Ok(0) => self.reader = None,
+            Ok(n) => {
+                if let Err(e) = log.append(self.fd, &mut self.buf, n) {
+                    // The bytes are lost; say so loudly. Stopping the job on a
+                    // full disk is a later piece of work.
+                    tracing::error!(job = %job, error = %e, "cannot write job output");
+                }
+            }
+            Err(e) => {
+                tracing::error!(job = %job, error = %e, "cannot read job output pipe");
+                self.reader = None;
+            }
+        }
+    }
+
+    fn open(&self) -> bool {
+        self.reader.is_some()
+    }
+}
+
+pub(super) async fn supervise(s: Supervisor) {
+    let Supervisor {
+        id,
+        spawned,
+        mut log,
+        phase,
+        mut stop,
+        shutdown,
+        grace,
+    } = s;
+    let Spawned {
+        mut process,
+        stdout,
+        stderr,
+    } = spawned;
+    let mut out = Pipe::new(Fd::Stdout, stdout);
+    let mut err = Pipe::new(Fd::Stderr, stderr);
+    let mut stopping = false;
+    let mut kill_at: Option<Instant> = None;
+
+    // 1. Until the main process exits.
+    loop {
+        tokio::select! {
+            exited = process.exited() => {
+                if let Err(e) = exited {
+                    tracing::error!(job = %id, error = %e, "cannot wait for job");
+                }
+                break;
+            }
+            r = out.read() => out.store(id, r, &mut log),
+            r = err.read() => err.store(id, r, &mut log),
+            // A stop request, or the daemon shutting down.
+            _ = stop_requested(&mut stop, &shutdown), if !stopping => {
+                stopping = true;
+                kill_at = Some(Instant::now() + grace);
+                tracing::info!(job = %id, grace_ms = grace.as_millis() as u64, "stopping job");
+                for signal in [JobSignal::Terminate, JobSignal::Continue] {
+                    if let Err(e) = process.signal(signal) {
+                        tracing::warn!(job = %id, error = %e, ?signal, "cannot signal job");
+                    }
+                }
+            }
+            _ = sleep_until(kill_at) => {
+                kill_at = None;
+                tracing::info!(job = %id, "grace period over; killing job");
+                if let Err(e) = process.signal(JobSignal::Kill) {
+                    tracing::warn!(job = %id, error = %e, "cannot kill job");
+                }
+            }
+        }
+    }
+
+    // 2. Kill what is left of the job, then reap.
+    let exit = match process.reap() {
+        Ok(exit) => exit,
+        Err(e) => {
+            // The child is gone from under us (someone else reaped it); report
+            // it as killed so it never looks like success.
+            tracing::error!(job = %id, error = %e, "cannot reap job");
+            ExitInfo::Signaled {
+                signal: nix::sys::signal::Signal::SIGKILL as i32,
+                core_dumped: false,
+            }
+        }
+    };
+
+    // 3. Drain both pipes to EOF, bounded.
+    let deadline = Instant::now() + super::DRAIN_TIMEOUT;
+    while out.open() || err.open() {
+        tokio::select! {
+            r = out.read() => out.store(id, r, &mut log),
+            r = err.read() => err.store(id, r, &mut log),
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(job = %id, "output pipes still open after the job's processes were killed; a process left the job's process group");
+                break;
+            }
+        }
+    }
+    drop((out, err));
+
+    // 4. Publish the final state, then seal the log.
+    let state = match (stopping, exit) {
+        (true, _) => State::Stopped,
+        (false, ExitInfo::Exited(_)) => State::Exited,
+        (false, ExitInfo::Signaled { .. }) => State::Killed,
+    };
+    tracing::info!(job = %id, ?state, ?exit, bytes = log.len(), "job final");
+    phase.send_replace(Phase::Final {
+        state,
+        exit,
+        ended_at: SystemTime::now(),
+    });
+    log.seal();
+}
+
+/// Sleeps until `at`, or forever when `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the owner asked for a stop or the daemon is shutting down.
+async fn stop_requested(stop: &mut watch::Receiver<bool>, shutdown: &CancellationToken) {
+    let asked = async {
+        if stop.wait_for(|s| *s).await.is_err() {
+            // The job record is gone; only shutdown can stop the job now.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = asked => {}
+        _ = shutdown.cancelled() => {}
+    }
+}

@@ -1,0 +1,449 @@
+//! A job's output: an append-only log on disk and the cursors that read it.
+//!
+//! This module owns the on-disk format of a job's output and the rules for
+//! reading it while it grows. The supervisor of a job is the only writer
+//! ([`LogWriter`]); any number of readers ([`LogReader`]) start at byte 0 and
+//! move at their own pace. A reader waits for new data on a [`watch`] channel
+//! that the writer updates after every append, so nobody polls, and a slow or
+//! stalled reader costs the job nothing: the job's pipes are drained into the
+//! file whether or not anyone reads.
+//!
+//! It must not know about jobs, processes or gRPC.
+//!
+//! # Format
+//! A sequence of records, each `[fd: u8][len: u32 little-endian][len bytes]`,
+//! with `fd` 1 for stdout and 2 for stderr and `1 <= len <=` [`MAX_CHUNK`].
+//! Records appear in the order the writer read them from the pipes, which keeps
+//! the interleaving of stdout and stderr.
+//!
+//! # Memory
+//! The writer holds one buffer of [`MAX_CHUNK`] + 5 bytes per pipe; a reader
+//! holds one of [`MAX_CHUNK`] + 5 bytes. Neither grows with the output's size.
+//! Reads and writes are plain `pread`/`write` on a regular file, which hit the
+//! page cache; they are not routed through the blocking pool.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+/// Largest chunk of output stored in one record and sent in one message, in
+/// bytes. 64 KiB is the Linux default pipe capacity, so one read rarely needs
+/// more, and it is far below gRPC's default 4 MiB message limit.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+/// Size of a record header: one byte of fd, four of length.
+const HEADER: usize = 5;
+
+/// Which of the job's pipes a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fd {
+    /// File descriptor 1.
+    Stdout,
+    /// File descriptor 2.
+    Stderr,
+}
+
+impl Fd {
+    fn tag(self) -> u8 {
+        match self {
+            Fd::Stdout => 1,
+            Fd::Stderr => 2,
+        }
+    }
+
+    fn from_tag(tag: u8) -> Option<Self> {
+        match tag {
+            1 => Some(Fd::Stdout),
+            2 => Some(Fd::Stderr),
+            _ => None,
+        }
+    }
+}
+
+/// A piece of output: consecutive bytes of one fd, 1..=[`MAX_CHUNK`] long.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// The pipe the bytes came from.
+    pub fd: Fd,
+    /// The bytes, never empty.
+    pub data: Vec<u8>,
+}
+
+/// Errors while reading or writing a log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutputError {
+    /// The log file could not be created, written or read.
+    #[error("output log I/O failed")]
+    Io(#[from] io::Error),
+    /// The log holds a record that this format does not allow; the file was
+    /// changed by someone other than its writer.
+    #[error("output log is corrupt at byte {offset}")]
+    Corrupt {
+        /// Offset of the bad record header.
+        offset: u64,
+    },
+}
+
+/// How far the log has been written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Progress {
+    /// Bytes of complete records in the file; readers never read past it.
+    committed: u64,
+    /// No more records will be appended.
+    sealed: bool,
+}
+
+/// The shared, read-only side of one job's log.
+#[derive(Debug)]
+pub struct Log {
+    file: Arc<File>,
+    progress: watch::Receiver<Progress>,
+}
+
+/// The single writer of a log, owned by the job's supervisor.
+#[derive(Debug)]
+pub struct LogWriter {
+    file: Arc<File>,
+    committed: u64,
+    progress: watch::Sender<Progress>,
+}
+
+/// Creates the log file at `path` (which must not exist) and returns its writer
+/// and its shared read side.
+///
+/// # Errors
+/// [`OutputError::Io`] if the file cannot be created (including when it exists).
+pub fn create(path: &Path) -> Result<(LogWriter, Log), OutputError> {
+    let file = Arc::new(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?,
+    );
+    let (tx, rx) = watch::channel(Progress {
+        committed: 0,
+        sealed: false,
+    });
+    Ok((
+        LogWriter {
+            file: file.clone(),
+            committed: 0,
+            progress: tx,
+        },
+        Log { file, progress: rx },
+    ))
+}
+
+/// A buffer a pipe can be read into and then appended without a copy: the
+/// first [`HEADER`] bytes are reserved for the record header.
+pub struct RecordBuf(Box<[u8]>);
+
+impl RecordBuf {
+    /// A new buffer for one record of up to [`MAX_CHUNK`] bytes.
+    pub fn new() -> Self {
+        Self(vec![0; HEADER + MAX_CHUNK].into_boxed_slice())
+    }
+
+    /// Where a pipe read should put its bytes ([`MAX_CHUNK`] bytes).
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.0[HEADER..]
+    }
+}
+
+impl Default for RecordBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LogWriter {
+    /// Appends the first `len` bytes of `buf`'s data area as one record from
+    /// `fd` and wakes every reader. `len == 0` appends nothing.
+    ///
+    /// # Errors
+    /// [`OutputError::Io`] if the write fails (e.g. the disk is full); the
+    /// committed length is then unchanged, so readers never see a partial
+    /// record.
+    ///
+    /// # Panics
+    /// If `len > MAX_CHUNK` (a caller bug: the data area is that long).
+    pub fn append(&mut self, fd: Fd, buf: &mut RecordBuf, len: usize) -> Result<(), OutputError> {
+        assert!(len <= MAX_CHUNK, "record longer than MAX_CHUNK");
+        if len == 0 {
+            return Ok(());
+        }
+        buf.0[0] = fd.tag();
+        // `len <= MAX_CHUNK` fits in u32.
+        buf.0[1..HEADER].copy_from_slice(&(len as u32).to_le_bytes());
+        let record = &buf.0[..HEADER + len];
+        if let Err(e) = self.file.write_all_at(record, self.committed) {
+            return Err(e.into());
+        }
+        self.committed += record.len() as u64;
+        self.progress.send_modify(|p| p.committed = self.committed);
+        Ok(())
+    }
+
+    /// Bytes of complete records written so far (the file's logical length).
+    pub fn len(&self) -> u64 {
+        self.committed
+    }
+
+    /// True before the first append.
+    pub fn is_empty(&self) -> bool {
+        self.committed == 0
+    }
+
+    /// Marks the log complete: readers that reach its end stop waiting.
+    pub fn seal(self) {
+        let _ = (&*self.file).flush();
+        self.progress.send_modify(|p| p.sealed = true);
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        // A writer that goes away without `seal` (its task was cancelled) must
+        // not leave readers waiting forever.
+        self.progress.send_if_modified(|p| !std::mem::replace(&mut p.sealed, true));
+    }
+}
+
+impl Log {
+    /// A reader from byte 0 that follows the log until it is sealed.
+    pub fn follow(&self) -> LogReader {
+        LogReader {
+            file: self.file.clone(),
+            progress: self.progress.clone(),
+            offset: 0,
+            limit: None,
+            buf: vec![0; HEADER + MAX_CHUNK].into_boxed_slice(),
+        }
+    }
+
+    /// A reader from byte 0 that stops at what has been written now.
+    pub fn snapshot(&self) -> LogReader {
+        let mut reader = self.follow();
+        reader.limit = Some(self.progress.borrow().committed);
+        reader
+    }
+
+    /// True once the writer has sealed the log (or gone away).
+    pub fn is_sealed(&self) -> bool {
+        self.progress.borrow().sealed
+    }
+
+    /// Bytes of complete records written so far, headers included.
+    pub fn committed_len(&self) -> u64 {
+        self.progress.borrow().committed
+    }
+}
+
+/// A cursor over a log from byte 0, with its own offset.
+pub struct LogReader {
+    file: Arc<File>,
+    progress: watch::Receiver<Progress>,
+    offset: u64,
+    /// Stop here instead of following (a snapshot).
+    limit: Option<u64>,
+    buf: Box<[u8]>,
+}
+
+impl LogReader {
+    /// The next chunk of output, or `None` at the end: for a follower, once the
+    /// log is sealed and every record was returned; for a snapshot, at the
+    /// length the log had when the snapshot was taken.
+    ///
+    /// Consecutive records of the same fd are merged into one chunk of at most
+    /// [`MAX_CHUNK`] bytes. Waits (without polling) while the reader has caught
+    /// up with an unsealed log.
+    ///
+    /// # Errors
+    /// [`OutputError::Io`] if reading fails, [`OutputError::Corrupt`] if a
+    /// record header is invalid.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the offset only moves when a chunk is returned.
+    pub async fn next(&mut self) -> Result<Option<Chunk>, OutputError> {
+        let end = loop {
+            let Progress { committed, sealed } = *self.progress.borrow_and_update();
+            let end = self.limit.map_or(committed, |l| l.min(committed));
+            if self.offset < end {
+                break end;
+            }
+            if sealed || self.limit.is_some() {
+                return Ok(None);
+            }
+            if self.progress.changed().await.is_err() {
+                // Writer dropped after its final update; look once more.
+                let Progress { committed, .. } = *self.progress.borrow();
+                if self.offset >= committed {
+                    return Ok(None);
+                }
+            }
+        };
+        self.read_chunk(end).map(Some)
+    }
+
+    /// Reads the records starting at `self.offset` (which is `< end`) and
+    /// merges those of the same fd that fit in one chunk.
+    fn read_chunk(&mut self, end: u64) -> Result<Chunk, OutputError> {
+        let want = (end - self.offset).min(self.buf.len() as u64) as usize;
+        self.file.read_exact_at(&mut self.buf[..want], self.offset)?;
+        let mut pos = 0usize;
+        let mut fd = None;
+        let mut data = Vec::new();
+        while pos + HEADER <= want {
+            let tag = self.buf[pos];
+            let len = u32::from_le_bytes([
+                self.buf[pos + 1],
+                self.buf[pos + 2],
+                self.buf[pos + 3],
+                self.buf[pos + 4],
+            ]) as usize;
+            let this_fd = match Fd::from_tag(tag) {
+                Some(f) if (1..=MAX_CHUNK).contains(&len) => f,
+                _ => {
+                    return Err(OutputError::Corrupt {
+                        offset: self.offset + pos as u64,
+                    });
+                }
+            };
+            if pos + HEADER + len > want || fd.is_some_and(|f| f != this_fd) {
+                break;
+            }
+            if data.len() + len > MAX_CHUNK {
+                break;
+            }
+            fd = Some(this_fd);
+            data.extend_from_slice(&self.buf[pos + HEADER..pos + HEADER + len]);
+            pos += HEADER + len;
+        }
+        match fd {
+            Some(fd) => {
+                self.offset += pos as u64;
+                Ok(Chunk { fd, data })
+            }
+            // A committed record always fits in the buffer, so the first
+            // header read must describe a whole record.
+            None => Err(OutputError::Corrupt {
+                offset: self.offset,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(w: &mut LogWriter, fd: Fd, bytes: &[u8]) {
+        let mut buf = RecordBuf::new();
+        buf.data_mut()[..bytes.len()].copy_from_slice(bytes);
+        w.append(fd, &mut buf, bytes.len()).unwrap();
+    }
+
+    async fn drain(mut r: LogReader) -> Vec<Chunk> {
+        let mut out = Vec::new();
+        while let Some(c) = r.next().await.unwrap() {
+            out.push(c);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn records_of_one_fd_merge_and_fds_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, log) = create(&dir.path().join("log")).unwrap();
+        write(&mut w, Fd::Stdout, b"a");
+        write(&mut w, Fd::Stdout, b"b");
+        write(&mut w, Fd::Stderr, b"E");
+        write(&mut w, Fd::Stdout, b"c");
+        w.seal();
+        let chunks = drain(log.follow()).await;
+        assert_eq!(
+            chunks,
+            vec![
+                Chunk { fd: Fd::Stdout, data: b"ab".to_vec() },
+                Chunk { fd: Fd::Stderr, data: b"E".to_vec() },
+                Chunk { fd: Fd::Stdout, data: b"c".to_vec() },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn merged_chunks_never_exceed_max_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, log) = create(&dir.path().join("log")).unwrap();
+        let big = vec![7u8; MAX_CHUNK - 1];
+        write(&mut w, Fd::Stdout, &big);
+        write(&mut w, Fd::Stdout, b"xy");
+        w.seal();
+        let chunks = drain(log.follow()).await;
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[0].data.len(), MAX_CHUNK - 1);
+        assert_eq!(chunks[1].data, b"xy");
+    }
+
+    #[tokio::test]
+    async fn a_follower_waits_for_appends_and_ends_at_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, log) = create(&dir.path().join("log")).unwrap();
+        let mut r = log.follow();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(c) = r.next().await.unwrap() {
+                got.extend(c.data);
+            }
+            got
+        });
+        for i in 0..100u8 {
+            write(&mut w, Fd::Stdout, &[i]);
+            tokio::task::yield_now().await;
+        }
+        w.seal();
+        assert_eq!(reader.await.unwrap(), (0..100u8).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_stops_at_the_length_when_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, log) = create(&dir.path().join("log")).unwrap();
+        write(&mut w, Fd::Stdout, b"before");
+        let snap = log.snapshot();
+        write(&mut w, Fd::Stdout, b"after");
+        let chunks = drain(snap).await;
+        assert_eq!(chunks, vec![Chunk { fd: Fd::Stdout, data: b"before".to_vec() }]);
+        drop(w);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_writer_ends_its_followers() {
+        // Scenario: the supervisor task is cancelled; followers must not hang.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, log) = create(&dir.path().join("log")).unwrap();
+        write(&mut w, Fd::Stderr, b"x");
+        let r = log.follow();
+        drop(w);
+        assert_eq!(drain(r).await, vec![Chunk { fd: Fd::Stderr, data: b"x".to_vec() }]);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_header_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let (mut w, log) = create(&path).unwrap();
+        write(&mut w, Fd::Stdout, b"ok");
+        // Overwrite the fd tag behind the writer's back.
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&[9], 0).unwrap();
+        w.seal();
+        let mut r = log.follow();
+        assert!(matches!(r.next().await, Err(OutputError::Corrupt { offset: 0 })));
+    }
+}

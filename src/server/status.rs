@@ -1,0 +1,73 @@
+//! The one place that decides what a peer is told when something fails.
+//!
+//! Every library error reaches the wire through [`to_status`], an exhaustive
+//! `match` with no catch-all arm, so a new error variant forces a decision
+//! here. Peers get short, fixed messages built from their own input and
+//! documented constants; server paths and OS error texts go only to the log,
+//! tagged with a reference the peer can quote to an operator.
+
+use tonic::{Code, Status};
+
+use crate::job::{JobError, SpawnError};
+use crate::output::OutputError;
+
+/// Maps a job error to the gRPC status the peer sees.
+pub(crate) fn to_status(e: JobError) -> Status {
+    match e {
+        JobError::InvalidId
+        | JobError::EmptyProgram
+        | JobError::NulByte
+        | JobError::ProgramTooLong { .. }
+        | JobError::RelativeProgram { .. }
+        | JobError::TooManyArgs { .. }
+        | JobError::ArgvTooLarge { .. } => Status::invalid_argument(e.to_string()),
+        // Same code and text for "no such job" and "not yours".
+        JobError::NotFound => Status::not_found("no such job"),
+        JobError::Spawn(spawn) => spawn_status(spawn),
+        JobError::Output(e) => output_status(e),
+        JobError::ShuttingDown => Status::unavailable("the server is shutting down"),
+    }
+}
+
+fn spawn_status(e: SpawnError) -> Status {
+    match e {
+        SpawnError::NotFound {
+            program,
+            search_path,
+        } => {
+            let mut msg = format!("program '{program}' not found");
+            if let Some(path) = search_path {
+                msg.push_str(&format!(" in PATH {path}"));
+            }
+            if program.contains(char::is_whitespace) {
+                msg.push_str(
+                    "; the program name is not split on spaces: pass the program and each argument separately",
+                );
+            }
+            Status::invalid_argument(msg)
+        }
+        SpawnError::NotExecutable { program } => {
+            Status::invalid_argument(format!("program '{program}' is not an executable file"))
+        }
+        SpawnError::Os(e) => internal("cannot start the process", &e),
+    }
+}
+
+/// Maps an output-log error met while serving Output or Stream.
+pub(crate) fn output_status(e: OutputError) -> Status {
+    match e {
+        OutputError::Io(io) => internal("output log I/O failed", &io),
+        OutputError::Corrupt { offset } => internal("output log is corrupt", &format!("at byte {offset}")),
+    }
+}
+
+/// An INTERNAL status with a fresh reference; the detail goes to the log only.
+pub(crate) fn internal(what: &str, detail: &dyn std::fmt::Display) -> Status {
+    let reference = uuid::Uuid::new_v4().simple().to_string();
+    let reference = &reference[..12];
+    tracing::error!(reference, error = %detail, "{what}");
+    Status::new(
+        Code::Internal,
+        format!("internal error (reference {reference})"),
+    )
+}
