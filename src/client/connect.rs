@@ -167,16 +167,15 @@ impl Target {
     }
 }
 
+/// What one connection attempt resolves to.
+type Connecting = Pin<Box<dyn Future<Output = Result<TokioIo<Handshaken>, ConnectErrorBox>> + Send>>;
+
 /// The connector tonic calls for each (re)connection.
 pub(super) fn connector(
     target: Target,
     tls: Arc<rustls::ClientConfig>,
-) -> impl tower::Service<
-    http::Uri,
-    Response = TokioIo<Handshaken>,
-    Error = ConnectErrorBox,
-    Future = Pin<Box<dyn Future<Output = Result<TokioIo<Handshaken>, ConnectErrorBox>> + Send>>,
-> + Clone
+) -> impl tower::Service<http::Uri, Response = TokioIo<Handshaken>, Error = ConnectErrorBox, Future = Connecting>
++ Clone
 + Send
 + 'static {
     let connector = TlsConnector::from(tls);
@@ -188,7 +187,7 @@ pub(super) fn connector(
                 .await
                 .map(TokioIo::new)
                 .map_err(ConnectErrorBox)
-        }) as Pin<Box<dyn Future<Output = _> + Send>>
+        }) as Connecting
     })
 }
 

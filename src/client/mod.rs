@@ -13,6 +13,7 @@
 //! detect a vanished server.
 
 mod connect;
+pub mod format;
 
 use std::fmt;
 use std::time::Duration;

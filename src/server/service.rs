@@ -105,7 +105,7 @@ impl JobService for Service {
     ) -> Result<Response<Self::OutputStream>, Status> {
         let job = self.owned(&request, &request.get_ref().id)?;
         let permit = self.permit(&request)?;
-        let stream = chunks(job.output(), permit, |chunk| chunk_message(chunk));
+        let stream = chunks(job.output(), permit, chunk_message);
         Ok(Response::new(Box::pin(stream)))
     }
 
