@@ -1,18 +1,62 @@
 //! `jobs`: a multi-user job server over mutual TLS.
 //!
-//! (Crate documentation is completed in a later step.)
+//! # Background
+//! Several people share one Linux machine through `jobsd`. Each runs programs
+//! there remotely with the `jobs` CLI, follows their output live, and stops
+//! them; nobody can see or touch another person's jobs. An admin issues the
+//! certificates with `jobs-ca`. This crate is the library under those three
+//! binaries; the binaries only parse arguments, call it and pick exit codes.
+//!
+//! # Design
+//! - [`auth`]: a user is the SHA-256 of their certificate's public key (an SPKI
+//!   fingerprint); [`auth::Caller`] is the verified peer of a connection.
+//! - [`job`]: what a job is — [`job::JobId`], owner, command, [`job::State`],
+//!   output — the registry [`job::Jobs`] with the one access check
+//!   [`job::Jobs::authorize`], and one supervisor task per job. Where a job
+//!   runs is behind the [`job::Executor`] trait.
+//! - [`exec`]: the local executor — a process group per job, a clean
+//!   environment, pidfd-based waiting, signalling without PID-reuse races.
+//! - [`output`]: the append-only per-job output log on disk and the cursors
+//!   that let any number of followers read it from byte 0 at their own pace.
+//! - [`server`]: the tonic service (translation only), the single
+//!   error-to-status mapping, the TLS accept loop, the shutdown order.
+//! - [`client`]: connecting with mutual TLS and explaining failures.
+//! - [`tls`]: rustls configurations (TLS 1.3 only, client certificates
+//!   required, no resumption) from PEM files.
+//! - [`ca`]: issuing the CA, server and client certificates (RSA-4096).
+//! - [`proto`]: the generated gRPC types of `proto/jobs/v1/jobs.proto`.
+//!
+//! # Security boundary
+//! Only a peer whose TLS 1.3 handshake presented a certificate chaining to the
+//! configured CA, valid now and made for client authentication, reaches the
+//! service. Its identity comes from that certificate alone. Every operation on
+//! an existing job goes through [`job::Jobs::authorize`]; "no such job" and
+//! "not your job" are the same NOT_FOUND answer. Jobs get argv verbatim (no
+//! shell), a fixed minimal environment, stdin from /dev/null and no inherited
+//! descriptors. Peers see short fixed error messages; details stay in the log.
+//!
+//! # Current limitations
+//! - Jobs run as the daemon's user, in a process group, not a cgroup: a process
+//!   that calls `setsid` leaves the group and survives a stop, and there are no
+//!   CPU, memory or pid limits.
+//! - Job records live in memory: a restart of `jobsd` forgets them (output
+//!   files stay in the state directory).
+//! - No policy file yet: no denylist, rate limits or quotas beyond the
+//!   per-identity cap on open output streams.
+//! - Output reads and writes are synchronous `pread`/`write` calls on the
+//!   page cache from async tasks; a disk that stalls stalls those tasks.
 
 pub mod auth;
 pub mod ca;
+pub mod client;
+pub mod exec;
+pub mod job;
+pub mod output;
+pub mod server;
+pub mod tls;
 
 /// Generated gRPC types and stubs for `proto/jobs/v1/jobs.proto`.
 pub mod proto {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("jobs.v1");
 }
-pub mod exec;
-pub mod job;
-pub mod output;
-pub mod tls;
-pub mod server;
-pub mod client;
