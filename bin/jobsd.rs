@@ -29,8 +29,8 @@ struct Args {
     /// Directory for job output logs (created with mode 0700 if missing).
     #[arg(long, default_value = "/var/lib/jobsd")]
     state_dir: PathBuf,
-    /// Seconds between SIGTERM and SIGKILL when a job is stopped.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds between SIGTERM and SIGKILL when a job is stopped (0-60).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=60))]
     grace_secs: u64,
 }
 
@@ -54,6 +54,7 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
+    jobs::exec::protect_daemon_process().context("cannot mark jobsd non-dumpable")?;
     let pem = jobs::tls::PemFiles {
         ca: args.ca,
         cert: args.cert,

@@ -21,11 +21,11 @@ use super::ClientError;
 #[non_exhaustive]
 pub enum ConnectError {
     /// TCP failed: nothing listening, unreachable, or refused.
-    #[error("TCP connection failed ({0}); is jobsd running and listening on that address?")]
+    #[error("TCP connection failed; is jobsd running and listening on that address?")]
     Tcp(#[source] io::Error),
     /// The server's certificate was not accepted by us.
     #[error("the server's certificate is not trusted: {0}{hint}", hint = server_hint(.0))]
-    ServerCertificate(#[source] rustls::Error),
+    ServerCertificate(rustls::Error),
     /// The server refused our certificate (it sent this TLS alert).
     #[error(
         "the server refused our client certificate (TLS alert: {alert}); it may be expired or not yet valid, issued by a CA the server does not trust, or not made for client authentication (use a certificate from `jobs-ca client`)"
@@ -36,7 +36,7 @@ pub enum ConnectError {
     },
     /// Any other TLS failure.
     #[error("TLS handshake failed: {0}")]
-    Tls(#[source] rustls::Error),
+    Tls(rustls::Error),
     /// The server closed the connection right after the handshake without a
     /// TLS alert; most often it refused our certificate.
     #[error(

@@ -114,7 +114,7 @@ fn describe_status(s: &tonic::Status) -> String {
         tonic::Code::DeadlineExceeded => "deadline exceeded",
         tonic::Code::FailedPrecondition => "not possible now",
         tonic::Code::Internal => "server error",
-        _ => "error",
+        code => return format!("request failed ({code:?}): {}", s.message()),
     };
     if s.message().is_empty() {
         format!("{what} ({:?})", s.code())
@@ -212,16 +212,17 @@ impl Client {
             .ok_or_else(|| ClientError::Rpc(tonic::Status::internal("server sent no status")))
     }
 
-    /// Stops job `id` and returns its final status. Waits up to the server's
-    /// grace period plus [`ConnectOptions::timeout`].
+    /// Stops job `id` and returns its final status. Waits up to
+    /// [`crate::job::MAX_GRACE`] plus [`ConnectOptions::timeout`].
     ///
     /// # Errors
     /// [`ClientError::Rpc`] (NOT_FOUND, INVALID_ARGUMENT), [`ClientError::Timeout`].
     pub async fn stop(&self, id: &str) -> Result<proto::JobStatus, ClientError> {
         let mut rpc = self.rpc.clone();
         let call = rpc.stop(proto::StopRequest { id: id.to_owned() });
-        // The server waits out the grace period before answering.
-        let deadline = self.timeout + crate::job::DEFAULT_GRACE;
+        // The server waits out its grace period (at most MAX_GRACE) before
+        // answering.
+        let deadline = self.timeout + crate::job::MAX_GRACE;
         let response = match tokio::time::timeout(deadline, call).await {
             Ok(r) => r.map_err(ClientError::Rpc)?.into_inner(),
             Err(_) => {

@@ -182,6 +182,19 @@ impl Drop for LocalProcess {
     }
 }
 
+/// Hardens the daemon process against its own jobs: marks it not dumpable
+/// (prctl(2) `PR_SET_DUMPABLE` 0), which makes `/proc/<pid>/environ`, `mem`,
+/// `fd/` and friends of the daemon owned by root and unreadable to processes of
+/// the same user (proc(5)), forbids ptrace by them, and writes no core dump
+/// that could hold key material. Jobs are unaffected: execve(2) resets the
+/// attribute. A job running as root can still read them.
+///
+/// # Errors
+/// The OS error of prctl(2).
+pub fn protect_daemon_process() -> io::Result<()> {
+    nix::sys::prctl::set_dumpable(false).map_err(io::Error::from)
+}
+
 /// Finds the file to execute for `program`.
 fn resolve(program: &str) -> Result<PathBuf, SpawnError> {
     if program.starts_with('/') {

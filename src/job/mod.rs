@@ -41,6 +41,10 @@ use crate::output::{self, Log, LogReader};
 /// Default time between SIGTERM and SIGKILL when a job is stopped.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
+/// Longest grace period a daemon may be configured with. Stop answers only
+/// once the job is final, so clients bound their wait by this.
+pub const MAX_GRACE: Duration = Duration::from_secs(60);
+
 /// How long the supervisor keeps reading a job's pipes after its process group
 /// was killed. Every process of the group is dead by then, so the pipes reach
 /// EOF as soon as their buffered bytes are read; only a process that left the
@@ -187,7 +191,8 @@ pub enum JobError {
 pub struct JobsConfig {
     /// Directory for per-job output logs (created if missing, mode 0700).
     pub output_dir: PathBuf,
-    /// Time between SIGTERM and SIGKILL on stop.
+    /// Time between SIGTERM and SIGKILL on stop; at most [`MAX_GRACE`]
+    /// (longer values are treated as [`MAX_GRACE`]).
     pub grace: Duration,
 }
 
@@ -336,7 +341,7 @@ impl Jobs {
             phase: phase_tx,
             stop: stop_rx,
             shutdown: self.shutdown.clone(),
-            grace: self.config.grace,
+            grace: self.config.grace.min(MAX_GRACE),
         }));
         tracing::info!(job = %id, owner = %caller.identity(), command = ?job.command, "job started");
         Ok(OwnedJob(job))

@@ -1,0 +1,904 @@
+//! The `jobs` command line, run as the real binary against a real `jobsd`.
+//!
+//! Each test works in its own [`Sandbox`] (a temp dir with the PEM files, the
+//! CLI's working directory), starts its own daemon on `127.0.0.1:0` (stopped
+//! by [`Daemon`]'s `Drop`) and runs `jobs` with `JOBS_ADDR`, `JOBS_CA`,
+//! `JOBS_CERT` and `JOBS_KEY` set. The certificates (RSA-4096, about a second
+//! per key) are made once per test binary with [`jobs::ca`].
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::ops::Deref;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use jobs::ca::{CertAuthority, IssuedCert, Validity, default_server_sans};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tempfile::TempDir;
+
+const JOBS: &str = env!("CARGO_BIN_EXE_jobs");
+const JOBSD: &str = env!("CARGO_BIN_EXE_jobsd");
+
+/// How long any one CLI invocation or daemon shutdown may take before the
+/// test fails instead of hanging.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The test PKI, in memory: one CA, the server's certificate, alice and bob.
+struct Pki {
+    ca: String,
+    server: IssuedCert,
+    alice: IssuedCert,
+    bob: IssuedCert,
+}
+
+static PKI: LazyLock<Pki> = LazyLock::new(|| {
+    // Leaves may not outlive their CA.
+    let ca = CertAuthority::generate(Validity::days(60).unwrap()).unwrap();
+    let leaf = || Validity::days(30).unwrap();
+    Pki {
+        server: ca.issue_server(&default_server_sans(), leaf()).unwrap(),
+        alice: ca.issue_client("alice", leaf()).unwrap(),
+        bob: ca.issue_client("bob", leaf()).unwrap(),
+        ca: ca.cert_pem().to_owned(),
+    }
+});
+
+/// A second, unrelated CA with a client "mallory": what the daemon must refuse.
+struct Foreign {
+    ca: String,
+    mallory: IssuedCert,
+}
+
+static FOREIGN: LazyLock<Foreign> = LazyLock::new(|| {
+    let ca = CertAuthority::generate(Validity::days(60).unwrap()).unwrap();
+    Foreign {
+        mallory: ca
+            .issue_client("mallory", Validity::days(30).unwrap())
+            .unwrap(),
+        ca: ca.cert_pem().to_owned(),
+    }
+});
+
+/// A client's certificate and key files.
+struct User {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A private temp dir holding the PEM files; the working directory of every
+/// `jobs` run. Removed on drop.
+struct Sandbox {
+    dir: TempDir,
+    ca: PathBuf,
+    server: User,
+    alice: User,
+    bob: User,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("cli-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        let ca = dir.path().join("ca.crt");
+        write_file(&ca, PKI.ca.as_bytes());
+        Self {
+            ca,
+            server: write_issued(dir.path(), "server", &PKI.server),
+            alice: write_issued(dir.path(), "alice", &PKI.alice),
+            bob: write_issued(dir.path(), "bob", &PKI.bob),
+            dir,
+        }
+    }
+
+    /// Writes the foreign CA and mallory's files; returns the CA path and mallory.
+    fn foreign(&self) -> (PathBuf, User) {
+        let ca = self.dir.path().join("foreign-ca.crt");
+        write_file(&ca, FOREIGN.ca.as_bytes());
+        (
+            ca,
+            write_issued(self.dir.path(), "mallory", &FOREIGN.mallory),
+        )
+    }
+
+    /// `jobs ARGS` as `user` against `addr`, not yet started.
+    fn command_to(&self, addr: &str, user: &User, args: &[&str]) -> Command {
+        let mut cmd = Command::new(JOBS);
+        cmd.args(args)
+            .env("JOBS_ADDR", addr)
+            .env("JOBS_CA", &self.ca)
+            .env("JOBS_CERT", &user.cert)
+            .env("JOBS_KEY", &user.key)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
+fn write_issued(dir: &Path, name: &str, issued: &IssuedCert) -> User {
+    let user = User {
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+    };
+    write_file(&user.cert, issued.cert_pem.as_bytes());
+    write_file(&user.key, issued.key_pem.as_str().as_bytes());
+    user
+}
+
+fn write_file(path: &Path, data: &[u8]) {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap()
+        .write_all(data)
+        .unwrap();
+}
+
+/// A running `jobsd` (grace period 1 s) with its own sandbox and state dir;
+/// `Drop` sends SIGTERM and waits for it to exit.
+struct Daemon {
+    child: Child,
+    addr: String,
+    _stdout: ChildStdout,
+    sandbox: Sandbox,
+}
+
+impl Deref for Daemon {
+    type Target = Sandbox;
+
+    fn deref(&self) -> &Sandbox {
+        &self.sandbox
+    }
+}
+
+impl Daemon {
+    fn start() -> Self {
+        let sandbox = Sandbox::new();
+        let dir = sandbox.dir.path();
+        let log = fs::File::create(dir.join("jobsd.log")).unwrap();
+        let mut child = Command::new(JOBSD)
+            .args(["--listen", "127.0.0.1:0", "--grace-secs", "1", "--ca"])
+            .arg(&sandbox.ca)
+            .arg("--cert")
+            .arg(&sandbox.server.cert)
+            .arg("--key")
+            .arg(&sandbox.server.key)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let Some(addr) = line.trim_end().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = fs::read_to_string(dir.join("jobsd.log")).unwrap_or_default();
+            panic!("jobsd did not start: stdout {line:?}, log:\n{log}");
+        };
+        Self {
+            addr: addr.to_owned(),
+            child,
+            _stdout: stdout.into_inner(),
+            sandbox,
+        }
+    }
+
+    /// `jobs ARGS` as `user`, run to completion.
+    fn jobs(&self, user: &User, args: &[&str]) -> Out {
+        run(self.command(user, args))
+    }
+
+    /// `jobs ARGS` as `user`, not yet started.
+    fn command(&self, user: &User, args: &[&str]) -> Command {
+        self.command_to(&self.addr, user, args)
+    }
+
+    /// Starts `argv` as `user` and returns the job id.
+    fn start_job(&self, user: &User, argv: &[&str]) -> String {
+        let mut args = vec!["start", "--"];
+        args.extend_from_slice(argv);
+        let out = self.jobs(user, &args);
+        assert_eq!(
+            (out.code, out.stderr.as_str()),
+            (0, ""),
+            "jobs start {argv:?}"
+        );
+        let id = String::from_utf8(out.stdout).unwrap();
+        id.trim_end().to_owned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        // ESRCH if a test killed it already; it is reaped below either way.
+        let _ = kill(pid, Signal::SIGTERM);
+        if wait_until(&mut self.child, Instant::now() + DEADLINE).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            if !std::thread::panicking() {
+                panic!("jobsd did not exit within {DEADLINE:?} of SIGTERM");
+            }
+        }
+    }
+}
+
+/// What a finished `jobs` printed and how it exited.
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Out {
+    fn stdout_str(&self) -> &str {
+        std::str::from_utf8(&self.stdout).unwrap()
+    }
+}
+
+fn run(mut cmd: Command) -> Out {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    finish(child)
+}
+
+/// Waits for `child` (with [`DEADLINE`]) and collects its piped output.
+fn finish(mut child: Child) -> Out {
+    let stdout = child.stdout.take().map(drain);
+    let stderr = child.stderr.take().map(drain);
+    let status = wait_until(&mut child, Instant::now() + DEADLINE).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("jobs did not finish within {DEADLINE:?}");
+    });
+    Out {
+        code: code(status),
+        stdout: stdout.map(|h| h.join().unwrap()).unwrap_or_default(),
+        stderr: String::from_utf8(stderr.map(|h| h.join().unwrap()).unwrap_or_default()).unwrap(),
+    }
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        r.read_to_end(&mut buf).unwrap();
+        buf
+    })
+}
+
+fn code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| panic!("jobs died of a signal: {status:?}"))
+}
+
+/// Waits for `child` to exit until `deadline`; `None` if it is still running.
+fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        // std offers no wait-with-timeout on a child; poll its exit.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn json(out: &Out) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn is_canonical_uuid(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok_and(|u| u.hyphenated().to_string() == s)
+}
+
+fn random_bytes(n: u64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    fs::File::open("/dev/urandom")
+        .unwrap()
+        .take(n)
+        .read_to_end(&mut buf)
+        .unwrap();
+    buf
+}
+
+#[test]
+fn start_prints_only_a_canonical_uuid() {
+    // Scenario: scripts capture `id=$(jobs start -- …)`; nothing else may be on stdout.
+    let d = Daemon::start();
+    let out = d.jobs(&d.alice, &["start", "--", "sleep", "60"]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+    let text = out.stdout_str();
+    let id = text.strip_suffix('\n').unwrap();
+    assert!(is_canonical_uuid(id), "{text:?}");
+}
+
+#[test]
+fn start_json_has_exactly_the_documented_fields() {
+    // Scenario: `jobs start --json` is an interface; its field names and types are fixed.
+    let d = Daemon::start();
+    let before = time::OffsetDateTime::now_utc();
+    let out = d.jobs(&d.alice, &["start", "--json", "--", "sleep", "60"]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+    assert_eq!(out.stdout.last(), Some(&b'\n'));
+    let v = json(&out);
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "command",
+            "ended_at",
+            "exit_code",
+            "id",
+            "owner",
+            "signal",
+            "started_at",
+            "state"
+        ]
+    );
+    assert!(is_canonical_uuid(v["id"].as_str().unwrap()));
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["exit_code"], Value::Null);
+    assert_eq!(v["signal"], Value::Null);
+    assert_eq!(v["command"], serde_json::json!(["sleep", "60"]));
+    assert_eq!(v["ended_at"], Value::Null);
+    assert_eq!(v["owner"], PKI.alice.identity.to_string());
+    let started = time::OffsetDateTime::parse(
+        v["started_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(
+        started >= before - Duration::from_secs(1),
+        "{started} < {before}"
+    );
+    assert!(started <= time::OffsetDateTime::now_utc());
+}
+
+#[test]
+fn arguments_reach_the_program_verbatim() {
+    // Scenario (C29): no shell anywhere; spaces, `;`, `$HOME` and `*` stay as typed.
+    let d = Daemon::start();
+    let id = d.start_job(&d.alice, &["echo", "a b", "c;d", "$HOME", "*"]);
+    let out = d.jobs(&d.alice, &["stream", &id]);
+    assert_eq!(
+        (out.code, out.stdout.as_slice(), out.stderr.as_str()),
+        (0, &b"a b c;d $HOME *\n"[..], "")
+    );
+    // Without `--` the words after the program still belong to it, flags included.
+    let out = d.jobs(
+        &d.alice,
+        &["run", "sh", "-c", "echo \"$0\" \"$1\"", "--json", "--addr"],
+    );
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (0, "--json --addr\n", "")
+    );
+}
+
+#[test]
+fn stream_exits_with_the_jobs_exit_code() {
+    // Scenario: `jobs stream` in a script must report the job's failure as its own.
+    let d = Daemon::start();
+    let id = d.start_job(&d.alice, &["sh", "-c", "exit 3"]);
+    let out = d.jobs(&d.alice, &["stream", &id]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (3, "", "")
+    );
+    let out = d.jobs(&d.alice, &["status", &id]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (
+            0,
+            format!("{id}  exited with code 3  sh -c 'exit 3'\n").as_str(),
+            ""
+        )
+    );
+}
+
+#[test]
+fn signal_death_exits_128_plus_signal_and_is_named() {
+    // Scenario (C09): a job killed by SIGKILL must never look like success or like a plain code.
+    let d = Daemon::start();
+    let id = d.start_job(&d.alice, &["sh", "-c", "kill -9 $$"]);
+    let out = d.jobs(&d.alice, &["stream", &id]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (137, "", "")
+    );
+    let out = d.jobs(&d.alice, &["status", &id]);
+    assert_eq!(
+        out.stdout_str(),
+        format!("{id}  killed by signal 9 (SIGKILL)  sh -c 'kill -9 $$'\n")
+    );
+    let out = d.jobs(&d.alice, &["status", "--json", &id]);
+    let v = json(&out);
+    assert_eq!(
+        (&v["state"], &v["exit_code"], &v["signal"]),
+        (
+            &Value::from("killed"),
+            &Value::Null,
+            &Value::from("SIGKILL")
+        )
+    );
+    assert!(v["ended_at"].is_string());
+
+    let id = d.start_job(&d.alice, &["sh", "-c", "kill -SEGV $$"]);
+    let out = d.jobs(&d.alice, &["stream", &id]);
+    assert_eq!(out.code, 139);
+    let out = d.jobs(&d.alice, &["status", &id]);
+    // ", core dumped" depends on the host's core dump settings.
+    assert!(
+        out.stdout_str()
+            .starts_with(&format!("{id}  killed by signal 11 (SIGSEGV)")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn exit_137_is_an_exit_code_not_a_signal() {
+    // Scenario (C09): `exit 137` is a code; it must not be reported as SIGKILL.
+    let d = Daemon::start();
+    let id = d.start_job(&d.alice, &["sh", "-c", "exit 137"]);
+    let out = d.jobs(&d.alice, &["stream", &id]);
+    assert_eq!(out.code, 137);
+    let out = d.jobs(&d.alice, &["status", &id]);
+    assert_eq!(
+        out.stdout_str(),
+        format!("{id}  exited with code 137  sh -c 'exit 137'\n")
+    );
+    let v = json(&d.jobs(&d.alice, &["status", "--json", &id]));
+    assert_eq!(
+        (&v["state"], &v["exit_code"], &v["signal"]),
+        (&Value::from("exited"), &Value::from(137), &Value::Null)
+    );
+}
+
+#[test]
+fn output_keeps_stdout_and_stderr_apart() {
+    // Scenario: the job's stderr must not leak into our stdout or the other way round.
+    let d = Daemon::start();
+    let id = d.start_job(&d.alice, &["sh", "-c", "printf out; printf err >&2"]);
+    let streamed = d.jobs(&d.alice, &["stream", &id]);
+    assert_eq!(
+        (
+            streamed.code,
+            streamed.stdout_str(),
+            streamed.stderr.as_str()
+        ),
+        (0, "out", "err")
+    );
+    let out = d.jobs(&d.alice, &["output", &id]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (0, "out", "err")
+    );
+}
+
+#[test]
+fn binary_output_is_byte_exact() {
+    // Scenario: random bytes (not UTF-8, many 64 KiB chunks) come back unchanged.
+    let d = Daemon::start();
+    let blob = random_bytes((1 << 20) + 7);
+    let path = d.dir.path().join("blob");
+    write_file(&path, &blob);
+    // Jobs run with cwd `/`, so the path must be absolute.
+    let id = d.start_job(&d.alice, &["/bin/cat", path.to_str().unwrap()]);
+    let streamed = d.jobs(&d.alice, &["stream", &id]);
+    assert_eq!((streamed.code, streamed.stderr.as_str()), (0, ""));
+    assert!(
+        streamed.stdout == blob,
+        "stream differs: {} bytes",
+        streamed.stdout.len()
+    );
+    let out = d.jobs(&d.alice, &["output", &id]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+    assert!(
+        out.stdout == blob,
+        "output differs: {} bytes",
+        out.stdout.len()
+    );
+}
+
+#[test]
+fn run_follows_and_exits_like_the_job() {
+    // Scenario: `jobs run` behaves like running the program locally: output, streams, code.
+    let d = Daemon::start();
+    let out = d.jobs(
+        &d.alice,
+        &["run", "--", "sh", "-c", "echo out; echo err >&2; exit 7"],
+    );
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (7, "out\n", "err\n")
+    );
+}
+
+#[test]
+fn quoted_command_line_is_not_split_and_creates_no_job() {
+    // Scenario (C29): `jobs start "sleep 100"` names a program with a space; it fails at once.
+    let d = Daemon::start();
+    let out = d.jobs(&d.alice, &["start", "sleep 100"]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (
+            1,
+            "",
+            "jobs: error: invalid request: program 'sleep 100' not found in PATH \
+             /usr/local/bin:/usr/bin:/bin; the program name is not split on spaces: \
+             pass the program and each argument separately\n"
+        )
+    );
+    let list = d.jobs(&d.alice, &["list", "--json"]);
+    assert_eq!((list.code, list.stdout_str()), (0, "[]\n"));
+    // Unquoted, the same words are a program and its argument.
+    let id = d.start_job(&d.alice, &["sleep", "100"]);
+    let list = d.jobs(&d.alice, &["list"]);
+    assert_eq!(list.stdout_str(), format!("{id}  running  sleep 100\n"));
+}
+
+#[test]
+fn bad_programs_are_refused_at_start() {
+    // Scenario (C29): relative, missing and non-executable programs are start errors, not exit 127.
+    let d = Daemon::start();
+    for (program, message) in [
+        (
+            "./run.sh",
+            "program './run.sh' is a relative path; give an absolute path or a bare name looked up in PATH",
+        ),
+        (
+            "nonexistent-binary-xyz",
+            "program 'nonexistent-binary-xyz' not found in PATH /usr/local/bin:/usr/bin:/bin",
+        ),
+        (
+            "/etc/passwd",
+            "program '/etc/passwd' is not an executable file",
+        ),
+    ] {
+        let out = d.jobs(&d.alice, &["start", "--", program]);
+        assert_eq!(
+            (out.code, out.stdout_str(), out.stderr.as_str()),
+            (
+                1,
+                "",
+                format!("jobs: error: invalid request: {message}\n").as_str()
+            ),
+            "{program}"
+        );
+    }
+    let list = d.jobs(&d.alice, &["list"]);
+    assert_eq!((list.code, list.stdout_str()), (0, ""));
+}
+
+#[test]
+fn malformed_job_id_is_refused() {
+    // Scenario: a typo in an id gets a message that says what an id looks like.
+    let d = Daemon::start();
+    let out = d.jobs(&d.alice, &["status", "not-a-uuid"]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (
+            1,
+            "",
+            "jobs: error: invalid request: job id must be a UUID like 67e55044-10b1-426f-9247-bb680e5fe0c8\n"
+        )
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_without_contacting_the_server() {
+    // Scenario: `jobs start` with no program is clap's usage error; no connection is made.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let sb = Sandbox::new();
+    let out = run(sb.command_to(&addr, &sb.alice, &["start"]));
+    assert_eq!((out.code, out.stdout_str()), (2, ""));
+    assert_eq!(
+        out.stderr,
+        "error: the following required arguments were not provided:\n  <PROGRAM>...\n\n\
+         Usage: jobs start [--json] [--] PROGRAM [ARG]...\n\n\
+         For more information, try '--help'.\n"
+    );
+    // Missing certificate settings are usage errors too.
+    let mut cmd = sb.command_to(&addr, &sb.alice, &["list"]);
+    cmd.env_remove("JOBS_KEY");
+    let out = run(cmd);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .starts_with("error: --key <FILE> is required (or set JOBS_KEY)\n"),
+        "{out:?}"
+    );
+    let accepted = listener.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the CLI connected: {accepted:?}"
+    );
+}
+
+#[test]
+fn help_documents_exit_codes_and_the_no_split_rule() {
+    // Scenario: the exit code contract and the quoting rule are in `--help`, where users look.
+    let sb = Sandbox::new();
+    let out = run(sb.command_to("127.0.0.1:1", &sb.alice, &["--help"]));
+    assert_eq!(out.code, 0);
+    for line in [
+        "  2      usage error (nothing was sent to the server)\n",
+        "  128+N  a signal N killed the job (137: SIGKILL, 143: SIGTERM); never 0\n",
+        "  255    jobs could not follow the job to its end: the stream was cut and\n",
+        "name is never split on spaces: `jobs start \"sleep 100\"` asks for a program\n",
+    ] {
+        assert!(out.stdout_str().contains(line), "missing {line:?}");
+    }
+    let out = run(sb.command_to("127.0.0.1:1", &sb.alice, &["start", "--help"]));
+    assert!(
+        out.stdout_str().contains(
+            "program name is never split on spaces, so `jobs start \"sleep 100\"` fails\n"
+        ),
+        "{}",
+        out.stdout_str()
+    );
+}
+
+#[test]
+fn another_users_job_is_indistinguishable_from_no_job() {
+    // Scenario: bob learns nothing about alice's job id, and cannot stop or read it.
+    let d = Daemon::start();
+    let id = d.start_job(&d.alice, &["sleep", "60"]);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for args in [
+        ["status", id.as_str()],
+        ["stop", &id],
+        ["output", &id],
+        ["stream", &id],
+        ["status", &unknown],
+    ] {
+        let out = d.jobs(&d.bob, &args);
+        assert_eq!(
+            (out.code, out.stdout_str(), out.stderr.as_str()),
+            (1, "", "jobs: error: not found: no such job\n"),
+            "{args:?}"
+        );
+    }
+    assert_eq!(d.jobs(&d.bob, &["list", "--json"]).stdout_str(), "[]\n");
+    assert_eq!(d.jobs(&d.bob, &["list"]).stdout_str(), "");
+    // Bob's stop did nothing.
+    let out = d.jobs(&d.alice, &["status", &id]);
+    assert_eq!(out.stdout_str(), format!("{id}  running  sleep 60\n"));
+}
+
+#[test]
+fn stop_ends_every_follower_with_the_final_status() {
+    // Scenario (C18): a follower of a stopped job ends at once with 128+15, and stop prints the end.
+    let d = Daemon::start();
+    let id = d.start_job(&d.alice, &["sleep", "600"]);
+    let follower = d
+        .command(&d.alice, &["stream", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = format!("{id}  stopped by its owner: killed by signal 15 (SIGTERM)  sleep 600\n");
+    let out = d.jobs(&d.alice, &["stop", &id]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (0, line.as_str(), "")
+    );
+    let followed = finish(follower);
+    assert_eq!(
+        (
+            followed.code,
+            followed.stdout_str(),
+            followed.stderr.as_str()
+        ),
+        (143, "", "")
+    );
+    // Stopping again sends nothing and reports the same end; a late follower ends too.
+    assert_eq!(d.jobs(&d.alice, &["stop", &id]).stdout_str(), line);
+    assert_eq!(d.jobs(&d.alice, &["stream", &id]).code, 143);
+}
+
+#[test]
+fn ctrl_c_in_run_stops_the_job_and_waits_for_its_end() {
+    // Scenario: Ctrl-C during `jobs run` stops the remote job; the CLI reports how it ended.
+    let d = Daemon::start();
+    let mut child = d
+        .command(&d.alice, &["run", "--", "sh", "-c", "echo hi; sleep 60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "hi\n");
+    child.stdout = Some(stdout.into_inner());
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+    kill(pid, Signal::SIGINT).unwrap();
+    let out = finish(child);
+    let jobs = json(&d.jobs(&d.alice, &["list", "--json"]));
+    let id = jobs[0]["id"].as_str().unwrap();
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (
+            143,
+            "",
+            format!("jobs: stopping job {id}; press Ctrl-C again to stop waiting\n").as_str()
+        )
+    );
+    assert_eq!(
+        d.jobs(&d.alice, &["status", id]).stdout_str(),
+        format!(
+            "{id}  stopped by its owner: killed by signal 15 (SIGTERM)  sh -c 'echo hi; sleep 60'\n"
+        )
+    );
+}
+
+#[test]
+fn closed_stdout_is_a_clean_exit() {
+    // Scenario: `jobs output ID | head -c 1` must not print an error or fail the pipeline.
+    let d = Daemon::start();
+    let id = d.start_job(&d.alice, &["head", "-c", "10000000", "/dev/zero"]);
+    let mut wait = d.command(&d.alice, &["stream", &id]);
+    wait.stdout(Stdio::null());
+    assert_eq!(run(wait).code, 0);
+    for command in ["output", "stream"] {
+        let mut child = d
+            .command(&d.alice, &[command, &id])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 1];
+        child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+        assert_eq!(first, [0]);
+        // The read end is closed now; the CLI still has megabytes to write.
+        let out = finish(child);
+        assert_eq!((out.code, out.stderr.as_str()), (0, ""), "jobs {command}");
+    }
+}
+
+#[test]
+fn cut_stream_exits_255_and_says_output_may_be_incomplete() {
+    // Scenario (C17): the daemon dies mid-stream; the CLI must not exit 0 with partial output.
+    let mut d = Daemon::start();
+    // The loop ends by SIGPIPE once the daemon (the pipe's reader) is gone.
+    let id = d.start_job(
+        &d.alice,
+        &["sh", "-c", "echo a; while sleep 0.2; do echo .; done"],
+    );
+    let mut child = d
+        .command(&d.alice, &["stream", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "a\n");
+    child.stdout = Some(stdout.into_inner());
+    kill(
+        Pid::from_raw(i32::try_from(d.child.id()).unwrap()),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    d.child.wait().unwrap();
+    let out = finish(child);
+    assert_eq!(out.code, 255, "{out:?}");
+    let prefix = format!(
+        "jobs: error: lost track of job {id} before it ended; its output may be incomplete: "
+    );
+    assert!(out.stderr.starts_with(&prefix), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn client_certificate_from_another_ca_is_refused() {
+    // Scenario: mallory's certificate is well-formed but issued by a CA the daemon does not trust.
+    let d = Daemon::start();
+    let (_, mallory) = d.foreign();
+    let out = d.jobs(&mallory, &["list"]);
+    assert_eq!((out.code, out.stdout_str()), (1, ""));
+    let prefix = format!(
+        "jobs: error: cannot connect to {}: the server refused our client certificate (TLS alert: ",
+        d.addr
+    );
+    assert!(out.stderr.starts_with(&prefix), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("issued by a CA the server does not trust"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn server_certificate_from_another_ca_is_not_trusted() {
+    // Scenario: alice points JOBS_CA at the wrong CA file; the CLI says which certificate failed.
+    let d = Daemon::start();
+    let (foreign_ca, _) = d.foreign();
+    let mut cmd = d.command(&d.alice, &["list"]);
+    cmd.env("JOBS_CA", foreign_ca);
+    let out = run(cmd);
+    assert_eq!((out.code, out.stdout_str()), (1, ""));
+    let prefix = format!(
+        "jobs: error: cannot connect to {}: the server's certificate is not trusted: ",
+        d.addr
+    );
+    assert!(out.stderr.starts_with(&prefix), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("(it was not issued by the CA given with --ca / JOBS_CA)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn nothing_listening_suggests_starting_jobsd() {
+    // Scenario: the daemon is not running; the user is told so, not "transport error".
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let sb = Sandbox::new();
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let out = run(sb.command_to(&addr, &sb.alice, &["status", &unknown]));
+    assert_eq!((out.code, out.stdout_str()), (1, ""));
+    assert_eq!(
+        out.stderr,
+        format!(
+            "jobs: error: cannot connect to {addr}: TCP connection failed; is jobsd running and \
+             listening on that address?: Connection refused (os error 111)\n"
+        )
+    );
+}
+
+#[test]
+fn silent_server_times_out_after_10_seconds() {
+    // Scenario: a peer accepts TCP but never answers; the CLI gives up after 10 s with a clear message.
+    // The kernel completes the TCP handshake into the backlog; nobody ever reads.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let sb = Sandbox::new();
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let began = Instant::now();
+    let out = run(sb.command_to(&addr, &sb.alice, &["status", &unknown]));
+    let took = began.elapsed();
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (
+            1,
+            "",
+            format!("jobs: error: no answer from {addr} within 10 s\n").as_str()
+        )
+    );
+    assert!(
+        took >= Duration::from_millis(9_500) && took <= Duration::from_secs(15),
+        "took {took:?}"
+    );
+    drop(listener);
+}
