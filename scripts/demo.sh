@@ -57,12 +57,13 @@ as_alice status "$id"
 
 say "bob tries to read, follow and stop alice's job"
 for cmd in status output stream stop; do
+  printf '$ jobs %s %s   (as bob)\n' "$cmd" "$id"
   if as_bob "$cmd" "$id"; then
     echo "UNEXPECTED: bob's '$cmd' succeeded" >&2
     exit 1
   fi
 done
-echo "bob's jobs:"
+echo "$ jobs list   (as bob; alice's job is not there)"
 as_bob list
 
 say "alice runs a job and stops it"
