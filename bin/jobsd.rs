@@ -60,13 +60,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cert: args.cert,
         key: args.key,
     };
-    let tls = pem.server_config().context("cannot load the TLS configuration")?;
+    let tls = pem
+        .server_config()
+        .context("cannot load the TLS configuration")?;
     let mut config = jobs::server::ServerConfig::new(tls, &args.state_dir);
     config.jobs.grace = Duration::from_secs(args.grace_secs);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener.local_addr().context("cannot read the listening address")?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
     if !local.ip().is_loopback() {
         tracing::warn!(%local, "listening beyond loopback");
     }

@@ -237,7 +237,11 @@ fn ca_certificate_is_a_v3_rsa4096_ca_that_signs_only_leaves() {
     let ca = &CA.value;
     let cert = parse(ca.cert_der());
     assert_eq!(cert.version(), X509Version::V3);
-    assert_eq!(common_name(&cert), "jobs CA");
+    // "jobs CA " + the first 12 hex digits of its own fingerprint.
+    assert_eq!(
+        common_name(&cert),
+        format!("jobs CA {}", &ca.identity().to_string()[7..19])
+    );
     assert_eq!(
         cert.subject().as_raw(),
         cert.issuer().as_raw(),

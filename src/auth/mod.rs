@@ -156,13 +156,13 @@ mod tests {
         let good = Identity::from_spki_der(b"k").to_string();
         let hex = &good[7..];
         for bad in [
-            hex.to_string(),                                // no prefix
-            format!("SHA256:{hex}"),                        // prefix case
-            format!("sha256:{}", hex.to_uppercase()),       // upper-case hex
-            format!("sha256:{}", &hex[1..]),                // 63 digits
-            format!("sha256:{hex}0"),                       // 65 digits
-            format!("sha256:{}g", &hex[1..]),               // not hex
-            format!("sha256: {}", &hex[1..]),               // space
+            hex.to_string(),                          // no prefix
+            format!("SHA256:{hex}"),                  // prefix case
+            format!("sha256:{}", hex.to_uppercase()), // upper-case hex
+            format!("sha256:{}", &hex[1..]),          // 63 digits
+            format!("sha256:{hex}0"),                 // 65 digits
+            format!("sha256:{}g", &hex[1..]),         // not hex
+            format!("sha256: {}", &hex[1..]),         // space
         ] {
             assert!(
                 matches!(bad.parse::<Identity>(), Err(AuthError::BadFingerprint)),

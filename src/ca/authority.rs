@@ -42,7 +42,7 @@ pub struct CertAuthority {
 
 impl CertAuthority {
     /// Makes a new CA: a fresh RSA-4096 key and a self-signed certificate with
-    /// common name `jobs CA`, `basicConstraints` critical `cA:TRUE` with path
+    /// common name `jobs CA <first 12 hex digits of its fingerprint>`, `basicConstraints` critical `cA:TRUE` with path
     /// length 0 (it signs leaves, never another CA), key usage `keyCertSign` and
     /// `cRLSign`, a subject key identifier and a random serial.
     ///
@@ -58,11 +58,15 @@ impl CertAuthority {
         params.not_before = validity.not_before;
         params.not_after = validity.not_after;
         params.serial_number = Some(random_serial()?);
-        params.distinguished_name = common_name(CA_COMMON_NAME);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
 
         let key = generate_key()?;
+        // Each CA gets its own subject, so that a certificate from another
+        // jobs-ca deployment is refused as "unknown issuer" (no trust anchor
+        // with that name) rather than as a bad signature.
+        let tag = Identity::from_spki_der(&key.subject_public_key_info()).to_string();
+        params.distinguished_name = common_name(&format!("{CA_COMMON_NAME} {}", &tag[7..19]));
         let cert = params.self_signed(&key).map_err(CaError::Sign)?;
         let identity = Identity::from_spki_der(&key.subject_public_key_info());
         let cert_der = cert.der().clone();

@@ -54,7 +54,9 @@ fn server_hint(e: &rustls::Error) -> &'static str {
         rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
             " (it was not issued by the CA given with --ca / JOBS_CA)"
         }
-        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => {
             " (dial a name or address listed in its subject alternative names, or reissue it with `jobs-ca server --san`)"
         }
         _ => "",
@@ -64,7 +66,10 @@ fn server_hint(e: &rustls::Error) -> &'static str {
 impl ConnectError {
     /// Classifies an I/O error from the TCP connect or the TLS handshake.
     fn from_io(e: io::Error) -> Self {
-        if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        if let Some(tls) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
             return Self::from_rustls(tls.clone());
         }
         match e.kind() {
@@ -168,14 +173,19 @@ impl Target {
 }
 
 /// What one connection attempt resolves to.
-type Connecting = Pin<Box<dyn Future<Output = Result<TokioIo<Handshaken>, ConnectErrorBox>> + Send>>;
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<TokioIo<Handshaken>, ConnectErrorBox>> + Send>>;
 
 /// The connector tonic calls for each (re)connection.
 pub(super) fn connector(
     target: Target,
     tls: Arc<rustls::ClientConfig>,
-) -> impl tower::Service<http::Uri, Response = TokioIo<Handshaken>, Error = ConnectErrorBox, Future = Connecting>
-+ Clone
+) -> impl tower::Service<
+    http::Uri,
+    Response = TokioIo<Handshaken>,
+    Error = ConnectErrorBox,
+    Future = Connecting,
+> + Clone
 + Send
 + 'static {
     let connector = TlsConnector::from(tls);
@@ -275,9 +285,10 @@ impl AsyncWrite for Handshaken {
     }
 }
 
-/// Refuses to connect with a certificate that is outside its validity period,
-/// saying which bound is crossed and by how much (the server would only say
-/// "bad certificate").
+/// Refuses to connect with a certificate the server is bound to refuse — a CA
+/// certificate, one without the clientAuth extended key usage, or one outside
+/// its validity period — saying what is wrong (the server would only send a
+/// generic TLS alert).
 pub(super) fn check_own_certificate(path: &std::path::Path, pem: &[u8]) -> Result<(), ClientError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
@@ -288,6 +299,20 @@ pub(super) fn check_own_certificate(path: &std::path::Path, pem: &[u8]) -> Resul
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
         return Ok(());
     };
+    if cert.is_ca() {
+        return Err(ClientError::OwnCertificate(format!(
+            "client certificate {} is a CA certificate (basicConstraints cA:TRUE), not a user certificate; issue one with `jobs-ca client NAME`",
+            path.display()
+        )));
+    }
+    if let Ok(Some(eku)) = cert.extended_key_usage() {
+        if !eku.value.client_auth && !eku.value.any {
+            return Err(ClientError::OwnCertificate(format!(
+                "client certificate {} is not made for client authentication (its extended key usage lacks clientAuth); issue one with `jobs-ca client NAME`",
+                path.display()
+            )));
+        }
+    }
     let now = time::OffsetDateTime::now_utc();
     let not_before = cert.validity().not_before.to_datetime();
     let not_after = cert.validity().not_after.to_datetime();
@@ -343,7 +368,14 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("::1", 7));
         let t = Target::parse("localhost:1").unwrap();
         assert!(matches!(t.name, ServerName::DnsName(_)));
-        for bad in ["localhost", ":1", "::1:7", "host:notaport", "host:70000", "[::1:7"] {
+        for bad in [
+            "localhost",
+            ":1",
+            "::1:7",
+            "host:notaport",
+            "host:70000",
+            "[::1:7",
+        ] {
             assert!(Target::parse(bad).is_none(), "{bad} parsed");
         }
     }
@@ -352,6 +384,9 @@ mod tests {
     fn durations_read_as_people_say_them() {
         assert_eq!(human(time::Duration::seconds(1)), "1 second");
         assert_eq!(human(time::Duration::minutes(5)), "5 minutes");
-        assert_eq!(human(time::Duration::days(3) + time::Duration::hours(2)), "3 days");
+        assert_eq!(
+            human(time::Duration::days(3) + time::Duration::hours(2)),
+            "3 days"
+        );
     }
 }

@@ -123,6 +123,19 @@ fn describe_status(s: &tonic::Status) -> String {
     }
 }
 
+/// A status that tonic made locally from a transport failure (it carries the
+/// failure as its source; a status the server sent has none) means the
+/// connection went away, whatever code tonic picked for it (CANCELLED for a
+/// closed connection, INTERNAL for an HTTP/2 GOAWAY): report UNAVAILABLE.
+fn transport_status(s: tonic::Status) -> tonic::Status {
+    use std::error::Error;
+    if s.source().is_some() && s.code() != tonic::Code::Unavailable {
+        tonic::Status::unavailable(format!("connection to the server lost ({})", s.message()))
+    } else {
+        s
+    }
+}
+
 /// A connection to `jobsd`. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Client {
@@ -151,9 +164,10 @@ impl Client {
         let pem = options.pem.read()?;
         connect::check_own_certificate(&options.pem.cert, &pem.cert)?;
         let tls = options.pem.client_config_from(&pem)?;
-        let target = connect::Target::parse(&options.addr).ok_or_else(|| ClientError::BadAddress {
-            addr: options.addr.clone(),
-        })?;
+        let target =
+            connect::Target::parse(&options.addr).ok_or_else(|| ClientError::BadAddress {
+                addr: options.addr.clone(),
+            })?;
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", options.addr))
             .map_err(|_| ClientError::BadAddress {
                 addr: options.addr.clone(),
@@ -164,16 +178,17 @@ impl Client {
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW);
         let connector = connect::connector(target, tls);
-        let channel = tokio::time::timeout(options.timeout, endpoint.connect_with_connector(connector))
-            .await
-            .map_err(|_| ClientError::Timeout {
-                addr: options.addr.clone(),
-                timeout: options.timeout,
-            })?
-            .map_err(|e| ClientError::Connect {
-                addr: options.addr.clone(),
-                source: ConnectError::from_transport(&e),
-            })?;
+        let channel =
+            tokio::time::timeout(options.timeout, endpoint.connect_with_connector(connector))
+                .await
+                .map_err(|_| ClientError::Timeout {
+                    addr: options.addr.clone(),
+                    timeout: options.timeout,
+                })?
+                .map_err(|e| ClientError::Connect {
+                    addr: options.addr.clone(),
+                    source: ConnectError::from_transport(&e),
+                })?;
         Ok(Self {
             rpc: JobServiceClient::new(channel),
             addr: options.addr.clone(),
@@ -187,7 +202,7 @@ impl Client {
     ) -> Result<T, ClientError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(ClientError::Rpc(s)),
+            Ok(Err(s)) => Err(ClientError::Rpc(transport_status(s))),
             Err(_) => Err(ClientError::Timeout {
                 addr: self.addr.clone(),
                 timeout: self.timeout,
@@ -200,7 +215,11 @@ impl Client {
     /// # Errors
     /// [`ClientError::Rpc`] with INVALID_ARGUMENT for a bad command,
     /// [`ClientError::Timeout`].
-    pub async fn start(&self, program: &str, args: &[String]) -> Result<proto::JobStatus, ClientError> {
+    pub async fn start(
+        &self,
+        program: &str,
+        args: &[String],
+    ) -> Result<proto::JobStatus, ClientError> {
         let mut rpc = self.rpc.clone();
         let request = proto::StartRequest {
             program: program.to_owned(),
@@ -224,7 +243,9 @@ impl Client {
         // answering.
         let deadline = self.timeout + crate::job::MAX_GRACE;
         let response = match tokio::time::timeout(deadline, call).await {
-            Ok(r) => r.map_err(ClientError::Rpc)?.into_inner(),
+            Ok(r) => r
+                .map_err(|s| ClientError::Rpc(transport_status(s)))?
+                .into_inner(),
             Err(_) => {
                 return Err(ClientError::Timeout {
                     addr: self.addr.clone(),
@@ -293,4 +314,3 @@ pub fn pem_files_in(dir: &std::path::Path, name: &str) -> PemFiles {
         key: dir.join(format!("{name}.key")),
     }
 }
-

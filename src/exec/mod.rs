@@ -37,9 +37,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
-use crate::job::{
-    BoxFuture, ExitInfo, Executor, JobSignal, JobSpec, Process, SpawnError, Spawned,
-};
+use crate::job::{BoxFuture, Executor, ExitInfo, JobSignal, JobSpec, Process, SpawnError, Spawned};
 
 /// The PATH bare program names are looked up in, and the PATH jobs get. Fixed
 /// so that what runs never depends on the daemon's own environment.
@@ -267,4 +265,3 @@ fn pipe(end: Option<impl Into<OwnedFd>>) -> io::Result<tokio::net::unix::pipe::R
     let end = end.ok_or_else(|| io::Error::other("child pipe missing"))?;
     tokio::net::unix::pipe::Receiver::from_owned_fd(end.into())
 }
-

@@ -30,9 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-pub use executor::{
-    BoxFuture, Executor, JobSignal, OutputPipe, Process, SpawnError, Spawned,
-};
+pub use executor::{BoxFuture, Executor, JobSignal, OutputPipe, Process, SpawnError, Spawned};
 pub use spec::{JobSpec, MAX_ARGS, MAX_ARGV_BYTES, MAX_PROGRAM_LEN};
 
 use crate::auth::{Caller, Identity};
@@ -334,15 +332,16 @@ impl Jobs {
             log,
         });
         self.lock().insert(id, job.clone());
-        self.tracker.spawn(supervisor::supervise(supervisor::Supervisor {
-            id,
-            spawned,
-            log: writer,
-            phase: phase_tx,
-            stop: stop_rx,
-            shutdown: self.shutdown.clone(),
-            grace: self.config.grace.min(MAX_GRACE),
-        }));
+        self.tracker
+            .spawn(supervisor::supervise(supervisor::Supervisor {
+                id,
+                spawned,
+                log: writer,
+                phase: phase_tx,
+                stop: stop_rx,
+                shutdown: self.shutdown.clone(),
+                grace: self.config.grace.min(MAX_GRACE),
+            }));
         tracing::info!(job = %id, owner = %caller.identity(), command = ?job.command, "job started");
         Ok(OwnedJob(job))
     }

@@ -95,14 +95,29 @@ mod tests {
         assert!(matches!(spec("", &[]), Err(JobError::EmptyProgram)));
         assert!(matches!(spec("ec\0ho", &[]), Err(JobError::NulByte)));
         assert!(matches!(spec("echo", &["a\0"]), Err(JobError::NulByte)));
-        assert!(matches!(spec("./run.sh", &[]), Err(JobError::RelativeProgram { .. })));
-        assert!(matches!(spec("bin/true", &[]), Err(JobError::RelativeProgram { .. })));
+        assert!(matches!(
+            spec("./run.sh", &[]),
+            Err(JobError::RelativeProgram { .. })
+        ));
+        assert!(matches!(
+            spec("bin/true", &[]),
+            Err(JobError::RelativeProgram { .. })
+        ));
         let many: Vec<&str> = vec!["x"; MAX_ARGS + 1];
-        assert!(matches!(spec("echo", &many), Err(JobError::TooManyArgs { max: MAX_ARGS })));
+        assert!(matches!(
+            spec("echo", &many),
+            Err(JobError::TooManyArgs { max: MAX_ARGS })
+        ));
         let big = "x".repeat(MAX_ARGV_BYTES);
-        assert!(matches!(spec("echo", &[&big]), Err(JobError::ArgvTooLarge { .. })));
+        assert!(matches!(
+            spec("echo", &[&big]),
+            Err(JobError::ArgvTooLarge { .. })
+        ));
         let long = format!("/{}", "x".repeat(MAX_PROGRAM_LEN));
-        assert!(matches!(spec(&long, &[]), Err(JobError::ProgramTooLong { .. })));
+        assert!(matches!(
+            spec(&long, &[]),
+            Err(JobError::ProgramTooLong { .. })
+        ));
     }
 
     #[test]

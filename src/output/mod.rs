@@ -211,7 +211,8 @@ impl Drop for LogWriter {
     fn drop(&mut self) {
         // A writer that goes away without `seal` (its task was cancelled) must
         // not leave readers waiting forever.
-        self.progress.send_if_modified(|p| !std::mem::replace(&mut p.sealed, true));
+        self.progress
+            .send_if_modified(|p| !std::mem::replace(&mut p.sealed, true));
     }
 }
 
@@ -295,7 +296,8 @@ impl LogReader {
     /// merges those of the same fd that fit in one chunk.
     fn read_chunk(&mut self, end: u64) -> Result<Chunk, OutputError> {
         let want = (end - self.offset).min(self.buf.len() as u64) as usize;
-        self.file.read_exact_at(&mut self.buf[..want], self.offset)?;
+        self.file
+            .read_exact_at(&mut self.buf[..want], self.offset)?;
         let mut pos = 0usize;
         let mut fd = None;
         let mut data = Vec::new();
@@ -370,9 +372,18 @@ mod tests {
         assert_eq!(
             chunks,
             vec![
-                Chunk { fd: Fd::Stdout, data: b"ab".to_vec() },
-                Chunk { fd: Fd::Stderr, data: b"E".to_vec() },
-                Chunk { fd: Fd::Stdout, data: b"c".to_vec() },
+                Chunk {
+                    fd: Fd::Stdout,
+                    data: b"ab".to_vec()
+                },
+                Chunk {
+                    fd: Fd::Stderr,
+                    data: b"E".to_vec()
+                },
+                Chunk {
+                    fd: Fd::Stdout,
+                    data: b"c".to_vec()
+                },
             ]
         );
     }
@@ -419,7 +430,13 @@ mod tests {
         let snap = log.snapshot();
         write(&mut w, Fd::Stdout, b"after");
         let chunks = drain(snap).await;
-        assert_eq!(chunks, vec![Chunk { fd: Fd::Stdout, data: b"before".to_vec() }]);
+        assert_eq!(
+            chunks,
+            vec![Chunk {
+                fd: Fd::Stdout,
+                data: b"before".to_vec()
+            }]
+        );
         drop(w);
     }
 
@@ -431,7 +448,13 @@ mod tests {
         write(&mut w, Fd::Stderr, b"x");
         let r = log.follow();
         drop(w);
-        assert_eq!(drain(r).await, vec![Chunk { fd: Fd::Stderr, data: b"x".to_vec() }]);
+        assert_eq!(
+            drain(r).await,
+            vec![Chunk {
+                fd: Fd::Stderr,
+                data: b"x".to_vec()
+            }]
+        );
     }
 
     #[tokio::test]
@@ -441,9 +464,17 @@ mod tests {
         let (mut w, log) = create(&path).unwrap();
         write(&mut w, Fd::Stdout, b"ok");
         // Overwrite the fd tag behind the writer's back.
-        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&[9], 0).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(&[9], 0)
+            .unwrap();
         w.seal();
         let mut r = log.follow();
-        assert!(matches!(r.next().await, Err(OutputError::Corrupt { offset: 0 })));
+        assert!(matches!(
+            r.next().await,
+            Err(OutputError::Corrupt { offset: 0 })
+        ));
     }
 }

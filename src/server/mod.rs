@@ -101,13 +101,14 @@ impl ServerConfig {
 /// pass it in; `serve` never binds.
 ///
 /// # Shutdown order
-/// 1. `shutdown` resolves: the listener is closed, handshakes in progress are
-///    abandoned, and connections are told (HTTP/2 GOAWAY) to start no new calls.
-///    Starts that still arrive get UNAVAILABLE.
+/// 1. `shutdown` resolves: the listener is closed and handshakes in progress
+///    are abandoned. Open connections keep working, but starts get
+///    UNAVAILABLE.
 /// 2. Every running job is stopped (SIGTERM, the grace period, SIGKILL) and
 ///    becomes final. Open Stream calls deliver the rest of the output and the
-///    final status, and end.
-/// 3. Connections get [`SHUTDOWN_DRAIN`] to finish; any still open are closed.
+///    final status, and end; status and output stay readable meanwhile.
+/// 3. Connections are told (HTTP/2 GOAWAY) to start no new calls and get
+///    [`SHUTDOWN_DRAIN`] to finish; any still open are closed.
 /// 4. Every task the server started has ended; `serve` returns.
 ///
 /// # Errors
@@ -164,34 +165,32 @@ pub async fn serve(
         _ = shutdown => None,
     };
     tracing::info!("shutting down");
-    // 1. No new connections or calls.
+    // 1. No new connections; no new jobs.
     cancel.cancel();
-    stop_serving.cancel();
-    // 2 + 3. Stop every job while the server keeps serving open streams; then
-    // give connections a bounded time to finish.
     let result = match early {
         Some(r) => {
             jobs.shutdown().await;
             r
         }
         None => {
-            let jobs_then_drain = async {
+            // 2. Stop every job while the server keeps serving; 3. then GOAWAY
+            // and a bounded drain.
+            let stop_then_drain = async {
                 jobs.shutdown().await;
+                stop_serving.cancel();
                 tokio::time::sleep(SHUTDOWN_DRAIN).await;
             };
-            let (r, ()) = tokio::join!(
-                async {
-                    tokio::select! {
-                        r = &mut server => r,
-                        _ = jobs_then_drain => {
-                            tracing::warn!("connections still open after shutdown drain; closing them");
-                            Ok(())
-                        }
-                    }
-                },
-                jobs.shutdown(),
-            );
-            r
+            tokio::select! {
+                r = &mut server => {
+                    // The server ended on its own; the jobs still stop.
+                    jobs.shutdown().await;
+                    r
+                }
+                _ = stop_then_drain => {
+                    tracing::warn!("connections still open after the shutdown drain; closing them");
+                    Ok(())
+                }
+            }
         }
     };
     // 4. Every task ended.

@@ -46,7 +46,9 @@ impl Service {
     fn permit<T>(&self, request: &Request<T>) -> Result<StreamPermit, Status> {
         let caller = caller(request)?;
         self.streams.acquire(caller.identity()).ok_or_else(|| {
-            Status::resource_exhausted("too many open output streams for this identity; close some and retry")
+            Status::resource_exhausted(
+                "too many open output streams for this identity; close some and retry",
+            )
         })
     }
 }
@@ -125,10 +127,14 @@ impl JobService for Service {
         let last = futures_util::stream::once(async move {
             let status = job.wait_final().await;
             if status.state == State::Running {
-                return Err(Status::internal("job supervisor ended without a final status"));
+                return Err(Status::internal(
+                    "job supervisor ended without a final status",
+                ));
             }
             Ok(proto::StreamEvent {
-                event: Some(proto::stream_event::Event::FinalStatus(status_message(&status))),
+                event: Some(proto::stream_event::Event::FinalStatus(status_message(
+                    &status,
+                ))),
             })
         });
         Ok(Response::new(Box::pin(futures_util::StreamExt::chain(

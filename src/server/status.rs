@@ -57,7 +57,9 @@ fn spawn_status(e: SpawnError) -> Status {
 pub(crate) fn output_status(e: OutputError) -> Status {
     match e {
         OutputError::Io(io) => internal("output log I/O failed", &io),
-        OutputError::Corrupt { offset } => internal("output log is corrupt", &format!("at byte {offset}")),
+        OutputError::Corrupt { offset } => {
+            internal("output log is corrupt", &format!("at byte {offset}"))
+        }
     }
 }
 

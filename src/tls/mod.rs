@@ -60,8 +60,8 @@ pub enum TlsError {
         source: rustls::Error,
     },
     /// rustls refused the certificate/key pair or the settings.
-    #[error("certificate and key do not form a usable TLS identity")]
-    Config(#[source] rustls::Error),
+    #[error("certificate and key do not form a usable TLS identity: {0}")]
+    Config(rustls::Error),
     /// The client-certificate verifier could not be built.
     #[error("cannot build the client certificate verifier")]
     Verifier(#[source] rustls::server::VerifierBuilderError),

@@ -1,0 +1,994 @@
+//! The harness every integration test shares.
+//!
+//! - **PKI**, made once per test binary and only as far as a binary needs it
+//!   (RSA-4096 key generation costs about a second per key): a CA, a server
+//!   certificate and the users `alice` and `bob`, all made by [`jobs::ca`] and
+//!   written to a directory under Cargo's target tmp dir; plus odd certificates
+//!   for negative tests (expired, not yet valid, from a second CA, `cA:TRUE`
+//!   leaf, X.509 v1, server cert with only a DNS name). The odd ones that
+//!   `jobs::ca` rightly cannot make are built with `rcgen` (or by hand, for v1)
+//!   and signed by the same CA key; they share one RSA key.
+//! - [`TestServer`]: the real server, in-process, on `127.0.0.1:0` (bound
+//!   before `serve` is spawned), with its own state directory and a oneshot
+//!   for shutdown.
+//! - Helpers that read output streams to the end and check every chunk's shape.
+//!
+//! No helper sleeps to synchronise: waits are on events (a stream's final
+//! status, a line of output) under a deadline. Where the only observation is a
+//! condition in `/proc`, [`eventually`] polls it under a deadline.
+
+#![allow(dead_code)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use jobs::auth::Identity;
+use jobs::ca::{
+    CA_CERT_FILE, CA_KEY_FILE, IssuedFiles, SERVER_CERT_FILE, SERVER_KEY_FILE, Validity,
+    default_server_sans, init_dir, write_client, write_server,
+};
+use jobs::client::{Client, ClientError, ConnectOptions};
+use jobs::proto;
+use jobs::proto::stream_event::Event;
+use jobs::server::{ServerConfig, ServerError, serve};
+use jobs::tls::PemFiles;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_RSA_SHA256, PublicKeyData, RsaKeySize, SanType,
+    SerialNumber, SigningKey,
+};
+use rustls::pki_types::ServerName;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Streaming;
+
+/// Deadline for unary calls and connecting, as the CLI uses.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest chunk the server may send (the documented 64 KiB).
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+/// Deadline for reading a whole stream of a small job.
+pub const STREAM_DEADLINE: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// PKI
+
+/// Everything the PKI writes lives here, in Cargo's target tmp dir, named
+/// `jobs-pki-PID-…`. A static is never dropped, so the directory outlives the
+/// test binary; the next binary that makes one removes those of processes
+/// that are gone.
+static PKI_DIR: LazyLock<TempDir> = LazyLock::new(|| {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    if let Ok(entries) = std::fs::read_dir(tmp) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("jobs-pki-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    tempfile::Builder::new()
+        .prefix(&format!("jobs-pki-{}-", std::process::id()))
+        .tempdir_in(tmp)
+        .expect("create the PKI directory")
+});
+
+fn main_dir() -> PathBuf {
+    PKI_DIR.path().join("main")
+}
+
+fn foreign_dir() -> PathBuf {
+    PKI_DIR.path().join("foreign")
+}
+
+fn days(n: u32) -> Validity {
+    Validity::days(n).expect("valid number of days")
+}
+
+static CA: LazyLock<IssuedFiles> =
+    LazyLock::new(|| init_dir(&main_dir(), days(30)).expect("make the CA"));
+
+static SERVER: LazyLock<IssuedFiles> = LazyLock::new(|| {
+    LazyLock::force(&CA);
+    write_server(&main_dir(), &default_server_sans(), days(7)).expect("issue the server cert")
+});
+
+fn client_cert(name: &str, validity: Validity) -> IssuedFiles {
+    LazyLock::force(&CA);
+    write_client(&main_dir(), name, validity).expect("issue a client cert")
+}
+
+static ALICE: LazyLock<IssuedFiles> = LazyLock::new(|| client_cert("alice", days(7)));
+static BOB: LazyLock<IssuedFiles> = LazyLock::new(|| client_cert("bob", days(7)));
+
+static EXPIRED: LazyLock<IssuedFiles> = LazyLock::new(|| {
+    let now = time::OffsetDateTime::now_utc();
+    client_cert(
+        "expired",
+        Validity {
+            not_before: now - time::Duration::days(10),
+            not_after: now - time::Duration::days(1),
+        },
+    )
+});
+
+static NOT_YET_VALID: LazyLock<IssuedFiles> = LazyLock::new(|| {
+    let now = time::OffsetDateTime::now_utc();
+    client_cert(
+        "not-yet-valid",
+        Validity {
+            not_before: now + time::Duration::days(1),
+            not_after: now + time::Duration::days(2),
+        },
+    )
+});
+
+/// A second, unrelated CA, made the same way as ours.
+static FOREIGN_CA: LazyLock<IssuedFiles> =
+    LazyLock::new(|| init_dir(&foreign_dir(), days(30)).expect("make the foreign CA"));
+
+static FOREIGN_CLIENT: LazyLock<IssuedFiles> = LazyLock::new(|| {
+    LazyLock::force(&FOREIGN_CA);
+    write_client(&foreign_dir(), "mallory", days(7)).expect("issue the foreign client cert")
+});
+
+static FOREIGN_SERVER: LazyLock<IssuedFiles> = LazyLock::new(|| {
+    LazyLock::force(&FOREIGN_CA);
+    write_server(&foreign_dir(), &default_server_sans(), days(7))
+        .expect("issue the foreign server cert")
+});
+
+/// One RSA-4096 key (PEM) shared by every hand-made odd certificate.
+static ODD_KEY: LazyLock<String> = LazyLock::new(|| {
+    KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_4096)
+        .expect("generate the odd key")
+        .serialize_pem()
+});
+
+fn odd_key() -> KeyPair {
+    KeyPair::from_pem_and_sign_algo(&ODD_KEY, &PKCS_RSA_SHA256).expect("parse the odd key")
+}
+
+/// Our CA's key, for signing odd certificates that `jobs::ca` refuses to make.
+fn ca_issuer() -> Issuer<'static, KeyPair> {
+    LazyLock::force(&CA);
+    let cert = std::fs::read_to_string(main_dir().join(CA_CERT_FILE)).expect("read ca.crt");
+    let key = std::fs::read_to_string(main_dir().join(CA_KEY_FILE)).expect("read ca.key");
+    let key = KeyPair::from_pem_and_sign_algo(&key, &PKCS_RSA_SHA256).expect("parse ca.key");
+    Issuer::from_ca_cert_pem(&cert, key).expect("load the CA as an rcgen issuer")
+}
+
+fn leaf_params(cn: &str, serial: u8) -> CertificateParams {
+    let now = time::OffsetDateTime::now_utc();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(7);
+    params.serial_number = Some(SerialNumber::from_slice(&[0x51, serial, 0x0d, 0xd5]));
+    params.use_authority_key_identifier_extension = true;
+    params
+}
+
+/// Writes `NAME.crt` (the given PEM) and `NAME.key` (the odd key) to the main dir.
+fn write_odd(name: &str, cert_pem: &str) -> PathBuf {
+    let dir = main_dir();
+    std::fs::write(dir.join(format!("{name}.crt")), cert_pem).expect("write odd cert");
+    std::fs::write(dir.join(format!("{name}.key")), ODD_KEY.as_str()).expect("write odd key");
+    dir.join(format!("{name}.crt"))
+}
+
+/// A client leaf signed by our CA but carrying `basicConstraints cA:TRUE`.
+static CA_LEAF: LazyLock<PathBuf> = LazyLock::new(|| {
+    let mut params = leaf_params("ca-leaf", 1);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params
+        .signed_by(&odd_key(), &ca_issuer())
+        .expect("sign the cA:TRUE leaf");
+    write_odd("ca-leaf", &cert.pem())
+});
+
+/// A server certificate signed by our CA whose only SAN is `DNS:localhost`.
+static DNS_ONLY_SERVER: LazyLock<PathBuf> = LazyLock::new(|| {
+    let mut params = leaf_params("jobs server", 2);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.subject_alt_names = vec![SanType::DnsName(
+        "localhost".try_into().expect("valid DNS name"),
+    )];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params
+        .signed_by(&odd_key(), &ca_issuer())
+        .expect("sign the DNS-only server cert");
+    write_odd("dns-only", &cert.pem())
+});
+
+/// A second certificate for alice's key (a renewal), signed by our CA with
+/// rcgen: same SubjectPublicKeyInfo, different serial, subject and validity.
+static ALICE_RENEWED: LazyLock<PathBuf> = LazyLock::new(|| {
+    let key_pem = std::fs::read_to_string(&ALICE.key_path).expect("read alice.key");
+    let key = KeyPair::from_pem_and_sign_algo(&key_pem, &PKCS_RSA_SHA256).expect("alice's key");
+    let mut params = leaf_params("alice-renewed", 3);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params
+        .signed_by(&key, &ca_issuer())
+        .expect("sign alice's renewal");
+    let dir = main_dir();
+    std::fs::write(dir.join("alice-renewed.crt"), cert.pem()).expect("write cert");
+    std::fs::write(dir.join("alice-renewed.key"), key_pem).expect("write key");
+    dir.join("alice-renewed.crt")
+});
+
+/// An X.509 **v1** client certificate (no version field, no extensions) signed
+/// by our CA. rcgen only makes v3, so the DER is assembled here.
+static V1_CLIENT: LazyLock<PathBuf> = LazyLock::new(|| {
+    let ca_pem = std::fs::read(CA.cert_path.as_path()).expect("read ca.crt");
+    let ca_der = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(&ca_pem).expect("PEM certificate")
+    };
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).expect("parse ca.crt");
+    let issuer_name = ca.tbs_certificate.subject.as_raw().to_vec();
+    drop(ca);
+
+    // sha256WithRSAEncryption, NULL parameters.
+    let alg = der(
+        0x30,
+        &[
+            der(
+                0x06,
+                &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b],
+            ),
+            der(0x05, &[]),
+        ]
+        .concat(),
+    );
+    let utc = |t: time::OffsetDateTime| {
+        let s = format!(
+            "{:02}{:02}{:02}{:02}{:02}{:02}Z",
+            t.year() % 100,
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+        der(0x17, s.as_bytes())
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let validity = der(
+        0x30,
+        &[
+            utc(now - time::Duration::hours(1)),
+            utc(now + time::Duration::days(7)),
+        ]
+        .concat(),
+    );
+    // CN=v1-client
+    let subject = der(
+        0x30,
+        &der(
+            0x31,
+            &der(
+                0x30,
+                &[der(0x06, &[0x55, 0x04, 0x03]), der(0x0c, b"v1-client")].concat(),
+            ),
+        ),
+    );
+    let key = odd_key();
+    let tbs = der(
+        0x30,
+        &[
+            der(0x02, &[0x3a, 0x11, 0x7e, 0x42]),
+            alg.clone(),
+            issuer_name,
+            validity,
+            subject,
+            key.subject_public_key_info(),
+        ]
+        .concat(),
+    );
+    let ca_key = std::fs::read_to_string(&CA.key_path).expect("read ca.key");
+    let ca_key = KeyPair::from_pem_and_sign_algo(&ca_key, &PKCS_RSA_SHA256).expect("parse ca.key");
+    let signature = ca_key.sign(&tbs).expect("sign the v1 cert");
+    let cert = der(
+        0x30,
+        &[tbs, alg, der(0x03, &[&[0u8][..], &signature].concat())].concat(),
+    );
+    let pem = pem_encode("CERTIFICATE", &cert);
+    write_odd("v1-client", &pem)
+});
+
+/// One DER TLV.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk.len();
+        let v = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= n {
+                b64.push(B64[((v >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// The CA certificate path of our PKI.
+pub fn ca_cert() -> PathBuf {
+    CA.cert_path.clone()
+}
+
+/// The PEM files of a named certificate, made on first use:
+/// - `alice`, `bob`: ordinary users;
+/// - `server`: the server certificate (default SANs);
+/// - `expired`, `not-yet-valid`: users whose validity is over / not begun;
+/// - `mallory`: a user of a second CA (the CA file is still ours);
+/// - `foreign-server`: a server certificate from that second CA;
+/// - `ca-leaf`: a client leaf with `cA:TRUE`;
+/// - `v1-client`: an X.509 v1 client certificate;
+/// - `dns-only-server`: a server certificate with only `DNS:localhost`;
+/// - `alice-renewed`: another certificate for alice's key.
+pub fn pem(name: &str) -> PemFiles {
+    let files = |f: &IssuedFiles| PemFiles {
+        ca: ca_cert(),
+        cert: f.cert_path.clone(),
+        key: f.key_path.clone(),
+    };
+    let odd = |cert: &Path| PemFiles {
+        ca: ca_cert(),
+        cert: cert.to_path_buf(),
+        key: cert.with_extension("key"),
+    };
+    match name {
+        "alice" => files(&ALICE),
+        "bob" => files(&BOB),
+        "server" => files(&SERVER),
+        "expired" => files(&EXPIRED),
+        "not-yet-valid" => files(&NOT_YET_VALID),
+        "mallory" => files(&FOREIGN_CLIENT),
+        "foreign-server" => files(&FOREIGN_SERVER),
+        "ca-leaf" => odd(&CA_LEAF),
+        "v1-client" => odd(&V1_CLIENT),
+        "dns-only-server" => odd(&DNS_ONLY_SERVER),
+        "alice-renewed" => odd(&ALICE_RENEWED),
+        other => panic!("the harness has no certificate named {other:?}"),
+    }
+}
+
+/// The identity the CA module reported when it issued `name`'s certificate.
+pub fn identity(name: &str) -> Identity {
+    match name {
+        "alice" => ALICE.identity,
+        "bob" => BOB.identity,
+        other => panic!("no recorded identity for {other:?}"),
+    }
+}
+
+/// The standard server certificate and key paths (as `jobs-ca server` writes them).
+pub fn server_pem() -> PemFiles {
+    LazyLock::force(&SERVER);
+    PemFiles {
+        ca: ca_cert(),
+        cert: main_dir().join(SERVER_CERT_FILE),
+        key: main_dir().join(SERVER_KEY_FILE),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server
+
+/// The real server on `127.0.0.1:0`, in-process. Dropping it asks it to shut
+/// down; [`TestServer::shutdown`] also waits until `serve` has returned.
+pub struct TestServer {
+    addr: SocketAddr,
+    state: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl TestServer {
+    /// Default settings and the standard server certificate.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// The standard server certificate and `tweak` applied to the settings.
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let tls = server_pem().server_config().expect("server TLS config");
+        Self::start_tls(tls, tweak).await
+    }
+
+    /// Any TLS settings (e.g. an odd server certificate).
+    pub async fn start_tls(
+        tls: Arc<rustls::ServerConfig>,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let state = tempfile::Builder::new()
+            .prefix("jobs-state-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("state dir");
+        let mut config = ServerConfig::new(tls, state.path());
+        tweak(&mut config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The server's state directory.
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// Resolves the shutdown future and waits for `serve` to return.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().expect("server task");
+        task.await.expect("the server task panicked")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Clients
+
+/// Options for connecting to `server` with `pem`.
+pub fn options(server: &TestServer, pem: PemFiles) -> ConnectOptions {
+    ConnectOptions {
+        addr: server.addr(),
+        pem,
+        timeout: TIMEOUT,
+    }
+}
+
+/// Connects to `server` with `pem`.
+pub async fn connect(server: &TestServer, pem: PemFiles) -> Result<Client, ClientError> {
+    Client::connect(&options(server, pem)).await
+}
+
+/// A connected client for the named certificate (see [`pem`]).
+pub async fn client(server: &TestServer, name: &str) -> Client {
+    connect(server, pem(name))
+        .await
+        .unwrap_or_else(|e| panic!("{name} cannot connect: {e:?}"))
+}
+
+/// Strings for [`Client::start`].
+pub fn args(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// Starts `program args` and returns its status; panics on refusal.
+pub async fn start(client: &Client, program: &str, a: &[&str]) -> proto::JobStatus {
+    client
+        .start(program, &args(a))
+        .await
+        .unwrap_or_else(|e| panic!("start {program} {a:?}: {e:?}"))
+}
+
+/// A raw TLS connection with `config` to `server` (dialled as 127.0.0.1).
+/// `Ok` carries the first bytes the server sent after the handshake (its
+/// HTTP/2 SETTINGS frame); `Err` is what the handshake or the first read
+/// failed with. In TLS 1.3 the server judges our certificate after our side of
+/// the handshake, so a refusal arrives as an alert on that first read.
+pub async fn raw_tls(
+    server: &TestServer,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Vec<u8>, io::Error> {
+    let attempt = async {
+        let tcp = TcpStream::connect(server.addr).await?;
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
+        let mut buf = vec![0u8; 256];
+        let n = tls.read(&mut buf).await?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        buf.truncate(n);
+        Ok(buf)
+    };
+    tokio::time::timeout(TIMEOUT, attempt)
+        .await
+        .expect("the server neither answered nor refused within the deadline")
+}
+
+/// A TLS 1.3 client configuration that trusts our CA and offers `client` as
+/// its certificate without any local check of the certificate (rustls's own
+/// builder refuses some odd certificates, such as X.509 v1, before the server
+/// could judge them). `None` offers no certificate at all.
+pub fn raw_client_config(client: Option<&PemFiles>) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(ca_cert()).expect("read ca.crt");
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        roots
+            .add(cert.expect("CA PEM"))
+            .expect("CA as trust anchor");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let chain = CertificateDer::pem_file_iter(&pem.cert)
+                .expect("read cert")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("cert PEM");
+            let key = PrivateKeyDer::from_pem_file(&pem.key).expect("key PEM");
+            let key = provider
+                .key_provider
+                .load_private_key(key)
+                .expect("usable key");
+            let certified = Arc::new(rustls::sign::CertifiedKey::new(chain, key));
+            builder.with_client_cert_resolver(Arc::new(Unchecked(certified)))
+        }
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// Offers one certificate, whatever the server asks for.
+#[derive(Debug)]
+struct Unchecked(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Unchecked {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The TLS alert inside an I/O error from [`raw_tls`], if that is what it is.
+pub fn received_alert(e: &io::Error) -> Option<rustls::AlertDescription> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(alert) => Some(*alert),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Output
+
+/// Checks the shape every chunk must have: stdout or stderr, 1..=64 KiB.
+pub fn check_chunk(chunk: &proto::OutputChunk) -> proto::Fd {
+    assert!(!chunk.data.is_empty(), "empty chunk");
+    assert!(
+        chunk.data.len() <= MAX_CHUNK,
+        "chunk of {} bytes is over 64 KiB",
+        chunk.data.len()
+    );
+    match proto::Fd::try_from(chunk.fd) {
+        Ok(fd @ (proto::Fd::Stdout | proto::Fd::Stderr)) => fd,
+        _ => panic!("chunk with fd {}", chunk.fd),
+    }
+}
+
+/// A stream read to the end: every chunk in order and the final status.
+pub struct Followed {
+    /// `(fd, bytes)` in the order received.
+    pub chunks: Vec<(proto::Fd, Vec<u8>)>,
+    /// The final status (the last message).
+    pub status: proto::JobStatus,
+}
+
+impl Followed {
+    /// Everything written to `fd`, concatenated.
+    pub fn bytes(&self, fd: proto::Fd) -> Vec<u8> {
+        self.chunks
+            .iter()
+            .filter(|(f, _)| *f == fd)
+            .flat_map(|(_, d)| d.iter().copied())
+            .collect()
+    }
+
+    pub fn stdout(&self) -> Vec<u8> {
+        self.bytes(proto::Fd::Stdout)
+    }
+
+    pub fn stderr(&self) -> Vec<u8> {
+        self.bytes(proto::Fd::Stderr)
+    }
+}
+
+/// Reads one event; panics on a transport or status error.
+async fn next_event(stream: &mut Streaming<proto::StreamEvent>) -> Option<Event> {
+    match stream.message().await {
+        Ok(Some(proto::StreamEvent { event: Some(e) })) => Some(e),
+        Ok(Some(proto::StreamEvent { event: None })) => panic!("stream event without content"),
+        Ok(None) => None,
+        Err(status) => panic!("stream failed: {status:?}"),
+    }
+}
+
+/// Reads a Stream call to its end. Panics if it ends without a final status or
+/// sends anything after it.
+pub async fn follow_stream(mut stream: Streaming<proto::StreamEvent>) -> Followed {
+    let mut chunks = Vec::new();
+    loop {
+        match next_event(&mut stream).await {
+            Some(Event::Chunk(c)) => {
+                let fd = check_chunk(&c);
+                chunks.push((fd, c.data));
+            }
+            Some(Event::FinalStatus(status)) => {
+                assert!(
+                    next_event(&mut stream).await.is_none(),
+                    "a message after the final status"
+                );
+                return Followed { chunks, status };
+            }
+            None => panic!("stream ended without a final status"),
+        }
+    }
+}
+
+/// Opens a Stream call on job `id` and reads it to the end, within
+/// [`STREAM_DEADLINE`].
+pub async fn follow(client: &Client, id: &str) -> Followed {
+    tokio::time::timeout(STREAM_DEADLINE, async {
+        let stream = client.stream(id).await.expect("open stream");
+        follow_stream(stream).await
+    })
+    .await
+    .expect("the stream did not end within the deadline")
+}
+
+/// (stdout, stderr, final status) of a stream read to the end.
+pub async fn follow_to_end(
+    stream: Streaming<proto::StreamEvent>,
+) -> (Vec<u8>, Vec<u8>, proto::JobStatus) {
+    let f = follow_stream(stream).await;
+    (f.stdout(), f.stderr(), f.status)
+}
+
+/// Waits for job `id` to be final (by following it) and returns its final status.
+pub async fn wait_final(client: &Client, id: &str) -> proto::JobStatus {
+    follow(client, id).await.status
+}
+
+/// Reads an Output call to its end: `(fd, bytes)` in order.
+pub async fn output_chunks(client: &Client, id: &str) -> Vec<(proto::Fd, Vec<u8>)> {
+    tokio::time::timeout(STREAM_DEADLINE, async {
+        let mut stream = client.output(id).await.expect("open output");
+        let mut chunks = Vec::new();
+        while let Some(c) = stream.message().await.expect("output stream failed") {
+            let fd = check_chunk(&c);
+            chunks.push((fd, c.data));
+        }
+        chunks
+    })
+    .await
+    .expect("the output stream did not end within the deadline")
+}
+
+/// (stdout, stderr) of an Output call.
+pub async fn collect_output(client: &Client, id: &str) -> (Vec<u8>, Vec<u8>) {
+    let chunks = output_chunks(client, id).await;
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    for (fd, data) in chunks {
+        match fd {
+            proto::Fd::Stdout => out.extend(data),
+            _ => err.extend(data),
+        }
+    }
+    (out, err)
+}
+
+/// Length and SHA-256 of a stream's stdout, without keeping the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digested {
+    pub stdout_len: u64,
+    pub stdout_sha256: [u8; 32],
+    pub stderr_len: u64,
+}
+
+/// Reads a Stream call to its end, hashing stdout.
+pub async fn follow_digest(
+    mut stream: Streaming<proto::StreamEvent>,
+) -> (Digested, proto::JobStatus) {
+    let mut sha = Sha256::new();
+    let mut len = 0u64;
+    let mut stderr_len = 0u64;
+    loop {
+        match next_event(&mut stream).await {
+            Some(Event::Chunk(c)) => match check_chunk(&c) {
+                proto::Fd::Stdout => {
+                    len += c.data.len() as u64;
+                    sha.update(&c.data);
+                }
+                _ => stderr_len += c.data.len() as u64,
+            },
+            Some(Event::FinalStatus(status)) => {
+                assert!(
+                    next_event(&mut stream).await.is_none(),
+                    "a message after the final status"
+                );
+                let d = Digested {
+                    stdout_len: len,
+                    stdout_sha256: sha.finalize().into(),
+                    stderr_len,
+                };
+                return (d, status);
+            }
+            None => panic!("stream ended without a final status"),
+        }
+    }
+}
+
+/// Reads an Output call to its end, hashing stdout.
+pub async fn output_digest(client: &Client, id: &str) -> Digested {
+    let mut stream = client.output(id).await.expect("open output");
+    let mut sha = Sha256::new();
+    let mut len = 0u64;
+    let mut stderr_len = 0u64;
+    while let Some(c) = stream.message().await.expect("output stream failed") {
+        match check_chunk(&c) {
+            proto::Fd::Stdout => {
+                len += c.data.len() as u64;
+                sha.update(&c.data);
+            }
+            _ => stderr_len += c.data.len() as u64,
+        }
+    }
+    Digested {
+        stdout_len: len,
+        stdout_sha256: sha.finalize().into(),
+        stderr_len,
+    }
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Reads `stream` until its stdout so far contains `lines` newline characters,
+/// and returns that stdout. Panics if the stream ends first or the deadline passes.
+pub async fn read_lines(stream: &mut Streaming<proto::StreamEvent>, lines: usize) -> Vec<u8> {
+    tokio::time::timeout(STREAM_DEADLINE, async {
+        let mut out = Vec::new();
+        while out.iter().filter(|b| **b == b'\n').count() < lines {
+            match next_event(stream).await {
+                Some(Event::Chunk(c)) => {
+                    if check_chunk(&c) == proto::Fd::Stdout {
+                        out.extend(c.data);
+                    }
+                }
+                Some(Event::FinalStatus(s)) => {
+                    panic!("job ended before printing {lines} lines: {out:?}, {s:?}")
+                }
+                None => panic!("stream ended before {lines} lines"),
+            }
+        }
+        out
+    })
+    .await
+    .expect("the lines did not arrive within the deadline")
+}
+
+/// Starts `sh -c 'echo $$; SCRIPT'`, follows it, and returns the job's
+/// status, its stream (past the pid line) and the pid. SCRIPT must not print
+/// at once (its output could arrive in the same chunk as the pid).
+pub async fn start_with_pid(
+    client: &Client,
+    script: &str,
+) -> (proto::JobStatus, Streaming<proto::StreamEvent>, i32) {
+    let job = start(client, "sh", &["-c", &format!("echo $$; {script}")]).await;
+    let mut stream = client.stream(&job.id).await.expect("open stream");
+    let line = read_lines(&mut stream, 1).await;
+    let pids = parse_pids(&line);
+    assert_eq!(
+        pids.len(),
+        1,
+        "SCRIPT printed more before the pid line was read: {line:?}"
+    );
+    (job, stream, pids[0])
+}
+
+/// The decimal numbers in `text`, one per line.
+pub fn parse_pids(text: &[u8]) -> Vec<i32> {
+    std::str::from_utf8(text)
+        .expect("pids are ASCII")
+        .lines()
+        .map(|l| {
+            l.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("not a pid: {l:?}"))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+/// The state letter of process `pid` (`R`, `S`, `T`, `Z`, ...) and its parent,
+/// from `/proc/PID/stat`; `None` if there is no such process.
+pub fn proc_state(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields resume after
+    // the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// True while `pid` is a live (not zombie) process. An orphaned job process
+/// that was killed may linger as a zombie of PID 1 on hosts whose init does
+/// not reap; it is dead all the same.
+pub fn alive(pid: i32) -> bool {
+    matches!(proc_state(pid), Some((s, _)) if s != 'Z' && s != 'X')
+}
+
+/// Waits (up to 2 s) until `pid` is dead. SIGKILL takes effect when the
+/// target next runs, so a process killed a moment ago may still show as
+/// running; two seconds is far beyond that and far below any job's lifetime.
+pub async fn dies(pid: i32) -> bool {
+    eventually(Duration::from_secs(2), || !alive(pid)).await
+}
+
+/// Zombie children of this process (the server runs in-process, so the jobs'
+/// main processes are our children).
+pub fn our_zombies() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .expect("list /proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| matches!(proc_state(*pid), Some(('Z', ppid)) if ppid == me))
+        .collect()
+}
+
+/// Number of open descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("list /proc/self/fd")
+        .count()
+}
+
+/// Polls `cond` every 20 ms until it holds or `deadline` passes; returns
+/// whether it held. For conditions with no event to wait on (`/proc` state).
+pub async fn eventually(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `n` bytes from the kernel's random generator.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut f = std::fs::File::open("/dev/urandom").expect("open /dev/urandom");
+    let mut buf = vec![0u8; n];
+    std::io::Read::read_exact(&mut f, &mut buf).expect("read /dev/urandom");
+    buf
+}
+
+/// A scratch directory for one test, under Cargo's target tmp dir.
+pub fn scratch() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("jobs-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("scratch dir")
+}
+
+/// The gRPC code of a client error; panics if it is not an RPC error.
+pub fn code(e: &ClientError) -> tonic::Code {
+    e.code()
+        .unwrap_or_else(|| panic!("expected an RPC error, got {e:?}"))
+}
+
+/// The server's message of an RPC error.
+pub fn message(e: &ClientError) -> String {
+    match e {
+        ClientError::Rpc(s) => s.message().to_owned(),
+        other => panic!("expected an RPC error, got {other:?}"),
+    }
+}

@@ -1,0 +1,591 @@
+//! A job from start to final state: what is refused at start, what a job
+//! runs with, how it ends, and how stop ends it and everything it started.
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use jobs::proto::{self, State};
+
+/// The message for a bare name that is not in the job PATH.
+fn not_found_in_path(program: &str) -> String {
+    format!("program '{program}' not found in PATH /usr/local/bin:/usr/bin:/bin")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commands_are_invalid_argument_and_create_no_job() {
+    // Scenario: every malformed or unrunnable command is refused at start with
+    // a specific message, and no job (nor its log file) is left behind.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let too_many: Vec<&str> = vec!["x"; 4097];
+    let huge = "x".repeat(1024 * 1024);
+    let cases: Vec<(&str, Vec<&str>, String)> = vec![
+        ("", vec![], "program must not be empty".into()),
+        ("ec\0ho", vec![], "program and arguments must not contain NUL bytes".into()),
+        ("echo", vec!["a\0b"], "program and arguments must not contain NUL bytes".into()),
+        (
+            "./run.sh",
+            vec![],
+            "program './run.sh' is a relative path; give an absolute path or a bare name looked up in PATH"
+                .into(),
+        ),
+        (
+            "bin/true",
+            vec![],
+            "program 'bin/true' is a relative path; give an absolute path or a bare name looked up in PATH"
+                .into(),
+        ),
+        ("nonexistent-binary-5c1f", vec![], not_found_in_path("nonexistent-binary-5c1f")),
+        ("/nonexistent/program", vec![], "program '/nonexistent/program' not found".into()),
+        ("/etc/passwd", vec![], "program '/etc/passwd' is not an executable file".into()),
+        ("/tmp", vec![], "program '/tmp' is not an executable file".into()),
+        ("echo", too_many, "more than 4096 arguments".into()),
+        ("echo", vec![huge.as_str()], "program and arguments exceed 1048576 bytes".into()),
+    ];
+    for (program, a, expected) in &cases {
+        let err = alice.start(program, &args(a)).await.unwrap_err();
+        let shown: String = program.chars().take(40).collect();
+        assert_eq!(code(&err), tonic::Code::InvalidArgument, "{shown:?}");
+        assert_eq!(&message(&err), expected, "{shown:?}");
+    }
+    assert_eq!(alice.list().await.unwrap(), vec![]);
+    let logs: Vec<_> = std::fs::read_dir(server.state_dir().join("output"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        logs,
+        Vec::<std::ffi::OsString>::new(),
+        "log files of refused starts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_line_in_one_string_is_not_split() {
+    // Scenario (C29): `jobs start "sleep 100"` sends the program "sleep 100";
+    // it is refused at once and the message says the name is not split.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let err = alice.start("sleep 100", &[]).await.unwrap_err();
+    assert_eq!(code(&err), tonic::Code::InvalidArgument);
+    assert_eq!(
+        message(&err),
+        format!(
+            "{}; the program name is not split on spaces: pass the program and each argument separately",
+            not_found_in_path("sleep 100")
+        )
+    );
+    assert_eq!(alice.list().await.unwrap(), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_reach_the_program_verbatim() {
+    // Scenario (C29): no shell and no re-splitting: spaces, `;`, `$HOME` and
+    // `*` arrive as written.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let job = start(&alice, "echo", &["a b", "c;d", "$HOME", "*"]).await;
+    let f = follow(&alice, &job.id).await;
+    assert_eq!(f.stdout(), b"a b c;d $HOME *\n");
+    assert_eq!(f.stderr(), b"");
+    assert_eq!(f.status.command, ["echo", "a b", "c;d", "$HOME", "*"]);
+}
+
+/// Runs `sh -c SCRIPT` to its end and returns the final status.
+async fn run_sh(client: &jobs::client::Client, script: &str) -> proto::JobStatus {
+    let job = start(client, "sh", &["-c", script]).await;
+    wait_final(client, &job.id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_deaths_and_exit_codes_are_separate() {
+    // Scenario (C09): a signal death is never an exit code, and exit 137 is
+    // not SIGKILL.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+
+    let s = run_sh(&alice, "kill -9 $$").await;
+    assert_eq!(
+        (s.state(), s.exit_code, s.signal),
+        (State::Killed, None, Some(9))
+    );
+
+    let s = run_sh(&alice, "kill -SEGV $$").await;
+    assert_eq!(
+        (s.state(), s.exit_code, s.signal),
+        (State::Killed, None, Some(11))
+    );
+
+    let s = run_sh(&alice, "exit 137").await;
+    assert_eq!(
+        (s.state(), s.exit_code, s.signal),
+        (State::Exited, Some(137), None)
+    );
+    assert!(!s.core_dumped);
+
+    let s = run_sh(&alice, "exit 1").await;
+    assert_eq!(
+        (s.state(), s.exit_code, s.signal),
+        (State::Exited, Some(1), None)
+    );
+
+    let s = run_sh(&alice, "exit 0").await;
+    assert_eq!(
+        (s.state(), s.exit_code, s.signal),
+        (State::Exited, Some(0), None)
+    );
+
+    let job = start(&alice, "sleep", &["600"]).await;
+    let s = alice.stop(&job.id).await.unwrap();
+    assert_eq!(
+        (s.state(), s.exit_code, s.signal),
+        (State::Stopped, None, Some(15))
+    );
+    assert!(!s.core_dumped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_kills_the_jobs_children() {
+    // Scenario: the job starts two background children and waits; after stop
+    // returns, neither child is alive.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let job = start(
+        &alice,
+        "sh",
+        &["-c", "sleep 300 & echo $!; sleep 300 & echo $!; wait"],
+    )
+    .await;
+    let mut stream = alice.stream(&job.id).await.unwrap();
+    let pids = parse_pids(&read_lines(&mut stream, 2).await);
+    assert_eq!(pids.len(), 2);
+    assert!(
+        pids.iter().all(|p| alive(*p)),
+        "children not running: {pids:?}"
+    );
+
+    let s = alice.stop(&job.id).await.unwrap();
+    assert_eq!((s.state(), s.signal), (State::Stopped, Some(15)));
+    for pid in &pids {
+        assert!(
+            dies(*pid).await,
+            "child {pid} survived the stop: {:?}",
+            proc_state(*pid)
+        );
+    }
+    // The follower ends with the same final status.
+    let (_, _, status) = follow_to_end(stream).await;
+    assert_eq!(status, s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_left_of_a_job_is_killed_when_its_main_process_exits() {
+    // Scenario: the main process exits, leaving a background child that does
+    // not hold the pipes; the child is killed and the job ends normally.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let job = start(&alice, "sh", &["-c", "sleep 300 >/dev/null 2>&1 & echo $!"]).await;
+    let f = follow(&alice, &job.id).await;
+    let pids = parse_pids(&f.stdout());
+    assert_eq!(pids.len(), 1);
+    assert_eq!(
+        (f.status.state(), f.status.exit_code),
+        (State::Exited, Some(0))
+    );
+    assert!(
+        dies(pids[0]).await,
+        "the leftover child runs on: {:?}",
+        proc_state(pids[0])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    // Scenario (C07a): the job traps SIGTERM; stop escalates to SIGKILL after
+    // the grace period (2 s here), and other calls are answered meanwhile.
+    let grace = Duration::from_secs(2);
+    let server = TestServer::start_with(|c| c.jobs.grace = grace).await;
+    let alice = client(&server, "alice").await;
+    let other = start(&alice, "sleep", &["600"]).await;
+    let job = start(
+        &alice,
+        "sh",
+        &["-c", "trap '' TERM; echo $$; sleep 600 & echo $!; wait"],
+    )
+    .await;
+    let mut stream = alice.stream(&job.id).await.unwrap();
+    let pids = parse_pids(&read_lines(&mut stream, 2).await);
+    let (pid, child) = (pids[0], pids[1]);
+
+    let asked = Instant::now();
+    let stopper = {
+        let alice = alice.clone();
+        let id = job.id.clone();
+        tokio::spawn(async move { alice.stop(&id).await })
+    };
+    // While the stop waits out the grace period, status calls are answered.
+    let t = Instant::now();
+    let s = alice.status(&other.id).await.unwrap();
+    assert_eq!(s.state(), State::Running);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "status blocked by a pending stop"
+    );
+    assert!(
+        !stopper.is_finished(),
+        "stop returned before the grace period"
+    );
+
+    let s = tokio::time::timeout(grace + Duration::from_secs(3), stopper)
+        .await
+        .expect("stop did not finish within grace + 3 s")
+        .unwrap()
+        .unwrap();
+    let took = asked.elapsed();
+    assert!(
+        took >= grace - Duration::from_millis(100),
+        "killed before the grace period: {took:?}"
+    );
+    assert!(took <= grace + Duration::from_secs(2), "stop took {took:?}");
+    assert_eq!(
+        (s.state(), s.exit_code, s.signal),
+        (State::Stopped, None, Some(9))
+    );
+    assert!(
+        dies(pid).await && dies(child).await,
+        "a process survived the stop"
+    );
+    let (_, _, status) = follow_to_end(stream).await;
+    assert_eq!(status, s);
+    alice.stop(&other.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigstopped_job_still_stops_within_the_bound() {
+    // Scenario (C07b): the job's process is stopped with SIGSTOP behind the
+    // server's back; stop's SIGCONT lets the SIGTERM act.
+    let grace = Duration::from_secs(2);
+    let server = TestServer::start_with(|c| c.jobs.grace = grace).await;
+    let alice = client(&server, "alice").await;
+    let (job, stream, pid) = start_with_pid(&alice, "exec sleep 600").await;
+    // `exec` keeps the pid; wait until it is sleep that runs there.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "sleep\n")
+        })
+        .await
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || matches!(
+            proc_state(pid),
+            Some(('T', _))
+        ))
+        .await,
+        "the job did not enter the stopped state"
+    );
+
+    let asked = Instant::now();
+    let s = tokio::time::timeout(grace + Duration::from_secs(2), alice.stop(&job.id))
+        .await
+        .expect("stop hung on a SIGSTOPped job")
+        .unwrap();
+    assert!(
+        asked.elapsed() < grace,
+        "SIGCONT + SIGTERM should end it without SIGKILL"
+    );
+    assert_eq!(
+        (s.state(), s.exit_code, s.signal),
+        (State::Stopped, None, Some(15))
+    );
+    assert!(dies(pid).await);
+    let (_, _, status) = follow_to_end(stream).await;
+    assert_eq!(status, s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_finished_job_returns_its_final_status_unchanged() {
+    // Scenario: stop after the job exited on its own: no signal, no state change.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let job = start(&alice, "sh", &["-c", "exit 3"]).await;
+    let final_status = wait_final(&alice, &job.id).await;
+    assert_eq!(
+        (final_status.state(), final_status.exit_code),
+        (State::Exited, Some(3))
+    );
+    let stopped = alice.stop(&job.id).await.unwrap();
+    assert_eq!(stopped, final_status);
+    assert_eq!(alice.status(&job.id).await.unwrap(), final_status);
+    // And stopping twice is the same.
+    let job = start(&alice, "sleep", &["600"]).await;
+    let first = alice.stop(&job.id).await.unwrap();
+    assert_eq!(alice.stop(&job.id).await.unwrap(), first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_child_holding_the_pipe_does_not_delay_the_end() {
+    // Scenario: `sh -c 'sleep 300 & echo started'`: the child inherits stdout;
+    // the job still ends as soon as sh exits, with all its output.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let t = Instant::now();
+    let job = start(&alice, "sh", &["-c", "sleep 300 & echo started"]).await;
+    let f = follow(&alice, &job.id).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(f.stdout(), b"started\n");
+    assert_eq!(f.stderr(), b"");
+    assert_eq!(
+        (f.status.state(), f.status.exit_code, f.status.signal),
+        (State::Exited, Some(0), None)
+    );
+}
+
+#[test]
+fn a_jobs_environment_is_exactly_path_home_lang() {
+    // Scenario (C28): the daemon's process holds a secret in its environment;
+    // a job sees only PATH, HOME and LANG.
+    //
+    // The PKI is made first: it initialises the crypto library, which reads
+    // the environment through C code once.
+    let _ = pem("alice");
+    let _ = server_pem();
+    // SAFETY: in this test binary nothing reads the environment through C
+    // code (no name resolution, no locale or time-zone calls, tracing is not
+    // set up); Rust's own readers take std's environment lock, as this does.
+    unsafe { std::env::set_var("JOBSD_SECRET", "hunter2") };
+    assert_eq!(std::env::var("JOBSD_SECRET").as_deref(), Ok("hunter2"));
+    assert!(
+        std::env::vars_os().count() > 3,
+        "the daemon's environment is too small to tell"
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = TestServer::start().await;
+        let alice = client(&server, "alice").await;
+        let job = start(&alice, "/usr/bin/env", &[]).await;
+        let f = follow(&alice, &job.id).await;
+        let mut lines: Vec<String> = String::from_utf8(f.stdout())
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                "HOME=/",
+                "LANG=C.UTF-8",
+                "PATH=/usr/local/bin:/usr/bin:/bin"
+            ],
+            "job environment"
+        );
+        assert_eq!(
+            (f.status.state(), f.status.exit_code),
+            (State::Exited, Some(0))
+        );
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_has_only_its_three_standard_descriptors() {
+    // Scenario (C28): the daemon's sockets, key files and logs are not
+    // inherited: `ls /proc/self/fd` shows 0, 1, 2 and ls's own directory fd.
+    // stdin is /dev/null and the working directory is /.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    // Some connections and an open log in the daemon while the job starts.
+    let _bob = client(&server, "bob").await;
+    let busy = start(&alice, "sleep", &["600"]).await;
+    let _open = alice.stream(&busy.id).await.unwrap();
+
+    let job = start(&alice, "/bin/ls", &["/proc/self/fd"]).await;
+    let f = follow(&alice, &job.id).await;
+    assert_eq!(String::from_utf8(f.stdout()).unwrap(), "0\n1\n2\n3\n");
+    assert_eq!(f.stderr(), b"");
+
+    let job = start(&alice, "readlink", &["/proc/self/fd/0"]).await;
+    assert_eq!(follow(&alice, &job.id).await.stdout(), b"/dev/null\n");
+
+    let job = start(&alice, "pwd", &[]).await;
+    assert_eq!(follow(&alice, &job.id).await.stdout(), b"/\n");
+
+    // Reading stdin gets end-of-file at once.
+    let job = start(&alice, "cat", &[]).await;
+    let f = follow(&alice, &job.id).await;
+    assert_eq!((f.stdout(), f.stderr()), (vec![], vec![]));
+    assert_eq!(
+        (f.status.state(), f.status.exit_code),
+        (State::Exited, Some(0))
+    );
+    alice.stop(&busy.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_job_is_its_own_process_group() {
+    // Scenario: a job's main process leads its own process group, so stop
+    // signals reach all of the job and nothing else.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let (job, _stream, pid) = start_with_pid(&alice, "exec sleep 600").await;
+    let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
+    assert_eq!(pgid.as_raw(), pid);
+    assert_ne!(
+        pgid,
+        nix::unistd::getpgrp(),
+        "the job shares the daemon's group"
+    );
+    alice.stop(&job.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_carry_command_times_and_owner() {
+    // Scenario: start, status, list and the final status all describe the job:
+    // its canonical UUID v4 id, command, start and end times and owner.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let before = SystemTime::now();
+    let started = start(&alice, "sh", &["-c", "echo hi; exit 4"]).await;
+    let after = SystemTime::now();
+
+    let uuid = uuid::Uuid::parse_str(&started.id).unwrap();
+    assert_eq!(uuid.get_version_num(), 4);
+    assert_eq!(uuid.hyphenated().to_string(), started.id);
+    assert_eq!(started.state(), State::Running);
+    assert_eq!(
+        (started.exit_code, started.signal, started.ended_at),
+        (None, None, None)
+    );
+    assert_eq!(started.command, ["sh", "-c", "echo hi; exit 4"]);
+    assert_eq!(started.owner, identity("alice").to_string());
+    let started_at = SystemTime::try_from(started.started_at.unwrap()).unwrap();
+    assert!(
+        before <= started_at && started_at <= after,
+        "started_at {started_at:?}"
+    );
+
+    let done = wait_final(&alice, &started.id).await;
+    assert_eq!(
+        (done.state(), done.exit_code, done.signal),
+        (State::Exited, Some(4), None)
+    );
+    assert_eq!(done.id, started.id);
+    assert_eq!(done.command, started.command);
+    assert_eq!(done.owner, started.owner);
+    assert_eq!(done.started_at, started.started_at);
+    let ended_at = SystemTime::try_from(done.ended_at.unwrap()).unwrap();
+    assert!(
+        started_at <= ended_at && ended_at <= SystemTime::now(),
+        "ended_at {ended_at:?}"
+    );
+
+    assert_eq!(alice.status(&started.id).await.unwrap(), done);
+    assert_eq!(alice.list().await.unwrap(), vec![done]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_is_oldest_first() {
+    // Scenario: three jobs started one after another are listed in that order.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(start(&alice, "true", &[]).await.id);
+    }
+    let listed: Vec<String> = alice
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_the_kernel_cannot_execute_is_refused_at_start() {
+    // Scenario (C29): an executable-mode text file without `#!` (exec fails
+    // with ENOEXEC) is a start error, not a job that "exits 126".
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let dir = scratch();
+    let script = dir.path().join("no-shebang");
+    std::fs::write(&script, "echo hi\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let program = script.to_str().unwrap();
+    let err = alice.start(program, &[]).await.unwrap_err();
+    assert_eq!(code(&err), tonic::Code::InvalidArgument);
+    assert_eq!(
+        message(&err),
+        format!("program '{program}' is not an executable file")
+    );
+    assert_eq!(alice.list().await.unwrap(), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_left_the_group_cannot_hold_the_job_open() {
+    // Scenario: the job starts a child in a new session (out of reach of the
+    // group kill) that keeps stdout open; the job still ends, with its output,
+    // once the bounded drain after the main process's exit is over.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let t = Instant::now();
+    let job = start(
+        &alice,
+        "sh",
+        &["-c", "setsid sleep 300 & echo $!; echo started"],
+    )
+    .await;
+    let f = follow(&alice, &job.id).await;
+    let took = t.elapsed();
+    let text = String::from_utf8(f.stdout()).unwrap();
+    let escaped: i32 = text.lines().next().unwrap().parse().unwrap();
+    // Clean up what the daemon cannot reach (containment is a later issue).
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(escaped),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(text.ends_with("\nstarted\n"), "{text:?}");
+    assert_eq!(
+        (f.status.state(), f.status.exit_code),
+        (State::Exited, Some(0))
+    );
+    assert!(
+        took < jobs::job::DRAIN_TIMEOUT + Duration::from_secs(3),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_output_is_stored_in_a_private_directory() {
+    // Scenario: output logs live under the state directory in a directory
+    // only the daemon's user can enter.
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let job = start(&alice, "echo", &["private"]).await;
+    follow(&alice, &job.id).await;
+    let dir = server.state_dir().join("output");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "output directory mode {mode:o}");
+    let logs: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(logs.len(), 1, "one job, one log");
+    assert!(logs[0].file_type().unwrap().is_file());
+}
