@@ -1,0 +1,144 @@
+//! Output throughput and daemon memory, end to end on loopback.
+//!
+//! Runs the real server in-process on 127.0.0.1 with certificates from
+//! `jobs::ca`, starts jobs that write a lot, and measures how fast their output
+//! reaches a follower (pipe → log file → TLS → client) and an `Output` reader
+//! after the job ended, the process's peak RSS growth while doing so, and the
+//! latency of starting a job. Run with `cargo bench --bench throughput`;
+//! `JOBS_BENCH_MIB` sets the output size (default 1024 MiB).
+
+use std::time::{Duration, Instant};
+
+use jobs::ca::{CertAuthority, Validity, default_server_sans};
+use jobs::client::{Client, ConnectOptions, DEFAULT_TIMEOUT};
+use jobs::proto::stream_event::Event;
+use jobs::server::{ServerConfig, serve};
+use jobs::tls::PemFiles;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run());
+}
+
+fn rss_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn run() {
+    let mib: u64 = std::env::var("JOBS_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let validity = || Validity::days(1).expect("validity");
+    // The CA must outlive the leaves issued after it.
+    let ca = CertAuthority::generate(Validity::days(2).expect("validity")).expect("CA");
+    let server_cert = ca
+        .issue_server(&default_server_sans(), validity())
+        .expect("server cert");
+    let alice = ca.issue_client("alice", validity()).expect("client cert");
+    let write = |name: &str, data: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, data).expect("write PEM");
+        path
+    };
+    let ca_path = write("ca.crt", ca.cert_pem());
+    let server_pem = PemFiles {
+        ca: ca_path.clone(),
+        cert: write("server.crt", &server_cert.cert_pem),
+        key: write("server.key", server_cert.key_pem.as_str()),
+    };
+    let alice_pem = PemFiles {
+        ca: ca_path,
+        cert: write("alice.crt", &alice.cert_pem),
+        key: write("alice.key", alice.key_pem.as_str()),
+    };
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = ServerConfig::new(
+        server_pem.server_config().expect("tls"),
+        dir.path().join("state"),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, config, async {
+        let _ = stop_rx.await;
+    }));
+    let client = Client::connect(&ConnectOptions {
+        addr: addr.to_string(),
+        pem: alice_pem,
+        timeout: DEFAULT_TIMEOUT,
+    })
+    .await
+    .expect("connect");
+
+    let rss_before = rss_kib("VmRSS:");
+    let bytes = mib * 1024 * 1024;
+    let job = client
+        .start(
+            "head",
+            &["-c".into(), bytes.to_string(), "/dev/zero".into()],
+        )
+        .await
+        .expect("start");
+    let t = Instant::now();
+    let mut stream = client.stream(&job.id).await.expect("stream");
+    let mut got = 0u64;
+    while let Some(event) = stream.message().await.expect("message") {
+        if let Some(Event::Chunk(c)) = event.event {
+            got += c.data.len() as u64;
+        }
+    }
+    let follow = t.elapsed();
+    assert_eq!(got, bytes, "follower lost bytes");
+    report("follow from start", bytes, follow);
+
+    let t = Instant::now();
+    let mut output = client.output(&job.id).await.expect("output");
+    let mut got = 0u64;
+    while let Some(chunk) = output.message().await.expect("message") {
+        got += chunk.data.len() as u64;
+    }
+    assert_eq!(got, bytes, "output lost bytes");
+    report("output after exit", bytes, t.elapsed());
+    println!(
+        "peak RSS {} MiB; RSS grew {} KiB while moving {} MiB twice",
+        rss_kib("VmHWM:") / 1024,
+        rss_kib("VmRSS:").saturating_sub(rss_before),
+        mib
+    );
+
+    let mut latencies: Vec<Duration> = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        client.start("true", &[]).await.expect("start");
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "start latency over 200 jobs: median {:?}, p95 {:?}",
+        latencies[100], latencies[190]
+    );
+
+    let _ = stop_tx.send(());
+    server.await.expect("server task").expect("server");
+}
+
+fn report(what: &str, bytes: u64, took: Duration) {
+    let mb_s = bytes as f64 / 1e6 / took.as_secs_f64();
+    println!(
+        "{what:>18}: {} MiB in {took:.2?} = {mb_s:.0} MB/s",
+        bytes >> 20
+    );
+}
