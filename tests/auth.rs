@@ -226,16 +226,14 @@ async fn an_expired_client_certificate_is_refused() {
     // refuses before dialling, saying so; a client that dials anyway is
     // refused by the server.
     let server = TestServer::start().await;
-    match connect(&server, pem("expired")).await {
-        Err(ClientError::OwnCertificate(msg)) => {
-            assert!(msg.contains("expired 1 day ago"), "{msg}");
-            assert!(msg.contains("expired.crt"), "{msg}");
-        }
-        Err(other) => panic!("expected OwnCertificate, got {other:?}"),
-        Ok(_) => panic!("connected with an expired certificate"),
-    }
+    let msg = refused_locally(connect(&server, pem("expired")).await);
+    let prefix = format!(
+        "client certificate {} expired 1 day ago (not valid after ",
+        pem("expired").cert.display()
+    );
+    assert!(msg.starts_with(&prefix), "{msg}");
     assert_alert(
-        raw_tls(&server, pem("expired").client_config().unwrap()).await,
+        raw_tls(&server, raw_client_config(Some(&pem("expired")))).await,
         AlertDescription::CertificateExpired,
     );
 }
@@ -244,18 +242,14 @@ async fn an_expired_client_certificate_is_refused() {
 async fn a_not_yet_valid_client_certificate_is_refused() {
     // Scenario: a certificate whose notBefore is tomorrow.
     let server = TestServer::start().await;
-    match connect(&server, pem("not-yet-valid")).await {
-        Err(ClientError::OwnCertificate(msg)) => {
-            assert!(
-                msg.contains("is not valid yet: it starts in 23 hours"),
-                "{msg}"
-            );
-        }
-        Err(other) => panic!("expected OwnCertificate, got {other:?}"),
-        Ok(_) => panic!("connected with a not-yet-valid certificate"),
-    }
+    let msg = refused_locally(connect(&server, pem("not-yet-valid")).await);
+    let prefix = format!(
+        "client certificate {} is not valid yet: it starts in 23 hours (not valid before ",
+        pem("not-yet-valid").cert.display()
+    );
+    assert!(msg.starts_with(&prefix), "{msg}");
     assert_alert(
-        raw_tls(&server, pem("not-yet-valid").client_config().unwrap()).await,
+        raw_tls(&server, raw_client_config(Some(&pem("not-yet-valid")))).await,
         AlertDescription::CertificateExpired,
     );
 }
@@ -279,7 +273,7 @@ async fn the_server_certificate_is_refused_as_a_client_certificate() {
     let server = TestServer::start().await;
     assert_refused_locally(
         connect(&server, pem("server")).await,
-        "is not made for client authentication (its extended key usage lacks clientAuth)",
+        "is not made for client authentication (its extended key usage lacks clientAuth): issue one with `jobs-ca client NAME`",
     );
     assert_alert(
         raw_tls(&server, raw_client_config(Some(&pem("server")))).await,
@@ -289,10 +283,14 @@ async fn the_server_certificate_is_refused_as_a_client_certificate() {
 
 /// Asserts that our client refused to use its own certificate, saying `why`.
 fn assert_refused_locally(result: Result<jobs::client::Client, ClientError>, why: &str) {
+    let msg = refused_locally(result);
+    assert!(msg.ends_with(why), "{msg}");
+}
+
+/// The message of our client's refusal to use its own certificate.
+fn refused_locally(result: Result<jobs::client::Client, ClientError>) -> String {
     match result {
-        Err(e @ ClientError::OwnCertificate(_)) => {
-            assert!(e.to_string().contains(why), "{e}")
-        }
+        Err(ClientError::Tls(e @ jobs::tls::TlsError::Unsuitable { .. })) => e.to_string(),
         Err(other) => panic!("expected our client to refuse its certificate, got {other:?}"),
         Ok(_) => panic!("connected with a certificate the server must refuse"),
     }
@@ -306,7 +304,7 @@ async fn a_client_leaf_with_ca_true_is_refused() {
     let server = TestServer::start().await;
     assert_refused_locally(
         connect(&server, pem("ca-leaf")).await,
-        "is a CA certificate (basicConstraints cA:TRUE), not a user certificate",
+        "is a CA certificate (basicConstraints cA:TRUE), not an end-entity certificate: issue one with `jobs-ca client NAME`",
     );
     assert_alert(
         raw_tls(&server, raw_client_config(Some(&pem("ca-leaf")))).await,
@@ -320,14 +318,10 @@ async fn an_x509_v1_client_certificate_is_refused() {
     // signed by our CA. The client library refuses to use it; a client that
     // offers it anyway is refused by the server.
     let server = TestServer::start().await;
-    match connect(&server, pem("v1-client")).await {
-        Err(e @ ClientError::Tls(_)) => {
-            let chain = format!("{e:?}");
-            assert!(chain.contains("UnsupportedCertVersion"), "{chain}");
-        }
-        Err(other) => panic!("expected a local TLS configuration error, got {other:?}"),
-        Ok(_) => panic!("connected with a v1 certificate"),
-    }
+    assert_refused_locally(
+        connect(&server, pem("v1-client")).await,
+        "is an X.509 v1 certificate; TLS needs v3 with extensions: issue one with `jobs-ca client NAME`",
+    );
     assert_alert(
         raw_tls(&server, raw_client_config(Some(&pem("v1-client")))).await,
         AlertDescription::CertificateUnknown,
@@ -536,5 +530,35 @@ async fn the_server_offers_no_session_resumption() {
             Some(rustls::HandshakeKind::Full),
             "connection {attempt}"
         );
+    }
+}
+
+#[test]
+fn the_server_refuses_to_start_with_a_certificate_clients_must_refuse() {
+    // Scenario (D7 of the fresh-clone review): jobsd started with a user's
+    // certificate, or with the CA's, and every client then failed; now the
+    // server configuration is refused up front, saying why.
+    let alice = pem("alice");
+    match alice.server_config() {
+        Err(e @ jobs::tls::TlsError::Unsuitable { .. }) => assert_eq!(
+            e.to_string(),
+            format!(
+                "server certificate {} is not made for server authentication (its extended key usage lacks serverAuth): issue one with `jobs-ca server`",
+                alice.cert.display()
+            )
+        ),
+        other => panic!("expected Unsuitable, got {other:?}"),
+    }
+    let ca_as_server = jobs::tls::PemFiles {
+        cert: ca_cert(),
+        ..server_pem()
+    };
+    match ca_as_server.server_config() {
+        Err(e @ jobs::tls::TlsError::Unsuitable { .. }) => assert!(
+            e.to_string()
+                .ends_with("is a CA certificate (basicConstraints cA:TRUE), not an end-entity certificate: issue one with `jobs-ca server`"),
+            "{e}"
+        ),
+        other => panic!("expected Unsuitable, got {other:?}"),
     }
 }

@@ -265,3 +265,36 @@ async fn huge_output_does_not_grow_the_daemons_memory() {
         grew >> 20
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_hold_no_descriptors() {
+    // Scenario (D2 of the fresh-clone review): every finished job kept its
+    // output log open, so ~1000 jobs exhausted the daemon's descriptor limit
+    // and broke it for everyone. After 300 jobs end, the process has no more
+    // descriptors than before them, and their output is still readable.
+    let _serial = SERIAL.lock().await;
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    // One job first, so that what lives as long as the server or the
+    // connection is already in the baseline.
+    let first = start(&alice, "echo", &["first"]).await;
+    wait_final(&alice, &first.id).await;
+    let baseline = open_fds();
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        ids.push(start(&alice, "echo", &[&i.to_string()]).await.id);
+    }
+    for id in &ids {
+        let status = wait_final(&alice, id).await;
+        assert_eq!((status.state(), status.exit_code), (State::Exited, Some(0)));
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || open_fds() <= baseline).await,
+        "descriptors: {} before, {} after 300 finished jobs",
+        baseline,
+        open_fds()
+    );
+    let (stdout, stderr) = collect_output(&alice, &ids[299]).await;
+    assert_eq!((stdout, stderr), (b"299\n".to_vec(), Vec::new()));
+    server.shutdown().await.unwrap();
+}

@@ -14,8 +14,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::ClientError;
-
 /// Why a connection could not be set up, with the likely cause spelled out.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -285,76 +283,6 @@ impl AsyncWrite for Handshaken {
     }
 }
 
-/// Refuses to connect with a certificate the server is bound to refuse — a CA
-/// certificate, one without the clientAuth extended key usage, or one outside
-/// its validity period — saying what is wrong (the server would only send a
-/// generic TLS alert).
-pub(super) fn check_own_certificate(path: &std::path::Path, pem: &[u8]) -> Result<(), ClientError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    // Parse failures are reported by the TLS configuration step instead.
-    let Some(Ok(der)) = CertificateDer::pem_slice_iter(pem).next() else {
-        return Ok(());
-    };
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
-        return Ok(());
-    };
-    if cert.is_ca() {
-        return Err(ClientError::OwnCertificate(format!(
-            "client certificate {} is a CA certificate (basicConstraints cA:TRUE), not a user certificate; issue one with `jobs-ca client NAME`",
-            path.display()
-        )));
-    }
-    if let Ok(Some(eku)) = cert.extended_key_usage() {
-        if !eku.value.client_auth && !eku.value.any {
-            return Err(ClientError::OwnCertificate(format!(
-                "client certificate {} is not made for client authentication (its extended key usage lacks clientAuth); issue one with `jobs-ca client NAME`",
-                path.display()
-            )));
-        }
-    }
-    let now = time::OffsetDateTime::now_utc();
-    let not_before = cert.validity().not_before.to_datetime();
-    let not_after = cert.validity().not_after.to_datetime();
-    if now > not_after {
-        return Err(ClientError::OwnCertificate(format!(
-            "client certificate {} expired {} ago (not valid after {})",
-            path.display(),
-            human(now - not_after),
-            rfc3339(not_after)
-        )));
-    }
-    if now < not_before {
-        return Err(ClientError::OwnCertificate(format!(
-            "client certificate {} is not valid yet: it starts in {} (not valid before {}); check the clocks of this machine and the CA's",
-            path.display(),
-            human(not_before - now),
-            rfc3339(not_before)
-        )));
-    }
-    Ok(())
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
-}
-
-/// "3 days", "5 hours", "12 minutes", "40 seconds".
-fn human(d: time::Duration) -> String {
-    let s = d.whole_seconds().max(0);
-    let (n, unit) = if s >= 86_400 {
-        (s / 86_400, "day")
-    } else if s >= 3_600 {
-        (s / 3_600, "hour")
-    } else if s >= 60 {
-        (s / 60, "minute")
-    } else {
-        (s, "second")
-    };
-    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,15 +306,5 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_none(), "{bad} parsed");
         }
-    }
-
-    #[test]
-    fn durations_read_as_people_say_them() {
-        assert_eq!(human(time::Duration::seconds(1)), "1 second");
-        assert_eq!(human(time::Duration::minutes(5)), "5 minutes");
-        assert_eq!(
-            human(time::Duration::days(3) + time::Duration::hours(2)),
-            "3 days"
-        );
     }
 }

@@ -62,9 +62,6 @@ pub enum ClientError {
     /// The CA, certificate or key file is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// Our own certificate is outside its validity period; no connection was tried.
-    #[error("{0}")]
-    OwnCertificate(String),
     /// `addr` is not `HOST:PORT`.
     #[error("address '{addr}' is not HOST:PORT (IPv6 as [::1]:PORT)")]
     BadAddress {
@@ -156,13 +153,13 @@ impl Client {
     /// here rather than on the first call.
     ///
     /// # Errors
-    /// [`ClientError::Tls`], [`ClientError::OwnCertificate`],
+    /// [`ClientError::Tls`] (also when our certificate is one the server is
+    /// bound to refuse: expired, not yet valid, a CA, not for client auth),
     /// [`ClientError::BadAddress`], [`ClientError::Connect`] (whose source
     /// says whether TCP, the server's certificate or ours was the problem),
     /// [`ClientError::Timeout`].
     pub async fn connect(options: &ConnectOptions) -> Result<Self, ClientError> {
         let pem = options.pem.read()?;
-        connect::check_own_certificate(&options.pem.cert, &pem.cert)?;
         let tls = options.pem.client_config_from(&pem)?;
         let target =
             connect::Target::parse(&options.addr).ok_or_else(|| ClientError::BadAddress {

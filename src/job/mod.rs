@@ -413,13 +413,19 @@ impl OwnedJob {
     }
 
     /// A reader of everything the job has written so far.
-    pub fn output(&self) -> LogReader {
+    ///
+    /// # Errors
+    /// [`output::OutputError::Io`] if the output log cannot be opened.
+    pub fn output(&self) -> Result<LogReader, output::OutputError> {
         self.0.log.snapshot()
     }
 
     /// A reader that follows the job's output from byte 0 until the job is
     /// final. When it returns `None`, [`OwnedJob::status`] is final.
-    pub fn follow(&self) -> LogReader {
+    ///
+    /// # Errors
+    /// [`output::OutputError::Io`] if the output log cannot be opened.
+    pub fn follow(&self) -> Result<LogReader, output::OutputError> {
         self.0.log.follow()
     }
 }

@@ -16,17 +16,18 @@
 //! Records appear in the order the writer read them from the pipes, which keeps
 //! the interleaving of stdout and stderr.
 //!
-//! # Memory
+//! # Memory and descriptors
 //! The writer holds one buffer of [`MAX_CHUNK`] + 5 bytes per pipe; a reader
 //! holds one of [`MAX_CHUNK`] + 5 bytes. Neither grows with the output's size.
+//! The writer's file descriptor is closed when the log is sealed, and each
+//! reader opens the file for itself, so a finished job holds no descriptor.
 //! Reads and writes are plain `pread`/`write` on a regular file, which hit the
 //! page cache; they are not routed through the blocking pool.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 use tokio::sync::watch;
 
@@ -98,17 +99,18 @@ struct Progress {
     sealed: bool,
 }
 
-/// The shared, read-only side of one job's log.
+/// The shared, read-only side of one job's log: where it is and how far it
+/// has been written.
 #[derive(Debug)]
 pub struct Log {
-    file: Arc<File>,
+    path: PathBuf,
     progress: watch::Receiver<Progress>,
 }
 
 /// The single writer of a log, owned by the job's supervisor.
 #[derive(Debug)]
 pub struct LogWriter {
-    file: Arc<File>,
+    file: File,
     committed: u64,
     progress: watch::Sender<Progress>,
 }
@@ -119,24 +121,24 @@ pub struct LogWriter {
 /// # Errors
 /// [`OutputError::Io`] if the file cannot be created (including when it exists).
 pub fn create(path: &Path) -> Result<(LogWriter, Log), OutputError> {
-    let file = Arc::new(
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)?,
-    );
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
     let (tx, rx) = watch::channel(Progress {
         committed: 0,
         sealed: false,
     });
     Ok((
         LogWriter {
-            file: file.clone(),
+            file,
             committed: 0,
             progress: tx,
         },
-        Log { file, progress: rx },
+        Log {
+            path: path.to_owned(),
+            progress: rx,
+        },
     ))
 }
 
@@ -200,9 +202,9 @@ impl LogWriter {
         self.committed == 0
     }
 
-    /// Marks the log complete: readers that reach its end stop waiting.
+    /// Marks the log complete (readers that reach its end stop waiting) and
+    /// closes the writer's descriptor.
     pub fn seal(self) {
-        let _ = (&*self.file).flush();
         self.progress.send_modify(|p| p.sealed = true);
     }
 }
@@ -217,22 +219,29 @@ impl Drop for LogWriter {
 }
 
 impl Log {
-    /// A reader from byte 0 that follows the log until it is sealed.
-    pub fn follow(&self) -> LogReader {
-        LogReader {
-            file: self.file.clone(),
+    /// A reader from byte 0 that follows the log until it is sealed. It opens
+    /// the file and holds the descriptor until dropped.
+    ///
+    /// # Errors
+    /// [`OutputError::Io`] if the file cannot be opened.
+    pub fn follow(&self) -> Result<LogReader, OutputError> {
+        Ok(LogReader {
+            file: File::open(&self.path)?,
             progress: self.progress.clone(),
             offset: 0,
             limit: None,
             buf: vec![0; HEADER + MAX_CHUNK].into_boxed_slice(),
-        }
+        })
     }
 
     /// A reader from byte 0 that stops at what has been written now.
-    pub fn snapshot(&self) -> LogReader {
-        let mut reader = self.follow();
+    ///
+    /// # Errors
+    /// As [`Log::follow`].
+    pub fn snapshot(&self) -> Result<LogReader, OutputError> {
+        let mut reader = self.follow()?;
         reader.limit = Some(self.progress.borrow().committed);
-        reader
+        Ok(reader)
     }
 
     /// True once the writer has sealed the log (or gone away).
@@ -248,7 +257,7 @@ impl Log {
 
 /// A cursor over a log from byte 0, with its own offset.
 pub struct LogReader {
-    file: Arc<File>,
+    file: File,
     progress: watch::Receiver<Progress>,
     offset: u64,
     /// Stop here instead of following (a snapshot).
@@ -368,7 +377,7 @@ mod tests {
         write(&mut w, Fd::Stderr, b"E");
         write(&mut w, Fd::Stdout, b"c");
         w.seal();
-        let chunks = drain(log.follow()).await;
+        let chunks = drain(log.follow().unwrap()).await;
         assert_eq!(
             chunks,
             vec![
@@ -396,7 +405,7 @@ mod tests {
         write(&mut w, Fd::Stdout, &big);
         write(&mut w, Fd::Stdout, b"xy");
         w.seal();
-        let chunks = drain(log.follow()).await;
+        let chunks = drain(log.follow().unwrap()).await;
         assert_eq!(chunks.len(), 2);
         assert_eq!(chunks[0].data.len(), MAX_CHUNK - 1);
         assert_eq!(chunks[1].data, b"xy");
@@ -406,7 +415,7 @@ mod tests {
     async fn a_follower_waits_for_appends_and_ends_at_seal() {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, log) = create(&dir.path().join("log")).unwrap();
-        let mut r = log.follow();
+        let mut r = log.follow().unwrap();
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             while let Some(c) = r.next().await.unwrap() {
@@ -427,7 +436,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, log) = create(&dir.path().join("log")).unwrap();
         write(&mut w, Fd::Stdout, b"before");
-        let snap = log.snapshot();
+        let snap = log.snapshot().unwrap();
         write(&mut w, Fd::Stdout, b"after");
         let chunks = drain(snap).await;
         assert_eq!(
@@ -446,7 +455,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, log) = create(&dir.path().join("log")).unwrap();
         write(&mut w, Fd::Stderr, b"x");
-        let r = log.follow();
+        let r = log.follow().unwrap();
         drop(w);
         assert_eq!(
             drain(r).await,
@@ -471,7 +480,7 @@ mod tests {
             .write_all_at(&[9], 0)
             .unwrap();
         w.seal();
-        let mut r = log.follow();
+        let mut r = log.follow().unwrap();
         assert!(matches!(
             r.next().await,
             Err(OutputError::Corrupt { offset: 0 })

@@ -107,7 +107,8 @@ impl JobService for Service {
     ) -> Result<Response<Self::OutputStream>, Status> {
         let job = self.owned(&request, &request.get_ref().id)?;
         let permit = self.permit(&request)?;
-        let stream = chunks(job.output(), permit, chunk_message);
+        let reader = job.output().map_err(output_status)?;
+        let stream = chunks(reader, permit, chunk_message);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -119,7 +120,8 @@ impl JobService for Service {
     ) -> Result<Response<Self::StreamStream>, Status> {
         let job = self.owned(&request, &request.get_ref().id)?;
         let permit = self.permit(&request)?;
-        let output = chunks(job.follow(), permit, |chunk| proto::StreamEvent {
+        let reader = job.follow().map_err(output_status)?;
+        let output = chunks(reader, permit, |chunk| proto::StreamEvent {
             event: Some(proto::stream_event::Event::Chunk(chunk_message(chunk))),
         });
         // After the last byte: the final status. The log is sealed only after

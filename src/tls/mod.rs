@@ -62,6 +62,19 @@ pub enum TlsError {
     /// rustls refused the certificate/key pair or the settings.
     #[error("certificate and key do not form a usable TLS identity: {0}")]
     Config(rustls::Error),
+    /// This end's own certificate is one its peer is bound to refuse: not
+    /// X.509 v3, a CA certificate, without the extended key usage for its
+    /// role, expired, or not yet valid. Checked before any connection, since
+    /// the peer would only send a generic TLS alert.
+    #[error("{role} certificate {} {reason}", path.display())]
+    Unsuitable {
+        /// "server" or "client".
+        role: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
     /// The client-certificate verifier could not be built.
     #[error("cannot build the client certificate verifier")]
     Verifier(#[source] rustls::server::VerifierBuilderError),
@@ -138,7 +151,7 @@ impl PemFiles {
         })
     }
 
-    fn parse(&self, pem: &PemMaterial) -> Result<Parsed, TlsError> {
+    fn parse(&self, pem: &PemMaterial, role: Role) -> Result<Parsed, TlsError> {
         let certs = |what, path: &Path, bytes: &[u8]| {
             let certs: Vec<_> = CertificateDer::pem_slice_iter(bytes)
                 .collect::<Result<_, _>>()
@@ -164,6 +177,7 @@ impl PemFiles {
             })?;
         }
         let chain = certs("certificate", &self.cert, &pem.cert)?;
+        check_leaf(role, &self.cert, &chain[0])?;
         let key = PrivateKeyDer::from_pem_slice(&pem.key).map_err(|_| TlsError::Pem {
             what: "private key",
             path: self.key.clone(),
@@ -188,7 +202,7 @@ impl PemFiles {
     /// # Errors
     /// As [`PemFiles::server_config`].
     pub fn server_config_from(&self, pem: &PemMaterial) -> Result<Arc<ServerConfig>, TlsError> {
-        let Parsed { roots, chain, key } = self.parse(pem)?;
+        let Parsed { roots, chain, key } = self.parse(pem, Role::Server)?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
@@ -223,7 +237,7 @@ impl PemFiles {
     /// # Errors
     /// As [`PemFiles::server_config`].
     pub fn client_config_from(&self, pem: &PemMaterial) -> Result<Arc<ClientConfig>, TlsError> {
-        let Parsed { roots, chain, key } = self.parse(pem)?;
+        let Parsed { roots, chain, key } = self.parse(pem, Role::Client)?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -234,5 +248,105 @@ impl PemFiles {
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
+    }
+}
+
+/// Which end a certificate is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Server,
+    Client,
+}
+
+/// Refuses a leaf certificate its peer is bound to refuse, saying what is
+/// wrong (RFC 5280: v3 with extensions, basicConstraints §4.2.1.9, extended
+/// key usage §4.2.1.12, validity §4.1.2.5).
+fn check_leaf(role: Role, path: &Path, der: &CertificateDer<'_>) -> Result<(), TlsError> {
+    let (name, purpose, command) = match role {
+        Role::Server => ("server", "serverAuth", "jobs-ca server"),
+        Role::Client => ("client", "clientAuth", "jobs-ca client NAME"),
+    };
+    let unsuitable = |reason: String| TlsError::Unsuitable {
+        role: name,
+        path: path.to_owned(),
+        reason,
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| unsuitable(format!("is not a valid X.509 certificate ({e})")))?;
+    if cert.version() != x509_parser::x509::X509Version::V3 {
+        return Err(unsuitable(format!(
+            "is an X.509 v{} certificate; TLS needs v3 with extensions: issue one with `{command}`",
+            cert.version().0 + 1
+        )));
+    }
+    if cert.is_ca() {
+        return Err(unsuitable(format!(
+            "is a CA certificate (basicConstraints cA:TRUE), not an end-entity certificate: issue one with `{command}`"
+        )));
+    }
+    if let Ok(Some(eku)) = cert.extended_key_usage() {
+        let ok = eku.value.any
+            || match role {
+                Role::Server => eku.value.server_auth,
+                Role::Client => eku.value.client_auth,
+            };
+        if !ok {
+            return Err(unsuitable(format!(
+                "is not made for {name} authentication (its extended key usage lacks {purpose}): issue one with `{command}`"
+            )));
+        }
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let not_before = cert.validity().not_before.to_datetime();
+    let not_after = cert.validity().not_after.to_datetime();
+    if now > not_after {
+        return Err(unsuitable(format!(
+            "expired {} ago (not valid after {})",
+            human(now - not_after),
+            rfc3339(not_after)
+        )));
+    }
+    if now < not_before {
+        return Err(unsuitable(format!(
+            "is not valid yet: it starts in {} (not valid before {}); check the clocks of this machine and the CA's",
+            human(not_before - now),
+            rfc3339(not_before)
+        )));
+    }
+    Ok(())
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// "3 days", "5 hours", "12 minutes", "40 seconds".
+fn human(d: time::Duration) -> String {
+    let s = d.whole_seconds().max(0);
+    let (n, unit) = if s >= 86_400 {
+        (s / 86_400, "day")
+    } else if s >= 3_600 {
+        (s / 3_600, "hour")
+    } else if s >= 60 {
+        (s / 60, "minute")
+    } else {
+        (s, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(human(time::Duration::seconds(1)), "1 second");
+        assert_eq!(human(time::Duration::minutes(5)), "5 minutes");
+        assert_eq!(
+            human(time::Duration::days(3) + time::Duration::hours(2)),
+            "3 days"
+        );
     }
 }
