@@ -9,7 +9,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "Building (first build takes a few minutes)"
 cargo build --locked --bins
-bin=target/debug
+bin=${CARGO_TARGET_DIR:-target}/debug
 
 tmp=$(mktemp -d)
 jobsd_pid=
