@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -69,18 +68,44 @@ pub struct ServerConfig {
     pub jobs: JobsConfig,
     /// Cap on open Output/Stream calls per identity.
     pub max_streams_per_identity: usize,
-    /// Deadline for a TLS handshake, from TCP accept.
+    /// Deadline for the whole TLS handshake, from TCP accept: the ClientHello,
+    /// the server's answer and the client's certificate. Also the longest a
+    /// connection counts as pending (see `max_pending_connections`). Default
+    /// 10 s: a real handshake takes milliseconds plus two round trips.
     pub handshake_timeout: Duration,
-    /// Most TLS handshakes in progress at once. An RSA-4096 handshake costs the
-    /// server a few milliseconds of CPU; the cap keeps a burst of new
-    /// connections from starving established streams.
+    /// Deadline for the peer's ClientHello, from TCP accept (never later than
+    /// `handshake_timeout`). Default 5 s: a real client sends its ClientHello
+    /// as soon as it has connected, so only silent sockets (scanners, peers
+    /// holding slots) run into it, and they are closed twice as soon as by the
+    /// handshake deadline.
+    pub client_hello_timeout: Duration,
+    /// Most pending connections (accepted, handshake not yet verified) over
+    /// all peers; a connection over the cap is closed at once, never queued.
+    /// Default 1024: each may buffer up to 64 KiB of ClientHello, so about
+    /// 64 MiB in all, and holds a descriptor, so the daemon's descriptor
+    /// limit must be well above this value. Values below 1 count as 1.
+    pub max_pending_connections: usize,
+    /// Most pending connections from one source address (IPv6: one /64); a
+    /// connection over the cap is closed at once. Default 128, an eighth of
+    /// the global cap, so that one host cannot fill it; generous because
+    /// every client on loopback or behind one NAT shares an address. Values
+    /// below 1 count as 1.
+    pub max_pending_per_ip: usize,
+    /// Most handshakes computing the server's half (its RSA-4096 signature,
+    /// a few milliseconds of CPU) at once, each on a blocking thread. Waiting
+    /// for a peer holds no permit, so idle or stalled peers cannot use them
+    /// up; the cap keeps a burst of new connections from taking every core
+    /// from established streams. Default twice the available parallelism (at
+    /// least 2). Values below 1 count as 1.
     pub max_handshakes: usize,
 }
 
 impl ServerConfig {
     /// Defaults for everything but TLS and the state directory: 5 s stop grace
     /// period, [`DEFAULT_MAX_STREAMS_PER_IDENTITY`], 10 s handshake deadline,
-    /// 64 concurrent handshakes.
+    /// 5 s ClientHello deadline, 1024 pending connections in all and 128 per
+    /// source address, and twice the available parallelism (at least 2) in
+    /// concurrent handshake signatures. Each field's doc says why.
     pub fn new(tls: Arc<rustls::ServerConfig>, state_dir: impl Into<std::path::PathBuf>) -> Self {
         Self {
             tls,
@@ -90,7 +115,10 @@ impl ServerConfig {
             },
             max_streams_per_identity: DEFAULT_MAX_STREAMS_PER_IDENTITY,
             handshake_timeout: Duration::from_secs(10),
-            max_handshakes: 64,
+            client_hello_timeout: accept::DEFAULT_CLIENT_HELLO_TIMEOUT,
+            max_pending_connections: accept::DEFAULT_MAX_PENDING_CONNECTIONS,
+            max_pending_per_ip: accept::DEFAULT_MAX_PENDING_PER_IP,
+            max_handshakes: accept::default_max_handshakes(),
         }
     }
 }
@@ -134,10 +162,15 @@ pub async fn serve(
     tracker.spawn(
         accept::AcceptLoop {
             listener,
-            acceptor: TlsAcceptor::from(config.tls.clone()),
+            tls: config.tls.clone(),
             conns: conns_tx,
+            client_hello_timeout: config.client_hello_timeout,
             handshake_timeout: config.handshake_timeout,
-            handshakes: Arc::new(Semaphore::new(config.max_handshakes.max(1))),
+            pending: accept::Pending::new(
+                config.max_pending_connections,
+                config.max_pending_per_ip,
+            ),
+            signing: Arc::new(Semaphore::new(config.max_handshakes.max(1))),
             tracker: tracker.clone(),
             cancel: cancel.clone(),
         }
