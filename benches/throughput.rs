@@ -69,7 +69,7 @@ async fn run() {
     let addr = listener.local_addr().expect("addr");
     let config = ServerConfig::new(
         server_pem.server_config().expect("tls"),
-        dir.path().join("state"),
+        jobs::server::StateDir::open(dir.path().join("state")).expect("state dir"),
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, config, async {

@@ -63,11 +63,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let tls = pem
         .server_config()
         .context("cannot load the TLS configuration")?;
-    let mut config = jobs::server::ServerConfig::new(tls, &args.state_dir);
+    // Everything that can fail is checked before the "listening on" line, so
+    // that a script waiting for it knows the daemon is really serving.
+    let state = jobs::server::StateDir::open(&args.state_dir)?;
+    let mut config = jobs::server::ServerConfig::new(tls, state);
     config.jobs.grace = Duration::from_secs(args.grace_secs);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    raise_open_file_limit();
+    let listener =
+        listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener
         .local_addr()
         .context("cannot read the listening address")?;
@@ -81,6 +84,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("server failed")?;
     Ok(())
+}
+
+/// Connections the kernel queues before jobsd accepts them (listen(2)). Above
+/// tokio's default of 128 so that a burst of clients is not dropped.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Raises the soft limit on open files to the hard limit: every connection,
+/// open output stream and running job costs descriptors, and the common soft
+/// default of 1024 is below what the server's own caps allow.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

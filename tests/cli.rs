@@ -902,3 +902,59 @@ fn silent_server_times_out_after_10_seconds() {
     );
     drop(listener);
 }
+
+/// `jobsd` with the sandbox's server certificate and `state_dir`, run until
+/// it exits (it is expected to refuse to start).
+fn jobsd_refusing(sb: &Sandbox, state_dir: &Path) -> Out {
+    let mut cmd = Command::new(JOBSD);
+    cmd.args(["--listen", "127.0.0.1:0", "--ca"])
+        .arg(&sb.ca)
+        .arg("--cert")
+        .arg(&sb.server.cert)
+        .arg("--key")
+        .arg(&sb.server.key)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .stdin(Stdio::null());
+    run(cmd)
+}
+
+#[test]
+fn jobsd_refuses_an_unusable_state_directory_before_saying_it_listens() {
+    // Scenario: `--state-dir` names a file; scripts wait for "listening on",
+    // so jobsd must fail before printing it, saying which directory is wrong.
+    let sb = Sandbox::new();
+    let file = sb.dir.path().join("not-a-dir");
+    write_file(&file, b"");
+    let out = jobsd_refusing(&sb, &file);
+    assert_eq!((out.code, out.stdout_str()), (1, ""));
+    assert!(
+        out.stderr.ends_with(&format!(
+            "jobsd: error: cannot use the state directory {}: File exists (os error 17)\n",
+            file.display()
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_second_jobsd_cannot_share_a_state_directory() {
+    // Scenario: an operator starts jobsd twice on the same --state-dir; the
+    // second refuses instead of writing into the first one's job files.
+    let daemon = Daemon::start();
+    let state = daemon.dir.path().join("state");
+    let out = jobsd_refusing(&daemon, &state);
+    assert_eq!((out.code, out.stdout_str()), (1, ""));
+    assert!(
+        out.stderr.ends_with(&format!(
+            "jobsd: error: the state directory {} is in use by another jobsd\n",
+            state.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    // The first daemon still serves.
+    let id = daemon.start_job(&daemon.alice, &["true"]);
+    assert_eq!(daemon.jobs(&daemon.alice, &["status", &id]).code, 0);
+}

@@ -86,7 +86,7 @@ async fn tls_from(source: IpAddr, server: &TestServer) -> io::Result<Vec<u8>> {
 fn assert_closed_during_handshake(result: Result<jobs::client::Client, ClientError>) {
     match result {
         Err(ClientError::Connect {
-            source: ConnectError::ClosedDuringHandshake,
+            source: ConnectError::ClosedBeforeHandshake,
             ..
         }) => {}
         Err(other) => panic!("expected the server to close the connection, got {other:?}"),
@@ -225,7 +225,7 @@ async fn connections_over_the_per_address_cap_are_closed_at_once() {
         match connect(&server, pem("alice")).await {
             Ok(alice) => break alice,
             Err(ClientError::Connect {
-                source: ConnectError::ClosedDuringHandshake,
+                source: ConnectError::ClosedBeforeHandshake,
                 ..
             }) if Instant::now() < end => {
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -35,6 +35,13 @@ pub enum ConnectError {
     /// Any other TLS failure.
     #[error("TLS handshake failed: {0}")]
     Tls(rustls::Error),
+    /// The server closed the connection before the TLS handshake finished,
+    /// without an alert: it sheds connections it cannot take (too many
+    /// pending ones, from everyone or from this address), or it is not jobsd.
+    #[error(
+        "the server closed the connection before the TLS handshake finished; it may be overloaded (too many connections in progress), or it is not jobsd; retry later"
+    )]
+    ClosedBeforeHandshake,
     /// The server closed the connection right after the handshake without a
     /// TLS alert; most often it refused our certificate.
     #[error(
@@ -108,6 +115,7 @@ impl ConnectError {
                 alert: alert.clone(),
             },
             Self::Tls(e) => Self::Tls(e.clone()),
+            Self::ClosedBeforeHandshake => Self::ClosedBeforeHandshake,
             Self::ClosedDuringHandshake => Self::ClosedDuringHandshake,
             Self::Other(s) => Self::Other(s.clone()),
         }
@@ -204,10 +212,15 @@ async fn connect(target: &Target, connector: &TlsConnector) -> Result<Handshaken
         .await
         .map_err(ConnectError::Tcp)?;
     let _ = tcp.set_nodelay(true);
+    // Our side of a TLS 1.3 handshake does not wait for the server's verdict
+    // on our certificate, so a close here is the server shedding load.
     let mut tls = connector
         .connect(target.name.clone(), tcp)
         .await
-        .map_err(ConnectError::from_io)?;
+        .map_err(|e| match ConnectError::from_io(e) {
+            ConnectError::ClosedDuringHandshake => ConnectError::ClosedBeforeHandshake,
+            other => other,
+        })?;
     // In TLS 1.3 the server checks our certificate only after our side of the
     // handshake is done, so a refusal arrives as an alert on the first read.
     // The server speaks first in HTTP/2 (its SETTINGS frame), so read that

@@ -10,7 +10,10 @@
 mod accept;
 mod limits;
 mod service;
+mod state;
 mod status;
+
+pub use state::StateDir;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,13 +50,29 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// shutdown, before they are closed.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
+/// Verified connections waiting for the HTTP/2 server to take them; the
+/// server takes them as fast as they come, so this only smooths bursts.
+const VERIFIED_CONNECTION_QUEUE: usize = 64;
+
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    /// The state directory could not be prepared.
-    #[error("cannot prepare the state directory")]
-    StateDir(#[source] std::io::Error),
+    /// The state directory could not be created, locked or used.
+    #[error("cannot use the state directory {}", path.display())]
+    StateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process (a second jobsd) holds the state directory's lock.
+    #[error("the state directory {} is in use by another jobsd", path.display())]
+    StateDirInUse {
+        /// The directory.
+        path: std::path::PathBuf,
+    },
     /// The HTTP/2 server failed.
     #[error("gRPC server failed")]
     Transport(#[source] tonic::transport::Error),
@@ -64,6 +83,8 @@ pub enum ServerError {
 pub struct ServerConfig {
     /// TLS settings, normally from [`crate::tls::PemFiles::server_config`].
     pub tls: Arc<rustls::ServerConfig>,
+    /// The locked state directory; job output lives in its `output/`.
+    pub state: Arc<StateDir>,
     /// The job engine's settings.
     pub jobs: JobsConfig,
     /// Cap on open Output/Stream calls per identity.
@@ -106,11 +127,11 @@ impl ServerConfig {
     /// 5 s ClientHello deadline, 1024 pending connections in all and 128 per
     /// source address, and twice the available parallelism (at least 2) in
     /// concurrent handshake signatures. Each field's doc says why.
-    pub fn new(tls: Arc<rustls::ServerConfig>, state_dir: impl Into<std::path::PathBuf>) -> Self {
+    pub fn new(tls: Arc<rustls::ServerConfig>, state: StateDir) -> Self {
         Self {
             tls,
             jobs: JobsConfig {
-                output_dir: state_dir.into().join("output"),
+                output_dir: state.path().join("output"),
                 grace: crate::job::DEFAULT_GRACE,
             },
             max_streams_per_identity: DEFAULT_MAX_STREAMS_PER_IDENTITY,
@@ -119,6 +140,7 @@ impl ServerConfig {
             max_pending_connections: accept::DEFAULT_MAX_PENDING_CONNECTIONS,
             max_pending_per_ip: accept::DEFAULT_MAX_PENDING_PER_IP,
             max_handshakes: accept::default_max_handshakes(),
+            state: Arc::new(state),
         }
     }
 }
@@ -153,12 +175,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let jobs = Arc::new(
-        Jobs::new(Arc::new(LocalExecutor::new()), config.jobs.clone())
-            .map_err(ServerError::StateDir)?,
+        Jobs::new(Arc::new(LocalExecutor::new()), config.jobs.clone()).map_err(|source| {
+            ServerError::StateDir {
+                path: config.jobs.output_dir.clone(),
+                source,
+            }
+        })?,
     );
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
-    let (conns_tx, conns_rx) = mpsc::channel(config.max_handshakes.max(1));
+    let (conns_tx, conns_rx) = mpsc::channel(VERIFIED_CONNECTION_QUEUE);
     tracker.spawn(
         accept::AcceptLoop {
             listener,

@@ -467,7 +467,8 @@ impl TestServer {
             .prefix("jobs-state-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .expect("state dir");
-        let mut config = ServerConfig::new(tls, state.path());
+        let state_dir = jobs::server::StateDir::open(state.path()).expect("lock state dir");
+        let mut config = ServerConfig::new(tls, state_dir);
         tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, config, async move {

@@ -1,0 +1,91 @@
+//! The daemon's state directory, and the lock that makes it one daemon's.
+
+use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::ServerError;
+
+/// Name of the lock file inside the state directory.
+const LOCK_FILE: &str = "jobsd.lock";
+
+/// A state directory, created if missing (mode 0700) and locked with an
+/// exclusive flock(2) on `jobsd.lock` for as long as this value lives, so that
+/// two daemons never write the same job files.
+#[derive(Debug)]
+pub struct StateDir {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl StateDir {
+    /// Creates (if needed) and locks `path`.
+    ///
+    /// # Errors
+    /// [`ServerError::StateDir`] if the directory cannot be created or the
+    /// lock file opened (e.g. the path is a file, or permission is denied);
+    /// [`ServerError::StateDirInUse`] if another process holds the lock.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, ServerError> {
+        let path = path.into();
+        let err = |source| ServerError::StateDir {
+            path: path.clone(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&path)
+            .map_err(err)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path.join(LOCK_FILE))
+            .map_err(err)?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(ServerError::StateDirInUse { path });
+            }
+            Err((_, e)) => return Err(err(e.into())),
+        };
+        Ok(Self { path, _lock: lock })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_daemon_cannot_take_a_locked_state_directory() {
+        // Scenario: two jobsd started with the same --state-dir.
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateDir::open(dir.path().join("state")).unwrap();
+        assert!(matches!(
+            StateDir::open(dir.path().join("state")),
+            Err(ServerError::StateDirInUse { path }) if path == first.path()
+        ));
+        drop(first);
+        StateDir::open(dir.path().join("state")).unwrap();
+    }
+
+    #[test]
+    fn a_file_is_not_a_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(matches!(
+            StateDir::open(&file),
+            Err(ServerError::StateDir { .. })
+        ));
+    }
+}
