@@ -45,6 +45,16 @@
 //!   per-identity cap on open output streams.
 //! - Output reads and writes are synchronous `pread`/`write` calls on the
 //!   page cache from async tasks; a disk that stalls stalls those tasks.
+//! - Output on disk is not limited or removed: one job can fill the disk.
+//! - If `jobsd` is killed with SIGKILL, its jobs keep running unowned; a new
+//!   `jobsd` does not know them.
+//! - Orphans of a job (children whose parent exited) are reparented to PID 1,
+//!   which on some container hosts never reaps them; they stay as zombies
+//!   there. `jobsd` reaps every process it spawned itself.
+//! - Unauthenticated connections are shed at 1024 pending handshakes in all
+//!   and 128 per source address; on loopback every client shares one address,
+//!   so a local user holding 128 idle sockets locks other local clients out
+//!   (promptly, not by hanging) until the sockets close or time out (5 s).
 
 pub mod auth;
 pub mod ca;

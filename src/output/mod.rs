@@ -143,7 +143,7 @@ pub fn create(path: &Path) -> Result<(LogWriter, Log), OutputError> {
 }
 
 /// A buffer a pipe can be read into and then appended without a copy: the
-/// first [`HEADER`] bytes are reserved for the record header.
+/// first 5 bytes are reserved for the record header.
 pub struct RecordBuf(Box<[u8]>);
 
 impl RecordBuf {
