@@ -286,7 +286,7 @@ pub struct IssuedCert {
     pub identity: Identity,
 }
 
-/// An RSA private key in PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
+/// An RSA private key in PKCS#8 PEM (a PEM block labelled `PRIVATE KEY`).
 ///
 /// `Debug` prints `[redacted]`; read the key with [`PrivateKeyPem::as_str`].
 /// The memory is not wiped on drop.
