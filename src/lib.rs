@@ -58,10 +58,12 @@
 
 pub mod auth;
 pub mod ca;
+pub mod cgroup;
 pub mod client;
 pub mod exec;
 pub mod job;
 pub mod output;
+pub mod sandbox;
 pub mod server;
 pub mod tls;
 

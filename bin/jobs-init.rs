@@ -1,0 +1,2 @@
+//! `jobs-init`: placeholder.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Per-job control groups (placeholder, being written).

@@ -1,0 +1,1 @@
+//! The job init process (placeholder, being written).
