@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow};
 use clap::{CommandFactory, Parser, Subcommand};
 use jobs::client::format::{self, EXIT_INCOMPLETE, StatusJson};
+use jobs::client::units::{self, UnitError};
 use jobs::client::{Client, ClientError, ConnectOptions, DEFAULT_TIMEOUT};
 use jobs::proto::{self, stream_event::Event};
 use jobs::tls::PemFiles;
@@ -73,13 +74,15 @@ struct Cli {
 enum Command {
     /// Start a job and print its id.
     #[command(
-        override_usage = "jobs start [--json] [--] PROGRAM [ARG]...",
+        override_usage = "jobs start [--json] [LIMITS] [--] PROGRAM [ARG]...",
         after_help = COMMAND_HELP
     )]
     Start {
         /// Print the job's status as a JSON object instead of its id.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// The program, then its arguments.
         #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
         command: Vec<String>,
@@ -89,10 +92,12 @@ enum Command {
     /// The first Ctrl-C stops the job and keeps following it to its end; a
     /// second Ctrl-C exits at once with status 130.
     #[command(
-        override_usage = "jobs run [--] PROGRAM [ARG]...",
+        override_usage = "jobs run [LIMITS] [--] PROGRAM [ARG]...",
         after_help = COMMAND_HELP
     )]
     Run {
+        #[command(flatten)]
+        limits: LimitArgs,
         /// The program, then its arguments.
         #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
         command: Vec<String>,
@@ -129,6 +134,49 @@ enum Command {
         /// Job id, as printed by `jobs start`.
         id: String,
     },
+}
+
+/// Resource limits for a new job. Each one left out takes the server's
+/// ceiling; asking for more than the ceiling is refused.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Limits")]
+struct LimitArgs {
+    /// Memory for all the job's processes together: bytes, or with a K, M, G
+    /// or T suffix (powers of 1024), e.g. 256M.
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    memory: Option<u64>,
+    /// CPU time as a number of cores, e.g. 0.5 for half of one core.
+    #[arg(long, value_name = "CORES", value_parser = cpus)]
+    cpus: Option<u32>,
+    /// Processes and threads at once (the job's init included).
+    #[arg(long, value_name = "N")]
+    pids: Option<u32>,
+    /// Read bandwidth per server IO device, bytes per second (SIZE syntax).
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    io_read: Option<u64>,
+    /// Write bandwidth per server IO device, bytes per second (SIZE syntax).
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    io_write: Option<u64>,
+}
+
+impl LimitArgs {
+    fn to_proto(&self) -> proto::Limits {
+        proto::Limits {
+            memory_bytes: self.memory,
+            cpu_millis: self.cpus,
+            pids: self.pids,
+            io_read_bps: self.io_read,
+            io_write_bps: self.io_write,
+        }
+    }
+}
+
+fn size(s: &str) -> Result<u64, UnitError> {
+    units::parse_size(s)
+}
+
+fn cpus(s: &str) -> Result<u32, UnitError> {
+    units::parse_cpus(s)
 }
 
 /// Our stdout was closed by its reader: a clean exit, not an error.
@@ -197,9 +245,15 @@ async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<u8> {
     };
     let client = Client::connect(&options).await?;
     match command {
-        Command::Start { json, command } => {
+        Command::Start {
+            json,
+            limits,
+            command,
+        } => {
             let (program, args) = split_command(&command);
-            let status = client.start(program, args).await?;
+            let status = client
+                .start_with_limits(program, args, limits.to_proto())
+                .await?;
             if json {
                 print(&format!("{}\n", to_json(&StatusJson::from(&status))?))?;
             } else {
@@ -207,10 +261,10 @@ async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Run { command } => {
+        Command::Run { limits, command } => {
             let (program, args) = split_command(&command);
             let mut interrupts = Interrupts::new(sigint.take());
-            let start = client.start(program, args);
+            let start = client.start_with_limits(program, args, limits.to_proto());
             tokio::pin!(start);
             let status = loop {
                 tokio::select! {
@@ -235,7 +289,14 @@ async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<u8> {
             if json {
                 print(&format!("{}\n", to_json(&StatusJson::from(&status))?))?;
             } else {
-                print(&format!("{}\n", format::status_line(&status, 0)))?;
+                let mut text = format!("{}\n", format::status_line(&status, 0));
+                if let Some(limits) = &status.limits {
+                    text.push_str(&format!("  limits: {}\n", units::describe_limits(limits)));
+                }
+                if let Some(usage) = &status.usage {
+                    text.push_str(&format!("  usage: {}\n", units::describe_usage(usage)));
+                }
+                print(&text)?;
             }
             Ok(0)
         }

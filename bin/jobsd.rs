@@ -6,8 +6,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::Parser;
+use jobs::auth::Identity;
+use jobs::client::units;
+use jobs::exec::{ContainConfig, IoDevice, LocalExecutor, Namespaces, Network};
+use jobs::job::{Account, JobsConfig, ResourceLimits};
 
 /// The jobs daemon: runs programs for clients authenticated by mutual TLS 1.3.
 #[derive(Parser, Debug)]
@@ -32,6 +38,79 @@ struct Args {
     /// Seconds between SIGTERM and SIGKILL when a job is stopped (0-60).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=60))]
     grace_secs: u64,
+    #[command(flatten)]
+    contain: ContainArgs,
+}
+
+/// How jobs are contained. jobsd must run as root for any of this.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Containment")]
+struct ContainArgs {
+    /// `auto`: contain jobs when running as root, otherwise start with a
+    /// warning that containment is off. `on`: refuse to start without it.
+    /// `off`: never contain (jobs run as jobsd's user, without limits).
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    containment: Mode,
+    /// Local account jobs run as.
+    #[arg(long, value_name = "USER", default_value = "nobody")]
+    run_as: String,
+    /// Account for one identity's jobs, as FINGERPRINT=USER (repeatable);
+    /// FINGERPRINT as `jobs-ca fingerprint` prints it.
+    #[arg(long, value_name = "FINGERPRINT=USER")]
+    run_as_for: Vec<String>,
+    /// Allow accounts with uid 0 or gid 0 in --run-as / --run-as-for.
+    #[arg(long)]
+    allow_root: bool,
+    /// The job init program [default: jobs-init next to jobsd].
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
+    /// Most memory a job may have, and its default (SIZE: bytes or K/M/G/T,
+    /// powers of 1024). `none` for no limit.
+    #[arg(long, value_name = "SIZE", default_value = "1G")]
+    max_memory: String,
+    /// Most CPU a job may have, and its default, in cores. `none` for no
+    /// limit.
+    #[arg(long, value_name = "CORES", default_value = "1")]
+    max_cpus: String,
+    /// Most processes and threads a job may have, and its default. `none` for
+    /// no limit.
+    #[arg(long, value_name = "N", default_value = "512")]
+    max_pids: String,
+    /// A block device IO limits apply to (repeatable), e.g. /dev/vda. Without
+    /// any, jobs cannot ask for IO limits.
+    #[arg(long, value_name = "DEVICE")]
+    io_device: Vec<PathBuf>,
+    /// Most read bandwidth per IO device, and its default (SIZE per second).
+    /// Default: no limit.
+    #[arg(long, value_name = "SIZE")]
+    max_io_read: Option<String>,
+    /// Most write bandwidth per IO device, and its default (SIZE per second).
+    /// Default: no limit.
+    #[arg(long, value_name = "SIZE")]
+    max_io_write: Option<String>,
+    /// Run jobs in the host's PID namespace (they can see every process).
+    #[arg(long)]
+    no_pid_namespace: bool,
+    /// Run jobs in the host's mount namespace (shared /tmp and /dev/shm).
+    #[arg(long)]
+    no_mount_namespace: bool,
+    /// `host`: jobs share the host's network. `none`: a private network
+    /// namespace with only loopback.
+    #[arg(long, value_enum, default_value_t = Net::Host)]
+    network: Net,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Net {
+    Host,
+    None,
 }
 
 fn main() -> ExitCode {
@@ -66,8 +145,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Everything that can fail is checked before the "listening on" line, so
     // that a script waiting for it knows the daemon is really serving.
     let state = jobs::server::StateDir::open(&args.state_dir)?;
+    let cgroup_name = jobs::exec::cgroup_name_for(state.path());
     let mut config = jobs::server::ServerConfig::new(tls, state);
     config.jobs.grace = Duration::from_secs(args.grace_secs);
+    if let Some(executor) = contain(&args.contain, cgroup_name, &mut config.jobs)? {
+        config.executor = Arc::new(executor);
+    }
     raise_open_file_limit();
     let listener =
         listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -84,6 +167,113 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("server failed")?;
     Ok(())
+}
+
+/// The contained executor, or `None` (with a warning) when jobs run
+/// uncontained. Sets the ceilings and per-identity accounts in `jobs`.
+fn contain(
+    args: &ContainArgs,
+    cgroup_name: String,
+    jobs: &mut JobsConfig,
+) -> anyhow::Result<Option<LocalExecutor>> {
+    let root = nix::unistd::geteuid().is_root();
+    match (args.containment, root) {
+        (Mode::Off, _) => {
+            tracing::warn!(
+                "containment is OFF (--containment off): jobs run as jobsd's own user, see each other's processes and files, and have no resource limits"
+            );
+            return Ok(None);
+        }
+        (Mode::Auto, false) => {
+            tracing::warn!(
+                uid = nix::unistd::geteuid().as_raw(),
+                "containment is OFF because jobsd does not run as root: jobs run as jobsd's own user, see each other's processes and files, and have no resource limits"
+            );
+            return Ok(None);
+        }
+        (Mode::On, false) => anyhow::bail!("--containment on needs jobsd to run as root"),
+        (Mode::Auto | Mode::On, true) => {}
+    }
+    let account = Account::lookup(&args.run_as, args.allow_root)
+        .with_context(|| format!("--run-as {}", args.run_as))?;
+    for entry in &args.run_as_for {
+        let (fingerprint, user) = entry
+            .split_once('=')
+            .with_context(|| format!("--run-as-for {entry}: expected FINGERPRINT=USER"))?;
+        let identity: Identity = fingerprint
+            .parse()
+            .with_context(|| format!("--run-as-for {entry}"))?;
+        let account = Account::lookup(user, args.allow_root)
+            .with_context(|| format!("--run-as-for {entry}"))?;
+        if jobs.accounts.insert(identity, account).is_some() {
+            anyhow::bail!("--run-as-for: {fingerprint} is given twice");
+        }
+    }
+    jobs.ceiling = ResourceLimits {
+        memory_bytes: optional(&args.max_memory, units::parse_size).context("--max-memory")?,
+        cpu_millis: optional(&args.max_cpus, units::parse_cpus).context("--max-cpus")?,
+        pids: optional(&args.max_pids, |s| {
+            s.parse::<u32>()
+                .map_err(|_| anyhow::anyhow!("'{s}' is not a number of processes"))
+        })
+        .context("--max-pids")?,
+        io_read_bps: args
+            .max_io_read
+            .as_deref()
+            .map(units::parse_size)
+            .transpose()
+            .context("--max-io-read")?,
+        io_write_bps: args
+            .max_io_write
+            .as_deref()
+            .map(units::parse_size)
+            .transpose()
+            .context("--max-io-write")?,
+    };
+    // The ceilings are also the defaults, so they must pass the minimums.
+    jobs.ceiling
+        .resolve(&jobs.ceiling)
+        .context("a --max-* value is below the minimum a job can run with")?;
+    let io_devices = args
+        .io_device
+        .iter()
+        .map(|p| IoDevice::from_path(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let init = match &args.init {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("cannot find jobsd's own path to locate jobs-init; pass --init")?
+            .with_file_name("jobs-init"),
+    };
+    let config = ContainConfig {
+        init,
+        account,
+        namespaces: Namespaces {
+            pid: !args.no_pid_namespace,
+            mount: !args.no_mount_namespace,
+            network: match args.network {
+                Net::Host => Network::Host,
+                Net::None => Network::None,
+            },
+        },
+        io_devices,
+        cgroup_name,
+    };
+    let executor = LocalExecutor::contained(config).context("cannot contain jobs")?;
+    tracing::info!(ceiling = ?jobs.ceiling, "job limits");
+    Ok(Some(executor))
+}
+
+/// Parses `s` with `parse`, or `None` for the word `none`.
+fn optional<T, E: Into<anyhow::Error>>(
+    s: &str,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> anyhow::Result<Option<T>> {
+    if s == "none" {
+        Ok(None)
+    } else {
+        parse(s).map(Some).map_err(Into::into)
+    }
 }
 
 /// Connections the kernel queues before jobsd accepts them (listen(2)). Above

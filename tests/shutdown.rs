@@ -27,7 +27,7 @@ async fn shutdown_stops_running_jobs_and_finishes_open_follows() {
     )
     .await;
     let mut stubborn_stream = alice.stream(&stubborn.id).await.unwrap();
-    let pids = parse_pids(&read_lines(&mut stubborn_stream, 2).await);
+    let pids = job_pids(&stubborn.id, &read_lines(&mut stubborn_stream, 2).await);
 
     let followers: Vec<_> = [polite_stream, stubborn_stream]
         .into_iter()

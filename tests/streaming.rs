@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
@@ -31,20 +30,6 @@ fn zeros_sha256(n: usize) -> [u8; 32] {
         left -= k;
     }
     sha.finalize().into()
-}
-
-/// Creates the trigger file `name` in `dir`, which a job's script waits for.
-fn trigger(dir: &Path, name: &str) {
-    std::fs::write(dir.join(name), b"").unwrap();
-}
-
-/// Shell that waits for the trigger file `name` in `dir` (the job polls; the
-/// test never sleeps).
-fn wait_for(dir: &Path, name: &str) -> String {
-    format!(
-        "while [ ! -e {}/{name} ]; do sleep 0.01; done",
-        dir.display()
-    )
 }
 
 async fn cat_file_is_byte_exact(len: usize) {

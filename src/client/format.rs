@@ -43,25 +43,35 @@ pub fn signal_name(signal: i32) -> Option<Cow<'static, str>> {
 }
 
 /// The `state` field of the JSON view: `running`, `exited`, `killed`,
-/// `stopped`, or `unknown` for a value this client does not know.
+/// `stopped`, `oom`, or `unknown` for a value this client does not know.
 pub fn state_name(status: &proto::JobStatus) -> &'static str {
     match State::try_from(status.state) {
         Ok(State::Running) => "running",
         Ok(State::Exited) => "exited",
         Ok(State::Killed) => "killed",
         Ok(State::Stopped) => "stopped",
+        Ok(State::Oom) => "oom",
         Ok(State::Unspecified) | Err(_) => "unknown",
     }
 }
 
 /// How the job stands, in words: `running`, `exited with code 3`,
 /// `killed by signal 11 (SIGSEGV), core dumped`,
-/// `stopped by its owner: killed by signal 15 (SIGTERM)`.
+/// `stopped by its owner: killed by signal 15 (SIGTERM)`,
+/// `out of memory (limit 64.0 MiB): killed by signal 9 (SIGKILL)`.
 pub fn describe(status: &proto::JobStatus) -> String {
     match State::try_from(status.state) {
         Ok(State::Running) => "running".to_owned(),
         Ok(State::Exited | State::Killed) => describe_end(status),
         Ok(State::Stopped) => format!("stopped by its owner: {}", describe_end(status)),
+        Ok(State::Oom) => match status.limits.as_ref().and_then(|l| l.memory_bytes) {
+            Some(limit) => format!(
+                "out of memory (limit {}): {}",
+                super::units::human_bytes(limit),
+                describe_end(status)
+            ),
+            None => format!("out of memory: {}", describe_end(status)),
+        },
         Ok(State::Unspecified) | Err(_) => format!("in unknown state {}", status.state),
     }
 }
@@ -170,6 +180,37 @@ pub struct StatusJson {
     pub ended_at: Option<String>,
     /// The owner's identity, `sha256:…`.
     pub owner: String,
+    /// The limits the job runs under; `null` when the server does not
+    /// contain jobs. Unlimited fields are `null`.
+    pub limits: Option<LimitsJson>,
+    /// What the job used; `null` when not counted.
+    pub usage: Option<UsageJson>,
+}
+
+/// The JSON view of a job's limits (units in the field names).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LimitsJson {
+    /// Bytes.
+    pub memory_bytes: Option<u64>,
+    /// Thousandths of a core.
+    pub cpu_millis: Option<u32>,
+    /// Processes and threads.
+    pub pids: Option<u32>,
+    /// Bytes per second per configured device.
+    pub io_read_bps: Option<u64>,
+    /// Bytes per second per configured device.
+    pub io_write_bps: Option<u64>,
+}
+
+/// The JSON view of a job's resource use (units in the field names).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UsageJson {
+    /// Bytes.
+    pub peak_memory_bytes: Option<u64>,
+    /// Microseconds of CPU time.
+    pub cpu_usec: Option<u64>,
+    /// Processes killed for exceeding the memory limit.
+    pub oom_kills: u64,
 }
 
 impl From<&proto::JobStatus> for StatusJson {
@@ -186,6 +227,18 @@ impl From<&proto::JobStatus> for StatusJson {
             started_at: s.started_at.as_ref().and_then(rfc3339),
             ended_at: s.ended_at.as_ref().and_then(rfc3339),
             owner: s.owner.clone(),
+            limits: s.limits.as_ref().map(|l| LimitsJson {
+                memory_bytes: l.memory_bytes,
+                cpu_millis: l.cpu_millis,
+                pids: l.pids,
+                io_read_bps: l.io_read_bps,
+                io_write_bps: l.io_write_bps,
+            }),
+            usage: s.usage.as_ref().map(|u| UsageJson {
+                peak_memory_bytes: u.peak_memory_bytes,
+                cpu_usec: u.cpu_usec,
+                oom_kills: u.oom_kills,
+            }),
         }
     }
 }
@@ -217,7 +270,23 @@ mod tests {
             }),
             ended_at: None,
             owner: "sha256:ab".to_owned(),
+            limits: None,
+            usage: None,
         }
+    }
+
+    #[test]
+    fn an_oom_job_names_its_memory_limit() {
+        let mut s = status(State::Oom, None, Some(9));
+        s.limits = Some(proto::Limits {
+            memory_bytes: Some(64 << 20),
+            ..Default::default()
+        });
+        assert_eq!(
+            describe(&s),
+            "out of memory (limit 64.0 MiB): killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(state_name(&s), "oom");
     }
 
     #[test]

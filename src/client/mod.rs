@@ -14,6 +14,7 @@
 
 mod connect;
 pub mod format;
+pub mod units;
 
 use std::fmt;
 use std::time::Duration;
@@ -217,10 +218,27 @@ impl Client {
         program: &str,
         args: &[String],
     ) -> Result<proto::JobStatus, ClientError> {
+        self.start_with_limits(program, args, proto::Limits::default())
+            .await
+    }
+
+    /// Starts `program` with `args` under `limits` (unset fields take the
+    /// server's ceilings); returns the new job's status.
+    ///
+    /// # Errors
+    /// As [`Client::start`], and INVALID_ARGUMENT for a limit above the
+    /// server's ceiling, FAILED_PRECONDITION when the server cannot limit.
+    pub async fn start_with_limits(
+        &self,
+        program: &str,
+        args: &[String],
+        limits: proto::Limits,
+    ) -> Result<proto::JobStatus, ClientError> {
         let mut rpc = self.rpc.clone();
         let request = proto::StartRequest {
             program: program.to_owned(),
             args: args.to_vec(),
+            limits: Some(limits),
         };
         let response = self.unary(rpc.start(request)).await?;
         response

@@ -1,43 +1,49 @@
-//! Running a job on this machine: one process group per job.
+//! Running a job on this machine.
 //!
 //! This module owns everything about local processes: resolving the program,
-//! the clean environment, spawning into a new process group, waiting for the
-//! main process through a pidfd (no polling, no blocking thread), signalling
-//! the group, and reaping. It implements [`crate::job::Executor`] and must not
-//! know about owners, job ids or output storage.
+//! the clean environment, spawning, waiting for the main process through a
+//! pidfd (no polling, no blocking thread), signalling, and reaping. It
+//! implements [`crate::job::Executor`] and must not know about owners or
+//! output storage; a job id reaches it only as an opaque name for the job's
+//! cgroup.
 //!
-//! # What a job gets
+//! # Two modes
+//! - **Contained** ([`LocalExecutor::contained`], what `jobsd` uses as root):
+//!   every job gets its own cgroup ([`crate::cgroup`]) with memory, CPU,
+//!   process and IO limits, entered before anything of the job runs; an
+//!   unprivileged account; and namespaces ([`Namespaces`]). Its first process
+//!   is `jobs-init` ([`crate::sandbox`]), which sets up the namespaces, drops
+//!   privileges, runs the program, reaps orphans and reports how the program
+//!   ended. Stop and end-of-job kill the whole cgroup, so nothing of a job
+//!   survives it, whatever it forked or however it detached. See
+//!   `contained.rs`.
+//! - **Uncontained** ([`LocalExecutor::uncontained`], the fallback when the
+//!   daemon is not root): a process group per job, as the daemon's user, no
+//!   limits. See `group.rs`.
+//!
+//! # What a job gets, in both modes
 //! - argv exactly as requested; no shell.
 //! - The program: an absolute path as given, or a bare name looked up in
 //!   [`JOB_PATH`]. Must be an executable regular file.
-//! - Environment: only `PATH=`[`JOB_PATH`], `HOME=/`, `LANG=C.UTF-8`. Nothing of
-//!   the daemon's environment is passed on.
+//! - Environment: only `PATH=`[`JOB_PATH`], `HOME` (the job account's home
+//!   directory; `/` when uncontained), `LANG=C.UTF-8`. Nothing of the
+//!   daemon's environment is passed on.
 //! - Working directory `/`; stdin `/dev/null`; stdout and stderr on pipes; no
 //!   other descriptors (Rust opens every descriptor close-on-exec, and
-//!   [`LocalExecutor::new`] marks any the daemon inherited the same way).
-//! - Its own process group (setpgid(0, 0) before exec).
-//!
-//! # Signals and PID reuse
-//! The main process is reaped only after its exit has been seen through its
-//! pidfd *and* its process group has been sent SIGKILL. While it is an
-//! unreaped zombie, neither its pid nor its process-group id can be handed to
-//! another process, so every signal this module sends reaches the job and
-//! nothing else.
+//!   creating an executor marks any the daemon inherited the same way).
 
+mod contained;
+mod group;
 mod sys;
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::io::unix::AsyncFd;
+pub use contained::{ContainConfig, ContainError, IoDevice, Namespaces, Network, cgroup_name_for};
 
-use crate::job::{BoxFuture, Executor, ExitInfo, JobSignal, JobSpec, Process, SpawnError, Spawned};
+use crate::job::{BoxFuture, Capabilities, Executor, Launch, SpawnError, Spawned};
 
 /// The PATH bare program names are looked up in, and the PATH jobs get. Fixed
 /// so that what runs never depends on the daemon's own environment.
@@ -46,136 +52,66 @@ pub const JOB_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// The working directory of every job.
 pub const JOB_CWD: &str = "/";
 
-/// Starts jobs as process groups on this machine.
-#[derive(Debug)]
+/// Starts jobs on this machine, contained or not.
 pub struct LocalExecutor {
-    _private: (),
+    contained: Option<contained::Containment>,
 }
 
-impl LocalExecutor {
-    /// A local executor. Marks every descriptor this process inherited (≥ 3)
-    /// close-on-exec, so that jobs cannot inherit them.
-    pub fn new() -> Self {
-        sys::mark_inherited_fds_cloexec();
-        Self { _private: () }
+impl std::fmt::Debug for LocalExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalExecutor")
+            .field("contained", &self.contained.is_some())
+            .finish()
     }
 }
 
-impl Default for LocalExecutor {
-    fn default() -> Self {
-        Self::new()
+impl LocalExecutor {
+    /// An executor that runs each job as a process group of the daemon's own
+    /// user, without limits. Marks every descriptor this process inherited
+    /// (≥ 3) close-on-exec, so that jobs cannot inherit them.
+    pub fn uncontained() -> Self {
+        sys::mark_inherited_fds_cloexec();
+        Self { contained: None }
+    }
+
+    /// An executor that contains every job (see the module doc). Detects the
+    /// cgroup layout, logs it, and opens the daemon's cgroup subtree (killing
+    /// and removing what a previous daemon left in it). Needs root.
+    ///
+    /// # Errors
+    /// [`ContainError`]: not root, no usable cgroup hierarchy, the init
+    /// program missing, the subtree cannot be made.
+    pub fn contained(config: ContainConfig) -> Result<Self, ContainError> {
+        sys::mark_inherited_fds_cloexec();
+        Ok(Self {
+            contained: Some(contained::Containment::new(config)?),
+        })
+    }
+
+    /// True when jobs are contained.
+    pub fn is_contained(&self) -> bool {
+        self.contained.is_some()
     }
 }
 
 impl Executor for LocalExecutor {
-    fn spawn(&self, spec: &JobSpec) -> Result<Spawned, SpawnError> {
-        let path = resolve(spec.program())?;
-        let mut child = Command::new(&path)
-            .arg0(spec.program())
-            .args(spec.args())
-            .env_clear()
-            .env("PATH", JOB_PATH)
-            .env("HOME", "/")
-            .env("LANG", "C.UTF-8")
-            .current_dir(JOB_CWD)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| spawn_error(spec.program(), e))?;
-        // From here on a failure must not leave the child running: kill it
-        // (it is unreaped, so its pid is still ours) and reap it.
-        let setup = (|| -> io::Result<_> {
-            let pidfd = sys::async_pidfd(sys::pidfd_open(child.id())?)?;
-            let stdout = pipe(child.stdout.take())?;
-            let stderr = pipe(child.stderr.take())?;
-            Ok((pidfd, stdout, stderr))
-        })();
-        match setup {
-            Ok((pidfd, stdout, stderr)) => Ok(Spawned {
-                process: Box::new(LocalProcess {
-                    pgid: Pid::from_raw(child.id() as i32),
-                    child: Some(child),
-                    pidfd,
-                }),
-                stdout: Box::pin(stdout),
-                stderr: Box::pin(stderr),
-            }),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(SpawnError::Os(e))
-            }
-        }
-    }
-}
-
-/// The processes of one local job.
-struct LocalProcess {
-    /// The main process; `None` once reaped.
-    child: Option<Child>,
-    /// The job's process group id (= the main process's pid).
-    pgid: Pid,
-    /// Readable once the main process has exited.
-    pidfd: AsyncFd<OwnedFd>,
-}
-
-impl Process for LocalProcess {
-    fn exited(&mut self) -> BoxFuture<'_, io::Result<()>> {
-        Box::pin(async move {
-            // Readiness stays set: an exited process stays exited.
-            let _guard = self.pidfd.readable().await?;
-            Ok(())
-        })
-    }
-
-    fn signal(&mut self, signal: JobSignal) -> io::Result<()> {
-        if self.child.is_none() {
-            // Reaped: the group id may belong to someone else now.
-            return Ok(());
-        }
-        let signal = match signal {
-            JobSignal::Terminate => Signal::SIGTERM,
-            JobSignal::Continue => Signal::SIGCONT,
-            JobSignal::Kill => Signal::SIGKILL,
-        };
-        match killpg(self.pgid, signal) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(e.into()),
+    fn capabilities(&self) -> Capabilities {
+        match &self.contained {
+            Some(c) => c.capabilities(),
+            None => Capabilities::default(),
         }
     }
 
-    fn reap(&mut self) -> io::Result<ExitInfo> {
-        // Kill the rest of the group while the zombie leader still pins the id.
-        self.signal(JobSignal::Kill)?;
-        let mut child = self
-            .child
-            .take()
-            .ok_or_else(|| io::Error::other("job already reaped"))?;
-        // The main process has exited (its pidfd is readable), so this wait
-        // returns at once.
-        let status = child.wait()?;
-        Ok(match (status.code(), status.signal()) {
-            (Some(code), _) => ExitInfo::Exited(code),
-            (None, Some(signal)) => ExitInfo::Signaled {
-                signal,
-                core_dumped: status.core_dumped(),
-            },
-            // wait(2) reports either an exit or a signal for a dead process.
-            (None, None) => return Err(io::Error::other("wait status is neither exit nor signal")),
-        })
+    fn spawn<'a>(&'a self, launch: Launch<'a>) -> BoxFuture<'a, Result<Spawned, SpawnError>> {
+        match &self.contained {
+            Some(c) => Box::pin(c.spawn(launch)),
+            None => Box::pin(std::future::ready(group::spawn(launch.spec))),
+        }
     }
-}
 
-impl Drop for LocalProcess {
-    fn drop(&mut self) {
-        // Dropped without reaping (the supervisor was cancelled): kill and
-        // reap so that no zombie and no stray process is left.
-        if let Some(mut child) = self.child.take() {
-            let _ = killpg(self.pgid, Signal::SIGKILL);
-            let _ = child.kill();
-            let _ = child.wait();
+    fn close(&self) {
+        if let Some(c) = &self.contained {
+            c.close();
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The system calls that have no safe wrapper in our dependencies.
 //!
-//! The only `unsafe` in the crate lives here.
+//! The only `unsafe` of the executor lives here (the job init has its own, in
+//! `crate::sandbox`).
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -55,4 +56,43 @@ pub(super) fn async_pidfd(pidfd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd
         tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
     }
     .map_err(io::Error::from)
+}
+
+/// Makes the child of `cmd`, between fork and exec, write "0" (itself) into
+/// each of `procs` (the `cgroup.procs` files of the job's cgroup, opened by the
+/// parent) and place `status` (the write end of the status pipe) on
+/// [`crate::sandbox::STATUS_FD`] without close-on-exec. If any step fails,
+/// exec does not happen and `Command::spawn` returns the error.
+///
+/// The descriptors must stay open in the parent until `spawn` returns.
+pub(super) fn enter_cgroup_before_exec(
+    cmd: &mut std::process::Command,
+    procs: Vec<std::os::fd::RawFd>,
+    status: std::os::fd::RawFd,
+) {
+    use std::os::unix::process::CommandExt;
+    let target = crate::sandbox::STATUS_FD;
+    // SAFETY: the hook runs in the forked child of a multi-threaded process,
+    // where only async-signal-safe calls are allowed. It makes only write(2),
+    // dup2(2) and fcntl(2) system calls on descriptors the parent keeps open
+    // until spawn returns, reads an already allocated Vec, and allocates
+    // nothing (`io::Error::last_os_error` builds an OS-code error in place).
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &procs {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if status == target {
+                // dup2 onto itself would keep close-on-exec set.
+                if libc::fcntl(target, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(status, target) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

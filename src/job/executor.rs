@@ -2,8 +2,9 @@
 //!
 //! The engine ([`super::Jobs`] and the supervisor) only sees these traits. The
 //! local executor ([`crate::exec::LocalExecutor`]) implements them with a
-//! process group on this machine; a cluster executor can implement them later
-//! without touching ids, owners, states or output.
+//! cgroup, namespaces and an unprivileged account on this machine (or a bare
+//! process group when it cannot contain jobs); a cluster executor can
+//! implement them later without touching ids, owners, states or output.
 
 use std::future::Future;
 use std::io;
@@ -11,7 +12,7 @@ use std::pin::Pin;
 
 use tokio::io::AsyncRead;
 
-use super::{ExitInfo, JobSpec};
+use super::{Account, ExitInfo, JobSpec, ResourceLimits, ResourceUsage};
 
 /// A boxed future, as trait objects need.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -41,6 +42,16 @@ pub enum SpawnError {
     /// The operating system refused to create the process or its pipes.
     #[error("cannot start the process")]
     Os(#[source] io::Error),
+    /// The job's container could not be set up (cgroup, namespaces, account):
+    /// nothing of the job runs.
+    #[error("cannot set up the job's containment: {what}")]
+    Containment {
+        /// The step that failed.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Signals the engine sends to a job. Delivered to every process of the job.
@@ -54,13 +65,55 @@ pub enum JobSignal {
     Kill,
 }
 
+/// Everything an executor needs to start one job.
+#[derive(Clone, Debug)]
+pub struct Launch<'a> {
+    /// A name unique among this daemon's jobs (the job id), one path
+    /// component; executors use it to name the job's cgroup.
+    pub name: &'a str,
+    /// What to run.
+    pub spec: &'a JobSpec,
+    /// The limits to enforce; all `None` when the executor cannot limit.
+    pub limits: &'a ResourceLimits,
+    /// The account to run as instead of the executor's default one; ignored
+    /// by an executor that does not contain jobs.
+    pub account: Option<&'a Account>,
+}
+
+/// What an executor can enforce.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Memory, CPU and process limits, usage counters, OOM detection, and an
+    /// account per job.
+    pub limits: bool,
+    /// IO bandwidth limits (some devices are configured).
+    pub io_limits: bool,
+}
+
 /// Starts programs.
-pub trait Executor: Send + Sync + 'static {
-    /// Starts `spec` with stdin from /dev/null and stdout/stderr on pipes.
+pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
+    /// What this executor enforces; the engine refuses requests for more.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Starts `launch` with stdin from /dev/null and stdout/stderr on pipes.
+    /// Resolves once the program runs (its exec succeeded).
     ///
     /// # Errors
     /// [`SpawnError`]; nothing keeps running after an error.
-    fn spawn(&self, spec: &JobSpec) -> Result<Spawned, SpawnError>;
+    ///
+    /// # Cancel safety
+    /// Dropping the future kills and reaps whatever was started.
+    fn spawn<'a>(&'a self, launch: Launch<'a>) -> BoxFuture<'a, Result<Spawned, SpawnError>>;
+
+    /// Releases what the executor holds for all jobs (e.g. its cgroup
+    /// subtree). Called once at shutdown, after every job is final.
+    fn close(&self) {}
+}
+
+/// Live resource counters of a running job.
+pub trait Meter: Send + Sync {
+    /// The job's use so far; `None` once it can no longer be read.
+    fn usage(&self) -> Option<ResourceUsage>;
 }
 
 /// A started job: its processes and its two output pipes.
@@ -71,6 +124,17 @@ pub struct Spawned {
     pub stdout: OutputPipe,
     /// The read end of the job's stderr.
     pub stderr: OutputPipe,
+    /// Live counters, when the executor has them.
+    pub meter: Option<std::sync::Arc<dyn Meter>>,
+}
+
+/// How a job ended, once nothing of it runs any more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// How the main program ended.
+    pub exit: ExitInfo,
+    /// What the job used in all, when the executor counts it.
+    pub usage: Option<ResourceUsage>,
 }
 
 /// The running processes of one job, owned by its supervisor.
@@ -89,10 +153,15 @@ pub trait Process: Send {
     /// The OS error; ESRCH (nothing left) is not an error.
     fn signal(&mut self, signal: JobSignal) -> io::Result<()>;
 
-    /// Kills whatever is left of the job and reaps the main process. Call once,
-    /// after [`Process::exited`] resolved; afterwards nothing is signalled.
+    /// Kills whatever is left of the job, waits until no process of it
+    /// remains, reaps the main process and releases the job's resources. Call
+    /// once, after [`Process::exited`] resolved; afterwards nothing is
+    /// signalled.
     ///
     /// # Errors
     /// The OS error of the wait.
-    fn reap(&mut self) -> io::Result<ExitInfo>;
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a dropped future leaves the cleanup to `Drop`.
+    fn finish(&mut self) -> BoxFuture<'_, io::Result<Ended>>;
 }

@@ -15,6 +15,7 @@
 //! method of `OwnedJob`.
 
 mod executor;
+mod limits;
 mod spec;
 mod supervisor;
 
@@ -30,7 +31,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-pub use executor::{BoxFuture, Executor, JobSignal, OutputPipe, Process, SpawnError, Spawned};
+pub use executor::{
+    BoxFuture, Capabilities, Ended, Executor, JobSignal, Launch, Meter, OutputPipe, Process,
+    SpawnError, Spawned,
+};
+pub use limits::{
+    Account, AccountError, MIN_CPU_MILLIS, MIN_MEMORY_BYTES, MIN_PIDS, Resource, ResourceLimits,
+    ResourceUsage,
+};
 pub use spec::{JobSpec, MAX_ARGS, MAX_ARGV_BYTES, MAX_PROGRAM_LEN};
 
 use crate::auth::{Caller, Identity};
@@ -110,6 +118,10 @@ pub enum State {
     Killed,
     /// Its owner (or the daemon's shutdown) stopped it.
     Stopped,
+    /// The kernel killed at least one of its processes for exceeding the
+    /// job's memory limit, and nobody stopped it. [`Status::exit`] tells how
+    /// the main process ended, [`Status::limits`] the limit.
+    Oom,
 }
 
 /// A point-in-time view of a job.
@@ -129,6 +141,11 @@ pub struct Status {
     pub ended_at: Option<SystemTime>,
     /// Who owns it.
     pub owner: Identity,
+    /// The limits it runs under; `None` when jobs are not contained.
+    pub limits: Option<ResourceLimits>,
+    /// What it used so far (running) or in all (final); `None` when jobs are
+    /// not contained or the counters could not be read.
+    pub usage: Option<ResourceUsage>,
 }
 
 /// Errors of job operations. The server maps each variant to one gRPC status.
@@ -182,6 +199,32 @@ pub enum JobError {
     /// The registry is shutting down and takes no new jobs.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A requested limit is below its minimum (e.g. zero memory).
+    #[error("{resource} {asked} is below the minimum of {min}")]
+    LimitTooSmall {
+        /// Which limit.
+        resource: Resource,
+        /// The value asked for.
+        asked: u64,
+        /// The smallest accepted value.
+        min: u64,
+    },
+    /// A requested limit is above the daemon's ceiling for it.
+    #[error("{resource} {asked} is above the server's ceiling of {max}")]
+    LimitAboveCeiling {
+        /// Which limit.
+        resource: Resource,
+        /// The value asked for.
+        asked: u64,
+        /// The ceiling.
+        max: u64,
+    },
+    /// Limits were asked of a daemon that does not contain jobs.
+    #[error("this server runs jobs without containment and cannot enforce resource limits")]
+    LimitsUnavailable,
+    /// IO limits were asked of a daemon with no IO devices configured.
+    #[error("this server has no IO devices configured and cannot enforce IO limits")]
+    IoLimitsUnavailable,
 }
 
 /// Settings of the job engine.
@@ -192,6 +235,26 @@ pub struct JobsConfig {
     /// Time between SIGTERM and SIGKILL on stop; at most [`MAX_GRACE`]
     /// (longer values are treated as [`MAX_GRACE`]).
     pub grace: Duration,
+    /// The most each job may ask for, and what it gets by default. Ignored
+    /// when the executor cannot enforce limits (IO fields: IO limits).
+    pub ceiling: ResourceLimits,
+    /// Accounts for the jobs of particular identities; every other
+    /// identity's jobs run as the executor's default account. Ignored when the
+    /// executor does not contain jobs.
+    pub accounts: HashMap<Identity, Account>,
+}
+
+impl JobsConfig {
+    /// Output logs in `output_dir`, [`DEFAULT_GRACE`], no ceilings, every
+    /// job as the executor's default account.
+    pub fn new(output_dir: PathBuf) -> Self {
+        Self {
+            output_dir,
+            grace: DEFAULT_GRACE,
+            ceiling: ResourceLimits::default(),
+            accounts: HashMap::new(),
+        }
+    }
 }
 
 /// What the supervisor publishes about a job.
@@ -202,6 +265,7 @@ enum Phase {
         state: State,
         exit: ExitInfo,
         ended_at: SystemTime,
+        usage: Option<ResourceUsage>,
     },
 }
 
@@ -214,18 +278,26 @@ struct Job {
     phase: watch::Receiver<Phase>,
     stop: watch::Sender<bool>,
     log: Log,
+    limits: Option<ResourceLimits>,
+    meter: Option<Arc<dyn Meter>>,
 }
 
 impl Job {
     fn status(&self) -> Status {
         let phase = *self.phase.borrow();
-        let (state, exit, ended_at) = match phase {
-            Phase::Running => (State::Running, None, None),
+        let (state, exit, ended_at, usage) = match phase {
+            Phase::Running => (
+                State::Running,
+                None,
+                None,
+                self.meter.as_ref().and_then(|m| m.usage()),
+            ),
             Phase::Final {
                 state,
                 exit,
                 ended_at,
-            } => (state, Some(exit), Some(ended_at)),
+                usage,
+            } => (state, Some(exit), Some(ended_at), usage),
         };
         Status {
             id: self.id,
@@ -235,6 +307,8 @@ impl Job {
             started_at: self.started_at,
             ended_at,
             owner: self.owner,
+            limits: self.limits,
+            usage,
         }
     }
 }
@@ -299,20 +373,58 @@ impl Jobs {
         mine
     }
 
-    /// Starts `spec` for `caller` and returns the running job.
+    /// Starts `spec` for `caller` under `limits` (unset fields take the
+    /// configured ceiling) and returns the running job.
     ///
     /// # Errors
     /// [`JobError::ShuttingDown`] after [`Jobs::shutdown`] began;
-    /// [`JobError::Spawn`] when the program is missing or not executable (no
-    /// job is created); [`JobError::Output`] if the output log cannot be made.
-    pub fn start(&self, caller: &Caller, spec: JobSpec) -> Result<OwnedJob, JobError> {
+    /// [`JobError::LimitsUnavailable`], [`JobError::IoLimitsUnavailable`],
+    /// [`JobError::LimitTooSmall`], [`JobError::LimitAboveCeiling`] for limits
+    /// the daemon cannot or will not grant; [`JobError::Spawn`] when the
+    /// program is missing or not executable or the job cannot be contained (no
+    /// job is created, nothing runs); [`JobError::Output`] if the output log
+    /// cannot be made.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it resolves leaves no job and no process.
+    pub async fn start(
+        &self,
+        caller: &Caller,
+        spec: JobSpec,
+        limits: ResourceLimits,
+    ) -> Result<OwnedJob, JobError> {
         if self.shutdown.is_cancelled() {
             return Err(JobError::ShuttingDown);
         }
+        let caps = self.executor.capabilities();
+        let (limits, account) = if caps.limits {
+            if limits.has_io() && !caps.io_limits {
+                return Err(JobError::IoLimitsUnavailable);
+            }
+            let mut ceiling = self.config.ceiling;
+            if !caps.io_limits {
+                (ceiling.io_read_bps, ceiling.io_write_bps) = (None, None);
+            }
+            (
+                Some(limits.resolve(&ceiling)?),
+                self.config.accounts.get(&caller.identity()),
+            )
+        } else if limits.is_empty() {
+            (None, None)
+        } else {
+            return Err(JobError::LimitsUnavailable);
+        };
         let id = JobId::new_random();
         let log_path = self.config.output_dir.join(format!("{id}.log"));
         let (writer, log) = output::create(&log_path)?;
-        let spawned = match self.executor.spawn(&spec) {
+        let name = id.to_string();
+        let launch = Launch {
+            name: &name,
+            spec: &spec,
+            limits: &limits.unwrap_or_default(),
+            account,
+        };
+        let spawned = match self.executor.spawn(launch).await {
             Ok(s) => s,
             Err(e) => {
                 drop((writer, log));
@@ -320,6 +432,8 @@ impl Jobs {
                 return Err(e.into());
             }
         };
+        // From here on nothing awaits, so the job is registered and supervised
+        // even if the caller goes away.
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
         let (stop_tx, stop_rx) = watch::channel(false);
         let job = Arc::new(Job {
@@ -330,6 +444,8 @@ impl Jobs {
             phase: phase_rx,
             stop: stop_tx,
             log,
+            limits,
+            meter: spawned.meter.clone(),
         });
         self.lock().insert(id, job.clone());
         self.tracker
@@ -356,6 +472,7 @@ impl Jobs {
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+        self.executor.close();
     }
 
     /// Number of jobs not yet final.

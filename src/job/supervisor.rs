@@ -5,9 +5,9 @@
 //! 1. While the main process runs: copy both pipes into the log as data
 //!    arrives (whether or not anyone follows), and act on stop requests:
 //!    SIGTERM + SIGCONT to the job, SIGKILL when the grace period ends.
-//! 2. The main process exits. It is not reaped yet, so its pid (and the
-//!    process group id) cannot be reused: the executor kills what is left of
-//!    the job and only then reaps it.
+//! 2. The main process exits. The executor kills what is left of the job
+//!    (its cgroup, or its process group while the unreaped leader pins the
+//!    group id), waits until no process of it remains, and reaps it.
 //! 3. The pipes are drained to EOF (bounded by [`super::DRAIN_TIMEOUT`]).
 //! 4. The final state is published, then the log is sealed, so a follower that
 //!    reaches the end of the log always finds the job final.
@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{ExitInfo, JobId, JobSignal, OutputPipe, Phase, Spawned, State};
+use super::{Ended, ExitInfo, JobId, JobSignal, OutputPipe, Phase, Spawned, State};
 use crate::output::{Fd, LogWriter, RecordBuf};
 
 pub(super) struct Supervisor {
@@ -95,6 +95,7 @@ pub(super) async fn supervise(s: Supervisor) {
         mut process,
         stdout,
         stderr,
+        meter: _,
     } = spawned;
     let mut out = Pipe::new(Fd::Stdout, stdout);
     let mut err = Pipe::new(Fd::Stderr, stderr);
@@ -133,19 +134,23 @@ pub(super) async fn supervise(s: Supervisor) {
         }
     }
 
-    // 2. Kill what is left of the job, then reap.
-    let exit = match process.reap() {
-        Ok(exit) => exit,
+    // 2. Kill what is left of the job, wait until nothing of it runs, reap.
+    let Ended { exit, usage } = match process.finish().await {
+        Ok(ended) => ended,
         Err(e) => {
             // The child is gone from under us (someone else reaped it); report
             // it as killed so it never looks like success.
             tracing::error!(job = %id, error = %e, "cannot reap job");
-            ExitInfo::Signaled {
-                signal: nix::sys::signal::Signal::SIGKILL as i32,
-                core_dumped: false,
+            Ended {
+                exit: ExitInfo::Signaled {
+                    signal: nix::sys::signal::Signal::SIGKILL as i32,
+                    core_dumped: false,
+                },
+                usage: None,
             }
         }
     };
+    drop(process);
 
     // 3. Drain both pipes to EOF, bounded.
     let deadline = Instant::now() + super::DRAIN_TIMEOUT;
@@ -154,7 +159,7 @@ pub(super) async fn supervise(s: Supervisor) {
             r = out.read() => out.store(id, r, &mut log),
             r = err.read() => err.store(id, r, &mut log),
             _ = tokio::time::sleep_until(deadline) => {
-                tracing::warn!(job = %id, "output pipes still open after the job's processes were killed; a process left the job's process group");
+                tracing::warn!(job = %id, "output pipes still open after the job's processes were killed; a process escaped the job");
                 break;
             }
         }
@@ -162,16 +167,19 @@ pub(super) async fn supervise(s: Supervisor) {
     drop((out, err));
 
     // 4. Publish the final state, then seal the log.
-    let state = match (stopping, exit) {
-        (true, _) => State::Stopped,
-        (false, ExitInfo::Exited(_)) => State::Exited,
-        (false, ExitInfo::Signaled { .. }) => State::Killed,
+    let oom = usage.is_some_and(|u| u.oom_kills > 0);
+    let state = match (stopping, oom, exit) {
+        (true, _, _) => State::Stopped,
+        (false, true, _) => State::Oom,
+        (false, false, ExitInfo::Exited(_)) => State::Exited,
+        (false, false, ExitInfo::Signaled { .. }) => State::Killed,
     };
-    tracing::info!(job = %id, ?state, ?exit, bytes = log.len(), "job final");
+    tracing::info!(job = %id, ?state, ?exit, ?usage, bytes = log.len(), "job final");
     phase.send_replace(Phase::Final {
         state,
         exit,
         ended_at: SystemTime::now(),
+        usage,
     });
     log.seal();
 }

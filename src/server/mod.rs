@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::exec::LocalExecutor;
-use crate::job::{Jobs, JobsConfig};
+use crate::job::{Executor, Jobs, JobsConfig};
 use crate::proto::job_service_server::JobServiceServer;
 
 /// Default cap on open Output and Stream calls per identity, across all its
@@ -87,6 +87,9 @@ pub struct ServerConfig {
     pub state: Arc<StateDir>,
     /// The job engine's settings.
     pub jobs: JobsConfig,
+    /// Where jobs run. Default: [`LocalExecutor::uncontained`]; `jobsd` uses
+    /// [`LocalExecutor::contained`] when it runs as root.
+    pub executor: Arc<dyn Executor>,
     /// Cap on open Output/Stream calls per identity.
     pub max_streams_per_identity: usize,
     /// Deadline for the whole TLS handshake, from TCP accept: the ClientHello,
@@ -130,10 +133,8 @@ impl ServerConfig {
     pub fn new(tls: Arc<rustls::ServerConfig>, state: StateDir) -> Self {
         Self {
             tls,
-            jobs: JobsConfig {
-                output_dir: state.path().join("output"),
-                grace: crate::job::DEFAULT_GRACE,
-            },
+            jobs: JobsConfig::new(state.path().join("output")),
+            executor: Arc::new(LocalExecutor::uncontained()),
             max_streams_per_identity: DEFAULT_MAX_STREAMS_PER_IDENTITY,
             handshake_timeout: Duration::from_secs(10),
             client_hello_timeout: accept::DEFAULT_CLIENT_HELLO_TIMEOUT,
@@ -175,7 +176,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let jobs = Arc::new(
-        Jobs::new(Arc::new(LocalExecutor::new()), config.jobs.clone()).map_err(|source| {
+        Jobs::new(config.executor.clone(), config.jobs.clone()).map_err(|source| {
             ServerError::StateDir {
                 path: config.jobs.output_dir.clone(),
                 source,

@@ -12,7 +12,7 @@ use super::accept::ConnInfo;
 use super::limits::{StreamLimits, StreamPermit};
 use super::status::{output_status, to_status};
 use crate::auth::Caller;
-use crate::job::{ExitInfo, JobSpec, Jobs, OwnedJob, State};
+use crate::job::{ExitInfo, JobSpec, Jobs, OwnedJob, ResourceLimits, ResourceUsage, State};
 use crate::output::{Chunk, Fd, LogReader};
 use crate::proto;
 use crate::proto::job_service_server::JobService;
@@ -60,9 +60,18 @@ impl JobService for Service {
         request: Request<proto::StartRequest>,
     ) -> Result<Response<proto::StartResponse>, Status> {
         let caller = caller(&request)?;
-        let proto::StartRequest { program, args } = request.into_inner();
+        let proto::StartRequest {
+            program,
+            args,
+            limits,
+        } = request.into_inner();
         let spec = JobSpec::new(program, args).map_err(to_status)?;
-        let job = self.jobs.start(&caller, spec).map_err(to_status)?;
+        let limits = limits.map(limits_from_message).unwrap_or_default();
+        let job = self
+            .jobs
+            .start(&caller, spec, limits)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(proto::StartResponse {
             id: job.id().to_string(),
             status: Some(status_message(&job.status())),
@@ -189,6 +198,7 @@ pub(crate) fn status_message(s: &crate::job::Status) -> proto::JobStatus {
             State::Exited => proto::State::Exited,
             State::Killed => proto::State::Killed,
             State::Stopped => proto::State::Stopped,
+            State::Oom => proto::State::Oom,
         } as i32,
         exit_code,
         signal,
@@ -197,5 +207,35 @@ pub(crate) fn status_message(s: &crate::job::Status) -> proto::JobStatus {
         started_at: Some(s.started_at.into()),
         ended_at: s.ended_at.map(Into::into),
         owner: s.owner.to_string(),
+        limits: s.limits.map(limits_message),
+        usage: s.usage.map(usage_message),
+    }
+}
+
+fn limits_from_message(m: proto::Limits) -> ResourceLimits {
+    ResourceLimits {
+        memory_bytes: m.memory_bytes,
+        cpu_millis: m.cpu_millis,
+        pids: m.pids,
+        io_read_bps: m.io_read_bps,
+        io_write_bps: m.io_write_bps,
+    }
+}
+
+fn limits_message(l: ResourceLimits) -> proto::Limits {
+    proto::Limits {
+        memory_bytes: l.memory_bytes,
+        cpu_millis: l.cpu_millis,
+        pids: l.pids,
+        io_read_bps: l.io_read_bps,
+        io_write_bps: l.io_write_bps,
+    }
+}
+
+fn usage_message(u: ResourceUsage) -> proto::ResourceUsage {
+    proto::ResourceUsage {
+        peak_memory_bytes: u.peak_memory_bytes,
+        cpu_usec: u.cpu_usec,
+        oom_kills: u.oom_kills,
     }
 }

@@ -20,7 +20,12 @@ pub(crate) fn to_status(e: JobError) -> Status {
         | JobError::ProgramTooLong { .. }
         | JobError::RelativeProgram { .. }
         | JobError::TooManyArgs { .. }
-        | JobError::ArgvTooLarge { .. } => Status::invalid_argument(e.to_string()),
+        | JobError::ArgvTooLarge { .. }
+        | JobError::LimitTooSmall { .. }
+        | JobError::LimitAboveCeiling { .. } => Status::invalid_argument(e.to_string()),
+        JobError::LimitsUnavailable | JobError::IoLimitsUnavailable => {
+            Status::failed_precondition(e.to_string())
+        }
         // Same code and text for "no such job" and "not yours".
         JobError::NotFound => Status::not_found("no such job"),
         JobError::Spawn(spawn) => spawn_status(spawn),
@@ -50,6 +55,10 @@ fn spawn_status(e: SpawnError) -> Status {
             Status::invalid_argument(format!("program '{program}' is not an executable file"))
         }
         SpawnError::Os(e) => internal("cannot start the process", &e),
+        SpawnError::Containment { what, source } => internal(
+            "cannot set up the job's containment",
+            &format_args!("{what}: {source}"),
+        ),
     }
 }
 

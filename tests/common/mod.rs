@@ -10,7 +10,9 @@
 //!   and signed by the same CA key; they share one RSA key.
 //! - [`TestServer`]: the real server, in-process, on `127.0.0.1:0` (bound
 //!   before `serve` is spawned), with its own state directory and a oneshot
-//!   for shutdown.
+//!   for shutdown. As root it contains jobs exactly as `jobsd` does (cgroup,
+//!   namespaces, account `nobody`), so every test exercises containment in
+//!   CI; otherwise jobs run uncontained.
 //! - Helpers that read output streams to the end and check every chunk's shape.
 //!
 //! No helper sleeps to synchronise: waits are on events (a stream's final
@@ -459,6 +461,29 @@ impl TestServer {
         tls: Arc<rustls::ServerConfig>,
         tweak: impl FnOnce(&mut ServerConfig),
     ) -> Self {
+        Self::start_full(tls, Some(jobs::exec::Namespaces::default()), tweak).await
+    }
+
+    /// As root, jobs contained with these namespaces (see [`Self::start`]).
+    pub async fn start_with_namespaces(
+        namespaces: jobs::exec::Namespaces,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
+        let tls = server_pem().server_config().expect("server TLS config");
+        Self::start_full(tls, Some(namespaces), tweak).await
+    }
+
+    /// Jobs never contained, even as root.
+    pub async fn start_uncontained(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let tls = server_pem().server_config().expect("server TLS config");
+        Self::start_full(tls, None, tweak).await
+    }
+
+    async fn start_full(
+        tls: Arc<rustls::ServerConfig>,
+        namespaces: Option<jobs::exec::Namespaces>,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -469,6 +494,12 @@ impl TestServer {
             .expect("state dir");
         let state_dir = jobs::server::StateDir::open(state.path()).expect("lock state dir");
         let mut config = ServerConfig::new(tls, state_dir);
+        if let (Some(namespaces), Some(mut contain)) = (namespaces, contain_config(state.path())) {
+            contain.namespaces = namespaces;
+            config.executor = Arc::new(
+                jobs::exec::LocalExecutor::contained(contain).expect("contain jobs as root"),
+            );
+        }
         tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, config, async move {
@@ -513,6 +544,37 @@ impl Drop for TestServer {
             let _ = stop.send(());
         }
     }
+}
+
+/// True when the tests run as root, so servers contain their jobs.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The containment `jobsd` would use for `state_dir`, with the test build's
+/// `jobs-init`; `None` when not root (jobs then run uncontained).
+pub fn contain_config(state_dir: &Path) -> Option<jobs::exec::ContainConfig> {
+    if !is_root() {
+        return None;
+    }
+    Some(jobs::exec::ContainConfig {
+        init: PathBuf::from(env!("CARGO_BIN_EXE_jobs-init")),
+        account: jobs::job::Account::lookup("nobody", false).expect("account nobody"),
+        namespaces: jobs::exec::Namespaces::default(),
+        io_devices: Vec::new(),
+        cgroup_name: jobs::exec::cgroup_name_for(state_dir),
+    })
+}
+
+/// Prints why a root-only test does nothing and returns true when not root.
+pub fn skip_unless_root(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!(
+        "{test}: skipped: needs root (cgroups, namespaces, changing user); CI runs it as root"
+    );
+    true
 }
 
 // ---------------------------------------------------------------------------
@@ -869,8 +931,9 @@ pub async fn read_lines(stream: &mut Streaming<proto::StreamEvent>, lines: usize
 }
 
 /// Starts `sh -c 'echo $$; SCRIPT'`, follows it, and returns the job's
-/// status, its stream (past the pid line) and the pid. SCRIPT must not print
-/// at once (its output could arrive in the same chunk as the pid).
+/// status, its stream (past the pid line) and the pid as the host sees it.
+/// SCRIPT must not print at once (its output could arrive in the same chunk as
+/// the pid).
 pub async fn start_with_pid(
     client: &Client,
     script: &str,
@@ -878,13 +941,67 @@ pub async fn start_with_pid(
     let job = start(client, "sh", &["-c", &format!("echo $$; {script}")]).await;
     let mut stream = client.stream(&job.id).await.expect("open stream");
     let line = read_lines(&mut stream, 1).await;
-    let pids = parse_pids(&line);
+    let pids = job_pids(&job.id, &line);
     assert_eq!(
         pids.len(),
         1,
         "SCRIPT printed more before the pid line was read: {line:?}"
     );
     (job, stream, pids[0])
+}
+
+/// The pids a job printed (one per line, as `$$` or `$!` print them inside
+/// the job, which may be a PID namespace), as the host sees them. Each must
+/// belong to a live process of job `id`.
+pub fn job_pids(id: &str, text: &[u8]) -> Vec<i32> {
+    parse_pids(text)
+        .into_iter()
+        .map(|inner| {
+            host_pid(id, inner)
+                .unwrap_or_else(|| panic!("no live process {inner} of job {id} on the host"))
+        })
+        .collect()
+}
+
+/// The host pid of the process of job `id` that is `inner` in its own PID
+/// namespace: the process whose cgroup path names the job and whose
+/// `NSpid` (proc(5)) ends in `inner`. Without containment, `inner` itself.
+pub fn host_pid(id: &str, inner: i32) -> Option<i32> {
+    if !is_root() {
+        return Some(inner);
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let in_job = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.contains(id));
+            in_job
+                && std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("NSpid:"))
+                        .and_then(|l| l.split_whitespace().last()?.parse::<i32>().ok())
+                        == Some(inner)
+                })
+        })
+}
+
+/// Host pids of every live process in job `id`'s cgroup (empty without
+/// containment or once the job is gone). Zombies are dead and not counted:
+/// without a PID namespace, killed orphans of a job go to PID 1, which on
+/// some container hosts (this CI's among them) never reaps them.
+pub fn job_processes(id: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(id))
+                && alive(*pid)
+        })
+        .collect()
 }
 
 /// The decimal numbers in `text`, one per line.
@@ -972,12 +1089,43 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     buf
 }
 
-/// A scratch directory for one test, under Cargo's target tmp dir.
+/// A scratch directory for one test whose files jobs can read: as root (jobs
+/// run as `nobody` with private `/tmp`, `/var/tmp` and `/dev/shm`) a
+/// world-readable directory under `/var/lib/jobs-test-scratch`; otherwise
+/// under Cargo's target tmp dir. Files written into it with `std::fs::write`
+/// are world-readable (umask 022).
 pub fn scratch() -> TempDir {
-    tempfile::Builder::new()
+    use std::os::unix::fs::PermissionsExt;
+    let base = if is_root() {
+        let base = PathBuf::from("/var/lib/jobs-test-scratch");
+        std::fs::create_dir_all(&base).expect("create the scratch base");
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the scratch base");
+        base
+    } else {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    };
+    let dir = tempfile::Builder::new()
         .prefix("jobs-test-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("scratch dir")
+        .tempdir_in(base)
+        .expect("scratch dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod scratch dir");
+    dir
+}
+
+/// Creates the trigger file `name` in `dir`, which a job's script waits for.
+pub fn trigger(dir: &Path, name: &str) {
+    std::fs::write(dir.join(name), b"").unwrap();
+}
+
+/// Shell that waits for the trigger file `name` in `dir` (the job polls; the
+/// test never sleeps).
+pub fn wait_for(dir: &Path, name: &str) -> String {
+    format!(
+        "while [ ! -e {}/{name} ]; do sleep 0.01; done",
+        dir.display()
+    )
 }
 
 /// The gRPC code of a client error; panics if it is not an RPC error.

@@ -1,0 +1,88 @@
+//! Waiting for a v2 group to empty: inotify on its `cgroup.events`.
+//!
+//! The kernel raises IN_MODIFY on `cgroup.events` whenever one of its values
+//! (`populated`, `frozen`) changes (cgroup-v2.rst, "Core Interface Files").
+//! The watch is set up before the first read, so a change between the read
+//! and the wait is not missed.
+//!
+//! The only `unsafe` of the module is here: registering the inotify
+//! descriptor with tokio's reactor.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::error::CgroupError;
+use super::{fs, parse};
+
+/// True while the group of this `cgroup.events` file (or a descendant)
+/// holds a process.
+pub(super) fn populated(events: &Path) -> Result<bool, CgroupError> {
+    let text = fs::read(events)?;
+    match parse::keyed_value(events, &text, "populated")? {
+        Some(value) => Ok(value != 0),
+        None => Err(CgroupError::parse(events, &text)),
+    }
+}
+
+/// Resolves once `events` says `populated 0`.
+///
+/// # Errors
+/// [`CgroupError::Watch`] if inotify cannot be set up or read (or there is
+/// no tokio runtime with I/O enabled); [`CgroupError::Read`] if the file
+/// cannot be read (e.g. the group was removed).
+///
+/// # Cancel safety
+/// Cancel-safe: everything lives in the future and is dropped with it.
+pub(super) async fn wait_unpopulated(events: &Path) -> Result<(), CgroupError> {
+    let watch_error = |source: io::Error| CgroupError::Watch {
+        path: events.to_owned(),
+        source,
+    };
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+        .map_err(|e| watch_error(e.into()))?;
+    inotify
+        .add_watch(events, AddWatchFlags::IN_MODIFY)
+        .map_err(|e| watch_error(e.into()))?;
+    let inotify = register(inotify).map_err(watch_error)?;
+    loop {
+        if !populated(events)? {
+            return Ok(());
+        }
+        let mut ready = inotify.readable().await.map_err(watch_error)?;
+        // Drain the queue; the next loop re-reads the file, so how many
+        // events arrived does not matter.
+        loop {
+            match ready.get_inner().0.read_events() {
+                Ok(_) => continue,
+                Err(Errno::EAGAIN) => {
+                    ready.clear_ready();
+                    break;
+                }
+                Err(errno) => return Err(watch_error(errno.into())),
+            }
+        }
+    }
+}
+
+/// An inotify instance as tokio needs it (`AsRawFd`).
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+fn register(inotify: Inotify) -> io::Result<AsyncFd<InotifyFd>> {
+    // SAFETY: `Inotify` owns its descriptor (an `OwnedFd`) and closes it only
+    // when dropped, so the fd stays open and the same for as long as the
+    // `AsyncFd` holds it, which is `register_with_interest`'s contract.
+    unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), Interest::READABLE) }
+        .map_err(io::Error::from)
+}

@@ -1,0 +1,676 @@
+//! Contained jobs: a cgroup, namespaces and an unprivileged account each.
+//!
+//! # Starting a job
+//! 1. The job's cgroup is created with its limits ([`crate::cgroup`]).
+//! 2. `jobs-init` is forked — from a short-lived thread that first unshared
+//!    the PID namespace, so the child is PID 1 of a new one — and, between
+//!    fork and exec, writes its own pid into every `cgroup.procs` of the
+//!    job's group. If that fails, the spawn fails and nothing ran: there is no
+//!    moment in which the job or its first children run outside the group.
+//! 3. `jobs-init` sets up the mount and network namespaces, drops to the
+//!    job's account, executes the program and reports on the status pipe
+//!    whether the exec succeeded; only then does the start succeed. A program
+//!    that cannot be executed (missing, no permission, not a format the
+//!    kernel runs) is a start error, and the group is removed.
+//!
+//! # Ending a job
+//! Stop sends SIGTERM and SIGCONT to the init, which forwards them to every
+//! process of the job; the grace-period kill and the end-of-job kill go to the
+//! whole cgroup (`cgroup.kill`, or freeze-kill-thaw on v1 only), so processes
+//! that called `setsid`, double-forked or were forked during the stop die too.
+//! [`crate::job::Process::finish`] returns only once the cgroup is empty, then
+//! reads its counters and removes it.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::io::unix::AsyncFd;
+
+use super::{JOB_CWD, JOB_PATH, group::exit_info, pipe, resolve, spawn_error, sys};
+use crate::cgroup::{self, CgroupError, Cgroups, JobCgroup, Layout};
+use crate::job::{
+    Account, BoxFuture, Capabilities, Ended, ExitInfo, JobSignal, Launch, Meter, Process,
+    ResourceLimits, ResourceUsage, SpawnError, Spawned,
+};
+use crate::sandbox::{InitArgs, Report};
+
+/// How long `jobs-init` may take to set up and execute the program before the
+/// start is abandoned. Setup is a few system calls and one exec (milliseconds);
+/// this only bounds a hung mount or an overloaded machine.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`Process::finish`] waits for the cgroup to empty after killing
+/// it. SIGKILL is not interruptible, so only a process stuck in the kernel
+/// (uninterruptible sleep on a dead NFS server, say) takes longer; the job is
+/// then reported final anyway and its group left for the next start-up.
+pub const EMPTY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which namespaces each job gets. The defaults are the secure ones: a private
+/// PID namespace and a private mount namespace; the network is shared with
+/// the host unless set to [`Network::None`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Namespaces {
+    /// A private PID namespace (pid_namespaces(7)): the job sees only its own
+    /// processes, `jobs-init` is its PID 1 and reaps every orphan, and no
+    /// process of the job can signal anything outside it.
+    pub pid: bool,
+    /// A private mount namespace (mount_namespaces(7)) with its own empty
+    /// tmpfs on `/tmp` and `/dev/shm`, and its own `/proc` when `pid` is on,
+    /// so jobs of different users share no scratch space.
+    pub mount: bool,
+    /// The job's network.
+    pub network: Network,
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Self {
+            pid: true,
+            mount: true,
+            network: Network::Host,
+        }
+    }
+}
+
+/// A job's network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network (no network namespace).
+    Host,
+    /// A private network namespace with only a loopback interface
+    /// (network_namespaces(7)): the job can reach nothing outside itself.
+    None,
+}
+
+/// A block device IO limits apply to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoDevice {
+    /// The device node, e.g. `/dev/vda`.
+    pub path: PathBuf,
+    /// Its major number.
+    pub major: u32,
+    /// Its minor number.
+    pub minor: u32,
+}
+
+impl IoDevice {
+    /// The block device at `path` (stat(2) of the node).
+    ///
+    /// # Errors
+    /// [`ContainError::IoDevice`] if it cannot be read or is not a block
+    /// device.
+    pub fn from_path(path: &Path) -> Result<Self, ContainError> {
+        let meta = std::fs::metadata(path).map_err(|source| ContainError::IoDevice {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !meta.file_type().is_block_device() {
+            return Err(ContainError::IoDevice {
+                path: path.to_owned(),
+                source: io::Error::other("not a block device"),
+            });
+        }
+        let rdev = meta.rdev();
+        Ok(Self {
+            path: path.to_owned(),
+            major: nix::sys::stat::major(rdev) as u32,
+            minor: nix::sys::stat::minor(rdev) as u32,
+        })
+    }
+}
+
+/// How a contained executor runs jobs.
+#[derive(Clone, Debug)]
+pub struct ContainConfig {
+    /// The `jobs-init` program (installed next to `jobsd`).
+    pub init: PathBuf,
+    /// The account jobs run as unless the engine names another one.
+    pub account: Account,
+    /// The namespaces every job gets.
+    pub namespaces: Namespaces,
+    /// Devices that IO limits apply to; none means IO cannot be limited.
+    pub io_devices: Vec<IoDevice>,
+    /// The name of the daemon's cgroup subtree, one path component; see
+    /// [`cgroup_name_for`].
+    pub cgroup_name: String,
+}
+
+/// The cgroup subtree name for the daemon using `state_dir`: `jobsd-` and 16
+/// hex digits of the SHA-256 of the path. A state directory is locked by one
+/// daemon at a time, so the subtree is that daemon's alone, and a daemon
+/// restarted on the same state directory finds what its predecessor left.
+pub fn cgroup_name_for(state_dir: &Path) -> String {
+    let digest = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("jobsd-{hex}")
+}
+
+/// Why jobs cannot be contained.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContainError {
+    /// Containment needs root (cgroups, namespaces, changing user).
+    #[error("containment needs root; jobsd runs as uid {uid}")]
+    NotRoot {
+        /// The daemon's effective uid.
+        uid: u32,
+    },
+    /// The cgroup hierarchy cannot be used.
+    #[error("cannot use cgroups")]
+    Cgroup(#[from] CgroupError),
+    /// The init program is missing or not executable.
+    #[error("cannot use the job init program {}", path.display())]
+    Init {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: io::Error,
+    },
+    /// An IO device is not usable.
+    #[error("cannot use {} for IO limits", path.display())]
+    IoDevice {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The contained executor's state.
+pub(super) struct Containment {
+    config: ContainConfig,
+    /// The daemon's subtree; `None` once closed.
+    cgroups: RwLock<Option<Cgroups>>,
+}
+
+impl Drop for Containment {
+    fn drop(&mut self) {
+        // The executor went away without `close` (the runtime was dropped
+        // mid-shutdown, say): remove the subtree all the same.
+        self.close();
+    }
+}
+
+impl Containment {
+    pub(super) fn new(config: ContainConfig) -> Result<Self, ContainError> {
+        let uid = nix::unistd::geteuid();
+        if !uid.is_root() {
+            return Err(ContainError::NotRoot { uid: uid.as_raw() });
+        }
+        check_init(&config.init)?;
+        let layout = Layout::detect()?;
+        tracing::info!(%layout, "cgroup layout");
+        let cgroups = Cgroups::open(layout, &config.cgroup_name)?;
+        tracing::info!(
+            account = %config.account.name,
+            uid = config.account.uid,
+            namespaces = ?config.namespaces,
+            io_devices = ?config.io_devices.iter().map(|d| d.path.display().to_string()).collect::<Vec<_>>(),
+            "jobs are contained"
+        );
+        Ok(Self {
+            config,
+            cgroups: RwLock::new(Some(cgroups)),
+        })
+    }
+
+    pub(super) fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            limits: true,
+            io_limits: !self.config.io_devices.is_empty(),
+        }
+    }
+
+    pub(super) fn close(&self) {
+        let cgroups = self
+            .cgroups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(cgroups) = cgroups
+            && let Err(e) = cgroups.close()
+        {
+            tracing::warn!(error = %e, "cannot remove the daemon's cgroup subtree");
+        }
+    }
+
+    fn create_cgroup(&self, name: &str, limits: &ResourceLimits) -> Result<JobCgroup, SpawnError> {
+        let guard = self.cgroups.read().unwrap_or_else(|p| p.into_inner());
+        let cgroups = guard.as_ref().ok_or_else(|| SpawnError::Containment {
+            what: "the executor is closed".into(),
+            source: io::Error::other("closed"),
+        })?;
+        cgroups
+            .create(name, &self.cgroup_limits(limits))
+            .map_err(|e| SpawnError::Containment {
+                what: "cannot create the job's cgroup".into(),
+                source: io::Error::other(e),
+            })
+    }
+
+    fn cgroup_limits(&self, l: &ResourceLimits) -> cgroup::Limits {
+        let io = if l.has_io() {
+            self.config
+                .io_devices
+                .iter()
+                .map(|d| cgroup::IoLimit {
+                    major: d.major,
+                    minor: d.minor,
+                    read_bps: l.io_read_bps,
+                    write_bps: l.io_write_bps,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        cgroup::Limits {
+            memory_bytes: l.memory_bytes,
+            cpu_millis: l.cpu_millis,
+            pids: l.pids,
+            io,
+        }
+    }
+
+    pub(super) async fn spawn(&self, launch: Launch<'_>) -> Result<Spawned, SpawnError> {
+        let program = launch.spec.program();
+        let path = resolve(program)?;
+        let account = launch.account.unwrap_or(&self.config.account);
+        let ns = self.config.namespaces;
+        let cgroup = self.create_cgroup(launch.name, launch.limits)?;
+        // From here on every failure must leave nothing behind.
+        let mut starting = Starting {
+            cgroup: Some(Arc::new(cgroup)),
+            child: None,
+        };
+        let (status_rx, status_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| SpawnError::Os(e.into()))?;
+        let args = InitArgs {
+            uid: account.uid,
+            gid: account.gid,
+            mount_namespace: ns.mount,
+            mount_proc: ns.mount && ns.pid,
+            private_tmp: ns.mount,
+            network_none: ns.network == Network::None,
+            program: path,
+            argv0: program.to_owned(),
+            args: launch.spec.args().to_vec(),
+        };
+        let mut cmd = Command::new(&self.config.init);
+        cmd.args(args.to_args())
+            .env_clear()
+            .env("PATH", JOB_PATH)
+            .env("HOME", &account.home)
+            .env("LANG", "C.UTF-8")
+            .current_dir(JOB_CWD)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C at jobsd's terminal does not
+            // reach jobs.
+            .process_group(0);
+        let procs: Vec<i32> = starting
+            .cgroup()
+            .procs_files()
+            .iter()
+            .map(|f| f.as_raw_fd())
+            .collect();
+        sys::enter_cgroup_before_exec(&mut cmd, procs, status_tx.as_raw_fd());
+        let spawned = if ns.pid {
+            spawn_in_new_pid_namespace(&mut cmd)
+        } else {
+            cmd.spawn()
+        };
+        // The child has its copy (or failed); ours must go so that the status
+        // pipe reaches EOF when the init exits.
+        drop(status_tx);
+        let child = spawned.map_err(|e| SpawnError::Containment {
+            what: "cannot start jobs-init in the job's cgroup".into(),
+            source: e,
+        })?;
+        let child = starting.child.insert(child);
+        let setup = (|| -> io::Result<_> {
+            let pidfd = sys::async_pidfd(sys::pidfd_open(child.id())?)?;
+            let stdout = pipe(child.stdout.take())?;
+            let stderr = pipe(child.stderr.take())?;
+            let status = tokio::net::unix::pipe::Receiver::from_owned_fd(status_rx)?;
+            Ok((pidfd, stdout, stderr, status))
+        })();
+        let (pidfd, stdout, stderr, mut status) = match setup {
+            Ok(s) => s,
+            Err(e) => {
+                starting.clean_up().await;
+                return Err(SpawnError::Os(e));
+            }
+        };
+        let first = tokio::time::timeout(SETUP_TIMEOUT, read_report(&mut status)).await;
+        let failure = match first {
+            Ok(Ok(Some(Report::Started))) => None,
+            Ok(Ok(Some(Report::ExecFailed { errno }))) => {
+                Some(spawn_error(program, io::Error::from_raw_os_error(errno)))
+            }
+            Ok(Ok(Some(Report::SetupFailed { step, errno }))) => Some(SpawnError::Containment {
+                what: format!("jobs-init failed at {step:?}"),
+                source: io::Error::from_raw_os_error(errno),
+            }),
+            Ok(Ok(Some(other))) => Some(SpawnError::Containment {
+                what: format!("jobs-init reported {other:?} before starting the program"),
+                source: io::Error::other("protocol"),
+            }),
+            Ok(Ok(None)) => Some(SpawnError::Containment {
+                what: "jobs-init ended before starting the program".into(),
+                source: io::Error::from(io::ErrorKind::UnexpectedEof),
+            }),
+            Ok(Err(e)) => Some(SpawnError::Containment {
+                what: "cannot read jobs-init's status pipe".into(),
+                source: e,
+            }),
+            Err(_) => Some(SpawnError::Containment {
+                what: format!("jobs-init did not start the program within {SETUP_TIMEOUT:?}"),
+                source: io::Error::from(io::ErrorKind::TimedOut),
+            }),
+        };
+        if let Some(e) = failure {
+            starting.clean_up().await;
+            return Err(e);
+        }
+        let (cgroup, child) = starting.disarm();
+        let meter: Arc<dyn Meter> = Arc::new(CgroupMeter(Arc::downgrade(&cgroup)));
+        Ok(Spawned {
+            process: Box::new(ContainedProcess {
+                child: Some(child),
+                pidfd,
+                status,
+                cgroup: Some(cgroup),
+            }),
+            stdout: Box::pin(stdout),
+            stderr: Box::pin(stderr),
+            meter: Some(meter),
+        })
+    }
+}
+
+/// Checks that `path` is an executable regular file.
+fn check_init(path: &Path) -> Result<(), ContainError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| ContainError::Init {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(err)?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(err(io::Error::other("not an executable file")));
+    }
+    Ok(())
+}
+
+/// Forks `cmd` from a fresh thread that first unshared its PID namespace, so
+/// the child is PID 1 of a new namespace (unshare(2): CLONE_NEWPID applies to
+/// the caller's later children, and namespaces are per thread). The daemon's
+/// other threads are unaffected and the thread ends right after the fork.
+fn spawn_in_new_pid_namespace(cmd: &mut Command) -> io::Result<Child> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)?;
+                cmd.spawn()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the spawning thread panicked")))
+    })
+}
+
+/// Reads one report from the status pipe; `None` at EOF.
+///
+/// Cancel safe only between reports: dropping it mid-record loses the part
+/// read. Records are written with one write(2) of [`Report::LEN`] bytes, far
+/// below PIPE_BUF, so they arrive whole.
+async fn read_report(pipe: &mut tokio::net::unix::pipe::Receiver) -> io::Result<Option<Report>> {
+    let mut buf = [0u8; Report::LEN];
+    let mut got = 0;
+    while got < buf.len() {
+        let n = pipe.read(&mut buf[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(io::Error::from(io::ErrorKind::UnexpectedEof))
+            };
+        }
+        got += n;
+    }
+    Report::decode(&buf).map(Some).map_err(io::Error::other)
+}
+
+/// A job between fork and a confirmed exec. Dropping it kills and reaps
+/// whatever was started and removes the cgroup.
+struct Starting {
+    cgroup: Option<Arc<JobCgroup>>,
+    child: Option<Child>,
+}
+
+impl Starting {
+    fn cgroup(&self) -> &JobCgroup {
+        // Set at construction and only taken by `disarm`, which consumes self.
+        self.cgroup.as_ref().expect("cgroup present until disarmed")
+    }
+
+    fn disarm(mut self) -> (Arc<JobCgroup>, Child) {
+        let cgroup = self.cgroup.take().expect("cgroup present until disarmed");
+        let child = self.child.take().expect("child present once spawned");
+        (cgroup, child)
+    }
+
+    /// Kills everything, waits until the group is empty, reaps, removes.
+    async fn clean_up(mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            if let Some(mut child) = self.child.take() {
+                end_group(&cgroup, &mut child).await;
+            }
+            remove_group(cgroup);
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            kill_sync(&cgroup, self.child.take());
+            remove_group(cgroup);
+        }
+    }
+}
+
+/// Kills the group, waits (bounded) until it is empty, and reaps `child`.
+async fn end_group(cgroup: &JobCgroup, child: &mut Child) -> Option<std::process::ExitStatus> {
+    if let Err(e) = cgroup.kill() {
+        tracing::error!(error = %e, "cannot kill the job's cgroup");
+        // Still take the init down; without the group kill others may stay.
+        let _ = child.kill();
+    }
+    match tokio::time::timeout(EMPTY_TIMEOUT, cgroup.wait_empty()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot wait for the job's cgroup to empty"),
+        Err(_) => tracing::error!(
+            timeout = ?EMPTY_TIMEOUT,
+            paths = ?cgroup.paths(),
+            "processes of the job are still alive after SIGKILL"
+        ),
+    }
+    // The init is dead (its group was killed, or it had exited): this wait
+    // returns at once.
+    match child.wait() {
+        Ok(status) => Some(status),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reap jobs-init");
+            None
+        }
+    }
+}
+
+/// Synchronous last resort for `Drop`: kill the group and the init, reap it.
+fn kill_sync(cgroup: &JobCgroup, child: Option<Child>) {
+    let _ = cgroup.kill();
+    if let Some(mut child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Removes the job's group; logs failure (a daemon starting on the same state
+/// directory removes leftovers). The group is shared only with the job's
+/// [`CgroupMeter`], which holds it for the few microseconds of reading its
+/// counters, so waiting for sole ownership is short.
+fn remove_group(mut cgroup: Arc<JobCgroup>) {
+    for _ in 0..10_000 {
+        match Arc::try_unwrap(cgroup) {
+            Ok(cgroup) => {
+                let paths = cgroup.paths();
+                if let Err(e) = cgroup.remove() {
+                    tracing::warn!(error = %e, ?paths, "cannot remove the job's cgroup");
+                }
+                return;
+            }
+            Err(shared) => {
+                cgroup = shared;
+                std::thread::yield_now();
+            }
+        }
+    }
+    tracing::warn!(paths = ?cgroup.paths(), "job cgroup still in use; not removed");
+}
+
+/// A running contained job.
+struct ContainedProcess {
+    /// `jobs-init`; `None` once reaped.
+    child: Option<Child>,
+    /// Readable once `jobs-init` has exited.
+    pidfd: AsyncFd<OwnedFd>,
+    /// Reports from `jobs-init` after [`Report::Started`].
+    status: tokio::net::unix::pipe::Receiver,
+    /// The job's group; `None` once removed.
+    cgroup: Option<Arc<JobCgroup>>,
+}
+
+impl Process for ContainedProcess {
+    fn exited(&mut self) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            let _guard = self.pidfd.readable().await?;
+            Ok(())
+        })
+    }
+
+    fn signal(&mut self, signal: JobSignal) -> io::Result<()> {
+        let Some(child) = &self.child else {
+            return Ok(());
+        };
+        // Unreaped, so the pid is still the init's.
+        let init = Pid::from_raw(child.id() as i32);
+        let signal = match signal {
+            JobSignal::Terminate => Signal::SIGTERM,
+            JobSignal::Continue => Signal::SIGCONT,
+            JobSignal::Kill => {
+                return match &self.cgroup {
+                    Some(cgroup) => cgroup.kill().map_err(io::Error::other),
+                    None => Ok(()),
+                };
+            }
+        };
+        // The init forwards it to every process of the job.
+        match kill(init, signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn finish(&mut self) -> BoxFuture<'_, io::Result<Ended>> {
+        Box::pin(async move {
+            // The init wrote how the program ended before it exited; the pipe
+            // is at EOF now, so this does not wait (bounded all the same).
+            let report =
+                match tokio::time::timeout(Duration::from_secs(1), read_report(&mut self.status))
+                    .await
+                {
+                    Ok(Ok(report)) => report,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot read the job's final report");
+                        None
+                    }
+                    Err(_) => None,
+                };
+            let cgroup = self
+                .cgroup
+                .take()
+                .ok_or_else(|| io::Error::other("job already finished"))?;
+            let mut child = self
+                .child
+                .take()
+                .ok_or_else(|| io::Error::other("job already reaped"))?;
+            let status = end_group(&cgroup, &mut child).await;
+            let usage = match cgroup.usage() {
+                Ok(u) => Some(ResourceUsage {
+                    peak_memory_bytes: u.peak_memory_bytes,
+                    cpu_usec: u.cpu_usec,
+                    oom_kills: u.oom_kills,
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the job's resource usage");
+                    None
+                }
+            };
+            remove_group(cgroup);
+            let exit = match report {
+                Some(Report::Exited(code)) => ExitInfo::Exited(code),
+                Some(Report::Signaled {
+                    signal,
+                    core_dumped,
+                }) => ExitInfo::Signaled {
+                    signal,
+                    core_dumped,
+                },
+                // No report: the init itself was killed (the grace-period kill
+                // of a stop, or something killed it): that is how it ended.
+                _ => match status {
+                    Some(status) => exit_info(status)?,
+                    None => return Err(io::Error::other("cannot reap jobs-init")),
+                },
+            };
+            Ok(Ended { exit, usage })
+        })
+    }
+}
+
+impl Drop for ContainedProcess {
+    fn drop(&mut self) {
+        // Dropped without finishing (the supervisor was cancelled).
+        if let Some(cgroup) = self.cgroup.take() {
+            kill_sync(&cgroup, self.child.take());
+            remove_group(cgroup);
+        }
+    }
+}
+
+/// Live usage of a running job, from its cgroup.
+struct CgroupMeter(Weak<JobCgroup>);
+
+impl Meter for CgroupMeter {
+    fn usage(&self) -> Option<ResourceUsage> {
+        let u = self.0.upgrade()?.usage().ok()?;
+        Some(ResourceUsage {
+            peak_memory_bytes: u.peak_memory_bytes,
+            cpu_usec: u.cpu_usec,
+            oom_kills: u.oom_kills,
+        })
+    }
+}

@@ -1,0 +1,205 @@
+//! The system calls of the init that have no safe wrapper in our dependencies.
+//!
+//! The only `unsafe` of `jobs-init` lives here; each block says why it is
+//! sound.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::errno::Errno;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::unistd::ForkResult;
+
+use super::STATUS_FD;
+
+/// Set once [`take_status_pipe`] has handed out fd 3.
+static STATUS_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Takes ownership of the status pipe on [`STATUS_FD`].
+///
+/// # Errors
+/// `EBADF` if fd 3 is not open or not open for writing; `EBUSY` on a second
+/// call.
+pub(super) fn take_status_pipe() -> io::Result<File> {
+    if STATUS_TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    // SAFETY: fcntl(F_GETFL) on an integer descriptor only reads its flags;
+    // on a closed descriptor it fails with EBADF.
+    let flags = unsafe { libc::fcntl(STATUS_FD, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_ACCMODE == libc::O_RDONLY {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: fd 3 is open (checked above) and nothing else in this process
+    // owns it: the spawner placed it for us, the Rust runtime only ever fixes
+    // up fds 0-2, and STATUS_TAKEN makes this the only place that wraps it,
+    // once. The `File` becomes its sole owner.
+    Ok(unsafe { File::from_raw_fd(STATUS_FD) })
+}
+
+/// Marks every descriptor from `first` up close-on-exec (close_range(2) with
+/// CLOSE_RANGE_CLOEXEC, Linux 5.11+). Descriptors stay open in this process.
+///
+/// # Errors
+/// The OS error; ENOSYS or EINVAL on kernels without the flag.
+pub(super) fn mark_cloexec_from(first: RawFd) -> io::Result<()> {
+    let first =
+        libc::c_uint::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: with CLOSE_RANGE_CLOEXEC, close_range closes nothing and touches
+    // no memory; it only sets a flag on descriptor table entries.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The handler of forwarded signals: does nothing. Signals stay blocked in the
+/// init and are taken with sigwait, so it never runs; its only purpose is that
+/// the disposition is not SIG_DFL, which a PID-namespace init would otherwise
+/// have the kernel discard (pid_namespaces(7)).
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Installs the no-op handler for each signal in `signals`.
+///
+/// # Errors
+/// The OS error of sigaction(2) (EINVAL for SIGKILL or SIGSTOP).
+pub(super) fn install_noop_handlers(signals: &SigSet) -> nix::Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(ignore_signal),
+        SaFlags::SA_RESTART,
+        SigSet::all(),
+    );
+    for signal in signals.iter() {
+        // SAFETY: the handler is an `extern "C"` function that does nothing,
+        // so it is async-signal-safe, and it replaces no handler that other
+        // code relies on (the init installs no other handlers).
+        unsafe { sigaction(signal, &action) }?;
+    }
+    Ok(())
+}
+
+/// Restores the default disposition of every signal that can be caught,
+/// including real-time ones. Meant for the program's process before exec:
+/// handlers are reset by execve anyway, but ignored signals (the Rust runtime
+/// ignores SIGPIPE, and the spawner may have ignored others) would be
+/// inherited by the program.
+///
+/// # Errors
+/// The OS error of sigaction(2) for a standard signal.
+pub(super) fn reset_signal_dispositions() -> nix::Result<()> {
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for signal in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
+        // SAFETY: SIG_DFL is not a function of ours; setting it cannot run code.
+        unsafe { sigaction(signal, &default) }?;
+    }
+    for signal in libc::SIGRTMIN()..=libc::SIGRTMAX() {
+        // SAFETY: as above; signal(2) with SIG_DFL only changes the
+        // disposition. Failures (none expected) leave the disposition as it
+        // was and are ignored: real-time signals are rarely ignored.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+    Ok(())
+}
+
+/// fork(2).
+///
+/// Sound only in a single-threaded process: the child of a multi-threaded one
+/// may find a lock (for example the allocator's) held forever by a thread that
+/// does not exist in it. `jobs-init` starts no threads; as a check, this fails
+/// with EBUSY if `/proc/self/task` lists more than one thread.
+///
+/// # Errors
+/// EBUSY as above; the OS error of fork(2) (EAGAIN at a pids limit, ENOMEM).
+pub(super) fn fork() -> nix::Result<ForkResult> {
+    let threads = std::fs::read_dir("/proc/self/task").map(Iterator::count);
+    if matches!(threads, Ok(n) if n > 1) {
+        return Err(Errno::EBUSY);
+    }
+    // SAFETY: the process is single-threaded (the init starts no threads, and
+    // the check above would catch one where /proc is readable), so the child
+    // inherits no lock held by another thread and may run any code, including
+    // allocation, before it execs or exits.
+    unsafe { nix::unistd::fork() }
+}
+
+/// Brings the loopback interface `lo` of the current network namespace up:
+/// SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP added (netdevice(7)).
+///
+/// # Errors
+/// The OS error of socket(2) or ioctl(2) (ENODEV if there is no `lo`, EPERM
+/// without CAP_NET_ADMIN).
+pub(super) fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket(2) takes integers and touches no memory of ours.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor and nothing else owns
+    // it, so `OwnedFd` may take it and close it on drop.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+
+    // SAFETY: `ifreq` is plain data (a byte array and a union of integers,
+    // addresses and arrays), for which all-zero bytes are a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the NUL-terminated ifr_name and writes
+    // ifr_flags, both inside the `ifreq` we pass, which outlives the call.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the successful SIOCGIFFLAGS above wrote ifru_flags; reading an
+    // integer union member is sound for any bytes anyway.
+    let flags = unsafe { request.ifr_ifru.ifru_flags };
+    request.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads ifr_name and ifr_flags from the `ifreq` we
+    // pass, which outlives the call, and writes nothing of ours.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// waitpid(2), returning the raw status. nix's wrapper cannot be used here: it
+/// fails with EINVAL on a death by a real-time signal *after* the kernel has
+/// reaped the process, and that status would be lost.
+///
+/// `Ok(None)` means WNOHANG was given and no child has changed state.
+///
+/// # Errors
+/// The OS error: ECHILD when there is no child left to wait for, EINTR.
+pub(super) fn waitpid(
+    pid: libc::pid_t,
+    flags: libc::c_int,
+) -> nix::Result<Option<(libc::pid_t, libc::c_int)>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes one int to `status`, a live local of that type.
+    let reaped = unsafe { libc::waitpid(pid, &mut status, flags) };
+    match Errno::result(reaped)? {
+        0 => Ok(None),
+        reaped => Ok(Some((reaped, status))),
+    }
+}
+
+/// _exit(2): ends the process at once, without running atexit handlers or
+/// flushing buffers that the forked process shares with the init.
+pub(super) fn exit_immediately(code: libc::c_int) -> ! {
+    // SAFETY: _exit takes an integer and never returns; skipping destructors
+    // and atexit handlers is its purpose and leaks nothing the kernel does not
+    // reclaim.
+    unsafe { libc::_exit(code) }
+}

@@ -1,0 +1,620 @@
+//! Containment: every job in its own cgroup, as an unprivileged account, in
+//! its own namespaces; stop leaves nothing behind.
+//!
+//! These tests need root (cgroups, namespaces, changing user). CI runs them as
+//! root; elsewhere each one prints why it skips.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use jobs::client::Client;
+use jobs::exec::{Namespaces, Network};
+use jobs::job::ResourceLimits;
+use jobs::proto::{self, State};
+
+/// Every directory under the cgroup mounts whose name is `name` (a job id or
+/// a daemon's subtree name).
+fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, name: &str, depth: usize, found: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = e.path();
+            if e.file_name() == name {
+                found.push(path.clone());
+            }
+            if depth > 0 {
+                walk(&path, name, depth - 1, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), name, 6, &mut found);
+    found
+}
+
+async fn start_limited(
+    client: &Client,
+    limits: proto::Limits,
+    program: &str,
+    args: &[&str],
+) -> proto::JobStatus {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    client
+        .start_with_limits(program, &args, limits)
+        .await
+        .unwrap_or_else(|e| panic!("start {program}: {e:?}"))
+}
+
+/// Reads output until a line `ready` arrives.
+async fn until_ready(client: &Client, id: &str) -> tonic::Streaming<proto::StreamEvent> {
+    let mut stream = client.stream(id).await.unwrap();
+    let line = read_lines(&mut stream, 1).await;
+    assert_eq!(line, b"ready\n");
+    stream
+}
+
+async fn stop_leaves_nothing(namespaces: Namespaces) {
+    let server = TestServer::start_with_namespaces(namespaces, |_| {}).await;
+    let alice = client(&server, "alice").await;
+    // setsid: a new session and process group; nohup: ignores SIGHUP; the
+    // subshell double-forks so the sleep is orphaned; the trap ignores TERM.
+    let job = start(
+        &alice,
+        "sh",
+        &[
+            "-c",
+            "trap '' TERM; setsid sleep 600 & nohup sleep 600 >/dev/null 2>&1 & (sleep 600 &); echo ready; wait",
+        ],
+    )
+    .await;
+    let _stream = until_ready(&alice, &job.id).await;
+    let before = job_processes(&job.id);
+    assert!(before.len() >= 5, "job processes before stop: {before:?}");
+    let s = alice.stop(&job.id).await.unwrap();
+    // Checked at once: stop returns only when no process of the job remains.
+    assert_eq!(job_processes(&job.id), Vec::<i32>::new());
+    for pid in before {
+        assert!(!alive(pid), "process {pid} survived the stop");
+    }
+    assert_eq!(s.state(), State::Stopped);
+    assert_eq!(cgroup_dirs_named(&job.id), Vec::<PathBuf>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setsid_nohup_and_double_fork_do_not_survive_stop() {
+    // Scenario: a job detaches children every way a shell can; after stop
+    // returns none of them is alive and its cgroup is gone.
+    if skip_unless_root("setsid_nohup_and_double_fork_do_not_survive_stop") {
+        return;
+    }
+    stop_leaves_nothing(Namespaces::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_pid_namespace_the_cgroup_kill_still_gets_every_process() {
+    // Scenario: the same escapes with the PID namespace off, so only the
+    // cgroup kill can find the escaped processes.
+    if skip_unless_root("without_a_pid_namespace_the_cgroup_kill_still_gets_every_process") {
+        return;
+    }
+    stop_leaves_nothing(Namespaces {
+        pid: false,
+        ..Namespaces::default()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_forker_is_gone_after_stop() {
+    // Scenario: a job forks as fast as it can while it is being stopped.
+    if skip_unless_root("a_fast_forker_is_gone_after_stop") {
+        return;
+    }
+    let server = TestServer::start_with_namespaces(
+        Namespaces {
+            pid: false,
+            ..Namespaces::default()
+        },
+        |_| {},
+    )
+    .await;
+    let alice = client(&server, "alice").await;
+    let job = start(
+        &alice,
+        "sh",
+        &["-c", "echo ready; while :; do sleep 600 & done"],
+    )
+    .await;
+    let _stream = until_ready(&alice, &job.id).await;
+    assert!(eventually(Duration::from_secs(5), || job_processes(&job.id).len() > 20).await);
+    alice.stop(&job.id).await.unwrap();
+    assert_eq!(job_processes(&job.id), Vec::<i32>::new());
+    assert_eq!(cgroup_dirs_named(&job.id), Vec::<PathBuf>::new());
+}
+
+/// Paths of `/proc/self/cgroup` lines for the hierarchies jobs are placed in.
+fn placed_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("0::") || l.contains(":memory:") || l.contains(":pids:"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_ends_oom_and_nothing_else_is_disturbed() {
+    // Scenario (C04): a job over its 64 MiB limit is killed by the kernel and
+    // ends in state OOM; it and its first child were in the job's cgroup from
+    // the start; another job and the daemon carry on.
+    if skip_unless_root("a_memory_hog_ends_oom_and_nothing_else_is_disturbed") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+    let other = start(&bob, "sleep", &["600"]).await;
+    let limit = 64 << 20;
+    let job = start_limited(
+        &alice,
+        proto::Limits {
+            memory_bytes: Some(limit),
+            ..Default::default()
+        },
+        "sh",
+        &[
+            "-c",
+            "cat /proc/self/cgroup; sh -c 'cat /proc/self/cgroup'; x=$(head -c 300M /dev/zero | tr '\\0' a); echo survived",
+        ],
+    )
+    .await;
+    let f = follow(&alice, &job.id).await;
+    let out = String::from_utf8(f.stdout()).unwrap();
+    assert!(!out.contains("survived"), "the hog ran to its end: {out}");
+    let placed = placed_lines(&out);
+    assert!(placed.len() >= 4, "cgroup lines: {out}");
+    for line in &placed {
+        assert!(
+            line.ends_with(&format!("/{}", job.id)),
+            "not in the job's cgroup: {line}"
+        );
+    }
+    assert_eq!(
+        (f.status.state(), f.status.signal),
+        (State::Oom, Some(9)),
+        "{:?}",
+        f.status
+    );
+    assert_eq!(f.status.limits.unwrap().memory_bytes, Some(limit));
+    let usage = f.status.usage.unwrap();
+    assert!(usage.oom_kills >= 1, "{usage:?}");
+    assert!(usage.peak_memory_bytes.unwrap() <= limit, "{usage:?}");
+
+    // The other user's job and the daemon are untouched.
+    assert_eq!(bob.status(&other.id).await.unwrap().state(), State::Running);
+    let after = start(&alice, "echo", &["still serving"]).await;
+    assert_eq!(follow(&alice, &after.id).await.stdout(), b"still serving\n");
+    bob.stop(&other.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pids_limit_caps_a_fork_bomb() {
+    // Scenario: a fork loop under a limit of 16 processes saturates at
+    // exactly 16, the daemon keeps serving, and stop (while the bomb keeps
+    // forking) leaves nothing.
+    if skip_unless_root("the_pids_limit_caps_a_fork_bomb") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let limits = proto::Limits {
+        pids: Some(16),
+        ..Default::default()
+    };
+    let bomb = start_limited(
+        &alice,
+        limits,
+        "sh",
+        &[
+            "-c",
+            // bash retries a failed fork instead of giving up as dash does,
+            // so the bomb keeps pushing against the limit.
+            "bash -c 'while :; do sleep 600 & done' 2>/dev/null & echo ready; exec sleep 600",
+        ],
+    )
+    .await;
+    let _stream = until_ready(&alice, &bomb.id).await;
+    let mut most = 0;
+    for _ in 0..50 {
+        let n = job_processes(&bomb.id).len();
+        assert!(n <= 16, "{n} processes under a limit of 16");
+        most = most.max(n);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(most, 16, "the bomb never reached the limit");
+    let after = start(&alice, "echo", &["ok"]).await;
+    assert_eq!(follow(&alice, &after.id).await.stdout(), b"ok\n");
+    let s = alice.stop(&bomb.id).await.unwrap();
+    assert_eq!(s.state(), State::Stopped);
+    assert_eq!(job_processes(&bomb.id), Vec::<i32>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_spinner_gets_its_share_and_no_more() {
+    // Scenario: a busy loop under --cpus 0.2 uses about 20 % of one core, as
+    // the job's own cgroup counters measure it.
+    if skip_unless_root("a_cpu_spinner_gets_its_share_and_no_more") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let job = start_limited(
+        &alice,
+        proto::Limits {
+            cpu_millis: Some(200),
+            ..Default::default()
+        },
+        "sh",
+        &["-c", "while :; do :; done"],
+    )
+    .await;
+    let cpu = |s: &proto::JobStatus| s.usage.as_ref().unwrap().cpu_usec.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // let it settle
+    let (u0, t0) = (cpu(&alice.status(&job.id).await.unwrap()), Instant::now());
+    tokio::time::sleep(Duration::from_secs(3)).await; // the measuring window
+    let (u1, t1) = (cpu(&alice.status(&job.id).await.unwrap()), Instant::now());
+    let share = (u1 - u0) as f64 / (t1 - t0).as_micros() as f64;
+    alice.stop(&job.id).await.unwrap();
+    assert!(
+        (0.1..=0.3).contains(&share),
+        "the spinner used {share:.3} of a core under a limit of 0.2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_as_nobody_without_capabilities_or_new_privileges() {
+    // Scenario: the daemon is root; its jobs are not, cannot regain it, and
+    // have no supplementary groups.
+    if skip_unless_root("jobs_run_as_nobody_without_capabilities_or_new_privileges") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let job = start(
+        &alice,
+        "sh",
+        &[
+            "-c",
+            "id -u; id -g; id -G; grep -E '^(CapPrm|CapEff|NoNewPrivs)' /proc/self/status",
+        ],
+    )
+    .await;
+    let f = follow(&alice, &job.id).await;
+    assert_eq!(
+        String::from_utf8(f.stdout()).unwrap(),
+        "65534\n65534\n65534\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n"
+    );
+    assert_eq!(f.status.exit_code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_sees_only_its_own_processes() {
+    // Scenario: with the PID namespace on, /proc inside the job lists its init
+    // and its own processes, nothing of the host or other jobs.
+    if skip_unless_root("a_job_sees_only_its_own_processes") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let other = start(&alice, "sleep", &["600"]).await;
+    let job = start(
+        &alice,
+        "sh",
+        &[
+            "-c",
+            "for p in /proc/[0-9]*; do echo \"${p#/proc/} $(cat $p/comm)\"; done",
+        ],
+    )
+    .await;
+    let f = follow(&alice, &job.id).await;
+    assert_eq!(
+        String::from_utf8(f.stdout()).unwrap(),
+        "1 jobs-init\n2 sh\n"
+    );
+    alice.stop(&other.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cannot_read_the_daemons_keys_state_or_environment() {
+    // Scenario (C28): a job tries to read the server's private key, another
+    // user's output log, and its init's environment; every read fails, while
+    // the same files are there for the daemon.
+    if skip_unless_root("a_job_cannot_read_the_daemons_keys_state_or_environment") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+    let secret = start(&bob, "echo", &["bob's secret"]).await;
+    assert_eq!(follow(&bob, &secret.id).await.stdout(), b"bob's secret\n");
+    let log = server
+        .state_dir()
+        .join("output")
+        .join(format!("{}.log", secret.id));
+    let key = server_pem().key;
+    for path in [&log, &key] {
+        assert!(std::fs::read(path).is_ok(), "{} must exist", path.display());
+        let job = start(&alice, "cat", &[path.to_str().unwrap()]).await;
+        let f = follow(&alice, &job.id).await;
+        assert_eq!(
+            (f.stdout(), f.status.exit_code),
+            (vec![], Some(1)),
+            "{} was readable",
+            path.display()
+        );
+    }
+    let job = start(&alice, "sh", &["-c", "cat /proc/$PPID/environ"]).await;
+    let f = follow(&alice, &job.id).await;
+    assert_eq!((f.stdout(), f.status.exit_code), (vec![], Some(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmp_and_shm_are_private_to_each_job() {
+    // Scenario: one job leaves a file in /tmp and /dev/shm; a second job and
+    // the host see nothing of it.
+    if skip_unless_root("tmp_and_shm_are_private_to_each_job") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let name = format!("jobs-private-{}", std::process::id());
+    let job = start(
+        &alice,
+        "sh",
+        &[
+            "-c",
+            &format!("echo x > /tmp/{name} && echo x > /dev/shm/{name} && ls -A /tmp /dev/shm"),
+        ],
+    )
+    .await;
+    let f = follow(&alice, &job.id).await;
+    assert_eq!(
+        String::from_utf8(f.stdout()).unwrap(),
+        format!("/dev/shm:\n{name}\n\n/tmp:\n{name}\n")
+    );
+    let job = start(&alice, "ls", &["-A", "/tmp", "/dev/shm"]).await;
+    assert_eq!(
+        String::from_utf8(follow(&alice, &job.id).await.stdout()).unwrap(),
+        "/dev/shm:\n\n/tmp:\n"
+    );
+    assert!(!Path::new("/tmp").join(&name).exists());
+    assert!(!Path::new("/dev/shm").join(&name).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_none_leaves_only_loopback() {
+    // Scenario: with `network = none` a job has a loopback interface that is
+    // up and nothing else.
+    if skip_unless_root("network_none_leaves_only_loopback") {
+        return;
+    }
+    let server = TestServer::start_with_namespaces(
+        Namespaces {
+            network: Network::None,
+            ..Namespaces::default()
+        },
+        |_| {},
+    )
+    .await;
+    let alice = client(&server, "alice").await;
+    let job = start(
+        &alice,
+        "sh",
+        &["-c", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"],
+    )
+    .await;
+    assert_eq!(follow(&alice, &job.id).await.stdout(), b"lo\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cgroup_is_left_after_jobs_end_and_the_daemon_stops() {
+    // Scenario: jobs that exit, are stopped, and are OOM-killed each leave no
+    // cgroup once final; after shutdown the daemon's subtree is gone too.
+    if skip_unless_root("no_cgroup_is_left_after_jobs_end_and_the_daemon_stops") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let subtree = jobs::exec::cgroup_name_for(server.state_dir());
+    assert!(!cgroup_dirs_named(&subtree).is_empty());
+    let alice = client(&server, "alice").await;
+    let quick = start(&alice, "true", &[]).await;
+    follow(&alice, &quick.id).await;
+    assert_eq!(cgroup_dirs_named(&quick.id), Vec::<PathBuf>::new());
+    let long = start(&alice, "sleep", &["600"]).await;
+    assert!(!cgroup_dirs_named(&long.id).is_empty());
+    alice.stop(&long.id).await.unwrap();
+    assert_eq!(cgroup_dirs_named(&long.id), Vec::<PathBuf>::new());
+    let running = start(&alice, "sleep", &["600"]).await;
+    server.shutdown().await.unwrap();
+    assert_eq!(cgroup_dirs_named(&running.id), Vec::<PathBuf>::new());
+    assert_eq!(cgroup_dirs_named(&subtree), Vec::<PathBuf>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_default_to_the_ceiling_and_may_only_be_lowered() {
+    // Scenario: the operator's ceilings are a job's defaults; a request may
+    // ask for less, never for more, and never for nothing.
+    if skip_unless_root("limits_default_to_the_ceiling_and_may_only_be_lowered") {
+        return;
+    }
+    let ceiling = ResourceLimits {
+        memory_bytes: Some(128 << 20),
+        cpu_millis: Some(1000),
+        pids: Some(64),
+        io_read_bps: None,
+        io_write_bps: None,
+    };
+    let server = TestServer::start_with(|c| c.jobs.ceiling = ceiling).await;
+    let alice = client(&server, "alice").await;
+    let job = start(&alice, "true", &[]).await;
+    assert_eq!(
+        job.limits,
+        Some(proto::Limits {
+            memory_bytes: Some(128 << 20),
+            cpu_millis: Some(1000),
+            pids: Some(64),
+            io_read_bps: None,
+            io_write_bps: None,
+        })
+    );
+    let lower = proto::Limits {
+        memory_bytes: Some(32 << 20),
+        cpu_millis: Some(500),
+        pids: Some(8),
+        ..Default::default()
+    };
+    let job = start_limited(&alice, lower, "true", &[]).await;
+    assert_eq!(job.limits, Some(lower));
+
+    for (asked, text) in [
+        (
+            proto::Limits {
+                memory_bytes: Some(256 << 20),
+                ..Default::default()
+            },
+            "memory_bytes 268435456 is above the server's ceiling of 134217728",
+        ),
+        (
+            proto::Limits {
+                pids: Some(0),
+                ..Default::default()
+            },
+            "pids 0 is below the minimum of 2",
+        ),
+        (
+            proto::Limits {
+                cpu_millis: Some(2000),
+                ..Default::default()
+            },
+            "cpu_millis 2000 is above the server's ceiling of 1000",
+        ),
+    ] {
+        let before = alice.list().await.unwrap().len();
+        let err = alice
+            .start_with_limits("true", &[], asked)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (code(&err), message(&err)),
+            (tonic::Code::InvalidArgument, text.into())
+        );
+        assert_eq!(
+            alice.list().await.unwrap().len(),
+            before,
+            "a job was created"
+        );
+    }
+    let err = alice
+        .start_with_limits(
+            "true",
+            &[],
+            proto::Limits {
+                io_write_bps: Some(1 << 20),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (code(&err), message(&err)),
+        (
+            tonic::Code::FailedPrecondition,
+            "this server has no IO devices configured and cannot enforce IO limits".into()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_usage_from_the_cgroup() {
+    // Scenario: a finished job's status carries its CPU time and peak memory.
+    if skip_unless_root("status_reports_usage_from_the_cgroup") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let job = start(
+        &alice,
+        "sh",
+        &["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"],
+    )
+    .await;
+    let f = follow(&alice, &job.id).await;
+    let usage = f.status.usage.unwrap();
+    assert!(usage.cpu_usec.unwrap() > 10_000, "{usage:?}");
+    assert!(usage.peak_memory_bytes.unwrap() > 0, "{usage:?}");
+    assert_eq!(usage.oom_kills, 0);
+    assert_eq!(alice.status(&job.id).await.unwrap().usage, Some(usage));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_cgroup_cannot_be_made_does_not_start() {
+    // Scenario (C04): the daemon cannot create the job's cgroup (its subtree
+    // vanished in one hierarchy); the start fails, no job exists and nothing
+    // ran.
+    if skip_unless_root("a_job_whose_cgroup_cannot_be_made_does_not_start") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let subtree = jobs::exec::cgroup_name_for(server.state_dir());
+    let pids_subtree = cgroup_dirs_named(&subtree)
+        .into_iter()
+        .find(|p| p.starts_with("/sys/fs/cgroup/pids") || p.starts_with("/sys/fs/cgroup/unified"))
+        .expect("the subtree in the pids or unified hierarchy");
+    std::fs::remove_dir(&pids_subtree).unwrap();
+    let dir = scratch();
+    let marker = dir.path().join("ran");
+    let err = alice
+        .start("touch", &[marker.to_str().unwrap().to_owned()])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), tonic::Code::Internal);
+    assert!(message(&err).starts_with("internal error (reference "));
+    assert!(!marker.exists(), "the program ran");
+    assert_eq!(alice.list().await.unwrap(), vec![]);
+    std::fs::create_dir(&pids_subtree).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_need_a_contained_server() {
+    // Scenario: a server that cannot contain jobs refuses limits instead of
+    // silently running the job unlimited.
+    let server = TestServer::start_uncontained(|_| {}).await;
+    let alice = client(&server, "alice").await;
+    let err = alice
+        .start_with_limits(
+            "true",
+            &[],
+            proto::Limits {
+                memory_bytes: Some(64 << 20),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (code(&err), message(&err)),
+        (
+            tonic::Code::FailedPrecondition,
+            "this server runs jobs without containment and cannot enforce resource limits".into()
+        )
+    );
+    assert_eq!(alice.list().await.unwrap(), vec![]);
+    let job = start(&alice, "true", &[]).await;
+    assert_eq!((job.limits, job.usage), (None, None));
+}
