@@ -16,6 +16,8 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use jobs::ca::{CertAuthority, IssuedCert, Validity, default_server_sans};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -83,10 +85,9 @@ struct Sandbox {
 
 impl Sandbox {
     fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("cli-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap();
+        // Jobs run as `nobody` when the daemon is root: they must be able to
+        // read files the tests put here (keys stay 0600).
+        let dir = common::scratch();
         let ca = dir.path().join("ca.crt");
         write_file(&ca, PKI.ca.as_bytes());
         Self {
@@ -162,7 +163,11 @@ impl Deref for Daemon {
 
 impl Daemon {
     fn start() -> Self {
-        let sandbox = Sandbox::new();
+        Self::start_in(Sandbox::new(), &[])
+    }
+
+    /// A daemon on `sandbox` (its state dir included) with `extra` options.
+    fn start_in(sandbox: Sandbox, extra: &[&str]) -> Self {
         let dir = sandbox.dir.path();
         let log = fs::File::create(dir.join("jobsd.log")).unwrap();
         let mut child = Command::new(JOBSD)
@@ -174,6 +179,7 @@ impl Daemon {
             .arg(&sandbox.server.key)
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .args(extra)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -243,6 +249,15 @@ struct Out {
     code: i32,
     stdout: Vec<u8>,
     stderr: String,
+}
+
+/// `out` with stdout cut to its first line: `jobs status` adds indented
+/// limits and usage lines when the daemon contains jobs.
+fn headline(mut out: Out) -> Out {
+    if let Some(end) = out.stdout.iter().position(|&b| b == b'\n') {
+        out.stdout.truncate(end + 1);
+    }
+    out
 }
 
 impl Out {
@@ -351,10 +366,12 @@ fn start_json_has_exactly_the_documented_fields() {
             "ended_at",
             "exit_code",
             "id",
+            "limits",
             "owner",
             "signal",
             "started_at",
-            "state"
+            "state",
+            "usage",
         ]
     );
     assert!(is_canonical_uuid(v["id"].as_str().unwrap()));
@@ -407,7 +424,7 @@ fn stream_exits_with_the_jobs_exit_code() {
         (out.code, out.stdout_str(), out.stderr.as_str()),
         (3, "", "")
     );
-    let out = d.jobs(&d.alice, &["status", &id]);
+    let out = headline(d.jobs(&d.alice, &["status", &id]));
     assert_eq!(
         (out.code, out.stdout_str(), out.stderr.as_str()),
         (
@@ -428,7 +445,7 @@ fn signal_death_exits_128_plus_signal_and_is_named() {
         (out.code, out.stdout_str(), out.stderr.as_str()),
         (137, "", "")
     );
-    let out = d.jobs(&d.alice, &["status", &id]);
+    let out = headline(d.jobs(&d.alice, &["status", &id]));
     assert_eq!(
         out.stdout_str(),
         format!("{id}  killed by signal 9 (SIGKILL)  sh -c 'kill -9 $$'\n")
@@ -448,7 +465,7 @@ fn signal_death_exits_128_plus_signal_and_is_named() {
     let id = d.start_job(&d.alice, &["sh", "-c", "kill -SEGV $$"]);
     let out = d.jobs(&d.alice, &["stream", &id]);
     assert_eq!(out.code, 139);
-    let out = d.jobs(&d.alice, &["status", &id]);
+    let out = headline(d.jobs(&d.alice, &["status", &id]));
     // ", core dumped" depends on the host's core dump settings.
     assert!(
         out.stdout_str()
@@ -464,7 +481,7 @@ fn exit_137_is_an_exit_code_not_a_signal() {
     let id = d.start_job(&d.alice, &["sh", "-c", "exit 137"]);
     let out = d.jobs(&d.alice, &["stream", &id]);
     assert_eq!(out.code, 137);
-    let out = d.jobs(&d.alice, &["status", &id]);
+    let out = headline(d.jobs(&d.alice, &["status", &id]));
     assert_eq!(
         out.stdout_str(),
         format!("{id}  exited with code 137  sh -c 'exit 137'\n")
@@ -503,7 +520,7 @@ fn binary_output_is_byte_exact() {
     let d = Daemon::start();
     let blob = random_bytes((1 << 20) + 7);
     let path = d.dir.path().join("blob");
-    write_file(&path, &blob);
+    fs::write(&path, &blob).unwrap(); // world-readable: jobs may run as nobody
     // Jobs run with cwd `/`, so the path must be absolute.
     let id = d.start_job(&d.alice, &["/bin/cat", path.to_str().unwrap()]);
     let streamed = d.jobs(&d.alice, &["stream", &id]);
@@ -619,7 +636,7 @@ fn usage_errors_exit_2_without_contacting_the_server() {
     assert_eq!(
         out.stderr,
         "error: the following required arguments were not provided:\n  <PROGRAM>...\n\n\
-         Usage: jobs start [--json] [--] PROGRAM [ARG]...\n\n\
+         Usage: jobs start [--json] [LIMITS] [--] PROGRAM [ARG]...\n\n\
          For more information, try '--help'.\n"
     );
     // Missing certificate settings are usage errors too.
@@ -686,7 +703,7 @@ fn another_users_job_is_indistinguishable_from_no_job() {
     assert_eq!(d.jobs(&d.bob, &["list", "--json"]).stdout_str(), "[]\n");
     assert_eq!(d.jobs(&d.bob, &["list"]).stdout_str(), "");
     // Bob's stop did nothing.
-    let out = d.jobs(&d.alice, &["status", &id]);
+    let out = headline(d.jobs(&d.alice, &["status", &id]));
     assert_eq!(out.stdout_str(), format!("{id}  running  sleep 60\n"));
 }
 
@@ -750,7 +767,7 @@ fn ctrl_c_in_run_stops_the_job_and_waits_for_its_end() {
         )
     );
     assert_eq!(
-        d.jobs(&d.alice, &["status", id]).stdout_str(),
+        headline(d.jobs(&d.alice, &["status", id])).stdout_str(),
         format!(
             "{id}  stopped by its owner: killed by signal 15 (SIGTERM)  sh -c 'echo hi; sleep 60'\n"
         )
@@ -906,6 +923,10 @@ fn silent_server_times_out_after_10_seconds() {
 /// `jobsd` with the sandbox's server certificate and `state_dir`, run until
 /// it exits (it is expected to refuse to start).
 fn jobsd_refusing(sb: &Sandbox, state_dir: &Path) -> Out {
+    jobsd_refusing_with(sb, state_dir, &[])
+}
+
+fn jobsd_refusing_with(sb: &Sandbox, state_dir: &Path, extra: &[&str]) -> Out {
     let mut cmd = Command::new(JOBSD);
     cmd.args(["--listen", "127.0.0.1:0", "--ca"])
         .arg(&sb.ca)
@@ -915,6 +936,7 @@ fn jobsd_refusing(sb: &Sandbox, state_dir: &Path) -> Out {
         .arg(&sb.server.key)
         .arg("--state-dir")
         .arg(state_dir)
+        .args(extra)
         .stdin(Stdio::null());
     run(cmd)
 }
@@ -957,4 +979,159 @@ fn a_second_jobsd_cannot_share_a_state_directory() {
     // The first daemon still serves.
     let id = daemon.start_job(&daemon.alice, &["true"]);
     assert_eq!(daemon.jobs(&daemon.alice, &["status", &id]).code, 0);
+}
+
+/// Prints why a root-only test does nothing and returns true when not root.
+fn skip_unless_root(test: &str) -> bool {
+    common::skip_unless_root(test)
+}
+
+#[test]
+fn start_takes_limits_and_status_shows_them() {
+    // Scenario: `jobs start --memory 256M --cpus 0.5 --pids 64` runs the job
+    // under those limits; `jobs status` names them and the job's use.
+    if skip_unless_root("start_takes_limits_and_status_shows_them") {
+        return;
+    }
+    let d = Daemon::start();
+    let out = d.jobs(
+        &d.alice,
+        &[
+            "start", "--memory", "256M", "--cpus", "0.5", "--pids", "64", "--", "sleep", "60",
+        ],
+    );
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+    let id = out.stdout_str().trim_end().to_owned();
+    let v = json(&d.jobs(&d.alice, &["status", "--json", &id]));
+    assert_eq!(
+        v["limits"],
+        serde_json::json!({
+            "memory_bytes": 268435456u64,
+            "cpu_millis": 500,
+            "pids": 64,
+            "io_read_bps": null,
+            "io_write_bps": null,
+        })
+    );
+    let out = d.jobs(&d.alice, &["status", &id]);
+    let lines: Vec<&str> = out.stdout_str().lines().collect();
+    assert_eq!(
+        lines[1],
+        "  limits: memory 256.0 MiB, cpu 0.500 cores, pids 64"
+    );
+    assert!(lines[2].starts_with("  usage: peak memory "), "{lines:?}");
+    assert_eq!(d.jobs(&d.alice, &["stop", &id]).code, 0);
+
+    // Above the daemon's default ceiling of 1 GiB: refused, nothing runs.
+    let out = d.jobs(&d.alice, &["start", "--memory", "2G", "--", "true"]);
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (
+            1,
+            "jobs: error: invalid request: memory_bytes 2147483648 is above the server's ceiling of 1073741824\n"
+        )
+    );
+}
+
+#[test]
+fn malformed_limits_are_usage_errors() {
+    // Scenario: a typo in a limit is caught by the CLI before anything is sent.
+    let sb = Sandbox::new();
+    for (flag, value, text) in [
+        ("--memory", "12X", "'12X' is not a size"),
+        ("--cpus", "half", "'half' is not a number of cores"),
+        ("--pids", "-1", "unexpected argument '-1'"),
+    ] {
+        let out = run(sb.command_to(
+            "127.0.0.1:9",
+            &sb.alice,
+            &["start", flag, value, "--", "true"],
+        ));
+        assert_eq!(out.code, 2, "{flag} {value}: {out:?}");
+        assert!(out.stderr.contains(text), "{flag} {value}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn a_restarted_jobsd_kills_what_a_killed_one_left_running() {
+    // Scenario: jobsd is SIGKILLed with a job running; its processes keep
+    // running unowned until a new jobsd on the same state directory starts,
+    // kills them and removes their cgroup.
+    if skip_unless_root("a_restarted_jobsd_kills_what_a_killed_one_left_running") {
+        return;
+    }
+    let mut first = Daemon::start();
+    let id = first.start_job(&first.alice, &["sleep", "600"]);
+    let procs = common::job_processes(&id);
+    assert!(!procs.is_empty(), "no process of the job found");
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert!(procs.iter().all(|p| common::alive(*p)), "killed with jobsd");
+    // Take the sandbox over (Drop of the dead daemon is a no-op).
+    let sandbox = std::mem::replace(&mut first.sandbox, Sandbox::new());
+    drop(first);
+    let second = Daemon::start_in(sandbox, &[]);
+    for pid in &procs {
+        assert!(!common::alive(*pid), "process {pid} survived the restart");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir("/sys/fs/cgroup/unified")
+        .unwrap()
+        .flatten()
+        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten())
+        .filter(|e| e.file_name().to_str() == Some(id.as_str()))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    drop(second);
+}
+
+#[test]
+fn containment_off_is_loud() {
+    // Scenario: an operator turns containment off; jobsd says so on stderr
+    // and its jobs run as its own user.
+    let sb = Sandbox::new();
+    let d = Daemon::start_in(sb, &["--containment", "off"]);
+    let id = d.start_job(&d.alice, &["id", "-u"]);
+    let out = d.jobs(&d.alice, &["stream", &id]);
+    assert_eq!(out.stdout_str(), format!("{}\n", nix::unistd::geteuid()));
+    let log = fs::read_to_string(d.dir.path().join("jobsd.log")).unwrap();
+    assert!(
+        log.contains("containment is OFF (--containment off)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn jobsd_refuses_root_or_unknown_job_accounts() {
+    // Scenario: an operator maps jobs to root by mistake, or misspells an
+    // account; jobsd refuses to start and says which option is wrong.
+    if skip_unless_root("jobsd_refuses_root_or_unknown_job_accounts") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let state = sb.dir.path().join("state");
+    let out = jobsd_refusing_with(&sb, &state, &["--run-as", "root"]);
+    assert_eq!((out.code, out.stdout_str()), (1, ""));
+    assert!(
+        out.stderr.ends_with(
+            "jobsd: error: --run-as root: account 'root' is root (uid or gid 0); jobs run as root only if root is explicitly allowed\n"
+        ),
+        "{}",
+        out.stderr
+    );
+    let out = jobsd_refusing_with(&sb, &state, &["--run-as", "no-such-user"]);
+    assert!(
+        out.stderr.ends_with(
+            "jobsd: error: --run-as no-such-user: no local account named 'no-such-user'\n"
+        ),
+        "{}",
+        out.stderr
+    );
+    let out = jobsd_refusing_with(&sb, &state, &["--max-memory", "1M"]);
+    assert!(
+        out.stderr.ends_with(
+            "jobsd: error: a --max-* value is below the minimum a job can run with: memory_bytes 1048576 is below the minimum of 4194304\n"
+        ),
+        "{}",
+        out.stderr
+    );
 }

@@ -11,13 +11,13 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -88,6 +88,9 @@ struct Running {
     pid: Pid,
     status: File,
     stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    /// Reads stderr to EOF, so that a chatty job never blocks on it.
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
     /// Dropping it stops the watchdog.
     _watchdog: mpsc::Sender<()>,
 }
@@ -97,6 +100,7 @@ struct Running {
 struct Finished {
     /// Every report after those already taken with `next_report`.
     reports: Vec<Report>,
+    /// stdout after the lines already taken with `read_line`.
     stdout: String,
     stderr: String,
     status: ExitStatus,
@@ -189,8 +193,17 @@ fn spawn_raw(args: Vec<OsString>, pidns: Pidns, with_status_pipe: bool) -> Runni
             let _ = kill(pid, Signal::SIGKILL);
         }
     });
+    let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stderr.read_to_end(&mut bytes);
+        bytes
+    });
     Running {
         stdin: child.stdin.take(),
+        stdout,
+        stderr: Some(stderr),
         child: Some(child),
         pid,
         status: File::from(status_r),
@@ -221,6 +234,17 @@ impl Running {
         }
     }
 
+    /// The next line the job writes on stdout, without its newline.
+    fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("read the job's stdout");
+        assert!(line.ends_with('\n'), "stdout ended early: {line:?}");
+        line.pop();
+        line
+    }
+
     /// Lets a job that waits on its stdin go on.
     fn release(&mut self) {
         let mut stdin = self.stdin.take().expect("stdin still open");
@@ -232,10 +256,20 @@ impl Running {
     /// held them must be gone too.
     fn finish(mut self) -> Finished {
         drop(self.stdin.take());
-        let child = self.child.take().expect("not finished yet");
+        let mut stdout = Vec::new();
+        self.stdout
+            .read_to_end(&mut stdout)
+            .expect("read the job's stdout");
+        let stderr = self
+            .stderr
+            .take()
+            .expect("not finished yet")
+            .join()
+            .expect("stderr reader");
+        let mut child = self.child.take().expect("not finished yet");
         // Reaps the init; the watchdog is cancelled only after this returns,
         // when `self` is dropped below.
-        let output = child.wait_with_output().expect("wait for jobs-init");
+        let status = child.wait().expect("wait for jobs-init");
         let mut rest = Vec::new();
         self.status
             .read_to_end(&mut rest)
@@ -247,9 +281,9 @@ impl Running {
             .collect();
         Finished {
             reports,
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            status: output.status,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            status,
         }
     }
 }
@@ -438,6 +472,22 @@ fn init_drops_its_own_privileges() {
 
 // ---------------------------------------------------------------- what the program gets
 
+// The init blocks every signal and the Rust runtime ignores SIGPIPE; none of
+// that may reach the program (with SIGPIPE ignored, a job's pipelines would
+// fail with EPIPE errors instead of ending quietly).
+#[test]
+fn program_starts_with_default_signal_state() {
+    require_root!();
+    let out = run(&job("/usr/bin/cat", &["/proc/self/status"]));
+    out.assert_exited(0);
+    assert_eq!(
+        status_lines(&out.stdout, &["SigBlk", "SigIgn", "SigCgt"]),
+        "SigBlk:\t0000000000000000\n\
+         SigIgn:\t0000000000000000\n\
+         SigCgt:\t0000000000000000\n"
+    );
+}
+
 #[test]
 fn environment_passes_through_exactly() {
     require_root!();
@@ -605,29 +655,76 @@ fn sigterm_is_forwarded(pidns: Pidns) {
     assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
 }
 
-/// A script that leaves an orphan (a child of a shell that exits at once),
-/// then waits up to 10 s for it to exit *and be reaped*: a zombie keeps its
-/// /proc entry, so the entry vanishing means someone waited for it, and the
-/// only one who can is whoever it was reparented to.
+// Forwarding reaches the program's whole process group, not just the program:
+// here a shell that handles SIGTERM, and its background sleep, which dies of it.
+#[test]
+fn sigterm_reaches_the_programs_process_group() {
+    require_root!();
+    let script = "trap 'echo got TERM' TERM; sleep 100 & child=$!; echo ready; \
+                  wait $child; wait $child; echo \"sleep: $?\"";
+    sigterm_reaches_the_helper(shell(script), Pidns::Host);
+}
+
+// As PID 1, forwarding reaches every process of the namespace, even one that
+// left the program's process group and session (setsid).
+#[test]
+fn pid1_forwards_to_the_whole_namespace() {
+    require_root!();
+    let script = "trap 'echo got TERM' TERM; setsid sleep 100 & child=$!; \
+                  i=0; until [ \"$(cut -d' ' -f6 /proc/$child/stat)\" = $child ]; do \
+                  i=$((i + 1)); [ $i -gt 1000 ] && exit 1; sleep 0.01; done; echo ready; \
+                  wait $child; wait $child; echo \"sleep: $?\"";
+    let args = InitArgs {
+        mount_namespace: true,
+        mount_proc: true,
+        ..shell(script)
+    };
+    sigterm_reaches_the_helper(args, Pidns::New);
+}
+
+/// Runs a script that starts a helper, says "ready", and then reports how
+/// the helper ended; sends SIGTERM to the init once it is ready.
+fn sigterm_reaches_the_helper(args: InitArgs, pidns: Pidns) {
+    let mut init = spawn(&args, pidns);
+    assert_eq!(init.next_report(), Some(Report::Started));
+    assert_eq!(init.read_line(), "ready");
+    kill(init.pid, Signal::SIGTERM).unwrap();
+    let out = init.finish();
+    out.assert_exited_after_start(0);
+    assert_eq!(out.stdout, "got TERM\nsleep: 143\n");
+}
+
+/// A script that leaves an orphan (a child of a shell that exits at once) and
+/// prints who adopted it and whether it was reaped once it exited: a zombie
+/// keeps its /proc entry, so the entry vanishing means its new parent waited
+/// for it. Each wait polls /proc (the only way to observe either) for at most
+/// 10 s.
 const ORPHAN_SCRIPT: &str = r#"
-orphan=$(sh -c 'sleep 0.2 >/dev/null 2>&1 & echo $!')
+set -- $(sh -c 'sleep 1 >/dev/null 2>&1 & echo $$ $!')
+shell=$1 orphan=$2
+parent() { cut -d' ' -f4 /proc/$orphan/stat; }
+i=0
+while [ "$(parent)" = "$shell" ]; do
+    i=$((i + 1)); [ $i -gt 200 ] && { echo "never reparented"; exit 1; }
+    sleep 0.05
+done
+if [ "$(parent)" = "$PPID" ]; then echo "adopted by the init"; else echo "adopted by $(parent)"; fi
 i=0
 while [ -e /proc/$orphan ]; do
-    i=$((i + 1))
-    if [ $i -gt 200 ]; then echo "$orphan not reaped: $(cat /proc/$orphan/stat)"; exit 1; fi
+    i=$((i + 1)); [ $i -gt 200 ] && { echo "not reaped: $(cat /proc/$orphan/stat)"; exit 1; }
     sleep 0.05
 done
 echo reaped
 "#;
 
-// Not PID 1: the init is a child subreaper, so orphans come to it and it reaps
-// them (on a host whose PID 1 does not reap, they would stay zombies).
+// Not PID 1: the init is a child subreaper, so orphans come to it (not to the
+// host's PID 1, which may never reap them) and it reaps them.
 #[test]
 fn orphans_are_reaped_by_the_subreaper() {
     require_root!();
     let out = run(&shell(ORPHAN_SCRIPT));
     out.assert_exited(0);
-    assert_eq!(out.stdout, "reaped\n");
+    assert_eq!(out.stdout, "adopted by the init\nreaped\n");
 }
 
 #[test]
@@ -640,7 +737,7 @@ fn orphans_are_reaped_by_pid1() {
     };
     let out = run_as_pid1(&args);
     out.assert_exited(0);
-    assert_eq!(out.stdout, "reaped\n");
+    assert_eq!(out.stdout, "adopted by the init\nreaped\n");
 }
 
 // When the program ends, PID 1 exits and the kernel kills the rest of the

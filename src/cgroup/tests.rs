@@ -621,22 +621,24 @@ async fn zombies_do_not_keep_a_group_busy() {
     cgroups.close().unwrap();
 }
 
-// Scenario: close refuses to remove a subtree that still holds a job group
-// (it would be EBUSY anyway) and says which directory.
+// Scenario: a job group whose owner dropped it without removing it is
+// swept by close (killed, removed) and the subtree goes too.
 #[tokio::test]
-async fn close_with_a_job_left_is_an_error() {
-    let Some(layout) = real_layout("close_with_a_job_left_is_an_error") else {
+async fn close_sweeps_a_job_group_left_behind() {
+    let Some(layout) = real_layout("close_sweeps_a_job_group_left_behind") else {
         return;
     };
-    let name = subtree_name("close_with_a_job_left_is_an_error");
+    let name = subtree_name("close_sweeps_a_job_group_left_behind");
     let _cleanup = Cleanup::new(&layout, &name);
     let cgroups = Cgroups::open(layout, &name).unwrap();
-    let _job = cgroups.create("still-here", &Limits::default()).unwrap();
-    let err = cgroups.close().unwrap_err();
-    assert!(
-        matches!(&err, CgroupError::Remove { source, .. } if source.raw_os_error() == Some(libc::EBUSY)),
-        "{err:?}"
-    );
+    let job = cgroups.create("still-here", &Limits::default()).unwrap();
+    let paths = job.paths();
+    drop(job);
+    cgroups.close().unwrap();
+    for path in paths {
+        assert!(!path.exists(), "{} left behind", path.display());
+        assert!(!path.parent().unwrap().exists(), "subtree left behind");
+    }
 }
 
 fn assert_send_sync<T: Send + Sync>() {}

@@ -410,6 +410,8 @@ mod tests {
                 "started_at": "2023-11-14T22:13:20.005Z",
                 "ended_at": "2023-11-14T22:14:20Z",
                 "owner": "sha256:ab",
+                "limits": null,
+                "usage": null,
             })
         );
         let running =

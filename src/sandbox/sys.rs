@@ -91,25 +91,49 @@ pub(super) fn install_noop_handlers(signals: &SigSet) -> nix::Result<()> {
     Ok(())
 }
 
+/// The size of the kernel's signal set, the last argument of rt_sigaction(2):
+/// `_NSIG / 8` (glibc's `sigset_t` is larger, and the kernel refuses it).
+const KERNEL_SIGSET_SIZE: usize = if cfg!(any(target_arch = "mips", target_arch = "mips64")) {
+    16
+} else {
+    8
+};
+
 /// Restores the default disposition of every signal that can be caught,
-/// including real-time ones. Meant for the program's process before exec:
-/// handlers are reset by execve anyway, but ignored signals (the Rust runtime
-/// ignores SIGPIPE, and the spawner may have ignored others) would be
-/// inherited by the program.
+/// real-time ones included. Meant for the program's process before exec:
+/// handlers are reset by execve anyway, but ignored signals are inherited by
+/// the program (the Rust runtime ignores SIGPIPE, and whoever started the init
+/// may have ignored others: under `cargo test`, signal 32 is ignored).
 ///
 /// # Errors
-/// The OS error of sigaction(2) for a standard signal.
+/// The OS error of sigaction(2) or rt_sigaction(2).
 pub(super) fn reset_signal_dispositions() -> nix::Result<()> {
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for signal in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
         // SAFETY: SIG_DFL is not a function of ours; setting it cannot run code.
         unsafe { sigaction(signal, &default) }?;
     }
-    for signal in libc::SIGRTMIN()..=libc::SIGRTMAX() {
-        // SAFETY: as above; signal(2) with SIG_DFL only changes the
-        // disposition. Failures (none expected) leave the disposition as it
-        // was and are ignored: real-time signals are rarely ignored.
-        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    // The C library refuses the signals it reserves for itself (32 and 33 in
+    // glibc), so the real-time range goes to the kernel directly. An all-zero
+    // kernel `struct sigaction` is SIG_DFL with no flags and an empty mask in
+    // every architecture's layout; 64 zero bytes cover the largest of them.
+    let default = [0u64; 8];
+    for signal in 32..=libc::SIGRTMAX() {
+        // SAFETY: rt_sigaction reads at most sizeof(struct sigaction) bytes
+        // from `default`, which is larger and lives across the call, and is
+        // given no pointer to write to. Setting SIG_DFL cannot run code, and
+        // the C library needs its reserved signals only for threads, which
+        // this process does not have.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                default.as_ptr(),
+                std::ptr::null_mut::<u8>(),
+                KERNEL_SIGSET_SIZE,
+            )
+        };
+        Errno::result(rc)?;
     }
     Ok(())
 }
