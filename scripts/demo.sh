@@ -66,6 +66,20 @@ done
 echo "$ jobs list   (as bob; alice's job is not there)"
 as_bob list
 
+if [ "$(id -u)" = 0 ]; then
+  say "Containment: each job has its own cgroup, account and namespaces"
+  grep -E 'cgroup layout|jobs are contained' "$tmp/jobsd.log" | sed 's/^/jobsd log: /' || true
+  echo '$ jobs run -- sh -c "id; ls /proc | grep -c ^[0-9]"   (who the job is; how many processes it can see)'
+  as_alice run -- sh -c 'id; echo "processes visible: $(ls /proc | grep -c "^[0-9]")"'
+  echo '$ jobs run --memory 32M -- sh -c '"'"'x=$(head -c 200M /dev/zero | tr "\0" a)'"'"'   (a memory hog)'
+  as_alice run --memory 32M -- sh -c 'x=$(head -c 200M /dev/zero | tr "\0" a); echo survived' || echo "(exit code $?)"
+  hog=$(as_alice list | tail -n 1 | cut -d' ' -f1)
+  as_alice status "$hog"
+else
+  say "Containment is OFF: jobsd does not run as root here"
+  grep -E 'containment is OFF' "$tmp/jobsd.log" | sed 's/^/jobsd log: /' || true
+fi
+
 say "alice runs a job and stops it"
 id=$(as_alice start -- sleep 600)
 as_alice stop "$id"

@@ -14,8 +14,13 @@
 //!   output — the registry [`job::Jobs`] with the one access check
 //!   [`job::Jobs::authorize`], and one supervisor task per job. Where a job
 //!   runs is behind the [`job::Executor`] trait.
-//! - [`exec`]: the local executor — a process group per job, a clean
-//!   environment, pidfd-based waiting, signalling without PID-reuse races.
+//! - [`exec`]: the local executor — as root, a cgroup, an unprivileged account
+//!   and namespaces per job (otherwise a process group), a clean environment,
+//!   pidfd-based waiting, stop that kills the whole cgroup.
+//! - [`cgroup`]: per-job control groups on cgroup v2 and v1/hybrid layouts:
+//!   limits, kill, waiting until empty, usage counters, cleanup.
+//! - [`sandbox`]: `jobs-init`, each contained job's first process: namespaces,
+//!   privilege drop, exec, reaping, signal forwarding, exit report.
 //! - [`output`]: the append-only per-job output log on disk and the cursors
 //!   that let any number of followers read it from byte 0 at their own pace.
 //! - [`server`]: the tonic service (translation only), the single
@@ -33,12 +38,25 @@
 //! an existing job goes through [`job::Jobs::authorize`]; "no such job" and
 //! "not your job" are the same NOT_FOUND answer. Jobs get argv verbatim (no
 //! shell), a fixed minimal environment, stdin from /dev/null and no inherited
-//! descriptors. Peers see short fixed error messages; details stay in the log.
+//! descriptors. When `jobsd` is root each job is contained: its own cgroup
+//! with limits (entered before exec), an unprivileged account without
+//! capabilities or new privileges, private PID and mount namespaces, and
+//! optionally no network. Peers see short fixed error messages; details stay
+//! in the log.
 //!
 //! # Current limitations
-//! - Jobs run as the daemon's user, in a process group, not a cgroup: a process
-//!   that calls `setsid` leaves the group and survives a stop, and there are no
-//!   CPU, memory or pid limits.
+//! - Without root, `jobsd` cannot contain jobs: they run as its own user in a
+//!   process group (a `setsid` child survives a stop) with no limits. It says
+//!   so at start-up.
+//! - Contained jobs of all users run as one account (`nobody`) unless
+//!   identities are mapped to accounts of their own; the namespaces separate
+//!   their processes and scratch directories, but world-writable places on the
+//!   host outside `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock` are shared.
+//! - On a pure cgroup v2 host the daemon's own cgroup must be able to hand
+//!   controllers to a child group, which the "no internal processes" rule
+//!   forbids while the daemon sits in it (unless it is the root cgroup):
+//!   `jobsd` then refuses to start with an explanation. Verified here only on
+//!   the v1/hybrid layout; the v2 file formats are unit-tested.
 //! - Job records live in memory: a restart of `jobsd` forgets them (output
 //!   files stay in the state directory).
 //! - No policy file yet: no denylist, rate limits or quotas beyond the
@@ -46,11 +64,12 @@
 //! - Output reads and writes are synchronous `pread`/`write` calls on the
 //!   page cache from async tasks; a disk that stalls stalls those tasks.
 //! - Output on disk is not limited or removed: one job can fill the disk.
-//! - If `jobsd` is killed with SIGKILL, its jobs keep running unowned; a new
-//!   `jobsd` does not know them.
-//! - Orphans of a job (children whose parent exited) are reparented to PID 1,
-//!   which on some container hosts never reaps them; they stay as zombies
-//!   there. `jobsd` reaps every process it spawned itself.
+//! - If `jobsd` is killed with SIGKILL, its jobs keep running unowned until a
+//!   new `jobsd` starts on the same state directory (it kills them and removes
+//!   their cgroups); their records are lost.
+//! - Without a PID namespace, orphans of a job whose init was killed are
+//!   reparented to PID 1, which on some container hosts never reaps them; they
+//!   stay as zombies there. With it (the default), the job's init reaps them.
 //! - Unauthenticated connections are shed at 1024 pending handshakes in all
 //!   and 128 per source address; on loopback every client shares one address,
 //!   so a local user holding 128 idle sockets locks other local clients out

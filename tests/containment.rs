@@ -364,36 +364,40 @@ async fn a_job_cannot_read_the_daemons_keys_state_or_environment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tmp_and_shm_are_private_to_each_job() {
-    // Scenario: one job leaves a file in /tmp and /dev/shm; a second job and
-    // the host see nothing of it.
-    if skip_unless_root("tmp_and_shm_are_private_to_each_job") {
+async fn scratch_places_are_private_to_each_job() {
+    // Scenario: one job leaves a file in every world-writable scratch place
+    // (/tmp, /var/tmp, /dev/shm, /run/lock); a second job and the host see
+    // nothing of it.
+    if skip_unless_root("scratch_places_are_private_to_each_job") {
         return;
     }
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let name = format!("jobs-private-{}", std::process::id());
-    let job = start(
-        &alice,
-        "sh",
-        &[
-            "-c",
-            &format!("echo x > /tmp/{name} && echo x > /dev/shm/{name} && ls -A /tmp /dev/shm"),
-        ],
-    )
-    .await;
-    let f = follow(&alice, &job.id).await;
-    assert_eq!(
-        String::from_utf8(f.stdout()).unwrap(),
-        format!("/dev/shm:\n{name}\n\n/tmp:\n{name}\n")
+    let dirs = ["/dev/shm", "/run/lock", "/tmp", "/var/tmp"]; // as ls sorts them
+    let script = format!(
+        "for d in {}; do echo x > $d/{name} || exit 1; done; ls -A {}",
+        dirs.join(" "),
+        dirs.join(" ")
     );
-    let job = start(&alice, "ls", &["-A", "/tmp", "/dev/shm"]).await;
+    let job = start(&alice, "sh", &["-c", &script]).await;
+    let f = follow(&alice, &job.id).await;
+    let expected: Vec<String> = dirs.iter().map(|d| format!("{d}:\n{name}\n")).collect();
+    assert_eq!(String::from_utf8(f.stdout()).unwrap(), expected.join("\n"));
+    let mut ls = vec!["-A"];
+    ls.extend(dirs);
+    let job = start(&alice, "ls", &ls).await;
+    let expected: Vec<String> = dirs.iter().map(|d| format!("{d}:\n")).collect();
     assert_eq!(
         String::from_utf8(follow(&alice, &job.id).await.stdout()).unwrap(),
-        "/dev/shm:\n\n/tmp:\n"
+        expected.join("\n")
     );
-    assert!(!Path::new("/tmp").join(&name).exists());
-    assert!(!Path::new("/dev/shm").join(&name).exists());
+    for d in dirs {
+        assert!(
+            !Path::new(d).join(&name).exists(),
+            "{d} is shared with the host"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

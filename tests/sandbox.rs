@@ -106,8 +106,8 @@ struct Finished {
     status: ExitStatus,
 }
 
-/// Starts `jobs-init` with `args` as its command line and a status pipe on
-/// fd 3.
+/// Starts `jobs-init` with `args` as its command line and, if
+/// `with_status_pipe`, the write end of a status pipe on fd 3.
 fn spawn_raw(args: Vec<OsString>, pidns: Pidns, with_status_pipe: bool) -> Running {
     let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).expect("status pipe");
     let make = move || -> std::io::Result<Child> {
@@ -119,6 +119,7 @@ fn spawn_raw(args: Vec<OsString>, pidns: Pidns, with_status_pipe: bool) -> Runni
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let status_fd = status_w.as_raw_fd();
+        let root = geteuid().is_root();
         // SAFETY: the closure runs in the forked child before exec and only
         // makes async-signal-safe system calls on integers and on locals
         // that outlive each call: it gives the init supplementary groups,
@@ -140,9 +141,10 @@ fn spawn_raw(args: Vec<OsString>, pidns: Pidns, with_status_pipe: bool) -> Runni
                     }
                 }
                 // Supplementary groups, as a root jobsd may well have, so
-                // that the init visibly has to drop them.
+                // that the init visibly has to drop them (root only: others
+                // may not set groups).
                 let groups: [libc::gid_t; 2] = [4, 27];
-                if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
+                if root && libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 let no_core = libc::rlimit {
@@ -517,6 +519,16 @@ fn argv0_and_arguments_reach_the_program_verbatim() {
     assert_eq!(out.stdout, "[--][-x][][a b][ünï][--uid]");
 }
 
+// The job starts in `/`, not wherever jobsd happens to be.
+#[test]
+fn program_starts_in_the_root_directory() {
+    require_root!();
+    assert_ne!(std::env::current_dir().unwrap(), PathBuf::from("/"));
+    let out = run(&job("/usr/bin/pwd", &[]));
+    out.assert_exited(0);
+    assert_eq!(out.stdout, "/\n");
+}
+
 // The status pipe on fd 3 must not reach the program: `ls` lists only 0-2 and
 // the descriptor it opened itself to read the directory (3).
 #[test]
@@ -660,13 +672,18 @@ fn sigterm_is_forwarded(pidns: Pidns) {
 #[test]
 fn sigterm_reaches_the_programs_process_group() {
     require_root!();
-    let script = "trap 'echo got TERM' TERM; sleep 100 & child=$!; echo ready; \
+    // "ready" only once the child runs `sleep`: before its exec it is a copy
+    // of the shell, with the shell's trap, and would swallow the signal.
+    let script = "trap 'echo got TERM' TERM; sleep 100 & child=$!; \
+                  i=0; until [ \"$(cat /proc/$child/comm)\" = sleep ]; do \
+                  i=$((i + 1)); [ $i -gt 1000 ] && exit 1; sleep 0.01; done; echo ready; \
                   wait $child; wait $child; echo \"sleep: $?\"";
     sigterm_reaches_the_helper(shell(script), Pidns::Host);
 }
 
 // As PID 1, forwarding reaches every process of the namespace, even one that
-// left the program's process group and session (setsid).
+// left the program's process group and session (setsid). "ready" only once
+// the helper has its own session, which `setsid` makes right before exec.
 #[test]
 fn pid1_forwards_to_the_whole_namespace() {
     require_root!();

@@ -65,7 +65,8 @@ pub struct Namespaces {
     /// process of the job can signal anything outside it.
     pub pid: bool,
     /// A private mount namespace (mount_namespaces(7)) with its own empty
-    /// tmpfs on `/tmp` and `/dev/shm`, and its own `/proc` when `pid` is on,
+    /// tmpfs on `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock`, and its own
+    /// `/proc` when `pid` is on,
     /// so jobs of different users share no scratch space.
     pub mount: bool,
     /// The job's network.

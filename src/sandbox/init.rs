@@ -69,18 +69,20 @@ const FORWARDED: [Signal; 17] = [
 /// with its arguments without `argv[0]`.
 ///
 /// In order:
-/// 1. Take the status pipe on [`STATUS_FD`] and mark it (and any other
-///    inherited descriptor above 2) close-on-exec. Without a writable fd 3
-///    the init prints one line on stderr and exits 125: there is nobody to
-///    report to.
+/// 1. Take the status pipe on [`STATUS_FD`]. Without a writable fd 3 the
+///    init prints one line on stderr and exits 125: there is nobody to report
+///    to.
 /// 2. Parse `args` as an [`InitArgs`]; on error print one line on stderr,
 ///    report [`SetupStep::Arguments`] and exit 2.
-/// 3. Block all signals and install a no-op handler for the forwarded ones and
-///    SIGCHLD, first, so that a signal that arrives during setup is kept and
-///    forwarded once the program runs rather than lost or fatal.
+/// 3. Mark fd 3 and every other inherited descriptor above 2 close-on-exec.
+///    Block all signals, and install a no-op handler for the forwarded ones
+///    and SIGCHLD. This comes before any other setup, so that a signal that
+///    arrives meanwhile stays pending and is forwarded once the program runs,
+///    rather than being lost or killing the init.
 /// 4. Unless PID 1, become a child subreaper so that orphans of the job are
 ///    reparented to the init and reaped by it.
-/// 5. Mount namespace (private propagation, `/proc`, `/tmp`, `/dev/shm`),
+/// 5. Mount namespace (private propagation, `/proc`, `/tmp`, `/var/tmp`,
+///    `/dev/shm`, `/run/lock`),
 ///    network namespace with `lo` up, soft RLIMIT_NOFILE of
 ///    min(1024, hard limit).
 /// 6. Fork. The program's process restores the signal defaults, makes its own
@@ -281,9 +283,12 @@ fn waited_signals() -> SigSet {
     set
 }
 
-/// Blocks every signal, and gives the waited ones a handler (that never runs)
-/// so that, as PID 1 of a namespace, the kernel does not discard them as
-/// signals with the default disposition (pid_namespaces(7)).
+/// Blocks every signal, and gives the waited ones a handler (that never runs).
+/// Blocking alone keeps them queued for sigwait, even as PID 1 of a namespace;
+/// the handler is a second line: should one ever be unblocked, an init whose
+/// disposition is SIG_DFL would have it discarded by the kernel (signals from
+/// the parent namespace included, pid_namespaces(7)), or be killed by it when
+/// not PID 1.
 fn block_signals() -> Result<(), Failure> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None).at(SetupStep::Signals)?;
     sys::install_noop_handlers(&waited_signals()).at(SetupStep::Signals)
@@ -316,7 +321,13 @@ fn enter_mount_namespace(args: &InitArgs, pid1: bool) -> Result<(), Failure> {
         mount(Some("proc"), "/proc", Some("proc"), flags, None::<&str>).at(SetupStep::MountProc)?;
     }
     if args.private_tmp {
-        for target in ["/tmp", "/dev/shm"] {
+        // Every world-writable scratch place of a usual Linux host; jobs of
+        // different users (often the same account) must share none. A missing
+        // directory shares nothing and is skipped.
+        for target in PRIVATE_DIRS {
+            if !std::path::Path::new(target).is_dir() {
+                continue;
+            }
             mount(
                 Some("tmpfs"),
                 target,
@@ -329,6 +340,9 @@ fn enter_mount_namespace(args: &InitArgs, pid1: bool) -> Result<(), Failure> {
     }
     Ok(())
 }
+
+/// The directories that get a fresh tmpfs with `private_tmp`.
+const PRIVATE_DIRS: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
 
 fn cstring(bytes: &[u8]) -> Result<CString, Failure> {
     // InitArgs::parse refuses NUL bytes; this is only a second line.
@@ -455,8 +469,14 @@ fn finish(status: &StatusPipe, report: Report) -> ! {
 }
 
 /// Sends `signal` to the job: as PID 1 to every process of the namespace
-/// (kill(-1) spares the init itself), otherwise to the program's process group.
-/// Errors (ESRCH once nobody is left) change nothing.
+/// (kill(-1) spares the init itself and reaches nothing outside the
+/// namespace), otherwise to the program's process group. Errors (ESRCH once
+/// nobody is left) change nothing.
+///
+/// The group id is the program's pid, which cannot have been reused: the init
+/// reaps the program only right before it exits. Processes that left the group
+/// (setsid, setpgid) are not reached outside a PID namespace; `jobsd` reaches
+/// them through the cgroup.
 fn forward(signal: Signal, program: Pid, pid1: bool) {
     let _ = if pid1 {
         kill(Pid::from_raw(-1), signal)

@@ -7,8 +7,8 @@
 //! Its command line is an [`InitArgs`] as made by [`InitArgs::to_args`].
 //!
 //! # What the init owns
-//! - The job's namespaces: a private mount namespace (a fresh `/proc`, a
-//!   private `/tmp` and `/dev/shm`), and an empty network namespace with only
+//! - The job's namespaces: a private mount namespace (a fresh `/proc`, private
+//!   `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock`), and an empty network namespace with only
 //!   `lo`, up.
 //! - Starting the program: a new process group, no supplementary groups, the
 //!   job's uid and gid (verified, and verified irreversible), `no_new_privs`,
@@ -83,8 +83,9 @@ pub struct InitArgs {
     /// sees only its own PID namespace. Needs `mount_namespace` and the init
     /// to be PID 1.
     pub mount_proc: bool,
-    /// Mount fresh tmpfs file systems (mode 1777, nosuid, nodev) on `/tmp` and
-    /// `/dev/shm`. Needs `mount_namespace`.
+    /// Mount fresh tmpfs file systems (mode 1777, nosuid, nodev) on `/tmp`,
+    /// `/var/tmp`, `/dev/shm` and `/run/lock` (those that exist). Needs
+    /// `mount_namespace`. Their pages count against the job's memory limit.
     pub private_tmp: bool,
     /// Give the job its own network namespace with only the loopback
     /// interface, brought up.
@@ -532,7 +533,7 @@ mod tests {
     fn init_args_rejects_relative_program() {
         let err = InitArgs::parse(os(&["--uid", "1", "--gid", "1", "--", "bin/sh", "sh"]));
         assert!(
-            matches!(err, Err(InitError::RelativeProgram { program }) if program == PathBuf::from("bin/sh"))
+            matches!(err, Err(InitError::RelativeProgram { program }) if program == std::path::Path::new("bin/sh"))
         );
     }
 

@@ -67,9 +67,9 @@ pub(super) fn mark_cloexec_from(first: RawFd) -> io::Result<()> {
 }
 
 /// The handler of forwarded signals: does nothing. Signals stay blocked in the
-/// init and are taken with sigwait, so it never runs; its only purpose is that
-/// the disposition is not SIG_DFL, which a PID-namespace init would otherwise
-/// have the kernel discard (pid_namespaces(7)).
+/// init and are taken with sigwait, so it never runs; its purpose is that the
+/// disposition is not SIG_DFL, whose signals the kernel discards for a
+/// PID-namespace init once they are not blocked (pid_namespaces(7)).
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// Installs the no-op handler for each signal in `signals`.
