@@ -52,11 +52,12 @@
 //!   identities are mapped to accounts of their own; the namespaces separate
 //!   their processes and scratch directories, but world-writable places on the
 //!   host outside `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock` are shared.
-//! - On a pure cgroup v2 host the daemon's own cgroup must be able to hand
-//!   controllers to a child group, which the "no internal processes" rule
-//!   forbids while the daemon sits in it (unless it is the root cgroup):
-//!   `jobsd` then refuses to start with an explanation. Verified here only on
-//!   the v1/hybrid layout; the v2 file formats are unit-tested.
+//! - On a pure cgroup v2 host `jobsd` moves itself into a leaf of its own
+//!   cgroup (`jobsd-daemon`) so that the cgroup may hand controllers to job
+//!   groups; if other processes share that cgroup it refuses to start and
+//!   says why (run it as a systemd service with `Delegate=yes`). The v2 paths
+//!   are verified here on the hybrid layout's v2 mount (kill, events, the
+//!   self-move with `hugetlb`); the v2 limit files only by their formats.
 //! - Job records live in memory: a restart of `jobsd` forgets them (output
 //!   files stay in the state directory).
 //! - No policy file yet: no denylist, rate limits or quotas beyond the

@@ -61,15 +61,14 @@ pub enum CgroupError {
     },
 
     /// cgroup v2 refused to enable a controller for the child groups of the
-    /// daemon's own cgroup, because that cgroup holds processes (jobsd
-    /// itself): the "no internal processes" rule. Only the root cgroup is
-    /// exempt.
+    /// daemon's own cgroup, because that cgroup holds processes other than
+    /// the daemon (which moves itself out of the way): the "no internal
+    /// processes" rule. Only the root cgroup is exempt.
     #[error(
         "cannot enable the {controller} controller in {path}: on cgroup v2 a cgroup other than \
          the root can pass controllers to child groups only while no process is in it (the \
-         \"no internal processes\" rule), and one is (for the daemon's own cgroup: jobsd \
-         itself); jobsd needs a delegated cgroup (systemd Delegate=yes) in which its own \
-         process is not in the parent of the job groups"
+         \"no internal processes\" rule), and other processes than jobsd are in it; run jobsd \
+         in a cgroup of its own (e.g. a systemd service with Delegate=yes)"
     )]
     ControllerBlocked {
         /// The `cgroup.subtree_control` file written.

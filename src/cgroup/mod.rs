@@ -286,12 +286,15 @@ impl Cgroups {
     /// most 5 s, blocking the thread) the groups are removed; each is
     /// logged at WARN. On v2, the `memory`, `cpu`, `pids` and `io`
     /// controllers the own cgroup offers are enabled for the subtree and its
-    /// job groups. The daemon never joins the subtree itself.
+    /// job groups; if the daemon's own presence in its cgroup blocks that
+    /// (the "no internal processes" rule), the daemon first moves itself into
+    /// the leaf [`DAEMON_LEAF`] beside the subtree. The daemon never joins the
+    /// subtree itself.
     ///
     /// # Errors
     /// [`CgroupError::InvalidName`]; [`CgroupError::ControllerBlocked`] on v2
-    /// when the own cgroup cannot hand controllers to children because the
-    /// daemon is in it (nothing is changed then); [`CgroupError::Create`],
+    /// when the own cgroup cannot hand controllers to children because other
+    /// processes than the daemon are in it; [`CgroupError::Create`],
     /// [`CgroupError::Write`], [`CgroupError::Read`] for the directories and
     /// files; [`CgroupError::LeftoverBusy`] if a leftover's processes do not
     /// die; [`CgroupError::Signal`], [`CgroupError::Remove`] for leftovers.
@@ -300,7 +303,7 @@ impl Cgroups {
         check_name(name)?;
         let own = layout.own_nodes();
         if let Layout::V2(h) = &layout {
-            enable_controllers(&h.own_dir, &h.controllers)?;
+            enable_in_own_cgroup(h)?;
         }
         let nodes: Vec<Node> = own.iter().map(|n| n.child(name)).collect();
         let mut created: Vec<&Node> = Vec::new();
@@ -620,6 +623,32 @@ fn check_name(name: &str) -> Result<(), CgroupError> {
 
 /// Enables `controllers` for the children of the v2 group at `dir`, those
 /// not enabled yet, one at a time so an error names the controller.
+/// The leaf the daemon moves itself into on cgroup v2, beside its job
+/// subtrees, so that its own cgroup holds no process and may pass controllers
+/// to children (the layout systemd's `DelegateSubgroup=` sets up).
+pub const DAEMON_LEAF: &str = "jobsd-daemon";
+
+/// Enables the controllers for the children of the daemon's own v2 cgroup.
+/// If the daemon's presence blocks that ("no internal processes"), the daemon
+/// moves itself into [`DAEMON_LEAF`] and tries again; if other processes share
+/// the cgroup, that still fails with [`CgroupError::ControllerBlocked`].
+fn enable_in_own_cgroup(h: &Hierarchy) -> Result<(), CgroupError> {
+    match enable_controllers(&h.own_dir, &h.controllers) {
+        Err(CgroupError::ControllerBlocked { .. }) => {
+            let leaf = h.own_dir.join(DAEMON_LEAF);
+            match std::fs::create_dir(&leaf) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(source) => return Err(CgroupError::Create { path: leaf, source }),
+            }
+            fs::write(&leaf.join("cgroup.procs"), &std::process::id().to_string())?;
+            tracing::info!(leaf = %leaf.display(), "moved jobsd into a leaf cgroup so that its own cgroup can hand controllers to job groups");
+            enable_controllers(&h.own_dir, &h.controllers)
+        }
+        other => other,
+    }
+}
+
 fn enable_controllers(dir: &Path, controllers: &[String]) -> Result<(), CgroupError> {
     let path = dir.join("cgroup.subtree_control");
     let enabled = parse::parse_v2_controllers(&fs::read(&path)?);

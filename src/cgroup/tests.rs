@@ -744,3 +744,98 @@ fn subtree_is_made_reused_and_closed() {
     cgroups.close().unwrap();
     assert!(!subtree.exists());
 }
+
+// Scenario: on pure cgroup v2 the daemon sits in its own cgroup, which the
+// "no internal processes" rule then forbids to hand controllers to job groups;
+// `open` moves the daemon into a leaf beside its subtree and succeeds. Runs
+// in a process of its own (it moves its whole process), with the v2 mount of
+// the hybrid layout and its `hugetlb` controller standing in for a v2 host.
+#[test]
+fn v2_open_moves_the_daemon_out_of_its_own_cgroup() {
+    let test = "v2_open_moves_the_daemon_out_of_its_own_cgroup";
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipping {test}: needs root to create cgroups");
+        return;
+    }
+    let controllers =
+        std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
+    if !controllers.split_whitespace().any(|c| c == "hugetlb") {
+        println!("skipping {test}: no cgroup v2 mount with a controller at /sys/fs/cgroup/unified");
+        return;
+    }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cgroup::tests::v2_self_move_in_a_process_of_its_own",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env("JOBS_V2_SELF_MOVE_CHILD", "1")
+        .status()
+        .unwrap();
+    assert!(status.success(), "the child test failed: {status}");
+}
+
+#[test]
+#[ignore = "run by v2_open_moves_the_daemon_out_of_its_own_cgroup in a process of its own"]
+fn v2_self_move_in_a_process_of_its_own() {
+    if std::env::var_os("JOBS_V2_SELF_MOVE_CHILD").is_none() {
+        return;
+    }
+    let root = PathBuf::from("/sys/fs/cgroup/unified");
+    // The root (exempt from the rule) hands hugetlb down for this test; undone
+    // at the end if this test turned it on.
+    let root_control = root.join("cgroup.subtree_control");
+    let was_on = std::fs::read_to_string(&root_control)
+        .unwrap()
+        .split_whitespace()
+        .any(|c| c == "hugetlb");
+    if !was_on {
+        std::fs::write(&root_control, "+hugetlb").unwrap();
+    }
+    let own_name = format!("jobs-v2-test-{}", std::process::id());
+    let own = root.join(&own_name);
+    std::fs::create_dir(&own).unwrap();
+    let me = std::process::id().to_string();
+    std::fs::write(own.join("cgroup.procs"), &me).unwrap();
+    let layout = Layout::V2(Hierarchy {
+        controllers: vec!["hugetlb".to_owned()],
+        mount_point: root.clone(),
+        own_dir: own.clone(),
+    });
+    let result = std::panic::catch_unwind(|| {
+        // Blocked while we sit in `own`: the precondition of this test.
+        let blocked = std::fs::write(own.join("cgroup.subtree_control"), "+hugetlb");
+        assert_eq!(
+            blocked.unwrap_err().raw_os_error(),
+            Some(libc::EBUSY),
+            "the own cgroup was not blocked to begin with"
+        );
+        let cgroups = Cgroups::open(layout, "jobsd-v2test").unwrap();
+        let mine = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        assert!(
+            mine.lines()
+                .any(|l| l == format!("0::/{own_name}/{DAEMON_LEAF}")),
+            "{mine}"
+        );
+        let control = std::fs::read_to_string(own.join("cgroup.subtree_control")).unwrap();
+        assert_eq!(control.trim(), "hugetlb");
+        let job = cgroups.create("job", &Limits::default()).unwrap();
+        assert!(own.join("jobsd-v2test/job").is_dir());
+        job.remove().unwrap();
+        cgroups.close().unwrap();
+        assert!(!own.join("jobsd-v2test").exists());
+    });
+    // Back to the root and away with the test's groups, whatever happened.
+    std::fs::write(root.join("cgroup.procs"), &me).unwrap();
+    let _ = std::fs::write(own.join("cgroup.subtree_control"), "-hugetlb");
+    let _ = std::fs::remove_dir(own.join("jobsd-v2test"));
+    let _ = std::fs::remove_dir(own.join(DAEMON_LEAF));
+    std::fs::remove_dir(&own).unwrap();
+    if !was_on {
+        let _ = std::fs::write(&root_control, "-hugetlb");
+    }
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
