@@ -4,7 +4,8 @@
 //! `jobs::ca`, starts jobs that write a lot, and measures how fast their output
 //! reaches a follower (pipe → log file → TLS → client) and an `Output` reader
 //! after the job ended, the process's peak RSS growth while doing so, and the
-//! latency of starting a job. Run with `cargo bench --bench throughput`;
+//! latency of starting a job (contained, as `jobsd` does it, when run as
+//! root). Run with `cargo bench --bench throughput`;
 //! `JOBS_BENCH_MIB` sets the output size (default 1024 MiB).
 
 use std::time::{Duration, Instant};
@@ -67,10 +68,25 @@ async fn run() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let config = ServerConfig::new(
-        server_pem.server_config().expect("tls"),
-        jobs::server::StateDir::open(dir.path().join("state")).expect("state dir"),
-    );
+    let state = jobs::server::StateDir::open(dir.path().join("state")).expect("state dir");
+    let cgroup_name = jobs::exec::cgroup_name_for(state.path());
+    let mut config = ServerConfig::new(server_pem.server_config().expect("tls"), state);
+    // As root, jobs are contained as `jobsd` contains them (cgroup, nobody,
+    // namespaces), so start latency includes all of that.
+    if nix::unistd::geteuid().is_root() {
+        let contain = jobs::exec::ContainConfig {
+            init: env!("CARGO_BIN_EXE_jobs-init").into(),
+            account: jobs::job::Account::lookup("nobody", false).expect("account nobody"),
+            namespaces: jobs::exec::Namespaces::default(),
+            io_devices: Vec::new(),
+            cgroup_name,
+        };
+        config.executor =
+            std::sync::Arc::new(jobs::exec::LocalExecutor::contained(contain).expect("contain"));
+        println!("jobs contained (cgroup, account nobody, PID and mount namespaces)");
+    } else {
+        println!("jobs not contained (not root)");
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, config, async {
         let _ = stop_rx.await;
