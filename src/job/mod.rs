@@ -415,8 +415,6 @@ impl Jobs {
             return Err(JobError::LimitsUnavailable);
         };
         let id = JobId::new_random();
-        let log_path = self.config.output_dir.join(format!("{id}.log"));
-        let (writer, log) = output::create(&log_path)?;
         let name = id.to_string();
         let launch = Launch {
             name: &name,
@@ -424,16 +422,13 @@ impl Jobs {
             limits: &limits.unwrap_or_default(),
             account,
         };
-        let spawned = match self.executor.spawn(launch).await {
-            Ok(s) => s,
-            Err(e) => {
-                drop((writer, log));
-                let _ = std::fs::remove_file(&log_path);
-                return Err(e.into());
-            }
-        };
+        // Dropping this future while the executor starts the job kills and
+        // reaps what it started; nothing else exists yet.
+        let spawned = self.executor.spawn(launch).await?;
         // From here on nothing awaits, so the job is registered and supervised
-        // even if the caller goes away.
+        // even if the caller goes away. Output waits in the pipes meanwhile.
+        // If the log cannot be made, dropping `spawned` kills the job.
+        let (writer, log) = output::create(&self.config.output_dir.join(format!("{id}.log")))?;
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
         let (stop_tx, stop_rx) = watch::channel(false);
         let job = Arc::new(Job {
