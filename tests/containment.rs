@@ -622,3 +622,91 @@ async fn limits_need_a_contained_server() {
     let job = start(&alice, "true", &[]).await;
     assert_eq!((job.limits, job.usage), (None, None));
 }
+
+/// The first whole disk under /sys/block that has a device node in /dev
+/// (loop and zram devices are skipped), e.g. /dev/vda.
+fn a_block_device() -> Option<PathBuf> {
+    std::fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("loop") && !n.starts_with("zram") && !n.starts_with("ram"))
+        .map(|n| Path::new("/dev").join(n))
+        .find(|p| p.exists())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_limits_are_written_for_every_configured_device() {
+    // Scenario: the operator names a disk and a write ceiling; a job asking
+    // for less gets exactly that bandwidth limit on that disk, in its cgroup.
+    if skip_unless_root("io_limits_are_written_for_every_configured_device") {
+        return;
+    }
+    let Some(disk) = a_block_device() else {
+        eprintln!(
+            "io_limits_are_written_for_every_configured_device: skipped: no disk in /sys/block"
+        );
+        return;
+    };
+    let device = jobs::exec::IoDevice::from_path(&disk).unwrap();
+    let devices = vec![device.clone()];
+    let server = TestServer::start_contained(
+        move |contain| contain.io_devices = devices,
+        |c| c.jobs.ceiling.io_write_bps = Some(100 << 20),
+    )
+    .await;
+    let alice = client(&server, "alice").await;
+    let job = start_limited(
+        &alice,
+        proto::Limits {
+            io_write_bps: Some(1 << 20),
+            ..Default::default()
+        },
+        "sleep",
+        &["600"],
+    )
+    .await;
+    let dirs = cgroup_dirs_named(&job.id);
+    let file = dirs
+        .iter()
+        .map(|d| d.join("blkio.throttle.write_bps_device"))
+        .chain(dirs.iter().map(|d| d.join("io.max")))
+        .find(|f| f.exists())
+        .expect("an io limit file in the job's cgroup");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let expected = if file.ends_with("io.max") {
+        format!(
+            "{}:{} rbps=max wbps=1048576 riops=max wiops=max\n",
+            device.major, device.minor
+        )
+    } else {
+        format!("{}:{} 1048576\n", device.major, device.minor)
+    };
+    assert_eq!(text, expected);
+    alice.stop(&job.id).await.unwrap();
+
+    // Above the ceiling: refused.
+    let err = alice
+        .start_with_limits(
+            "true",
+            &[],
+            proto::Limits {
+                io_write_bps: Some(200 << 20),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), tonic::Code::InvalidArgument);
+}
+
+#[test]
+fn io_limits_need_a_block_device() {
+    // Scenario: an operator passes a file that is not a disk to --io-device.
+    let err = jobs::exec::IoDevice::from_path(Path::new("/dev/null")).unwrap_err();
+    assert_eq!(err.to_string(), "cannot use /dev/null for IO limits");
+    assert_eq!(
+        std::error::Error::source(&err).unwrap().to_string(),
+        "not a block device"
+    );
+}

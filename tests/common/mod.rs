@@ -461,7 +461,7 @@ impl TestServer {
         tls: Arc<rustls::ServerConfig>,
         tweak: impl FnOnce(&mut ServerConfig),
     ) -> Self {
-        Self::start_full(tls, Some(jobs::exec::Namespaces::default()), tweak).await
+        Self::start_full(tls, Some(Box::new(|_| {})), tweak).await
     }
 
     /// As root, jobs contained with these namespaces (see [`Self::start`]).
@@ -469,8 +469,16 @@ impl TestServer {
         namespaces: jobs::exec::Namespaces,
         tweak: impl FnOnce(&mut ServerConfig),
     ) -> Self {
+        Self::start_contained(move |c| c.namespaces = namespaces, tweak).await
+    }
+
+    /// As root, jobs contained as `contain` changes the default containment.
+    pub async fn start_contained(
+        contain: impl FnOnce(&mut jobs::exec::ContainConfig) + 'static,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let tls = server_pem().server_config().expect("server TLS config");
-        Self::start_full(tls, Some(namespaces), tweak).await
+        Self::start_full(tls, Some(Box::new(contain)), tweak).await
     }
 
     /// Jobs never contained, even as root.
@@ -481,7 +489,7 @@ impl TestServer {
 
     async fn start_full(
         tls: Arc<rustls::ServerConfig>,
-        namespaces: Option<jobs::exec::Namespaces>,
+        contain: Option<Box<dyn FnOnce(&mut jobs::exec::ContainConfig)>>,
         tweak: impl FnOnce(&mut ServerConfig),
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -494,8 +502,8 @@ impl TestServer {
             .expect("state dir");
         let state_dir = jobs::server::StateDir::open(state.path()).expect("lock state dir");
         let mut config = ServerConfig::new(tls, state_dir);
-        if let (Some(namespaces), Some(mut contain)) = (namespaces, contain_config(state.path())) {
-            contain.namespaces = namespaces;
+        if let (Some(change), Some(mut contain)) = (contain, contain_config(state.path())) {
+            change(&mut contain);
             config.executor = Arc::new(
                 jobs::exec::LocalExecutor::contained(contain).expect("contain jobs as root"),
             );
