@@ -435,6 +435,9 @@ pub fn server_pem() -> PemFiles {
 // ---------------------------------------------------------------------------
 // Server
 
+/// A change to the default containment of a [`TestServer`].
+type ContainChange = Box<dyn FnOnce(&mut jobs::exec::ContainConfig)>;
+
 /// The real server on `127.0.0.1:0`, in-process. Dropping it asks it to shut
 /// down; [`TestServer::shutdown`] also waits until `serve` has returned.
 pub struct TestServer {
@@ -489,7 +492,7 @@ impl TestServer {
 
     async fn start_full(
         tls: Arc<rustls::ServerConfig>,
-        contain: Option<Box<dyn FnOnce(&mut jobs::exec::ContainConfig)>>,
+        contain: Option<ContainChange>,
         tweak: impl FnOnce(&mut ServerConfig),
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
