@@ -168,9 +168,19 @@ impl Daemon {
 
     /// A daemon on `sandbox` (its state dir included) with `extra` options.
     fn start_in(sandbox: Sandbox, extra: &[&str]) -> Self {
+        Self::start_as(sandbox, extra, None)
+    }
+
+    /// As [`Daemon::start_in`], as user `uid` (and group `uid`) if given.
+    fn start_as(sandbox: Sandbox, extra: &[&str], uid: Option<u32>) -> Self {
+        use std::os::unix::process::CommandExt;
         let dir = sandbox.dir.path();
         let log = fs::File::create(dir.join("jobsd.log")).unwrap();
-        let mut child = Command::new(JOBSD)
+        let mut jobsd = Command::new(JOBSD);
+        if let Some(uid) = uid {
+            jobsd.uid(uid).gid(uid);
+        }
+        let mut child = jobsd
             .args(["--listen", "127.0.0.1:0", "--grace-secs", "1", "--ca"])
             .arg(&sandbox.ca)
             .arg("--cert")
@@ -1138,5 +1148,38 @@ fn jobsd_refuses_root_or_unknown_job_accounts() {
         ),
         "{}",
         out.stderr
+    );
+}
+
+#[test]
+fn jobsd_as_an_ordinary_user_runs_uncontained_and_says_so() {
+    // Scenario: someone starts jobsd without root; it serves anyway, warns
+    // that containment is off, runs jobs as that user, and refuses limits
+    // rather than ignoring them.
+    if skip_unless_root("jobsd_as_an_ordinary_user_runs_uncontained_and_says_so") {
+        return;
+    }
+    let nobody = 65534;
+    let sb = Sandbox::new();
+    // The daemon's files must be its own (keys stay 0600).
+    for entry in fs::read_dir(sb.dir.path()).unwrap().flatten() {
+        std::os::unix::fs::chown(entry.path(), Some(nobody), Some(nobody)).unwrap();
+    }
+    std::os::unix::fs::chown(sb.dir.path(), Some(nobody), Some(nobody)).unwrap();
+    let d = Daemon::start_as(sb, &[], Some(nobody));
+    let log = fs::read_to_string(d.dir.path().join("jobsd.log")).unwrap();
+    assert!(
+        log.contains("containment is OFF because jobsd does not run as root"),
+        "{log}"
+    );
+    let id = d.start_job(&d.alice, &["id", "-u"]);
+    assert_eq!(d.jobs(&d.alice, &["stream", &id]).stdout_str(), "65534\n");
+    let out = d.jobs(&d.alice, &["start", "--memory", "64M", "--", "true"]);
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (
+            1,
+            "jobs: error: not possible now: this server runs jobs without containment and cannot enforce resource limits\n"
+        )
     );
 }
