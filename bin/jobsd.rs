@@ -58,7 +58,8 @@ struct ContainArgs {
     /// FINGERPRINT as `jobs-ca fingerprint` prints it.
     #[arg(long, value_name = "FINGERPRINT=USER")]
     run_as_for: Vec<String>,
-    /// Allow accounts with uid 0 or gid 0 in --run-as / --run-as-for.
+    /// Allow jobs to run as root: accounts with uid 0 or gid 0 in --run-as /
+    /// --run-as-for, and --containment off when jobsd runs as root.
     #[arg(long)]
     allow_root: bool,
     /// The job init program [default: jobs-init next to jobsd].
@@ -136,6 +137,9 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
     jobs::exec::protect_daemon_process().context("cannot mark jobsd non-dumpable")?;
+    // Before anything that needs undoing (the cgroup subtree, jobs): a
+    // SIGTERM from now on is an orderly shutdown, never a sudden death.
+    let shutdown = shutdown_signal()?;
     let pem = jobs::tls::PemFiles {
         ca: args.ca,
         cert: args.cert,
@@ -165,7 +169,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The line scripts and tests wait for; printed after the bind succeeded.
     println!("listening on {local}");
     tracing::info!(%local, state_dir = %args.state_dir.display(), "jobsd ready");
-    jobs::server::serve(listener, config, shutdown_signal()?)
+    jobs::server::serve(listener, config, shutdown)
         .await
         .context("server failed")?;
     Ok(())
@@ -180,6 +184,9 @@ fn contain(
 ) -> anyhow::Result<Option<LocalExecutor>> {
     let root = nix::unistd::geteuid().is_root();
     match (args.containment, root) {
+        (Mode::Off, true) if !args.allow_root => anyhow::bail!(
+            "--containment off as root would run every user's jobs as root; add --allow-root if that is really meant"
+        ),
         (Mode::Off, _) => {
             tracing::warn!(
                 "containment is OFF (--containment off): jobs run as jobsd's own user, see each other's processes and files, and have no resource limits"
@@ -198,6 +205,7 @@ fn contain(
     }
     let account = Account::lookup(&args.run_as, args.allow_root)
         .with_context(|| format!("--run-as {}", args.run_as))?;
+    warn_if_root(&account, "--run-as");
     for entry in &args.run_as_for {
         let (fingerprint, user) = entry
             .split_once('=')
@@ -207,6 +215,7 @@ fn contain(
             .with_context(|| format!("--run-as-for {entry}"))?;
         let account = Account::lookup(user, args.allow_root)
             .with_context(|| format!("--run-as-for {entry}"))?;
+        warn_if_root(&account, "--run-as-for");
         if jobs.accounts.insert(identity, account).is_some() {
             anyhow::bail!("--run-as-for: {fingerprint} is given twice");
         }
@@ -266,6 +275,17 @@ fn contain(
     Ok(Some(executor))
 }
 
+/// Says loudly that jobs will run as root (possible only with --allow-root).
+fn warn_if_root(account: &Account, option: &str) {
+    if account.uid == 0 || account.gid == 0 {
+        tracing::warn!(
+            account = %account.name,
+            option,
+            "jobs of this account run as ROOT (uid or gid 0; --allow-root): they are contained in a cgroup and namespaces but hold root's privileges in them"
+        );
+    }
+}
+
 /// Parses `s` with `parse`, or `None` for the word `none`.
 fn optional<T, E: Into<anyhow::Error>>(
     s: &str,
@@ -309,15 +329,22 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
+/// Resolves on the first SIGTERM or SIGINT. SIGHUP (a closed terminal, or an
+/// operator expecting a reload) is logged and otherwise ignored: there is no
+/// configuration to reload yet, and it must not kill the daemon and orphan
+/// its jobs.
 fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => break tracing::info!("SIGTERM received"),
+                _ = int.recv() => break tracing::info!("SIGINT received"),
+                _ = hup.recv() => tracing::info!("SIGHUP received: ignored (nothing to reload)"),
+            }
         }
     })
 }

@@ -168,15 +168,26 @@ impl Daemon {
 
     /// A daemon on `sandbox` (its state dir included) with `extra` options.
     fn start_in(sandbox: Sandbox, extra: &[&str]) -> Self {
-        Self::start_as(sandbox, extra, None)
+        Self::start_as(sandbox, extra, None, None)
     }
 
-    /// As [`Daemon::start_in`], as user `uid` (and group `uid`) if given.
-    fn start_as(sandbox: Sandbox, extra: &[&str], uid: Option<u32>) -> Self {
+    /// As [`Daemon::start_in`], as user `uid` (and group `uid`) if given, and
+    /// placed (by a shell that then execs jobsd) into the cgroup whose
+    /// `cgroup.procs` is `cgroup` if given.
+    fn start_as(sandbox: Sandbox, extra: &[&str], uid: Option<u32>, cgroup: Option<&Path>) -> Self {
         use std::os::unix::process::CommandExt;
         let dir = sandbox.dir.path();
         let log = fs::File::create(dir.join("jobsd.log")).unwrap();
-        let mut jobsd = Command::new(JOBSD);
+        let mut jobsd = match cgroup {
+            None => Command::new(JOBSD),
+            Some(procs) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", "echo 0 > \"$0\" && exec \"$@\""])
+                    .arg(procs)
+                    .arg(JOBSD);
+                sh
+            }
+        };
         if let Some(uid) = uid {
             jobsd.uid(uid).gid(uid);
         }
@@ -1104,7 +1115,19 @@ fn containment_off_is_loud() {
     // Scenario: an operator turns containment off; jobsd says so on stderr
     // and its jobs run as its own user.
     let sb = Sandbox::new();
-    let d = Daemon::start_in(sb, &["--containment", "off"]);
+    if common::is_root() {
+        // As root that would run jobs as root: refused unless asked for.
+        let state = sb.dir.path().join("state");
+        let out = jobsd_refusing_with(&sb, &state, &["--containment", "off"]);
+        assert!(
+            out.stderr.ends_with(
+                "jobsd: error: --containment off as root would run every user's jobs as root; add --allow-root if that is really meant\n"
+            ),
+            "{}",
+            out.stderr
+        );
+    }
+    let d = Daemon::start_in(sb, &["--containment", "off", "--allow-root"]);
     let id = d.start_job(&d.alice, &["id", "-u"]);
     let out = d.jobs(&d.alice, &["stream", &id]);
     assert_eq!(out.stdout_str(), format!("{}\n", nix::unistd::geteuid()));
@@ -1166,7 +1189,7 @@ fn jobsd_as_an_ordinary_user_runs_uncontained_and_says_so() {
         std::os::unix::fs::chown(entry.path(), Some(nobody), Some(nobody)).unwrap();
     }
     std::os::unix::fs::chown(sb.dir.path(), Some(nobody), Some(nobody)).unwrap();
-    let d = Daemon::start_as(sb, &[], Some(nobody));
+    let d = Daemon::start_as(sb, &[], Some(nobody), None);
     let log = fs::read_to_string(d.dir.path().join("jobsd.log")).unwrap();
     assert!(
         log.contains("containment is OFF because jobsd does not run as root"),
@@ -1182,4 +1205,101 @@ fn jobsd_as_an_ordinary_user_runs_uncontained_and_says_so() {
             "jobs: error: not possible now: this server runs jobs without containment and cannot enforce resource limits\n"
         )
     );
+}
+
+#[test]
+fn a_daemon_out_of_processes_says_so_and_recovers() {
+    // Scenario: jobsd runs in a cgroup with a process limit (as under systemd's
+    // TasksMax) and its jobs use it up; a start is refused with
+    // RESOURCE_EXHAUSTED instead of crashing the daemon, other calls are
+    // answered, and starts work again once jobs end.
+    if skip_unless_root("a_daemon_out_of_processes_says_so_and_recovers") {
+        return;
+    }
+    let own = fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.split_once(":pids:").map(|(_, p)| p.to_owned()));
+    let Some(own) = own else {
+        eprintln!("a_daemon_out_of_processes_says_so_and_recovers: skipped: no v1 pids hierarchy");
+        return;
+    };
+    let group = PathBuf::from(format!(
+        "/sys/fs/cgroup/pids{}/jobs-test-tasksmax-{}",
+        own.trim_end_matches('/'),
+        std::process::id()
+    ));
+    fs::create_dir(&group).unwrap();
+    // The daemon joins the group before it execs (a pre-exec write of "0").
+    let d = Daemon::start_as(Sandbox::new(), &[], None, Some(&group.join("cgroup.procs")));
+    let in_use: u32 = fs::read_to_string(group.join("pids.current"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Room for a few jobs (2 processes each: jobs-init and the program).
+    fs::write(group.join("pids.max"), (in_use + 8).to_string()).unwrap();
+    let mut ids = Vec::new();
+    let refused = loop {
+        let out = d.jobs(&d.alice, &["start", "--", "sleep", "600"]);
+        if out.code != 0 {
+            break out;
+        }
+        ids.push(out.stdout_str().trim_end().to_owned());
+        assert!(ids.len() < 20, "the process limit never bit");
+    };
+    assert_eq!(
+        refused.stderr,
+        "jobs: error: limit reached: the server cannot start more processes right now; retry later\n"
+    );
+    assert!(!ids.is_empty());
+    assert_eq!(d.jobs(&d.alice, &["list"]).code, 0);
+    for id in &ids {
+        assert_eq!(d.jobs(&d.alice, &["stop", id]).code, 0);
+    }
+    let id = d.start_job(&d.alice, &["true"]);
+    assert_eq!(d.jobs(&d.alice, &["stream", &id]).code, 0);
+    drop(d);
+    let _ = fs::remove_dir(&group);
+}
+
+#[test]
+fn sighup_does_not_kill_jobsd_and_an_early_sigterm_is_orderly() {
+    // Scenario: the terminal jobsd runs in closes (SIGHUP); later a script
+    // sends SIGTERM the moment jobsd says it listens. jobsd survives the
+    // first, shuts down in order on the second, and leaves no cgroup.
+    let mut d = Daemon::start();
+    let id = d.start_job(&d.alice, &["sleep", "600"]);
+    let pid = Pid::from_raw(i32::try_from(d.child.id()).unwrap());
+    kill(pid, Signal::SIGHUP).unwrap();
+    let again = d.start_job(&d.alice, &["true"]);
+    assert_eq!(d.jobs(&d.alice, &["stream", &again]).code, 0);
+    assert!(
+        headline(d.jobs(&d.alice, &["status", &id]))
+            .stdout_str()
+            .contains("  running  "),
+        "the job did not survive SIGHUP"
+    );
+    let log = fs::read_to_string(d.dir.path().join("jobsd.log")).unwrap();
+    assert!(log.contains("SIGHUP received: ignored"), "{log}");
+
+    let sandbox = std::mem::replace(&mut d.sandbox, Sandbox::new());
+    kill(pid, Signal::SIGTERM).unwrap();
+    assert!(d.child.wait().unwrap().success());
+    drop(d);
+    let mut d = Daemon::start_in(sandbox, &[]);
+    let pid = Pid::from_raw(i32::try_from(d.child.id()).unwrap());
+    kill(pid, Signal::SIGTERM).unwrap();
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "jobsd ended with {status}");
+    if common::is_root() {
+        let state = d.dir.path().join("state");
+        let subtree = jobs::exec::cgroup_name_for(&state);
+        let left: Vec<_> = fs::read_dir("/sys/fs/cgroup/unified")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_str() == Some(subtree.as_str()))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }

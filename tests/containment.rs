@@ -710,3 +710,38 @@ fn io_limits_need_a_block_device() {
         "not a block device"
     );
 }
+
+/// System V shared memory segments the host can see.
+fn host_shm_segments() -> usize {
+    std::fs::read_to_string("/proc/sysvipc/shm")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_v_ipc_is_private_to_each_job_and_dies_with_it() {
+    // Scenario: a job leaves a System V shared memory segment behind (memory
+    // that would outlive its limit, readable by every job of the same
+    // account); another job does not see it and the host has none left.
+    if skip_unless_root("system_v_ipc_is_private_to_each_job_and_dies_with_it") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+    let before = host_shm_segments();
+    let count = "tail -n +2 /proc/sysvipc/shm | wc -l";
+    let job = start(
+        &alice,
+        "sh",
+        &["-c", &format!("ipcmk -M 1048576 >/dev/null && {count}")],
+    )
+    .await;
+    let f = follow(&alice, &job.id).await;
+    assert_eq!((f.stdout(), f.status.exit_code), (b"1\n".to_vec(), Some(0)));
+    let job = start(&bob, "sh", &["-c", count]).await;
+    assert_eq!(follow(&bob, &job.id).await.stdout(), b"0\n");
+    assert_eq!(host_shm_segments(), before, "a segment outlived its job");
+}

@@ -62,6 +62,7 @@ fn job(program: &str, args: &[&str]) -> InitArgs {
         mount_proc: false,
         private_tmp: false,
         network_none: false,
+        ipc_namespace: false,
         program: PathBuf::from(program),
         argv0: program.rsplit('/').next().unwrap_or(program).to_owned(),
         args: args.iter().map(|a| a.to_string()).collect(),
@@ -877,6 +878,7 @@ fn network_none_has_only_loopback_up() {
     require_root!();
     let args = InitArgs {
         network_none: true,
+        ipc_namespace: false,
         ..job(
             "/usr/bin/bash",
             &["-c", "cat /proc/net/dev; echo > /dev/tcp/127.0.0.1/9"],

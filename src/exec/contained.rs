@@ -147,11 +147,15 @@ pub struct ContainConfig {
 }
 
 /// The cgroup subtree name for the daemon using `state_dir`: `jobsd-` and 16
-/// hex digits of the SHA-256 of the path. A state directory is locked by one
-/// daemon at a time, so the subtree is that daemon's alone, and a daemon
-/// restarted on the same state directory finds what its predecessor left.
+/// hex digits of the SHA-256 of the directory's canonical path (realpath(3):
+/// symlinks, `.`, `..` and trailing slashes resolved; the path as given if it
+/// cannot be resolved), so every spelling of one directory gives one name. A
+/// state directory is locked by one daemon at a time, so the subtree is that
+/// daemon's alone, and a daemon restarted on the same state directory finds
+/// what its predecessor left.
 pub fn cgroup_name_for(state_dir: &Path) -> String {
-    let digest = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    let path = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_owned());
+    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("jobsd-{hex}")
 }
@@ -304,6 +308,8 @@ impl Containment {
             mount_proc: ns.mount && ns.pid,
             private_tmp: ns.mount,
             network_none: ns.network == Network::None,
+            // Always: nothing a job may do needs the host's System V IPC.
+            ipc_namespace: true,
             program: path,
             argv0: program.to_owned(),
             args: launch.spec.args().to_vec(),
@@ -420,13 +426,18 @@ fn check_init(path: &Path) -> Result<(), ContainError> {
 /// the child is PID 1 of a new namespace (unshare(2): CLONE_NEWPID applies to
 /// the caller's later children, and namespaces are per thread). The daemon's
 /// other threads are unaffected and the thread ends right after the fork.
+///
+/// # Errors
+/// The OS error of creating the thread (EAGAIN when the daemon is at its
+/// process or thread limit), of unshare(2), or of the spawn.
 fn spawn_in_new_pid_namespace(cmd: &mut Command) -> io::Result<Child> {
     std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
+        std::thread::Builder::new()
+            .name("jobs-spawn".into())
+            .spawn_scoped(scope, || {
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)?;
                 cmd.spawn()
-            })
+            })?
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the spawning thread panicked")))
     })
@@ -673,5 +684,36 @@ impl Meter for CgroupMeter {
             cpu_usec: u.cpu_usec,
             oom_kills: u.oom_kills,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_a_state_directory_names_one_subtree() {
+        // Scenario: jobsd is restarted with `--state-dir /x/state/` after
+        // `/x/state`; it must find its predecessor's jobs.
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let name = cgroup_name_for(&state);
+        assert!(name.starts_with("jobsd-") && name.len() == 6 + 16, "{name}");
+        let mut slash = state.clone().into_os_string();
+        slash.push("/");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&state, &link).unwrap();
+        for other in [
+            PathBuf::from(slash),
+            state.join("..").join("state"),
+            state.join("."),
+            link,
+        ] {
+            assert_eq!(cgroup_name_for(&other), name, "{}", other.display());
+        }
+        let elsewhere = dir.path().join("other");
+        std::fs::create_dir(&elsewhere).unwrap();
+        assert_ne!(cgroup_name_for(&elsewhere), name);
     }
 }

@@ -203,6 +203,9 @@ fn start(status: &StatusPipe, args: &InitArgs, pid1: bool) -> Result<Pid, Report
     if args.mount_namespace {
         enter_mount_namespace(args, pid1)?;
     }
+    if args.ipc_namespace {
+        unshare(CloneFlags::CLONE_NEWIPC).at(SetupStep::IpcNamespace)?;
+    }
     if args.network_none {
         unshare(CloneFlags::CLONE_NEWNET).at(SetupStep::NetworkNamespace)?;
         sys::loopback_up().at(SetupStep::Loopback)?;

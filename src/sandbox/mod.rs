@@ -90,6 +90,11 @@ pub struct InitArgs {
     /// Give the job its own network namespace with only the loopback
     /// interface, brought up.
     pub network_none: bool,
+    /// Give the job its own IPC namespace (ipc_namespaces(7)): System V IPC
+    /// objects and POSIX message queues it creates are its own and vanish
+    /// with it, so they can neither outlive the job (and its memory limit)
+    /// nor be read by other jobs.
+    pub ipc_namespace: bool,
     /// The absolute path to execute. It is not looked up in PATH.
     pub program: PathBuf,
     /// `argv[0]` as the user gave the program.
@@ -120,6 +125,8 @@ struct Cli {
     private_tmp: bool,
     #[arg(long)]
     network_none: bool,
+    #[arg(long)]
+    ipc_namespace: bool,
     program: PathBuf,
     argv0: String,
     args: Vec<String>,
@@ -144,6 +151,7 @@ impl InitArgs {
             (self.mount_proc, "--mount-proc"),
             (self.private_tmp, "--private-tmp"),
             (self.network_none, "--network-none"),
+            (self.ipc_namespace, "--ipc-namespace"),
         ];
         out.extend(
             flags
@@ -195,6 +203,7 @@ impl InitArgs {
             mount_proc: cli.mount_proc,
             private_tmp: cli.private_tmp,
             network_none: cli.network_none,
+            ipc_namespace: cli.ipc_namespace,
             program: cli.program,
             argv0: cli.argv0,
             args: cli.args,
@@ -249,11 +258,13 @@ pub enum SetupStep {
     /// Marking the status pipe (and any other inherited descriptor)
     /// close-on-exec, so that the program cannot inherit it.
     StatusPipe,
+    /// `unshare(CLONE_NEWIPC)`.
+    IpcNamespace,
 }
 
 impl SetupStep {
     /// Every step, in code order (the order of the enum).
-    const ALL: [SetupStep; 15] = [
+    const ALL: [SetupStep; 16] = [
         SetupStep::Arguments,
         SetupStep::MountNamespace,
         SetupStep::MountProc,
@@ -269,6 +280,7 @@ impl SetupStep {
         SetupStep::NoNewPrivs,
         SetupStep::Chdir,
         SetupStep::StatusPipe,
+        SetupStep::IpcNamespace,
     ];
 
     /// The step's wire code: 1 + its position in [`SetupStep::ALL`]; 0 is
@@ -290,6 +302,7 @@ impl SetupStep {
             SetupStep::NoNewPrivs => 13,
             SetupStep::Chdir => 14,
             SetupStep::StatusPipe => 15,
+            SetupStep::IpcNamespace => 16,
         }
     }
 
@@ -452,6 +465,7 @@ mod tests {
             mount_proc: true,
             private_tmp: true,
             network_none: true,
+            ipc_namespace: true,
             program: PathBuf::from("/usr/bin/env"),
             argv0: "env".into(),
             args: vec![],
@@ -474,12 +488,13 @@ mod tests {
 
     #[test]
     fn init_args_round_trip_every_flag_combination() {
-        for bits in 0..16u8 {
+        for bits in 0..32u8 {
             let args = InitArgs {
                 mount_namespace: bits & 1 != 0 || bits & 6 != 0,
                 mount_proc: bits & 2 != 0,
                 private_tmp: bits & 4 != 0,
                 network_none: bits & 8 != 0,
+                ipc_namespace: bits & 16 != 0,
                 uid: u32::MAX,
                 gid: 0,
                 argv0: String::new(),
@@ -498,6 +513,7 @@ mod tests {
         let args = InitArgs {
             mount_proc: false,
             private_tmp: false,
+            ipc_namespace: false,
             args: vec!["-l".into()],
             ..sample()
         };
@@ -724,7 +740,7 @@ mod tests {
         assert_eq!(codes.len(), SetupStep::ALL.len());
         assert!(!codes.contains(&0));
         assert_eq!(SetupStep::from_code(0), None);
-        assert_eq!(SetupStep::from_code(16), None);
+        assert_eq!(SetupStep::from_code(17), None);
     }
 
     // Bytes that are not a record the init writes (a torn or garbled pipe, a
@@ -739,7 +755,7 @@ mod tests {
             [1, 1, 0, 0, 0, 0, 0, 0],
             [2, 1, 0, 0, 2, 0, 0, 0],
             [3, 0, 0, 0, 1, 0, 0, 0],
-            [3, 16, 0, 0, 1, 0, 0, 0],
+            [3, 17, 0, 0, 1, 0, 0, 0],
             [4, 0, 1, 0, 0, 0, 0, 0],
             [4, 0, 0, 1, 0, 0, 0, 0],
             [4, 2, 0, 0, 0, 0, 0, 0],

@@ -54,12 +54,30 @@ fn spawn_status(e: SpawnError) -> Status {
         SpawnError::NotExecutable { program } => {
             Status::invalid_argument(format!("program '{program}' is not an executable file"))
         }
+        // The machine or the daemon's cgroup is at its process or memory
+        // limit: a transient condition the caller can retry.
+        SpawnError::Os(e) if is_transient(&e) => {
+            tracing::warn!(error = %e, "cannot start a job now");
+            Status::resource_exhausted(BUSY)
+        }
+        SpawnError::Containment { what, source } if is_transient(&source) => {
+            tracing::warn!(error = %source, %what, "cannot start a job now");
+            Status::resource_exhausted(BUSY)
+        }
         SpawnError::Os(e) => internal("cannot start the process", &e),
         SpawnError::Containment { what, source } => internal(
             "cannot set up the job's containment",
             &format_args!("{what}: {source}"),
         ),
     }
+}
+
+/// What a caller is told when the server cannot create processes right now.
+const BUSY: &str = "the server cannot start more processes right now; retry later";
+
+/// EAGAIN (fork(2), clone(2): a process or thread limit) and ENOMEM.
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOMEM))
 }
 
 /// Maps an output-log error met while serving Output or Stream.
