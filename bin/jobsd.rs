@@ -89,10 +89,13 @@ struct ContainArgs {
     /// Default: no limit.
     #[arg(long, value_name = "SIZE")]
     max_io_write: Option<String>,
-    /// Run jobs in the host's PID namespace (they can see every process).
+    /// Run jobs in the host's PID namespace: they see every process, and
+    /// jobs of one account can signal and trace each other's processes.
     #[arg(long)]
     no_pid_namespace: bool,
-    /// Run jobs in the host's mount namespace (shared /tmp and /dev/shm).
+    /// Run jobs in the host's mount namespace: the host's /proc (every
+    /// process visible; jobs of one account can read each other's memory and
+    /// environment) and shared /tmp, /var/tmp, /dev/shm and /run/lock.
     #[arg(long)]
     no_mount_namespace: bool,
     /// `host`: jobs share the host's network. `none`: a private network

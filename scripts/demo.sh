@@ -69,9 +69,9 @@ as_bob list
 if [ "$(id -u)" = 0 ]; then
   say "Containment: each job has its own cgroup, account and namespaces"
   grep -E 'cgroup layout|jobs are contained' "$tmp/jobsd.log" | sed 's/^/jobsd log: /' || true
-  echo '$ jobs run -- sh -c "id; ls /proc | grep -c ^[0-9]"   (who the job is; how many processes it can see)'
+  echo '$ jobs run -- sh -c '"'"'id; echo "processes visible: $(ls /proc | grep -c "^[0-9]")"'"'"
   as_alice run -- sh -c 'id; echo "processes visible: $(ls /proc | grep -c "^[0-9]")"'
-  echo '$ jobs run --memory 32M -- sh -c '"'"'x=$(head -c 200M /dev/zero | tr "\0" a)'"'"'   (a memory hog)'
+  echo '$ jobs run --memory 32M -- sh -c '"'"'x=$(head -c 200M /dev/zero | tr "\0" a); echo survived'"'"'   (a memory hog)'
   as_alice run --memory 32M -- sh -c 'x=$(head -c 200M /dev/zero | tr "\0" a); echo survived' || echo "(exit code $?)"
   hog=$(as_alice list | tail -n 1 | cut -d' ' -f1)
   as_alice status "$hog"

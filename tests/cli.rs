@@ -1054,7 +1054,7 @@ fn start_takes_limits_and_status_shows_them() {
         (out.code, out.stderr.as_str()),
         (
             1,
-            "jobs: error: invalid request: memory_bytes 2147483648 is above the server's ceiling of 1073741824\n"
+            "jobs: error: invalid request: memory_bytes 2147483648 (2.0 GiB) is above the server's ceiling of 1073741824 (1.0 GiB)\n"
         )
     );
 }
@@ -1167,7 +1167,7 @@ fn jobsd_refuses_root_or_unknown_job_accounts() {
     let out = jobsd_refusing_with(&sb, &state, &["--max-memory", "1M"]);
     assert!(
         out.stderr.ends_with(
-            "jobsd: error: a --max-* value is below the minimum a job can run with: memory_bytes 1048576 is below the minimum of 4194304\n"
+            "jobsd: error: a --max-* value is below the minimum a job can run with: memory_bytes 1048576 (1.0 MiB) is below the minimum of 4194304 (4.0 MiB)\n"
         ),
         "{}",
         out.stderr

@@ -491,7 +491,7 @@ async fn limits_default_to_the_ceiling_and_may_only_be_lowered() {
                 memory_bytes: Some(256 << 20),
                 ..Default::default()
             },
-            "memory_bytes 268435456 is above the server's ceiling of 134217728",
+            "memory_bytes 268435456 (256.0 MiB) is above the server's ceiling of 134217728 (128.0 MiB)",
         ),
         (
             proto::Limits {
@@ -505,7 +505,7 @@ async fn limits_default_to_the_ceiling_and_may_only_be_lowered() {
                 cpu_millis: Some(2000),
                 ..Default::default()
             },
-            "cpu_millis 2000 is above the server's ceiling of 1000",
+            "cpu_millis 2000 (2.000 cores) is above the server's ceiling of 1000 (1.000 cores)",
         ),
     ] {
         let before = alice.list().await.unwrap().len();
@@ -744,4 +744,38 @@ async fn system_v_ipc_is_private_to_each_job_and_dies_with_it() {
     let job = start(&bob, "sh", &["-c", count]).await;
     assert_eq!(follow(&bob, &job.id).await.stdout(), b"0\n");
     assert_eq!(host_shm_segments(), before, "a segment outlived its job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_errors_do_not_reveal_files_only_root_can_see() {
+    // Scenario: a user probes the daemon's private state directory by asking
+    // to run paths in it; an existing and a missing file get the same answer,
+    // because the path is checked as the job's account, not as root.
+    if skip_unless_root("start_errors_do_not_reveal_files_only_root_can_see") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let job = start(&alice, "true", &[]).await;
+    follow(&alice, &job.id).await;
+    let output = server.state_dir().join("output");
+    let existing = output.join(format!("{}.log", job.id));
+    assert!(existing.exists());
+    let missing = output.join("67e55044-10b1-426f-9247-bb680e5fe0c8.log");
+    for path in [&existing, &missing] {
+        let program = path.to_str().unwrap();
+        let err = alice.start(program, &[]).await.unwrap_err();
+        assert_eq!(
+            (code(&err), message(&err)),
+            (
+                tonic::Code::InvalidArgument,
+                format!("program '{program}' is not an executable file")
+            )
+        );
+    }
+    // Where the account can look, missing is missing.
+    let err = alice.start("/etc/passwd/x", &[]).await.unwrap_err();
+    assert_eq!(message(&err), "program '/etc/passwd/x' not found");
+    assert_eq!(alice.list().await.unwrap().len(), 1);
+    assert_eq!(cgroup_dirs_named(&job.id), Vec::<PathBuf>::new());
 }

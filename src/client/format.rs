@@ -58,20 +58,32 @@ pub fn state_name(status: &proto::JobStatus) -> &'static str {
 /// How the job stands, in words: `running`, `exited with code 3`,
 /// `killed by signal 11 (SIGSEGV), core dumped`,
 /// `stopped by its owner: killed by signal 15 (SIGTERM)`,
-/// `out of memory (limit 64.0 MiB): killed by signal 9 (SIGKILL)`.
+/// `out of memory (limit 64.0 MiB, peak 64.0 MiB): killed by signal 9
+/// (SIGKILL)`.
 pub fn describe(status: &proto::JobStatus) -> String {
     match State::try_from(status.state) {
         Ok(State::Running) => "running".to_owned(),
         Ok(State::Exited | State::Killed) => describe_end(status),
         Ok(State::Stopped) => format!("stopped by its owner: {}", describe_end(status)),
-        Ok(State::Oom) => match status.limits.as_ref().and_then(|l| l.memory_bytes) {
-            Some(limit) => format!(
-                "out of memory (limit {}): {}",
-                super::units::human_bytes(limit),
-                describe_end(status)
-            ),
-            None => format!("out of memory: {}", describe_end(status)),
-        },
+        Ok(State::Oom) => {
+            // Both numbers, not a verdict: the OOM killer may also act because
+            // the machine, not the job, ran out of memory.
+            let limit = status.limits.as_ref().and_then(|l| l.memory_bytes);
+            let peak = status.usage.as_ref().and_then(|u| u.peak_memory_bytes);
+            let facts: Vec<String> = [("limit", limit), ("peak", peak)]
+                .into_iter()
+                .filter_map(|(what, v)| Some(format!("{what} {}", super::units::human_bytes(v?))))
+                .collect();
+            if facts.is_empty() {
+                format!("out of memory: {}", describe_end(status))
+            } else {
+                format!(
+                    "out of memory ({}): {}",
+                    facts.join(", "),
+                    describe_end(status)
+                )
+            }
+        }
         Ok(State::Unspecified) | Err(_) => format!("in unknown state {}", status.state),
     }
 }
@@ -286,6 +298,18 @@ mod tests {
             describe(&s),
             "out of memory (limit 64.0 MiB): killed by signal 9 (SIGKILL)"
         );
+        s.usage = Some(proto::ResourceUsage {
+            peak_memory_bytes: Some(40 << 20),
+            cpu_usec: None,
+            oom_kills: 1,
+        });
+        assert_eq!(
+            describe(&s),
+            "out of memory (limit 64.0 MiB, peak 40.0 MiB): killed by signal 9 (SIGKILL)"
+        );
+        s.limits = None;
+        s.usage = None;
+        assert_eq!(describe(&s), "out of memory: killed by signal 9 (SIGKILL)");
         assert_eq!(state_name(&s), "oom");
     }
 

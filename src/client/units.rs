@@ -21,7 +21,8 @@ pub enum UnitError {
 }
 
 /// Parses a size in bytes: digits, then optionally `K`, `M`, `G` or `T`
-/// (powers of 1024; `KiB`/`MiB`/… and a trailing `B` are accepted too).
+/// (powers of 1024, in either case; `KiB`/`MiB`/… and a trailing `B` are
+/// accepted too, and mean the same).
 /// `256M` is 268435456.
 ///
 /// # Errors
@@ -34,11 +35,11 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
         return Err(bad());
     }
     let shift = match suffix {
-        "" | "B" => 0,
-        "K" | "k" | "KiB" | "KB" => 10,
-        "M" | "MiB" | "MB" => 20,
-        "G" | "GiB" | "GB" => 30,
-        "T" | "TiB" | "TB" => 40,
+        "" | "B" | "b" => 0,
+        "K" | "k" | "KiB" | "KB" | "kb" | "kib" => 10,
+        "M" | "m" | "MiB" | "MB" | "mb" | "mib" => 20,
+        "G" | "g" | "GiB" | "GB" | "gb" | "gib" => 30,
+        "T" | "t" | "TiB" | "TB" | "tb" | "tib" => 40,
         _ => return Err(bad()),
     };
     let n: u64 = digits
@@ -75,20 +76,7 @@ pub fn parse_cpus(s: &str) -> Result<u32, UnitError> {
     u32::try_from(millis).map_err(|_| UnitError::TooLarge(s.to_owned()))
 }
 
-/// `n` bytes for people: `512 B`, `64.0 MiB`, `1.5 GiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
+pub use crate::job::human_bytes;
 
 /// Thousandths of a core for people: `0.500 cores`, `1 core`.
 pub fn human_cpus(millis: u32) -> String {
@@ -164,6 +152,8 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("10k"), Ok(10240));
         assert_eq!(parse_size("2T"), Ok(2 << 40));
+        assert_eq!(parse_size("256m"), Ok(256 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
     }
 
     #[test]

@@ -290,7 +290,15 @@ impl Containment {
 
     pub(super) async fn spawn(&self, launch: Launch<'_>) -> Result<Spawned, SpawnError> {
         let program = launch.spec.program();
-        let path = resolve(program)?;
+        // An absolute path is checked only by the exec itself, as the job's
+        // account: checking it here, as root, would tell any user whether a
+        // file exists in directories only root can read. Bare names are looked
+        // up in JOB_PATH, which every account can read.
+        let path = if program.starts_with('/') {
+            PathBuf::from(program)
+        } else {
+            resolve(program)?
+        };
         let account = launch.account.unwrap_or(&self.config.account);
         let ns = self.config.namespaces;
         let cgroup = self.create_cgroup(launch.name, launch.limits)?;

@@ -179,20 +179,23 @@ fn check_executable(path: &Path) -> Check {
     }
 }
 
-/// Maps an exec failure that slipped past [`resolve`] (a race, or a file that
-/// is executable by mode but not by this user or format).
+/// Maps an exec failure: one that slipped past [`resolve`] (a race, or a file
+/// that is executable by mode but not by this user or format), or, for
+/// contained jobs, the exec of an absolute path as the job's account.
 fn spawn_error(program: &str, e: io::Error) -> SpawnError {
-    match e.kind() {
-        io::ErrorKind::NotFound => SpawnError::NotFound {
-            program: program.to_owned(),
-            search_path: None,
-        },
-        io::ErrorKind::PermissionDenied => SpawnError::NotExecutable {
-            program: program.to_owned(),
-        },
-        _ if e.raw_os_error() == Some(libc::ENOEXEC) => SpawnError::NotExecutable {
-            program: program.to_owned(),
-        },
+    // execve(2)'s errors about the file itself; anything else is the OS's.
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::ENAMETOOLONG) => {
+            SpawnError::NotFound {
+                program: program.to_owned(),
+                search_path: None,
+            }
+        }
+        Some(libc::EACCES | libc::EPERM | libc::ENOEXEC | libc::EISDIR | libc::ETXTBSY) => {
+            SpawnError::NotExecutable {
+                program: program.to_owned(),
+            }
+        }
         _ => SpawnError::Os(e),
     }
 }

@@ -62,6 +62,36 @@ impl fmt::Display for Resource {
     }
 }
 
+impl Resource {
+    /// ` (4.0 MiB)`, ` (0.500 cores)`: `value` in the unit people use, in
+    /// parentheses after the wire value; empty for counts.
+    pub fn gloss(self, value: u64) -> String {
+        match self {
+            Resource::Memory => format!(" ({})", human_bytes(value)),
+            Resource::IoRead | Resource::IoWrite => format!(" ({}/s)", human_bytes(value)),
+            Resource::Cpu => format!(" ({}.{:03} cores)", value / 1000, value % 1000),
+            Resource::Pids => String::new(),
+        }
+    }
+}
+
+/// `n` bytes for people: `512 B`, `4.0 MiB`, `1.5 GiB` (powers of 1024, one
+/// decimal).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 impl ResourceLimits {
     /// The limits a job gets when it asks for `self`: each field the request
     /// leaves unset takes the ceiling's value.
@@ -251,7 +281,7 @@ mod tests {
         let err = asked.resolve(&ceiling()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "memory_bytes 1073741825 is above the server's ceiling of 1073741824"
+            "memory_bytes 1073741825 (1.0 GiB) is above the server's ceiling of 1073741824 (1.0 GiB)"
         );
         let asked = ResourceLimits {
             pids: Some(513),

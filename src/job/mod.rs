@@ -37,7 +37,7 @@ pub use executor::{
 };
 pub use limits::{
     Account, AccountError, MIN_CPU_MILLIS, MIN_MEMORY_BYTES, MIN_PIDS, Resource, ResourceLimits,
-    ResourceUsage,
+    ResourceUsage, human_bytes,
 };
 pub use spec::{JobSpec, MAX_ARGS, MAX_ARGV_BYTES, MAX_PROGRAM_LEN};
 
@@ -118,9 +118,11 @@ pub enum State {
     Killed,
     /// Its owner (or the daemon's shutdown) stopped it.
     Stopped,
-    /// The kernel killed at least one of its processes for exceeding the
-    /// job's memory limit, and nobody stopped it. [`Status::exit`] tells how
-    /// the main process ended, [`Status::limits`] the limit.
+    /// The kernel's OOM killer killed at least one of its processes and
+    /// nobody stopped it: the job reached its memory limit, or the machine or
+    /// the daemon's own cgroup ran out of memory ([`Status::usage`] has the
+    /// peak, [`Status::limits`] the limit). [`Status::exit`] tells how the
+    /// main process ended.
     Oom,
 }
 
@@ -200,7 +202,11 @@ pub enum JobError {
     #[error("the server is shutting down")]
     ShuttingDown,
     /// A requested limit is below its minimum (e.g. zero memory).
-    #[error("{resource} {asked} is below the minimum of {min}")]
+    #[error(
+        "{resource} {asked}{} is below the minimum of {min}{}",
+        resource.gloss(*asked),
+        resource.gloss(*min)
+    )]
     LimitTooSmall {
         /// Which limit.
         resource: Resource,
@@ -210,7 +216,11 @@ pub enum JobError {
         min: u64,
     },
     /// A requested limit is above the daemon's ceiling for it.
-    #[error("{resource} {asked} is above the server's ceiling of {max}")]
+    #[error(
+        "{resource} {asked}{} is above the server's ceiling of {max}{}",
+        resource.gloss(*asked),
+        resource.gloss(*max)
+    )]
     LimitAboveCeiling {
         /// Which limit.
         resource: Resource,
