@@ -274,6 +274,9 @@ fn contain(
         cgroup_name,
     };
     let executor = LocalExecutor::contained(config).context("cannot contain jobs")?;
+    if let Err(e) = jobs::exec::protect_daemon_from_oom() {
+        tracing::warn!(error = %e, "cannot lower jobsd's OOM score; the OOM killer may pick jobsd over a job");
+    }
     tracing::info!(ceiling = ?jobs.ceiling, "job limits");
     Ok(Some(executor))
 }

@@ -1303,3 +1303,36 @@ fn sighup_does_not_kill_jobsd_and_an_early_sigterm_is_orderly() {
         assert!(left.is_empty(), "{left:?}");
     }
 }
+
+#[test]
+fn the_oom_killer_prefers_jobs_to_jobsd() {
+    // Scenario: job cgroups sit beneath jobsd's own, so an out-of-memory
+    // condition there makes the kernel choose between jobsd and the jobs;
+    // jobsd shields itself, and its jobs do not inherit the shield.
+    if skip_unless_root("the_oom_killer_prefers_jobs_to_jobsd") {
+        return;
+    }
+    let d = Daemon::start();
+    let id = d.start_job(&d.alice, &["cat", "/proc/self/oom_score_adj"]);
+    assert_eq!(d.jobs(&d.alice, &["stream", &id]).stdout_str(), "0\n");
+    let daemon = fs::read_to_string(format!("/proc/{}/oom_score_adj", d.child.id())).unwrap();
+    // Lowering the score needs CAP_SYS_RESOURCE (capabilities(7)), which some
+    // container sandboxes withhold even from root; jobsd then says so.
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap();
+    const CAP_SYS_RESOURCE: u32 = 24; // linux/capability.h
+    if eff & (1 << CAP_SYS_RESOURCE) != 0 {
+        assert_eq!(daemon, format!("{}\n", jobs::exec::DAEMON_OOM_SCORE_ADJ));
+    } else {
+        eprintln!(
+            "the_oom_killer_prefers_jobs_to_jobsd: no CAP_SYS_RESOURCE here; checking the warning instead"
+        );
+        assert_eq!(daemon, "0\n");
+        let log = fs::read_to_string(d.dir.path().join("jobsd.log")).unwrap();
+        assert!(log.contains("cannot lower jobsd's OOM score"), "{log}");
+    }
+}

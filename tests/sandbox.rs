@@ -127,8 +127,9 @@ fn spawn_raw(args: Vec<OsString>, pidns: Pidns, with_status_pipe: bool) -> Runni
         // puts the status pipe's write end (kept open by the
         // closure, which owns `status_w`) on fd 3 without close-on-exec, as
         // jobsd does; forbids core files so that signal deaths report
-        // `core_dumped: false`; and raises the soft RLIMIT_NOFILE to the hard
-        // limit, as jobsd does, so that the init's reset to 1024 is visible.
+        // `core_dumped: false`; raises the soft RLIMIT_NOFILE to the hard
+        // limit, as jobsd does, so that the init's reset to 1024 is visible;
+        // and sets an OOM score adjustment for the same reason.
         unsafe {
             cmd.pre_exec(move || {
                 if with_status_pipe {
@@ -165,6 +166,14 @@ fn spawn_raw(args: Vec<OsString>, pidns: Pidns, with_status_pipe: bool) -> Runni
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &files) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // A non-zero OOM score adjustment, as a jobsd that shields
+                // itself has, so that the init's reset to 0 is visible
+                // (raising it needs no privilege).
+                let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
+                if adj < 0 || libc::write(adj, b"500".as_ptr().cast(), 3) != 3 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(adj);
                 Ok(())
             });
         }
@@ -555,6 +564,16 @@ fn open_file_limit_is_reset_to_1024() {
         hard.to_string()
     };
     assert_eq!(out.stdout, format!("{}\n{hard_text}\n", hard.min(1024)));
+}
+
+#[test]
+fn oom_score_adjustment_is_reset_to_0() {
+    // Scenario: jobsd lowers its own OOM score; its jobs must not inherit
+    // that (here the init starts with +500, as the harness sets it).
+    require_root!();
+    let out = run(&shell("cat /proc/self/oom_score_adj"));
+    out.assert_exited(0);
+    assert_eq!(out.stdout, "0\n");
 }
 
 // ---------------------------------------------------------------- outcomes

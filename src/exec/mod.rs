@@ -129,6 +129,25 @@ pub fn protect_daemon_process() -> io::Result<()> {
     nix::sys::prctl::set_dumpable(false).map_err(io::Error::from)
 }
 
+/// How much `jobsd` lowers its own OOM score (proc(5), `oom_score_adj`,
+/// -1000..=1000): enough that the kernel's OOM killer takes a job's process,
+/// which `jobs-init` resets to 0, long before the daemon that serves every
+/// user; not -1000 (never), so that a leak in the daemon itself can still end
+/// it rather than the machine.
+pub const DAEMON_OOM_SCORE_ADJ: i32 = -900;
+
+/// Shields the daemon from the OOM killer: sets its `oom_score_adj` to
+/// [`DAEMON_OOM_SCORE_ADJ`]. Job cgroups live beneath the daemon's own, so
+/// when the daemon's cgroup (or the machine) runs out of memory the kernel
+/// picks among the daemon and every job; this makes it pick a job. Needs
+/// root (CAP_SYS_RESOURCE) to lower the value.
+///
+/// # Errors
+/// The OS error of writing `/proc/self/oom_score_adj`.
+pub fn protect_daemon_from_oom() -> io::Result<()> {
+    std::fs::write("/proc/self/oom_score_adj", DAEMON_OOM_SCORE_ADJ.to_string())
+}
+
 /// Finds the file to execute for `program`.
 fn resolve(program: &str) -> Result<PathBuf, SpawnError> {
     if program.starts_with('/') {

@@ -83,7 +83,7 @@ const FORWARDED: [Signal; 17] = [
 ///    reparented to the init and reaped by it.
 /// 5. Mount namespace (private propagation, `/proc`, `/tmp`, `/var/tmp`,
 ///    `/dev/shm`, `/run/lock`),
-///    network namespace with `lo` up, soft RLIMIT_NOFILE of
+///    network namespace with `lo` up, `oom_score_adj` 0, soft RLIMIT_NOFILE of
 ///    min(1024, hard limit).
 /// 6. Fork. The program's process restores the signal defaults, makes its own
 ///    process group, drops to the job's identity (no supplementary groups,
@@ -212,6 +212,10 @@ fn start(status: &StatusPipe, args: &InitArgs, pid1: bool) -> Result<Pid, Report
     }
     let (_soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).at(SetupStep::Rlimit)?;
     setrlimit(Resource::RLIMIT_NOFILE, JOB_NOFILE.min(hard), hard).at(SetupStep::Rlimit)?;
+    // `jobsd` shields itself from the OOM killer (a negative adjustment);
+    // the job must not inherit that shield, or a memory hog would outlive
+    // its neighbours. Raising the value back to 0 needs no privilege.
+    std::fs::write("/proc/self/oom_score_adj", "0").at(SetupStep::Rlimit)?;
 
     let program = cstring(args.program.as_os_str().as_bytes())?;
     let argv = std::iter::once(args.argv0.as_bytes())

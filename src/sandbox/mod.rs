@@ -231,7 +231,7 @@ pub enum SetupStep {
     NetworkNamespace,
     /// Bringing `lo` up in the new network namespace.
     Loopback,
-    /// Setting the soft `RLIMIT_NOFILE`.
+    /// Setting the soft `RLIMIT_NOFILE`, or resetting `oom_score_adj` to 0.
     Rlimit,
     /// Blocking signals, installing the forwarding handlers, or (in the
     /// program's process) restoring the default mask and dispositions.
