@@ -93,9 +93,9 @@ struct ContainArgs {
     /// jobs of one account can signal and trace each other's processes.
     #[arg(long)]
     no_pid_namespace: bool,
-    /// Run jobs in the host's mount namespace: the host's /proc (every
-    /// process visible; jobs of one account can read each other's memory and
-    /// environment) and shared /tmp, /var/tmp, /dev/shm and /run/lock.
+    /// Share the host's /tmp, /var/tmp, /dev/shm and /run/lock with jobs
+    /// (jobs of one account can read and change each other's files there).
+    /// /proc stays private while the PID namespace is on.
     #[arg(long)]
     no_mount_namespace: bool,
     /// `host`: jobs share the host's network. `none`: a private network

@@ -787,3 +787,39 @@ async fn start_errors_do_not_reveal_files_only_root_can_see() {
     assert_eq!(alice.list().await.unwrap().len(), 1);
     assert_eq!(cgroup_dirs_named(&job.id), Vec::<PathBuf>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_private_scratch_places_proc_stays_private() {
+    // Scenario: an operator shares /tmp with jobs (--no-mount-namespace); a
+    // job still sees only its own processes in /proc, not the host's.
+    if skip_unless_root("without_private_scratch_places_proc_stays_private") {
+        return;
+    }
+    let server = TestServer::start_with_namespaces(
+        Namespaces {
+            mount: false,
+            ..Namespaces::default()
+        },
+        |_| {},
+    )
+    .await;
+    let alice = client(&server, "alice").await;
+    let name = format!("jobs-shared-{}", std::process::id());
+    let host_file = Path::new("/tmp").join(&name);
+    std::fs::write(&host_file, "from the host\n").unwrap();
+    let job = start(
+        &alice,
+        "sh",
+        &[
+            "-c",
+            &format!("cat /tmp/{name}; for p in /proc/[0-9]*; do cat $p/comm; done"),
+        ],
+    )
+    .await;
+    let f = follow(&alice, &job.id).await;
+    std::fs::remove_file(&host_file).unwrap();
+    assert_eq!(
+        String::from_utf8(f.stdout()).unwrap(),
+        "from the host\njobs-init\nsh\n"
+    );
+}

@@ -65,9 +65,9 @@ pub struct Namespaces {
     /// process of the job can signal anything outside it.
     pub pid: bool,
     /// A private mount namespace (mount_namespaces(7)) with its own empty
-    /// tmpfs on `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock`, and its own
-    /// `/proc` when `pid` is on,
-    /// so jobs of different users share no scratch space.
+    /// tmpfs on `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock`, so jobs of
+    /// different users share no scratch space. (With `pid` on, a job gets a
+    /// mount namespace for its own `/proc` either way.)
     pub mount: bool,
     /// The job's network.
     pub network: Network,
@@ -312,8 +312,11 @@ impl Containment {
         let args = InitArgs {
             uid: account.uid,
             gid: account.gid,
-            mount_namespace: ns.mount,
-            mount_proc: ns.mount && ns.pid,
+            // A private PID namespace needs its own /proc (the host's would
+            // show, and let the job read, every process), so it brings a
+            // mount namespace even when the scratch places are shared.
+            mount_namespace: ns.mount || ns.pid,
+            mount_proc: ns.pid,
             private_tmp: ns.mount,
             network_none: ns.network == Network::None,
             // Always: nothing a job may do needs the host's System V IPC.
