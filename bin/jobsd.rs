@@ -247,7 +247,7 @@ fn contain(
     // The ceilings are also the defaults, so they must pass the minimums.
     jobs.ceiling
         .resolve(&jobs.ceiling)
-        .context("a --max-* value is below the minimum a job can run with")?;
+        .context("a --max-* value is out of range")?;
     let io_devices = args
         .io_device
         .iter()

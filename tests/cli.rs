@@ -1167,7 +1167,7 @@ fn jobsd_refuses_root_or_unknown_job_accounts() {
     let out = jobsd_refusing_with(&sb, &state, &["--max-memory", "1M"]);
     assert!(
         out.stderr.ends_with(
-            "jobsd: error: a --max-* value is below the minimum a job can run with: memory_bytes 1048576 (1.0 MiB) is below the minimum of 4194304 (4.0 MiB)\n"
+            "jobsd: error: a --max-* value is out of range: memory_bytes 1048576 (1.0 MiB) is below the minimum of 4194304 (4.0 MiB)\n"
         ),
         "{}",
         out.stderr

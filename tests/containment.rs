@@ -823,3 +823,27 @@ async fn without_private_scratch_places_proc_stays_private() {
         "from the host\njobs-init\nsh\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_do_not_share_terminals() {
+    // Scenario: one job holds a pseudo-terminal (script(1) makes one); another
+    // job lists /dev/pts and finds no terminal of it to open or write to.
+    if skip_unless_root("jobs_do_not_share_terminals") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+    let holder = start(
+        &alice,
+        "script",
+        &["-qfc", "sh -c 'tty; echo ready; sleep 600'", "/dev/null"],
+    )
+    .await;
+    let mut stream = alice.stream(&holder.id).await.unwrap();
+    let lines = String::from_utf8(read_lines(&mut stream, 2).await).unwrap();
+    assert!(lines.starts_with("/dev/pts/0\r\n"), "{lines:?}");
+    let job = start(&bob, "ls", &["-A", "/dev/pts"]).await;
+    assert_eq!(follow(&bob, &job.id).await.stdout(), b"ptmx\n");
+    alice.stop(&holder.id).await.unwrap();
+}

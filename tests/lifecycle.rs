@@ -598,3 +598,30 @@ async fn job_output_is_stored_in_a_private_directory() {
     assert_eq!(logs.len(), 1, "one job, one log");
     assert!(logs[0].file_type().unwrap().is_file());
 }
+
+#[test]
+fn state_and_output_are_owner_only_even_in_a_loose_directory() {
+    // Scenario: an operator prepares the state directory with the usual 0755
+    // (and an output directory inside); the daemon makes both owner-only, and
+    // every output log is 0600 whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch();
+    let state = dir.path().join("state");
+    let output = state.join("output");
+    std::fs::create_dir_all(&output).unwrap();
+    for d in [&state, &output] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let _state = jobs::server::StateDir::open(&state).unwrap();
+    assert_eq!(mode(&state), 0o700);
+    let _jobs = jobs::job::Jobs::new(
+        std::sync::Arc::new(jobs::exec::LocalExecutor::uncontained()),
+        jobs::job::JobsConfig::new(output.clone()),
+    )
+    .unwrap();
+    assert_eq!(mode(&output), 0o700);
+    let log = output.join("x.log");
+    let _ = jobs::output::create(&log).unwrap();
+    assert_eq!(mode(&log), 0o600);
+}

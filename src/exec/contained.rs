@@ -147,15 +147,17 @@ pub struct ContainConfig {
 }
 
 /// The cgroup subtree name for the daemon using `state_dir`: `jobsd-` and 16
-/// hex digits of the SHA-256 of the directory's canonical path (realpath(3):
-/// symlinks, `.`, `..` and trailing slashes resolved; the path as given if it
-/// cannot be resolved), so every spelling of one directory gives one name. A
-/// state directory is locked by one daemon at a time, so the subtree is that
-/// daemon's alone, and a daemon restarted on the same state directory finds
-/// what its predecessor left.
+/// hex digits of the SHA-256 of the directory's device and inode numbers
+/// (stat(2)), so that every path to one directory (symlinks, `..`, trailing
+/// slashes, bind mounts) gives one name; of its path as given if it cannot be
+/// stat'ed. A state directory is locked by one daemon at a time, so the
+/// subtree is that daemon's alone, and a daemon restarted on the same state
+/// directory finds what its predecessor left.
 pub fn cgroup_name_for(state_dir: &Path) -> String {
-    let path = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_owned());
-    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    let digest = match std::fs::metadata(state_dir) {
+        Ok(meta) => Sha256::digest(format!("{}:{}", meta.dev(), meta.ino())),
+        Err(_) => Sha256::digest(state_dir.as_os_str().as_encoded_bytes()),
+    };
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("jobsd-{hex}")
 }
@@ -722,6 +724,23 @@ mod tests {
             link,
         ] {
             assert_eq!(cgroup_name_for(&other), name, "{}", other.display());
+        }
+        if nix::unistd::geteuid().is_root() {
+            // A bind mount of the state directory is the same directory.
+            use nix::mount::{MsFlags, mount, umount};
+            let bind = dir.path().join("bind");
+            std::fs::create_dir(&bind).unwrap();
+            mount(
+                Some(&state),
+                &bind,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .unwrap();
+            let named = cgroup_name_for(&bind);
+            umount(&bind).unwrap();
+            assert_eq!(named, name, "through a bind mount");
         }
         let elsewhere = dir.path().join("other");
         std::fs::create_dir(&elsewhere).unwrap();

@@ -18,6 +18,9 @@ pub const MIN_MEMORY_BYTES: u64 = 4 * 1024 * 1024;
 pub const MIN_CPU_MILLIS: u32 = 10;
 /// Smallest process limit accepted: 2, the job's init and the program.
 pub const MIN_PIDS: u32 = 2;
+/// Largest process limit accepted: the kernel's `PID_MAX_LIMIT` on 64-bit
+/// Linux (4 Mi, `include/linux/threads.h`); `pids.max` refuses more.
+pub const MAX_PIDS: u32 = 4 * 1024 * 1024;
 
 /// Resource limits of one job. `None` means "not limited" in a ceiling or an
 /// effective limit, and "take the ceiling" in a request.
@@ -27,7 +30,8 @@ pub struct ResourceLimits {
     pub memory_bytes: Option<u64>,
     /// CPU bandwidth in thousandths of one core (1000 = one core).
     pub cpu_millis: Option<u32>,
-    /// Processes and threads at once, the job's init included.
+    /// Processes and threads at once, the job's init included; at most
+    /// [`MAX_PIDS`].
     pub pids: Option<u32>,
     /// Read bandwidth per configured IO device, in bytes per second.
     pub io_read_bps: Option<u64>,
@@ -120,7 +124,18 @@ impl ResourceLimits {
                 self.pids.map(u64::from),
                 ceiling.pids.map(u64::from),
                 MIN_PIDS.into(),
-            )?
+            )
+            .and_then(|p| {
+                // Also without a ceiling: the kernel refuses more.
+                match p {
+                    Some(asked) if asked > MAX_PIDS.into() => Err(JobError::LimitAboveCeiling {
+                        resource: Resource::Pids,
+                        asked,
+                        max: MAX_PIDS.into(),
+                    }),
+                    p => Ok(p),
+                }
+            })?
             .map(|v| v as u32), // ≤ a u32 ceiling or a u32 request
             io_read_bps: pick(Resource::IoRead, self.io_read_bps, ceiling.io_read_bps, 1)?,
             io_write_bps: pick(
@@ -334,6 +349,29 @@ mod tests {
                 other => panic!("{resource}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn pids_stop_at_the_kernels_maximum() {
+        // Scenario: with no pids ceiling, a request for 2^32-1 processes is
+        // refused up front instead of failing in the cgroup write.
+        let asked = ResourceLimits {
+            pids: Some(u32::MAX),
+            ..Default::default()
+        };
+        assert!(matches!(
+            asked.resolve(&ResourceLimits::default()),
+            Err(JobError::LimitAboveCeiling {
+                resource: Resource::Pids,
+                max: 4194304,
+                ..
+            })
+        ));
+        let most = ResourceLimits {
+            pids: Some(MAX_PIDS),
+            ..Default::default()
+        };
+        assert_eq!(most.resolve(&ResourceLimits::default()).unwrap(), most);
     }
 
     #[test]

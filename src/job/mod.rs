@@ -36,8 +36,8 @@ pub use executor::{
     SpawnError, Spawned,
 };
 pub use limits::{
-    Account, AccountError, MIN_CPU_MILLIS, MIN_MEMORY_BYTES, MIN_PIDS, Resource, ResourceLimits,
-    ResourceUsage, human_bytes,
+    Account, AccountError, MAX_PIDS, MIN_CPU_MILLIS, MIN_MEMORY_BYTES, MIN_PIDS, Resource,
+    ResourceLimits, ResourceUsage, human_bytes,
 };
 pub use spec::{JobSpec, MAX_ARGS, MAX_ARGV_BYTES, MAX_PROGRAM_LEN};
 
@@ -348,6 +348,7 @@ impl Jobs {
             .recursive(true)
             .mode(0o700)
             .create(&config.output_dir)?;
+        restrict_to_owner(&config.output_dir)?;
         Ok(Self {
             executor,
             config,
@@ -550,4 +551,21 @@ impl OwnedJob {
     pub fn follow(&self) -> Result<LogReader, output::OutputError> {
         self.0.log.follow()
     }
+}
+
+/// Makes an existing directory owner-only (mode 0700) if it is looser, with
+/// a warning: job output lives there, and a directory prepared with the usual
+/// 0755 would let every local user, and every job, read it. A directory this
+/// process creates is 0700 already.
+///
+/// # Errors
+/// The OS error of stat(2) or chmod(2).
+pub(crate) fn restrict_to_owner(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "directory was readable by others; making it owner-only (0700)");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }

@@ -27,6 +27,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use tokio::sync::watch;
@@ -121,9 +122,12 @@ pub struct LogWriter {
 /// # Errors
 /// [`OutputError::Io`] if the file cannot be created (including when it exists).
 pub fn create(path: &Path) -> Result<(LogWriter, Log), OutputError> {
+    // Owner-only whatever the directory's mode or the umask: output is
+    // its job owner's alone.
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(path)?;
     let (tx, rx) = watch::channel(Progress {
         committed: 0,

@@ -344,6 +344,28 @@ fn enter_mount_namespace(args: &InitArgs, pid1: bool) -> Result<(), Failure> {
             )
             .at(SetupStep::PrivateTmp)?;
         }
+        // Pseudo-terminals too: on the host's /dev/pts every job could open
+        // (and write to) every other job's terminal. A new devpts instance
+        // (devpts.rst) holds only the job's own; /dev/ptmx must then be its
+        // ptmx, or new terminals would still be made on the host's.
+        if std::path::Path::new("/dev/pts").is_dir() {
+            mount(
+                Some("devpts"),
+                "/dev/pts",
+                Some("devpts"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=0620"),
+            )
+            .at(SetupStep::PrivateTmp)?;
+            mount(
+                Some("/dev/pts/ptmx"),
+                "/dev/ptmx",
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .at(SetupStep::PrivateTmp)?;
+        }
     }
     Ok(())
 }

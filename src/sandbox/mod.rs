@@ -84,8 +84,11 @@ pub struct InitArgs {
     /// to be PID 1.
     pub mount_proc: bool,
     /// Mount fresh tmpfs file systems (mode 1777, nosuid, nodev) on `/tmp`,
-    /// `/var/tmp`, `/dev/shm` and `/run/lock` (those that exist). Needs
-    /// `mount_namespace`. Their pages count against the job's memory limit.
+    /// `/var/tmp`, `/dev/shm` and `/run/lock` (those that exist), and a new
+    /// devpts instance on `/dev/pts` (with `/dev/ptmx` bound to its ptmx), so
+    /// jobs share no scratch space and no terminals. Needs
+    /// `mount_namespace`. The tmpfs pages count against the job's memory
+    /// limit.
     pub private_tmp: bool,
     /// Give the job its own network namespace with only the loopback
     /// interface, brought up.

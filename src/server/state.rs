@@ -38,6 +38,7 @@ impl StateDir {
             .mode(0o700)
             .create(&path)
             .map_err(err)?;
+        crate::job::restrict_to_owner(&path).map_err(err)?;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
