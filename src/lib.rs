@@ -50,8 +50,12 @@
 //!   so at start-up.
 //! - Contained jobs of all users run as one account (`nobody`) unless
 //!   identities are mapped to accounts of their own; the namespaces separate
-//!   their processes and scratch directories, but world-writable places on the
-//!   host outside `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock` are shared.
+//!   their processes, scratch directories, terminals and System V IPC, but
+//!   what the kernel keeps per uid (the user keyring, inotify limits) and
+//!   world-writable places elsewhere on the host are shared, and with the
+//!   host network so are abstract Unix sockets.
+//! - Jobs can read `/sys/fs/cgroup` (other jobs' ids and use), create user
+//!   namespaces of their own, and run without a seccomp filter.
 //! - On a pure cgroup v2 host `jobsd` moves itself into a leaf of its own
 //!   cgroup (`jobsd-daemon`) so that the cgroup may hand controllers to job
 //!   groups; if other processes share that cgroup it refuses to start and
