@@ -147,7 +147,7 @@ pub trait Process: Send {
     fn exited(&mut self) -> BoxFuture<'_, io::Result<()>>;
 
     /// Sends `signal` to every process of the job. Only valid until
-    /// [`Process::reap`]; never signals a process that may have been reused.
+    /// [`Process::finish`]; never signals a process that may have been reused.
     ///
     /// # Errors
     /// The OS error; ESRCH (nothing left) is not an error.
