@@ -53,6 +53,15 @@ async fn start_limited(
         .unwrap_or_else(|e| panic!("start {program}: {e:?}"))
 }
 
+/// The gRPC code and message of a `true` job refused for `limits`.
+async fn refused(client: &Client, limits: proto::Limits) -> (tonic::Code, String) {
+    let err = client
+        .start_with_limits("true", &[], limits)
+        .await
+        .expect_err("the start was not refused");
+    (code(&err), message(&err))
+}
+
 /// Reads output until a line `ready` arrives.
 async fn until_ready(client: &Client, id: &str) -> tonic::Streaming<proto::StreamEvent> {
     let mut stream = client.stream(id).await.unwrap();
@@ -509,12 +518,8 @@ async fn limits_default_to_the_ceiling_and_may_only_be_lowered() {
         ),
     ] {
         let before = alice.list().await.unwrap().len();
-        let err = alice
-            .start_with_limits("true", &[], asked)
-            .await
-            .unwrap_err();
         assert_eq!(
-            (code(&err), message(&err)),
+            refused(&alice, asked).await,
             (tonic::Code::InvalidArgument, text.into())
         );
         assert_eq!(
@@ -523,19 +528,15 @@ async fn limits_default_to_the_ceiling_and_may_only_be_lowered() {
             "a job was created"
         );
     }
-    let err = alice
-        .start_with_limits(
-            "true",
-            &[],
+    assert_eq!(
+        refused(
+            &alice,
             proto::Limits {
                 io_write_bps: Some(1 << 20),
                 ..Default::default()
-            },
+            }
         )
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (code(&err), message(&err)),
+        .await,
         (
             tonic::Code::FailedPrecondition,
             "this server has no IO devices configured and cannot enforce IO limits".into()
@@ -600,19 +601,15 @@ async fn limits_need_a_contained_server() {
     // silently running the job unlimited.
     let server = TestServer::start_uncontained(|_| {}).await;
     let alice = client(&server, "alice").await;
-    let err = alice
-        .start_with_limits(
-            "true",
-            &[],
+    assert_eq!(
+        refused(
+            &alice,
             proto::Limits {
                 memory_bytes: Some(64 << 20),
                 ..Default::default()
-            },
+            }
         )
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (code(&err), message(&err)),
+        .await,
         (
             tonic::Code::FailedPrecondition,
             "this server runs jobs without containment and cannot enforce resource limits".into()
@@ -686,18 +683,17 @@ async fn io_limits_are_written_for_every_configured_device() {
     alice.stop(&job.id).await.unwrap();
 
     // Above the ceiling: refused.
-    let err = alice
-        .start_with_limits(
-            "true",
-            &[],
-            proto::Limits {
-                io_write_bps: Some(200 << 20),
-                ..Default::default()
-            },
+    let limits = proto::Limits {
+        io_write_bps: Some(200 << 20),
+        ..Default::default()
+    };
+    assert_eq!(
+        refused(&alice, limits).await,
+        (
+            tonic::Code::InvalidArgument,
+            "io_write_bps 209715200 (200.0 MiB/s) is above the server's ceiling of 104857600 (100.0 MiB/s)".into()
         )
-        .await
-        .unwrap_err();
-    assert_eq!(code(&err), tonic::Code::InvalidArgument);
+    );
 }
 
 #[test]
