@@ -121,6 +121,10 @@ enum Command {
         /// Print a JSON array.
         #[arg(long)]
         json: bool,
+        /// Every user's jobs, each line starting with its owner (admins
+        /// named in the server's policy only).
+        #[arg(long)]
+        all: bool,
     },
     /// Print everything a job has written so far, then exit: its stdout to
     /// stdout and its stderr to stderr, byte for byte.
@@ -296,17 +300,24 @@ async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<u8> {
                 if let Some(usage) = &status.usage {
                     text.push_str(&format!("  usage: {}\n", units::describe_usage(usage)));
                 }
+                if let Some(max) = status.max_output_bytes {
+                    text.push_str(&format!(
+                        "  output: {} of at most {}\n",
+                        units::human_bytes(status.output_bytes),
+                        units::human_bytes(max)
+                    ));
+                }
                 print(&text)?;
             }
             Ok(0)
         }
-        Command::List { json } => {
-            let jobs = client.list().await?;
+        Command::List { json, all } => {
+            let jobs = client.list(all).await?;
             if json {
-                let all: Vec<StatusJson> = jobs.iter().map(StatusJson::from).collect();
-                print(&format!("{}\n", to_json(&all)?))?;
+                let jobs: Vec<StatusJson> = jobs.iter().map(StatusJson::from).collect();
+                print(&format!("{}\n", to_json(&jobs)?))?;
             } else {
-                print(&format::status_table(&jobs))?;
+                print(&format::status_table(&jobs, all))?;
             }
             Ok(0)
         }

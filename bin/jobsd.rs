@@ -10,10 +10,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use jobs::audit::AuditLog;
 use jobs::auth::Identity;
 use jobs::client::units;
 use jobs::exec::{ContainConfig, IoDevice, LocalExecutor, Namespaces, Network};
 use jobs::job::{Account, JobsConfig, ResourceLimits};
+use jobs::policy::{Policy, PolicyHandle};
 
 /// The jobs daemon: runs programs for clients authenticated by mutual TLS 1.3.
 #[derive(Parser, Debug)]
@@ -24,20 +26,34 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
     /// CA certificate (PEM) that client certificates must chain to.
-    #[arg(long)]
-    ca: PathBuf,
+    #[arg(long, required_unless_present = "check_policy")]
+    ca: Option<PathBuf>,
     /// The server's certificate (PEM), e.g. from `jobs-ca server`.
-    #[arg(long)]
-    cert: PathBuf,
+    #[arg(long, required_unless_present = "check_policy")]
+    cert: Option<PathBuf>,
     /// The server's private key (PEM).
-    #[arg(long)]
-    key: PathBuf,
+    #[arg(long, required_unless_present = "check_policy")]
+    key: Option<PathBuf>,
     /// Directory for job output logs (created with mode 0700 if missing).
     #[arg(long, default_value = "/var/lib/jobsd")]
     state_dir: PathBuf,
     /// Seconds between SIGTERM and SIGKILL when a job is stopped (0-60).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=60))]
     grace_secs: u64,
+    /// Policy file (TOML; see policy.example.toml): denylist, admins, rate
+    /// limits, quotas, per-identity overrides. Checked strictly at start-up
+    /// (jobsd refuses to start on any error) and read again on SIGHUP (an
+    /// invalid file is rejected and the old policy stays). Without it: no
+    /// restriction beyond authentication.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Check the --policy file, print a summary and exit (0 if valid).
+    #[arg(long, requires = "policy")]
+    check_policy: bool,
+    /// Append one JSON line per access decision to FILE (created with mode
+    /// 0600). Reopened on SIGHUP, for log rotation.
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
     #[command(flatten)]
     contain: ContainArgs,
 }
@@ -128,6 +144,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if args.check_policy {
+        return check_policy(args.policy.as_deref());
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -137,17 +156,57 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--check-policy`: validates the file and says what it holds.
+fn check_policy(path: Option<&std::path::Path>) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("jobsd: error: --check-policy needs --policy FILE");
+        return ExitCode::FAILURE;
+    };
+    match Policy::load(path) {
+        Ok(policy) => {
+            let s = policy.summary();
+            println!(
+                "{}: valid ({} denied, {} admins, {} identities with overrides)",
+                path.display(),
+                s.denied,
+                s.admins,
+                s.users
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("jobsd: error: invalid policy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
     jobs::exec::protect_daemon_process().context("cannot mark jobsd non-dumpable")?;
+    let policy = match &args.policy {
+        Some(path) => {
+            let policy = Policy::load(path).map_err(|e| anyhow::anyhow!("invalid policy: {e}"))?;
+            let s = policy.summary();
+            tracing::info!(file = %path.display(), denied = s.denied, admins = s.admins, overrides = s.users, "policy loaded");
+            PolicyHandle::new(policy)
+        }
+        None => PolicyHandle::default(),
+    };
+    let audit = match &args.audit_log {
+        Some(path) => Some(Arc::new(
+            AuditLog::open(path).context("cannot open the audit log")?,
+        )),
+        None => None,
+    };
     // Before anything that needs undoing (the cgroup subtree, jobs): a
     // SIGTERM from now on is an orderly shutdown, never a sudden death.
-    let shutdown = shutdown_signal()?;
-    let pem = jobs::tls::PemFiles {
-        ca: args.ca,
-        cert: args.cert,
-        key: args.key,
+    let shutdown = shutdown_signal(policy.clone(), audit.clone())?;
+    let (Some(ca), Some(cert), Some(key)) = (args.ca, args.cert, args.key) else {
+        // clap requires all three unless --check-policy, handled in main.
+        anyhow::bail!("--ca, --cert and --key are required");
     };
+    let pem = jobs::tls::PemFiles { ca, cert, key };
     let tls = pem
         .server_config()
         .context("cannot load the TLS configuration")?;
@@ -157,6 +216,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cgroup_name = jobs::exec::cgroup_name_for(state.path());
     let mut config = jobs::server::ServerConfig::new(tls, state);
     config.jobs.grace = Duration::from_secs(args.grace_secs);
+    config.policy = policy;
+    config.audit = audit;
     if let Some(executor) = contain(&args.contain, cgroup_name, &mut config.jobs)? {
         config.executor = Arc::new(executor);
     }
@@ -335,11 +396,13 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT. SIGHUP (a closed terminal, or an
-/// operator expecting a reload) is logged and otherwise ignored: there is no
-/// configuration to reload yet, and it must not kill the daemon and orphan
-/// its jobs.
-fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+/// Resolves on the first SIGTERM or SIGINT. SIGHUP reloads the policy file
+/// (an invalid one is logged with file, line and key and the old policy
+/// stays) and reopens the audit log; it never stops the daemon or its jobs.
+fn shutdown_signal(
+    policy: PolicyHandle,
+    audit: Option<Arc<AuditLog>>,
+) -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -349,8 +412,31 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
             tokio::select! {
                 _ = term.recv() => break tracing::info!("SIGTERM received"),
                 _ = int.recv() => break tracing::info!("SIGINT received"),
-                _ = hup.recv() => tracing::info!("SIGHUP received: ignored (nothing to reload)"),
+                _ = hup.recv() => reload(&policy, audit.as_deref()),
             }
         }
     })
+}
+
+/// What SIGHUP does.
+fn reload(policy: &PolicyHandle, audit: Option<&AuditLog>) {
+    match policy.current().source().map(std::path::Path::to_path_buf) {
+        None => tracing::info!("SIGHUP received: no --policy file to reload"),
+        Some(path) => match policy.reload() {
+            Ok(s) => {
+                tracing::info!(file = %path.display(), denied = s.denied, admins = s.admins, overrides = s.users, "SIGHUP received: policy reloaded")
+            }
+            Err(e) => tracing::error!(
+                "SIGHUP received: policy NOT reloaded, the previous policy stays in force: {e}"
+            ),
+        },
+    }
+    if let Some(audit) = audit {
+        match audit.reopen() {
+            Ok(()) => tracing::info!(file = %audit.path().display(), "audit log reopened"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reopen the audit log; still writing to the old file")
+            }
+        }
+    }
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole product on real input, on loopback, in a temporary directory:
-# certificates issued, jobsd started, a real job run and followed as alice,
-# bob refused, everything shut down. Usage: bash scripts/demo.sh
+# certificates issued, jobsd started with a policy and an audit log, a real
+# job run and followed as alice, bob refused, an admin stopping alice's job,
+# bob denylisted by a policy reload, an output quota, everything shut down.
+# Usage: bash scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,19 +24,40 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "Issuing a CA, a server certificate and certificates for alice and bob (RSA-4096)"
+say "Issuing a CA, a server certificate and certificates for alice, bob and carol (RSA-4096)"
 "$bin/jobs-ca" init --dir "$tmp/certs"
 "$bin/jobs-ca" server --dir "$tmp/certs"
 alice=$("$bin/jobs-ca" client alice --dir "$tmp/certs")
 bob=$("$bin/jobs-ca" client bob --dir "$tmp/certs")
+carol=$("$bin/jobs-ca" client carol --dir "$tmp/certs")
 echo "alice is $alice"
 echo "bob   is $bob"
+echo "carol is $carol (an admin in the policy below)"
+
+say "The policy: carol is an admin; 5 running jobs and 1 MiB of output per job for everyone"
+policy() {  # policy DENYLIST
+  cat >"$tmp/policy.toml" <<EOF
+denylist = [$1]
+admins = ["$carol"]
+
+[rate]
+requests_per_second = 50
+
+[quota]
+max_running_jobs = 5
+max_output_bytes = "1M"
+EOF
+}
+policy ""
+cat "$tmp/policy.toml"
+"$bin/jobsd" --policy "$tmp/policy.toml" --check-policy
 
 say "Starting jobsd on 127.0.0.1 (a free port)"
 mkfifo "$tmp/ready"
 "$bin/jobsd" --listen 127.0.0.1:0 \
   --ca "$tmp/certs/ca.crt" --cert "$tmp/certs/server.crt" --key "$tmp/certs/server.key" \
-  --state-dir "$tmp/state" >"$tmp/ready" 2>"$tmp/jobsd.log" &
+  --state-dir "$tmp/state" --policy "$tmp/policy.toml" --audit-log "$tmp/audit.jsonl" \
+  >"$tmp/ready" 2>"$tmp/jobsd.log" &
 jobsd_pid=$!
 exec 3<"$tmp/ready"
 if ! read -r -t 30 line <&3; then
@@ -48,6 +71,7 @@ echo "jobsd: $line"
 export JOBS_ADDR="$addr" JOBS_CA="$tmp/certs/ca.crt"
 as_alice() { JOBS_CERT="$tmp/certs/alice.crt" JOBS_KEY="$tmp/certs/alice.key" "$bin/jobs" "$@"; }
 as_bob() { JOBS_CERT="$tmp/certs/bob.crt" JOBS_KEY="$tmp/certs/bob.key" "$bin/jobs" "$@"; }
+as_carol() { JOBS_CERT="$tmp/certs/carol.crt" JOBS_KEY="$tmp/certs/carol.key" "$bin/jobs" "$@"; }
 
 say "alice starts a job and follows its output live"
 id=$(as_alice start -- /bin/sh -c 'for i in 1 2 3 4 5; do echo "tick $i on $(uname -n)"; sleep 0.4; done; echo "done" >&2')
@@ -83,6 +107,49 @@ fi
 say "alice runs a job and stops it"
 id=$(as_alice start -- sleep 600)
 as_alice stop "$id"
+
+say "carol, an admin, lists every user's jobs and stops one of alice's"
+id=$(as_alice start -- sleep 600)
+echo '$ jobs list --all   (as carol)'
+as_carol list --all
+echo "$ jobs stop $id   (as carol)"
+as_carol stop "$id"
+echo '$ jobs list --all   (as bob, not an admin)'
+if as_bob list --all; then
+  echo "UNEXPECTED: bob listed every user's jobs" >&2
+  exit 1
+fi
+
+say "Output quota: a job that writes forever is stopped at 1 MiB"
+echo '$ jobs run -- yes | wc -c'
+as_alice run -- yes | wc -c || echo "(jobs run exited with $?: the job was stopped)"
+as_alice status "$(as_alice list | tail -n 1 | cut -d' ' -f1)"
+
+say "The operator denylists bob and reloads the policy (SIGHUP)"
+policy "\"$bob\""
+kill -HUP "$jobsd_pid"
+wait_log() { for _ in $(seq 100); do grep -q "$1" "$tmp/jobsd.log" && return 0; sleep 0.1; done; return 1; }
+wait_log 'policy reloaded'
+grep 'policy reloaded' "$tmp/jobsd.log" | sed 's/^/jobsd log: /'
+echo '$ jobs list   (as bob)'
+if as_bob list; then
+  echo "UNEXPECTED: denylisted bob was served" >&2
+  exit 1
+fi
+say "A broken policy is refused on reload and the old one stays"
+printf 'denylst = ["%s"]\n' "$bob" >"$tmp/policy.toml"
+cat "$tmp/policy.toml"
+kill -HUP "$jobsd_pid"
+wait_log 'policy NOT reloaded'
+grep 'policy NOT reloaded' "$tmp/jobsd.log" | sed 's/^/jobsd log: /'
+echo '$ jobs list   (as bob)'
+if as_bob list; then
+  echo "UNEXPECTED: bob was served after a broken reload" >&2
+  exit 1
+fi
+
+say "The audit log: one JSON line per decision (last 4 of $(wc -l <"$tmp/audit.jsonl"))"
+tail -n 4 "$tmp/audit.jsonl"
 
 say "Shutting jobsd down (SIGTERM)"
 kill -TERM "$jobsd_pid"

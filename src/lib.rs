@@ -10,9 +10,15 @@
 //! # Design
 //! - [`auth`]: a user is the SHA-256 of their certificate's public key (an SPKI
 //!   fingerprint); [`auth::Caller`] is the verified peer of a connection.
+//! - [`policy`]: the operator's TOML policy file (denylist, admins, rate
+//!   limits, quotas, per-identity overrides), its reload, and
+//!   [`policy::Gate::admit`], which turns a caller into the
+//!   [`policy::Grant`] that job operations require.
+//! - [`audit`]: the audit log, one JSON line per access decision.
 //! - [`job`]: what a job is — [`job::JobId`], owner, command, [`job::State`],
 //!   output — the registry [`job::Jobs`] with the one access check
-//!   [`job::Jobs::authorize`], and one supervisor task per job. Where a job
+//!   [`job::Jobs::authorize`] (owner, or an admin), the quotas a grant
+//!   carries (running jobs, output bytes), and one supervisor task per job. Where a job
 //!   runs is behind the [`job::Executor`] trait.
 //! - [`exec`]: the local executor — as root, a cgroup, an unprivileged account
 //!   and namespaces per job (otherwise a process group), a clean environment,
@@ -34,9 +40,11 @@
 //! # Security boundary
 //! Only a peer whose TLS 1.3 handshake presented a certificate chaining to the
 //! configured CA, valid now and made for client authentication, reaches the
-//! service. Its identity comes from that certificate alone. Every operation on
-//! an existing job goes through [`job::Jobs::authorize`]; "no such job" and
-//! "not your job" are the same NOT_FOUND answer. Jobs get argv verbatim (no
+//! service. Its identity comes from that certificate alone. Every request
+//! passes [`policy::Gate::admit`] (denylist, then rate limits) and is then
+//! recorded in the audit log; every operation on an existing job goes through
+//! [`job::Jobs::authorize`]; "no such job" and "not your job" are the same
+//! NOT_FOUND answer. Admins named in the policy may reach every job. Jobs get argv verbatim (no
 //! shell), a fixed minimal environment, stdin from /dev/null and no inherited
 //! descriptors. When `jobsd` is root each job is contained: its own cgroup
 //! with limits (entered before exec), an unprivileged account without
@@ -64,8 +72,12 @@
 //!   self-move with `hugetlb`); the v2 limit files only by their formats.
 //! - Job records live in memory: a restart of `jobsd` forgets them (output
 //!   files stay in the state directory).
-//! - No policy file yet: no denylist, rate limits or quotas beyond the
-//!   per-identity cap on open output streams.
+//! - Rate limits and quotas are per identity; there is no aggregate memory
+//!   quota per identity beyond "running jobs × the per-job memory limit".
+//! - The denylist is checked per request, not at the TLS handshake: a
+//!   denylisted key still completes handshakes (and they still cost the
+//!   server a signature each; `[handshakes]` in the policy limits that per
+//!   source address).
 //! - Output reads and writes are synchronous `pread`/`write` calls on the
 //!   page cache from async tasks; a disk that stalls stalls those tasks.
 //! - Output on disk is not limited or removed: one job can fill the disk.
@@ -80,6 +92,7 @@
 //!   so a local user holding 128 idle sockets locks other local clients out
 //!   (promptly, not by hanging) until the sockets close or time out (5 s).
 
+pub mod audit;
 pub mod auth;
 pub mod ca;
 pub mod cgroup;
@@ -87,6 +100,7 @@ pub mod client;
 pub mod exec;
 pub mod job;
 pub mod output;
+pub mod policy;
 pub mod sandbox;
 pub mod server;
 pub mod tls;

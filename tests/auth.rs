@@ -80,8 +80,8 @@ async fn another_users_job_looks_exactly_like_no_job() {
     }
 
     // bob lists nothing; alice lists her job, still running after bob's stop.
-    assert_eq!(bob.list().await.unwrap(), vec![]);
-    let mine = alice.list().await.unwrap();
+    assert_eq!(bob.list(false).await.unwrap(), vec![]);
+    let mine = alice.list(false).await.unwrap();
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0].id, job.id);
     assert_eq!(mine[0].state(), State::Running);
@@ -94,7 +94,7 @@ async fn another_users_job_looks_exactly_like_no_job() {
         tonic::Code::NotFound
     );
     let listed: Vec<String> = bob
-        .list()
+        .list(false)
         .await
         .unwrap()
         .into_iter()
@@ -102,7 +102,7 @@ async fn another_users_job_looks_exactly_like_no_job() {
         .collect();
     assert_eq!(listed, vec![bobs.id.clone()]);
     let listed: Vec<String> = alice
-        .list()
+        .list(false)
         .await
         .unwrap()
         .into_iter()
@@ -217,7 +217,7 @@ async fn a_client_certificate_from_another_ca_is_refused() {
     }
     // The server keeps serving others.
     let alice = client(&server, "alice").await;
-    assert_eq!(alice.list().await.unwrap(), vec![]);
+    assert_eq!(alice.list(false).await.unwrap(), vec![]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,7 +364,7 @@ async fn the_client_refuses_a_server_certificate_without_the_dialled_ip() {
     let mut by_name = options(&server, pem("alice"));
     by_name.addr = format!("localhost:{}", server.port());
     let alice = jobs::client::Client::connect(&by_name).await.unwrap();
-    assert_eq!(alice.list().await.unwrap(), vec![]);
+    assert_eq!(alice.list(false).await.unwrap(), vec![]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,7 +460,7 @@ async fn a_renewed_certificate_for_the_same_key_is_the_same_user() {
     let job = start(&alice, "sleep", &["600"]).await;
     let renewed = client(&server, "alice-renewed").await;
     let listed: Vec<String> = renewed
-        .list()
+        .list(false)
         .await
         .unwrap()
         .into_iter()
@@ -492,7 +492,7 @@ async fn a_silent_peer_cannot_hold_the_handshake_slots() {
         .await
         .expect("alice waited behind a silent peer")
         .unwrap();
-    assert_eq!(alice.list().await.unwrap(), vec![]);
+    assert_eq!(alice.list(false).await.unwrap(), vec![]);
     let listed = t.elapsed();
     assert!(listed < deadline, "alice listed only after {listed:?}");
     // The silent peer was closed at its deadline.

@@ -739,7 +739,7 @@ fn stop_ends_every_follower_with_the_final_status() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let line = format!("{id}  stopped by its owner: killed by signal 15 (SIGTERM)  sleep 600\n");
+    let line = format!("{id}  stopped: killed by signal 15 (SIGTERM)  sleep 600\n");
     let out = d.jobs(&d.alice, &["stop", &id]);
     assert_eq!(
         (out.code, out.stdout_str(), out.stderr.as_str()),
@@ -789,9 +789,7 @@ fn ctrl_c_in_run_stops_the_job_and_waits_for_its_end() {
     );
     assert_eq!(
         headline(d.jobs(&d.alice, &["status", id])).stdout_str(),
-        format!(
-            "{id}  stopped by its owner: killed by signal 15 (SIGTERM)  sh -c 'echo hi; sleep 60'\n"
-        )
+        format!("{id}  stopped: killed by signal 15 (SIGTERM)  sh -c 'echo hi; sleep 60'\n")
     );
 }
 
@@ -1281,7 +1279,10 @@ fn sighup_does_not_kill_jobsd_and_an_early_sigterm_is_orderly() {
         "the job did not survive SIGHUP"
     );
     let log = fs::read_to_string(d.dir.path().join("jobsd.log")).unwrap();
-    assert!(log.contains("SIGHUP received: ignored"), "{log}");
+    assert!(
+        log.contains("SIGHUP received: no --policy file to reload"),
+        "{log}"
+    );
 
     let sandbox = std::mem::replace(&mut d.sandbox, Sandbox::new());
     kill(pid, Signal::SIGTERM).unwrap();
@@ -1335,4 +1336,223 @@ fn the_oom_killer_prefers_jobs_to_jobsd() {
         let log = fs::read_to_string(d.dir.path().join("jobsd.log")).unwrap();
         assert!(log.contains("cannot lower jobsd's OOM score"), "{log}");
     }
+}
+
+/// Writes `text` as the sandbox's `policy.toml` and returns its path.
+fn write_policy(sb: &Sandbox, text: &str) -> PathBuf {
+    let path = sb.dir.path().join("policy.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// Waits until jobsd's log contains `what` `n` times.
+fn wait_for_log(d: &Daemon, what: &str, n: usize) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let log = fs::read_to_string(d.dir.path().join("jobsd.log")).unwrap();
+        if log.matches(what).count() >= n {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no {what:?} in the log:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn jobsd_refuses_to_start_with_a_broken_policy_naming_file_line_and_key() {
+    // Scenario (C27): a typo or a misplaced key in the policy file must stop
+    // jobsd before it serves anyone, saying where the mistake is.
+    let sb = Sandbox::new();
+    let alice = PKI.alice.identity.to_string();
+    for (text, at) in [
+        (
+            format!("denylst = [\"{alice}\"]\n"),
+            ":1:1: key 'denylst': unknown key; expected one of: denylist, admins, rate, quota, limits, handshakes, users",
+        ),
+        (
+            format!("[rate]\ndenylist = [\"{alice}\"]\n"),
+            ":2:1: key 'rate.denylist': unknown key; expected one of: requests_per_second, request_burst, starts_per_minute, start_burst",
+        ),
+    ] {
+        let path = write_policy(&sb, &text);
+        let out = jobsd_refusing_with(
+            &sb,
+            &sb.dir.path().join("state"),
+            &["--policy", path.to_str().unwrap()],
+        );
+        assert_eq!((out.code, out.stdout_str()), (1, ""), "{text}");
+        assert!(
+            out.stderr.ends_with(&format!(
+                "jobsd: error: invalid policy: {}{at}\n",
+                path.display()
+            )),
+            "{text}: {}",
+            out.stderr
+        );
+    }
+    // `--check-policy` says the same without starting, and accepts a good one.
+    let path = write_policy(&sb, &format!("denylist = [\"{}\"]\n", alice.to_uppercase()));
+    let mut cmd = Command::new(JOBSD);
+    cmd.args(["--policy", path.to_str().unwrap(), "--check-policy"]);
+    let out = run(cmd);
+    assert_eq!((out.code, out.stdout_str()), (1, ""));
+    assert!(
+        out.stderr.starts_with(&format!(
+            "jobsd: error: invalid policy: {}:1:13: key 'denylist[0]': ",
+            path.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    let path = write_policy(&sb, &format!("denylist = [\"{alice}\"]\nadmins = []\n"));
+    let mut cmd = Command::new(JOBSD);
+    cmd.args(["--policy", path.to_str().unwrap(), "--check-policy"]);
+    let out = run(cmd);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (
+            0,
+            format!(
+                "{}: valid (1 denied, 0 admins, 0 identities with overrides)\n",
+                path.display()
+            )
+            .as_str(),
+            ""
+        )
+    );
+}
+
+#[test]
+fn sighup_reloads_the_policy_and_a_broken_file_keeps_the_old_one() {
+    // Scenario: the operator denylists alice and sends SIGHUP; later a typo
+    // in the file must not silently lift the denylist. Running jobs are never
+    // touched, and every decision is in the audit log.
+    let sb = Sandbox::new();
+    let alice = PKI.alice.identity.to_string();
+    let bob = PKI.bob.identity.to_string();
+    let policy = write_policy(&sb, &format!("admins = [\"{bob}\"]\n"));
+    let audit = sb.dir.path().join("audit.jsonl");
+    let mut d = Daemon::start_in(
+        sb,
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+    );
+    let pid = Pid::from_raw(i32::try_from(d.child.id()).unwrap());
+    let running = d.start_job(&d.alice, &["sleep", "600"]);
+
+    fs::write(
+        &policy,
+        format!("denylist = [\"{alice}\"]\nadmins = [\"{bob}\"]\n"),
+    )
+    .unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    wait_for_log(&d, "policy reloaded", 1);
+    let denied = "jobs: error: permission denied: this identity is denied by the server's policy; ask the server's operator\n";
+    let out = d.jobs(&d.alice, &["list"]);
+    assert_eq!((out.code, out.stderr.as_str()), (1, denied));
+
+    // A broken file: rejected, logged with file, line and key; alice stays denied.
+    fs::write(&policy, format!("denylist = [\"{alice}\"]\nadmns = []\n")).unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    let log = wait_for_log(&d, "policy NOT reloaded", 1);
+    assert!(
+        log.contains(&format!(
+            "policy NOT reloaded, the previous policy stays in force: {}:2:1: key 'admns': unknown key",
+            policy.display()
+        )),
+        "{log}"
+    );
+    let out = d.jobs(&d.alice, &["list"]);
+    assert_eq!((out.code, out.stderr.as_str()), (1, denied));
+
+    // bob, an admin, sees alice's job still running and lists everyone's.
+    let out = headline(d.jobs(&d.bob, &["status", &running]));
+    assert!(out.stdout_str().contains("  running  "), "{out:?}");
+    let out = d.jobs(&d.bob, &["list", "--all"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout_str()
+            .starts_with(&format!("{alice}  {running}  running")),
+        "{out:?}"
+    );
+
+    // Every decision is one JSON line, in order.
+    let lines: Vec<Value> = fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary: Vec<(String, String, String, Option<String>)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["subject"].as_str().unwrap().to_owned(),
+                v["rpc"].as_str().unwrap().to_owned(),
+                v["outcome"].as_str().unwrap().to_owned(),
+                v["reason"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let line = |who: &str, rpc: &str, outcome: &str, reason: Option<&str>| {
+        (
+            format!("CN={who}"),
+            rpc.to_owned(),
+            outcome.to_owned(),
+            reason.map(str::to_owned),
+        )
+    };
+    assert_eq!(
+        summary,
+        vec![
+            line("alice", "Start", "allowed", None),
+            line("alice", "List", "denied", Some("denylisted")),
+            line("alice", "List", "denied", Some("denylisted")),
+            line("bob", "Status", "allowed", None),
+            line("bob", "List", "allowed", None),
+        ]
+    );
+    assert_eq!(lines[3]["admin"], Value::Bool(true));
+    assert_eq!(lines[3]["owner"], Value::String(alice.clone()));
+    assert_eq!(lines[3]["job"], Value::String(running.clone()));
+    drop(d);
+}
+
+#[test]
+fn a_job_over_its_output_quota_is_stopped_and_says_so() {
+    // Scenario: a job that writes forever under a 1000-byte output quota
+    // keeps exactly 1000 bytes and ends in state output_limit.
+    let sb = Sandbox::new();
+    let policy = write_policy(&sb, "[quota]\nmax_output_bytes = 1000\n");
+    let d = Daemon::start_in(sb, &["--policy", policy.to_str().unwrap()]);
+    let id = d.start_job(&d.alice, &["yes"]);
+    let out = d.jobs(&d.alice, &["stream", &id]);
+    assert_eq!(out.code, 128 + 15, "{out:?}");
+    assert_eq!(out.stdout, b"y\n".repeat(500));
+    let out = d.jobs(&d.alice, &["status", &id]);
+    assert_eq!(out.code, 0);
+    let text = out.stdout_str();
+    assert!(
+        text.starts_with(&format!(
+            "{id}  stopped at its output limit of 1000 B: killed by signal 15 (SIGTERM)  yes\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("  output: 1000 B of at most 1000 B\n"),
+        "{text}"
+    );
+    let out = d.jobs(&d.alice, &["status", "--json", &id]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&v["state"], &v["output_bytes"], &v["max_output_bytes"]),
+        (
+            &Value::from("output_limit"),
+            &Value::from(1000),
+            &Value::from(1000)
+        )
+    );
 }

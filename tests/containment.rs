@@ -517,13 +517,13 @@ async fn limits_default_to_the_ceiling_and_may_only_be_lowered() {
             "cpu_millis 2000 (2.000 cores) is above the server's ceiling of 1000 (1.000 cores)",
         ),
     ] {
-        let before = alice.list().await.unwrap().len();
+        let before = alice.list(false).await.unwrap().len();
         assert_eq!(
             refused(&alice, asked).await,
             (tonic::Code::InvalidArgument, text.into())
         );
         assert_eq!(
-            alice.list().await.unwrap().len(),
+            alice.list(false).await.unwrap().len(),
             before,
             "a job was created"
         );
@@ -591,7 +591,7 @@ async fn a_job_whose_cgroup_cannot_be_made_does_not_start() {
     assert_eq!(code(&err), tonic::Code::Internal);
     assert!(message(&err).starts_with("internal error (reference "));
     assert!(!marker.exists(), "the program ran");
-    assert_eq!(alice.list().await.unwrap(), vec![]);
+    assert_eq!(alice.list(false).await.unwrap(), vec![]);
     std::fs::create_dir(&pids_subtree).unwrap();
 }
 
@@ -615,7 +615,7 @@ async fn limits_need_a_contained_server() {
             "this server runs jobs without containment and cannot enforce resource limits".into()
         )
     );
-    assert_eq!(alice.list().await.unwrap(), vec![]);
+    assert_eq!(alice.list(false).await.unwrap(), vec![]);
     let job = start(&alice, "true", &[]).await;
     assert_eq!((job.limits, job.usage), (None, None));
 }
@@ -780,7 +780,7 @@ async fn start_errors_do_not_reveal_files_only_root_can_see() {
     // Where the account can look, missing is missing.
     let err = alice.start("/etc/passwd/x", &[]).await.unwrap_err();
     assert_eq!(message(&err), "program '/etc/passwd/x' not found");
-    assert_eq!(alice.list().await.unwrap().len(), 1);
+    assert_eq!(alice.list(false).await.unwrap().len(), 1);
     assert_eq!(cgroup_dirs_named(&job.id), Vec::<PathBuf>::new());
 }
 

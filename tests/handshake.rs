@@ -31,7 +31,7 @@ async fn alice_lists(server: &TestServer) -> Instant {
     let alice = connect(server, pem("alice"))
         .await
         .unwrap_or_else(|e| panic!("alice cannot connect: {e:?}"));
-    assert_eq!(alice.list().await.unwrap(), vec![]);
+    assert_eq!(alice.list(false).await.unwrap(), vec![]);
     Instant::now()
 }
 
@@ -233,7 +233,7 @@ async fn connections_over_the_per_address_cap_are_closed_at_once() {
             Err(e) => panic!("alice was refused after the idle peers hung up: {e:?}"),
         }
     };
-    assert_eq!(alice.list().await.unwrap(), vec![]);
+    assert_eq!(alice.list(false).await.unwrap(), vec![]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

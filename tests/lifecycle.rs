@@ -50,7 +50,7 @@ async fn bad_commands_are_invalid_argument_and_create_no_job() {
         assert_eq!(code(&err), tonic::Code::InvalidArgument, "{shown:?}");
         assert_eq!(&message(&err), expected, "{shown:?}");
     }
-    assert_eq!(alice.list().await.unwrap(), vec![]);
+    assert_eq!(alice.list(false).await.unwrap(), vec![]);
     let logs: Vec<_> = std::fs::read_dir(server.state_dir().join("output"))
         .unwrap()
         .flatten()
@@ -78,7 +78,7 @@ async fn a_command_line_in_one_string_is_not_split() {
             not_found_in_path("sleep 100")
         )
     );
-    assert_eq!(alice.list().await.unwrap(), vec![]);
+    assert_eq!(alice.list(false).await.unwrap(), vec![]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,7 +505,7 @@ async fn statuses_carry_command_times_and_owner() {
     );
 
     assert_eq!(alice.status(&started.id).await.unwrap(), done);
-    assert_eq!(alice.list().await.unwrap(), vec![done]);
+    assert_eq!(alice.list(false).await.unwrap(), vec![done]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -518,7 +518,7 @@ async fn list_is_oldest_first() {
         ids.push(start(&alice, "true", &[]).await.id);
     }
     let listed: Vec<String> = alice
-        .list()
+        .list(false)
         .await
         .unwrap()
         .into_iter()
@@ -545,7 +545,7 @@ async fn a_file_the_kernel_cannot_execute_is_refused_at_start() {
         message(&err),
         format!("program '{program}' is not an executable file")
     );
-    assert_eq!(alice.list().await.unwrap(), vec![]);
+    assert_eq!(alice.list(false).await.unwrap(), vec![]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,7 +64,7 @@ async fn no_zombies_after_many_short_stopped_and_cancelled_jobs() {
         );
     }
     // Cancelled starts that reached the server made running jobs: stop them.
-    for job in alice.list().await.unwrap() {
+    for job in alice.list(false).await.unwrap() {
         if job.state() == State::Running && job.command == ["sleep", "600"] {
             alice.stop(&job.id).await.unwrap();
         }
@@ -77,7 +77,7 @@ async fn no_zombies_after_many_short_stopped_and_cancelled_jobs() {
             "{id}"
         );
     }
-    let all = alice.list().await.unwrap();
+    let all = alice.list(false).await.unwrap();
     assert!(all.len() >= 250, "{} jobs", all.len());
     for job in &all {
         assert_ne!(job.state(), State::Running, "{job:?}");

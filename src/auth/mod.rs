@@ -51,6 +51,22 @@ impl Identity {
         Ok(Self::from_spki_der(cert.public_key().raw))
     }
 
+    /// The identity of the key in a DER-encoded X.509 certificate, and the
+    /// certificate's subject as an RFC 4514 string (e.g. `CN=alice`), for
+    /// logs and the audit log. The subject is a label chosen by whoever
+    /// issued the certificate; only the identity decides anything.
+    ///
+    /// # Errors
+    /// [`AuthError::BadCertificate`] if `der` is not an X.509 certificate.
+    pub fn with_subject_from_certificate_der(der: &[u8]) -> Result<(Self, String), AuthError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| AuthError::BadCertificate(e.to_string()))?;
+        Ok((
+            Self::from_spki_der(cert.public_key().raw),
+            cert.subject().to_string(),
+        ))
+    }
+
     /// The identity of a DER-encoded `SubjectPublicKeyInfo`.
     pub fn from_spki_der(spki: &[u8]) -> Self {
         Self(Sha256::digest(spki).into())

@@ -43,7 +43,8 @@ pub fn signal_name(signal: i32) -> Option<Cow<'static, str>> {
 }
 
 /// The `state` field of the JSON view: `running`, `exited`, `killed`,
-/// `stopped`, `oom`, or `unknown` for a value this client does not know.
+/// `stopped`, `oom`, `output_limit`, or `unknown` for a value this client
+/// does not know.
 pub fn state_name(status: &proto::JobStatus) -> &'static str {
     match State::try_from(status.state) {
         Ok(State::Running) => "running",
@@ -51,20 +52,30 @@ pub fn state_name(status: &proto::JobStatus) -> &'static str {
         Ok(State::Killed) => "killed",
         Ok(State::Stopped) => "stopped",
         Ok(State::Oom) => "oom",
+        Ok(State::OutputLimit) => "output_limit",
         Ok(State::Unspecified) | Err(_) => "unknown",
     }
 }
 
 /// How the job stands, in words: `running`, `exited with code 3`,
 /// `killed by signal 11 (SIGSEGV), core dumped`,
-/// `stopped by its owner: killed by signal 15 (SIGTERM)`,
+/// `stopped: killed by signal 15 (SIGTERM)`,
 /// `out of memory (limit 64.0 MiB, peak 64.0 MiB): killed by signal 9
 /// (SIGKILL)`.
 pub fn describe(status: &proto::JobStatus) -> String {
     match State::try_from(status.state) {
         Ok(State::Running) => "running".to_owned(),
         Ok(State::Exited | State::Killed) => describe_end(status),
-        Ok(State::Stopped) => format!("stopped by its owner: {}", describe_end(status)),
+        // By its owner, an admin, or the daemon's shutdown.
+        Ok(State::Stopped) => format!("stopped: {}", describe_end(status)),
+        Ok(State::OutputLimit) => match status.max_output_bytes {
+            Some(max) => format!(
+                "stopped at its output limit of {}: {}",
+                super::units::human_bytes(max),
+                describe_end(status)
+            ),
+            None => format!("stopped at its output limit: {}", describe_end(status)),
+        },
         Ok(State::Oom) => {
             // Both numbers, not a verdict: the OOM killer may also act because
             // the machine, not the job, ran out of memory.
@@ -118,12 +129,18 @@ pub fn status_line(status: &proto::JobStatus, state_width: usize) -> String {
 }
 
 /// Lines for a list of jobs, one per job, with the state column aligned; each
-/// line ends in `\n`. Empty for no jobs.
-pub fn status_table(jobs: &[proto::JobStatus]) -> String {
+/// line ends in `\n`. With `owners`, each line starts with the job's owner
+/// (`sha256:…`) and two spaces. Empty for no jobs.
+pub fn status_table(jobs: &[proto::JobStatus], owners: bool) -> String {
     let width = jobs.iter().map(|j| describe(j).len()).max().unwrap_or(0);
     jobs.iter()
         .map(|j| {
-            let mut line = status_line(j, width);
+            let mut line = if owners {
+                format!("{}  ", j.owner)
+            } else {
+                String::new()
+            };
+            line.push_str(&status_line(j, width));
             line.push('\n');
             line
         })
@@ -197,6 +214,10 @@ pub struct StatusJson {
     pub limits: Option<LimitsJson>,
     /// What the job used; `null` when not counted.
     pub usage: Option<UsageJson>,
+    /// Output bytes recorded so far.
+    pub output_bytes: u64,
+    /// The job's output quota in bytes; `null` when unlimited.
+    pub max_output_bytes: Option<u64>,
 }
 
 /// The JSON view of a job's limits (units in the field names).
@@ -251,6 +272,8 @@ impl From<&proto::JobStatus> for StatusJson {
                 cpu_usec: u.cpu_usec,
                 oom_kills: u.oom_kills,
             }),
+            output_bytes: s.output_bytes,
+            max_output_bytes: s.max_output_bytes,
         }
     }
 }
@@ -284,6 +307,8 @@ mod tests {
             owner: "sha256:ab".to_owned(),
             limits: None,
             usage: None,
+            output_bytes: 0,
+            max_output_bytes: None,
         }
     }
 
@@ -332,11 +357,11 @@ mod tests {
         );
         assert_eq!(
             describe(&status(State::Stopped, None, Some(15))),
-            "stopped by its owner: killed by signal 15 (SIGTERM)"
+            "stopped: killed by signal 15 (SIGTERM)"
         );
         assert_eq!(
             describe(&status(State::Stopped, Some(0), None)),
-            "stopped by its owner: exited with code 0"
+            "stopped: exited with code 0"
         );
     }
 
@@ -355,11 +380,11 @@ mod tests {
             status(State::Exited, Some(1), None),
         ];
         assert_eq!(
-            status_table(&jobs),
+            status_table(&jobs, false),
             "67e55044-10b1-426f-9247-bb680e5fe0c8  running             sleep 600\n\
              67e55044-10b1-426f-9247-bb680e5fe0c8  exited with code 1  sleep 600\n"
         );
-        assert_eq!(status_table(&[]), "");
+        assert_eq!(status_table(&[], false), "");
     }
 
     #[test]

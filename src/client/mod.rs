@@ -287,13 +287,18 @@ impl Client {
             .ok_or_else(|| ClientError::Rpc(tonic::Status::internal("server sent no status")))
     }
 
-    /// The caller's jobs, oldest first.
+    /// The caller's jobs, oldest first; with `all_users`, every user's jobs
+    /// (the server's policy must name the caller an admin).
     ///
     /// # Errors
-    /// [`ClientError::Rpc`], [`ClientError::Timeout`].
-    pub async fn list(&self) -> Result<Vec<proto::JobStatus>, ClientError> {
+    /// [`ClientError::Rpc`] (PERMISSION_DENIED for `all_users` from a
+    /// non-admin), [`ClientError::Timeout`].
+    pub async fn list(&self, all_users: bool) -> Result<Vec<proto::JobStatus>, ClientError> {
         let mut rpc = self.rpc.clone();
-        Ok(self.unary(rpc.list(proto::ListRequest {})).await?.jobs)
+        Ok(self
+            .unary(rpc.list(proto::ListRequest { all_users }))
+            .await?
+            .jobs)
     }
 
     /// Everything job `id` has written so far, as a stream of chunks. Opening

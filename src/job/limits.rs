@@ -180,6 +180,74 @@ fn pick(
     }
 }
 
+/// One field of a per-identity change to the daemon's ceilings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Override<T> {
+    /// Keep the daemon's ceiling (`jobsd --max-*`).
+    #[default]
+    Inherit,
+    /// No ceiling for this identity.
+    Unlimited,
+    /// This ceiling (and default) instead, in the field's unit.
+    Limit(T),
+}
+
+impl<T: Copy> Override<T> {
+    fn apply(self, base: Option<T>) -> Option<T> {
+        match self {
+            Override::Inherit => base,
+            Override::Unlimited => None,
+            Override::Limit(v) => Some(v),
+        }
+    }
+}
+
+/// Changes to the daemon's per-job ceilings for one identity (from the policy
+/// file's `[limits]` and `[users."…".limits]`). Fields and units as in
+/// [`ResourceLimits`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CeilingOverrides {
+    /// Memory, in bytes.
+    pub memory_bytes: Override<u64>,
+    /// CPU, in thousandths of a core.
+    pub cpu_millis: Override<u32>,
+    /// Processes and threads.
+    pub pids: Override<u32>,
+    /// Read bandwidth per IO device, in bytes per second.
+    pub io_read_bps: Override<u64>,
+    /// Write bandwidth per IO device, in bytes per second.
+    pub io_write_bps: Override<u64>,
+}
+
+impl CeilingOverrides {
+    /// `base` with every overridden field replaced.
+    pub fn apply(&self, base: &ResourceLimits) -> ResourceLimits {
+        ResourceLimits {
+            memory_bytes: self.memory_bytes.apply(base.memory_bytes),
+            cpu_millis: self.cpu_millis.apply(base.cpu_millis),
+            pids: self.pids.apply(base.pids),
+            io_read_bps: self.io_read_bps.apply(base.io_read_bps),
+            io_write_bps: self.io_write_bps.apply(base.io_write_bps),
+        }
+    }
+}
+
+/// What one identity's jobs may have, from the policy. `None` means not
+/// limited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobQuota {
+    /// Most jobs of the identity not yet final at once; 0 forbids starting
+    /// any. Checked atomically with the start, so parallel starts cannot
+    /// overshoot it.
+    pub max_running_jobs: Option<u32>,
+    /// Most output bytes (stdout and stderr together) each job may write.
+    /// The job's log keeps exactly this many; the job is then stopped like a
+    /// stop request and ends in [`super::State::OutputLimit`].
+    pub max_output_bytes: Option<u64>,
+    /// Changes to the daemon's ceilings for this identity's jobs.
+    pub ceilings: CeilingOverrides,
+}
+
 /// What a job used, from its cgroup's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ResourceUsage {
@@ -395,5 +463,25 @@ mod tests {
             Account::lookup("no-such-user-here", false),
             Err(AccountError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn overrides_replace_only_their_fields() {
+        let o = CeilingOverrides {
+            memory_bytes: Override::Limit(2 << 30),
+            pids: Override::Unlimited,
+            ..Default::default()
+        };
+        assert_eq!(
+            o.apply(&ceiling()),
+            ResourceLimits {
+                memory_bytes: Some(2 << 30),
+                cpu_millis: Some(1000),
+                pids: None,
+                io_read_bps: None,
+                io_write_bps: None,
+            }
+        );
+        assert_eq!(CeilingOverrides::default().apply(&ceiling()), ceiling());
     }
 }

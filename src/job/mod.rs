@@ -36,13 +36,14 @@ pub use executor::{
     SpawnError, Spawned,
 };
 pub use limits::{
-    Account, AccountError, MAX_PIDS, MIN_CPU_MILLIS, MIN_MEMORY_BYTES, MIN_PIDS, Resource,
-    ResourceLimits, ResourceUsage, human_bytes,
+    Account, AccountError, CeilingOverrides, JobQuota, MAX_PIDS, MIN_CPU_MILLIS, MIN_MEMORY_BYTES,
+    MIN_PIDS, Override, Resource, ResourceLimits, ResourceUsage, human_bytes,
 };
 pub use spec::{JobSpec, MAX_ARGS, MAX_ARGV_BYTES, MAX_PROGRAM_LEN};
 
-use crate::auth::{Caller, Identity};
+use crate::auth::Identity;
 use crate::output::{self, Log, LogReader};
+use crate::policy::Grant;
 
 /// Default time between SIGTERM and SIGKILL when a job is stopped.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -124,6 +125,11 @@ pub enum State {
     /// peak, [`Status::limits`] the limit). [`Status::exit`] tells how the
     /// main process ended.
     Oom,
+    /// It wrote more than its output quota ([`Status::max_output_bytes`]):
+    /// the log keeps exactly that many bytes, later output was discarded, and
+    /// the job was stopped as by a stop request. [`Status::exit`] tells how
+    /// the main process ended.
+    OutputLimit,
 }
 
 /// A point-in-time view of a job.
@@ -148,6 +154,10 @@ pub struct Status {
     /// What it used so far (running) or in all (final); `None` when jobs are
     /// not contained or the counters could not be read.
     pub usage: Option<ResourceUsage>,
+    /// Output bytes recorded so far (stdout and stderr together).
+    pub output_bytes: u64,
+    /// Its output quota in bytes; `None` when unlimited.
+    pub max_output_bytes: Option<u64>,
 }
 
 /// Errors of job operations. The server maps each variant to one gRPC status.
@@ -235,6 +245,54 @@ pub enum JobError {
     /// IO limits were asked of a daemon with no IO devices configured.
     #[error("this server has no IO devices configured and cannot enforce IO limits")]
     IoLimitsUnavailable,
+    /// The caller already has as many jobs running as its quota allows.
+    #[error(
+        "you have {max} running job(s), the most your quota allows; wait for one to end or stop one"
+    )]
+    TooManyRunningJobs {
+        /// The quota.
+        max: u32,
+    },
+    /// Only admins may do this (list every user's jobs).
+    #[error("only admins may list every user's jobs")]
+    AdminOnly,
+}
+
+/// Why [`Jobs::authorize`] refused, in more detail than the caller is told:
+/// the audit log records it, the peer sees only [`JobError::InvalidId`] or
+/// [`JobError::NotFound`] (via `From`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessDenied {
+    /// The id is not a UUID in canonical form.
+    MalformedId,
+    /// No job has this id.
+    NoSuchJob,
+    /// The job belongs to another identity and the caller is not an admin.
+    NotOwner {
+        /// The job's owner.
+        owner: Identity,
+    },
+}
+
+impl AccessDenied {
+    /// A short stable name for the audit log.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AccessDenied::MalformedId => "malformed_job_id",
+            AccessDenied::NoSuchJob => "no_such_job",
+            AccessDenied::NotOwner { .. } => "not_owner",
+        }
+    }
+}
+
+impl From<AccessDenied> for JobError {
+    fn from(e: AccessDenied) -> Self {
+        match e {
+            AccessDenied::MalformedId => JobError::InvalidId,
+            // Same answer for both, so that job ids cannot be probed.
+            AccessDenied::NoSuchJob | AccessDenied::NotOwner { .. } => JobError::NotFound,
+        }
+    }
 }
 
 /// Settings of the job engine.
@@ -245,8 +303,9 @@ pub struct JobsConfig {
     /// Time between SIGTERM and SIGKILL on stop; at most [`MAX_GRACE`]
     /// (longer values are treated as [`MAX_GRACE`]).
     pub grace: Duration,
-    /// The most each job may ask for, and what it gets by default. Ignored
-    /// when the executor cannot enforce limits (IO fields: IO limits).
+    /// The most each job may ask for, and what it gets by default, unless
+    /// the caller's [`JobQuota::ceilings`] override it. Ignored when the
+    /// executor cannot enforce limits (IO fields: IO limits).
     pub ceiling: ResourceLimits,
     /// Accounts for the jobs of particular identities; every other
     /// identity's jobs run as the executor's default account. Ignored when the
@@ -289,6 +348,7 @@ struct Job {
     stop: watch::Sender<bool>,
     log: Log,
     limits: Option<ResourceLimits>,
+    max_output_bytes: Option<u64>,
     meter: Option<Arc<dyn Meter>>,
 }
 
@@ -319,6 +379,8 @@ impl Job {
             owner: self.owner,
             limits: self.limits,
             usage,
+            output_bytes: self.log.data_len(),
+            max_output_bytes: self.max_output_bytes,
         }
     }
 }
@@ -329,12 +391,14 @@ pub struct Jobs {
     executor: Arc<dyn Executor>,
     config: JobsConfig,
     jobs: Mutex<HashMap<JobId, Arc<Job>>>,
+    slots: Arc<RunningSlots>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
-/// A job the caller owns. Only [`Jobs::authorize`] and [`Jobs::start`] make
-/// one, so holding it proves the ownership check was done.
+/// A job the caller may act on: their own, or (for an admin) anyone's. Only
+/// [`Jobs::authorize`] and [`Jobs::start`] make one, so holding it proves the
+/// access check was done.
 #[derive(Clone)]
 pub struct OwnedJob(Arc<Job>);
 
@@ -353,42 +417,62 @@ impl Jobs {
             executor,
             config,
             jobs: Mutex::new(HashMap::new()),
+            slots: Arc::default(),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         })
     }
 
-    /// The one access check: the job `id` if `caller` owns it.
+    /// The one access check: the job `id` if the grant's caller owns it, or
+    /// if the caller is an admin (then [`OwnedJob::owner`] tells whose it is).
     ///
     /// # Errors
-    /// [`JobError::InvalidId`] for a malformed id; [`JobError::NotFound`] when
-    /// there is no such job *or* it belongs to another identity.
-    pub fn authorize(&self, caller: &Caller, id: &str) -> Result<OwnedJob, JobError> {
-        let id: JobId = id.parse()?;
-        let job = self.lock().get(&id).cloned().ok_or(JobError::NotFound)?;
-        if job.owner != caller.identity() {
-            return Err(JobError::NotFound);
+    /// [`AccessDenied::MalformedId`] for an id not in canonical form;
+    /// [`AccessDenied::NoSuchJob`]; [`AccessDenied::NotOwner`] for another
+    /// identity's job. Converted to [`JobError`], the last two are the same
+    /// [`JobError::NotFound`].
+    pub fn authorize(&self, grant: &Grant, id: &str) -> Result<OwnedJob, AccessDenied> {
+        let id: JobId = id.parse().map_err(|_| AccessDenied::MalformedId)?;
+        let job = self
+            .lock()
+            .get(&id)
+            .cloned()
+            .ok_or(AccessDenied::NoSuchJob)?;
+        if job.owner != grant.identity() && !grant.is_admin() {
+            return Err(AccessDenied::NotOwner { owner: job.owner });
         }
         Ok(OwnedJob(job))
     }
 
-    /// The caller's own jobs, oldest first.
-    pub fn list(&self, caller: &Caller) -> Vec<Status> {
-        let mut mine: Vec<Status> = self
+    /// The caller's own jobs, or with `all_users` every user's jobs (admins
+    /// only), oldest first.
+    ///
+    /// # Errors
+    /// [`JobError::AdminOnly`] when a non-admin asks for `all_users`.
+    pub fn list(&self, grant: &Grant, all_users: bool) -> Result<Vec<Status>, JobError> {
+        if all_users && !grant.is_admin() {
+            return Err(JobError::AdminOnly);
+        }
+        let mut jobs: Vec<Status> = self
             .lock()
             .values()
-            .filter(|j| j.owner == caller.identity())
+            .filter(|j| all_users || j.owner == grant.identity())
             .map(|j| j.status())
             .collect();
-        mine.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
-        mine
+        jobs.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        Ok(jobs)
     }
 
-    /// Starts `spec` for `caller` under `limits` (unset fields take the
-    /// configured ceiling) and returns the running job.
+    /// Starts `spec` for the grant's caller under `limits` (unset fields take
+    /// the ceiling: the configured one with the grant's
+    /// [`JobQuota::ceilings`] applied) and returns the running job, which
+    /// gets the grant's output quota.
     ///
     /// # Errors
     /// [`JobError::ShuttingDown`] after [`Jobs::shutdown`] began;
+    /// [`JobError::TooManyRunningJobs`] when the caller has
+    /// [`JobQuota::max_running_jobs`] jobs not yet final (starts in progress
+    /// count, so parallel starts cannot overshoot);
     /// [`JobError::LimitsUnavailable`], [`JobError::IoLimitsUnavailable`],
     /// [`JobError::LimitTooSmall`], [`JobError::LimitAboveCeiling`] for limits
     /// the daemon cannot or will not grant; [`JobError::Spawn`] when the
@@ -400,19 +484,21 @@ impl Jobs {
     /// Dropping the future before it resolves leaves no job and no process.
     pub async fn start(
         &self,
-        caller: &Caller,
+        grant: &Grant,
         spec: JobSpec,
         limits: ResourceLimits,
     ) -> Result<OwnedJob, JobError> {
         if self.shutdown.is_cancelled() {
             return Err(JobError::ShuttingDown);
         }
+        let caller = grant.caller();
+        let quota = grant.quota();
         let caps = self.executor.capabilities();
         let (limits, account) = if caps.limits {
             if limits.has_io() && !caps.io_limits {
                 return Err(JobError::IoLimitsUnavailable);
             }
-            let mut ceiling = self.config.ceiling;
+            let mut ceiling = quota.ceilings.apply(&self.config.ceiling);
             if !caps.io_limits {
                 (ceiling.io_read_bps, ceiling.io_write_bps) = (None, None);
             }
@@ -425,6 +511,11 @@ impl Jobs {
         } else {
             return Err(JobError::LimitsUnavailable);
         };
+        // Held by the supervisor until the job is final; dropped (freeing the
+        // slot) if the start fails.
+        let slot = self
+            .slots
+            .acquire(caller.identity(), quota.max_running_jobs)?;
         let id = JobId::new_random();
         let name = id.to_string();
         let launch = Launch {
@@ -451,6 +542,7 @@ impl Jobs {
             stop: stop_tx,
             log,
             limits,
+            max_output_bytes: quota.max_output_bytes,
             meter: spawned.meter.clone(),
         });
         self.lock().insert(id, job.clone());
@@ -463,6 +555,8 @@ impl Jobs {
                 stop: stop_rx,
                 shutdown: self.shutdown.clone(),
                 grace: self.config.grace.min(MAX_GRACE),
+                max_output_bytes: quota.max_output_bytes,
+                slot,
             }));
         tracing::info!(job = %id, owner = %caller.identity(), command = ?job.command, "job started");
         Ok(OwnedJob(job))
@@ -505,6 +599,11 @@ impl OwnedJob {
         self.0.id
     }
 
+    /// The job's owner.
+    pub fn owner(&self) -> Identity {
+        self.0.owner
+    }
+
     /// The job's current status.
     pub fn status(&self) -> Status {
         self.0.status()
@@ -517,10 +616,16 @@ impl OwnedJob {
     /// # Cancel safety
     /// Cancel safe: the stop request stands even if the wait is dropped.
     pub async fn stop(&self) -> Status {
+        self.request_stop();
+        self.wait_final().await
+    }
+
+    /// Asks the supervisor to stop the job, as [`OwnedJob::stop`], without
+    /// waiting.
+    pub fn request_stop(&self) {
         if matches!(*self.0.phase.borrow(), Phase::Running) {
             self.0.stop.send_replace(true);
         }
-        self.wait_final().await
     }
 
     /// Waits until the job is final and returns its final status.
@@ -550,6 +655,56 @@ impl OwnedJob {
     /// [`output::OutputError::Io`] if the output log cannot be opened.
     pub fn follow(&self) -> Result<LogReader, output::OutputError> {
         self.0.log.follow()
+    }
+}
+
+/// Jobs not yet final, per owner, for [`JobQuota::max_running_jobs`].
+#[derive(Debug, Default)]
+struct RunningSlots {
+    counts: Mutex<HashMap<Identity, u32>>,
+}
+
+/// One job of `owner` counted as running; dropping it uncounts the job.
+#[derive(Debug)]
+pub(crate) struct RunningSlot {
+    slots: Arc<RunningSlots>,
+    owner: Identity,
+}
+
+impl RunningSlots {
+    /// Counts one more job of `owner`, unless it has `max` already.
+    fn acquire(
+        self: &Arc<Self>,
+        owner: Identity,
+        max: Option<u32>,
+    ) -> Result<RunningSlot, JobError> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(owner).or_insert(0);
+        if let Some(max) = max {
+            if *n >= max {
+                if *n == 0 {
+                    counts.remove(&owner);
+                }
+                return Err(JobError::TooManyRunningJobs { max });
+            }
+        }
+        *n += 1;
+        Ok(RunningSlot {
+            slots: self.clone(),
+            owner,
+        })
+    }
+}
+
+impl Drop for RunningSlot {
+    fn drop(&mut self) {
+        let mut counts = self.slots.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.owner);
+            }
+        }
     }
 }
 

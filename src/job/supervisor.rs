@@ -4,7 +4,10 @@
 //! honest:
 //! 1. While the main process runs: copy both pipes into the log as data
 //!    arrives (whether or not anyone follows), and act on stop requests:
-//!    SIGTERM + SIGCONT to the job, SIGKILL when the grace period ends.
+//!    SIGTERM + SIGCONT to the job, SIGKILL when the grace period ends. A job
+//!    that reaches its output quota is stopped the same way; the log keeps
+//!    exactly the quota's bytes, and whatever the job writes later is read
+//!    (so it never blocks on a full pipe) and discarded.
 //! 2. The main process exits. The executor kills what is left of the job
 //!    (its cgroup, or its process group while the unreaped leader pins the
 //!    group id), waits until no process of it remains, and reaps it.
@@ -19,7 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ended, ExitInfo, JobId, JobSignal, OutputPipe, Phase, Spawned, State};
+use super::{Ended, ExitInfo, JobId, JobSignal, OutputPipe, Phase, RunningSlot, Spawned, State};
 use crate::output::{Fd, LogWriter, RecordBuf};
 
 pub(super) struct Supervisor {
@@ -30,6 +33,26 @@ pub(super) struct Supervisor {
     pub stop: watch::Receiver<bool>,
     pub shutdown: CancellationToken,
     pub grace: std::time::Duration,
+    /// The output quota in bytes, if any.
+    pub max_output_bytes: Option<u64>,
+    /// Counts the job against its owner's running-jobs quota until dropped.
+    pub slot: RunningSlot,
+}
+
+/// Where output goes: the log, up to the quota.
+struct Sink {
+    log: LogWriter,
+    /// Bytes the log may still take; `None`: unlimited.
+    room: Option<u64>,
+    /// Bytes read after the quota was reached, and not recorded.
+    discarded: u64,
+}
+
+impl Sink {
+    /// True once the quota is used up.
+    fn full(&self) -> bool {
+        self.room == Some(0)
+    }
 }
 
 /// One output pipe and its buffer; `None` once it reached EOF or failed.
@@ -58,12 +81,23 @@ impl Pipe {
         }
     }
 
-    /// Stores the result of [`Pipe::read`]; closes the pipe on EOF or error.
-    fn store(&mut self, job: JobId, result: std::io::Result<usize>, log: &mut LogWriter) {
+    /// Stores the result of [`Pipe::read`] (as much as the quota leaves
+    /// room for); closes the pipe on EOF or error.
+    fn store(&mut self, job: JobId, result: std::io::Result<usize>, sink: &mut Sink) {
         match result {
             Ok(0) => self.reader = None,
             Ok(n) => {
-                if let Err(e) = log.append(self.fd, &mut self.buf, n) {
+                let keep = match sink.room {
+                    None => n,
+                    Some(room) => {
+                        // `room < n` here means it fits in usize.
+                        let keep = (room.min(n as u64)) as usize;
+                        sink.room = Some(room - keep as u64);
+                        sink.discarded += (n - keep) as u64;
+                        keep
+                    }
+                };
+                if let Err(e) = sink.log.append(self.fd, &mut self.buf, keep) {
                     // The bytes are lost; say so loudly. Stopping the job on a
                     // full disk is a later piece of work.
                     tracing::error!(job = %job, error = %e, "cannot write job output");
@@ -85,12 +119,19 @@ pub(super) async fn supervise(s: Supervisor) {
     let Supervisor {
         id,
         spawned,
-        mut log,
+        log,
         phase,
         mut stop,
         shutdown,
         grace,
+        max_output_bytes,
+        slot,
     } = s;
+    let mut sink = Sink {
+        log,
+        room: max_output_bytes,
+        discarded: 0,
+    };
     let Spawned {
         mut process,
         stdout,
@@ -100,6 +141,7 @@ pub(super) async fn supervise(s: Supervisor) {
     let mut out = Pipe::new(Fd::Stdout, stdout);
     let mut err = Pipe::new(Fd::Stderr, stderr);
     let mut stopping = false;
+    let mut over_quota = false;
     let mut kill_at: Option<Instant> = None;
 
     // 1. Until the main process exits.
@@ -111,18 +153,20 @@ pub(super) async fn supervise(s: Supervisor) {
                 }
                 break;
             }
-            r = out.read() => out.store(id, r, &mut log),
-            r = err.read() => err.store(id, r, &mut log),
-            // A stop request, or the daemon shutting down.
-            _ = stop_requested(&mut stop, &shutdown), if !stopping => {
+            r = out.read() => out.store(id, r, &mut sink),
+            r = err.read() => err.store(id, r, &mut sink),
+            // A stop request, the daemon shutting down, or the output quota.
+            _ = stop_requested(&mut stop, &shutdown), if !stopping && !over_quota => {
                 stopping = true;
                 kill_at = Some(Instant::now() + grace);
                 tracing::info!(job = %id, grace_ms = grace.as_millis() as u64, "stopping job");
-                for signal in [JobSignal::Terminate, JobSignal::Continue] {
-                    if let Err(e) = process.signal(signal) {
-                        tracing::warn!(job = %id, error = %e, ?signal, "cannot signal job");
-                    }
-                }
+                terminate(id, process.as_mut());
+            }
+            _ = std::future::ready(()), if sink.full() && !stopping && !over_quota => {
+                over_quota = true;
+                kill_at = Some(Instant::now() + grace);
+                tracing::info!(job = %id, max_output_bytes = ?max_output_bytes, grace_ms = grace.as_millis() as u64, "output quota reached; stopping job");
+                terminate(id, process.as_mut());
             }
             _ = sleep_until(kill_at) => {
                 kill_at = None;
@@ -156,8 +200,8 @@ pub(super) async fn supervise(s: Supervisor) {
     let deadline = Instant::now() + super::DRAIN_TIMEOUT;
     while out.open() || err.open() {
         tokio::select! {
-            r = out.read() => out.store(id, r, &mut log),
-            r = err.read() => err.store(id, r, &mut log),
+            r = out.read() => out.store(id, r, &mut sink),
+            r = err.read() => err.store(id, r, &mut sink),
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::warn!(job = %id, "output pipes still open after the job's processes were killed; a process escaped the job");
                 break;
@@ -168,20 +212,32 @@ pub(super) async fn supervise(s: Supervisor) {
 
     // 4. Publish the final state, then seal the log.
     let oom = usage.is_some_and(|u| u.oom_kills > 0);
-    let state = match (stopping, oom, exit) {
-        (true, _, _) => State::Stopped,
-        (false, true, _) => State::Oom,
-        (false, false, ExitInfo::Exited(_)) => State::Exited,
-        (false, false, ExitInfo::Signaled { .. }) => State::Killed,
+    let state = match (over_quota, stopping, oom, exit) {
+        (true, _, _, _) => State::OutputLimit,
+        (false, true, _, _) => State::Stopped,
+        (false, false, true, _) => State::Oom,
+        (false, false, false, ExitInfo::Exited(_)) => State::Exited,
+        (false, false, false, ExitInfo::Signaled { .. }) => State::Killed,
     };
-    tracing::info!(job = %id, ?state, ?exit, ?usage, bytes = log.len(), "job final");
+    tracing::info!(job = %id, ?state, ?exit, ?usage, bytes = sink.log.data_len(), discarded = sink.discarded, "job final");
     phase.send_replace(Phase::Final {
         state,
         exit,
         ended_at: SystemTime::now(),
         usage,
     });
-    log.seal();
+    sink.log.seal();
+    // The job no longer counts against its owner's running-jobs quota.
+    drop(slot);
+}
+
+/// SIGTERM and SIGCONT (so a stopped job sees the SIGTERM) to the job.
+fn terminate(id: JobId, process: &mut dyn super::Process) {
+    for signal in [JobSignal::Terminate, JobSignal::Continue] {
+        if let Err(e) = process.signal(signal) {
+            tracing::warn!(job = %id, error = %e, ?signal, "cannot signal job");
+        }
+    }
 }
 
 /// Sleeps until `at`, or forever when `None`.

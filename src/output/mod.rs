@@ -96,6 +96,8 @@ pub enum OutputError {
 struct Progress {
     /// Bytes of complete records in the file; readers never read past it.
     committed: u64,
+    /// Output bytes in those records (headers not counted).
+    data: u64,
     /// No more records will be appended.
     sealed: bool,
 }
@@ -113,6 +115,7 @@ pub struct Log {
 pub struct LogWriter {
     file: File,
     committed: u64,
+    data: u64,
     progress: watch::Sender<Progress>,
 }
 
@@ -131,12 +134,14 @@ pub fn create(path: &Path) -> Result<(LogWriter, Log), OutputError> {
         .open(path)?;
     let (tx, rx) = watch::channel(Progress {
         committed: 0,
+        data: 0,
         sealed: false,
     });
     Ok((
         LogWriter {
             file,
             committed: 0,
+            data: 0,
             progress: tx,
         },
         Log {
@@ -192,7 +197,11 @@ impl LogWriter {
             return Err(e.into());
         }
         self.committed += record.len() as u64;
-        self.progress.send_modify(|p| p.committed = self.committed);
+        self.data += len as u64;
+        self.progress.send_modify(|p| {
+            p.committed = self.committed;
+            p.data = self.data;
+        });
         Ok(())
     }
 
@@ -204,6 +213,12 @@ impl LogWriter {
     /// True before the first append.
     pub fn is_empty(&self) -> bool {
         self.committed == 0
+    }
+
+    /// Output bytes appended so far (record headers not counted): what a
+    /// reader of the whole log receives.
+    pub fn data_len(&self) -> u64 {
+        self.data
     }
 
     /// Marks the log complete (readers that reach its end stop waiting) and
@@ -257,6 +272,12 @@ impl Log {
     pub fn committed_len(&self) -> u64 {
         self.progress.borrow().committed
     }
+
+    /// Output bytes in the complete records written so far (headers not
+    /// counted).
+    pub fn data_len(&self) -> u64 {
+        self.progress.borrow().data
+    }
 }
 
 /// A cursor over a log from byte 0, with its own offset.
@@ -286,7 +307,9 @@ impl LogReader {
     /// Cancel safe: the offset only moves when a chunk is returned.
     pub async fn next(&mut self) -> Result<Option<Chunk>, OutputError> {
         let end = loop {
-            let Progress { committed, sealed } = *self.progress.borrow_and_update();
+            let Progress {
+                committed, sealed, ..
+            } = *self.progress.borrow_and_update();
             let end = self.limit.map_or(committed, |l| l.min(committed));
             if self.offset < end {
                 break end;

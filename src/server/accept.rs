@@ -63,7 +63,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -81,6 +81,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected;
 
 use crate::auth::{Caller, Identity};
+use crate::policy::{HandshakeLimiter, PolicyHandle, source_of};
 
 /// Default deadline for a peer's ClientHello, from TCP accept. A real client
 /// sends it in its first packet after connecting, so 5 s covers any link a
@@ -120,6 +121,8 @@ pub(crate) struct ConnInfo {
     pub remote: SocketAddr,
     /// The peer's verified identity.
     pub caller: Caller,
+    /// The subject of the peer's certificate (RFC 4514), for the audit log.
+    pub subject: Arc<str>,
 }
 
 /// A TLS connection whose client certificate has been verified.
@@ -279,16 +282,6 @@ impl Drop for PendingSlot {
     }
 }
 
-/// The source a connection counts against for the per-address cap: the IPv4
-/// address, or the /64 of an IPv6 address (one host is usually given a whole
-/// /64, so counting single IPv6 addresses would be no cap at all).
-fn source_of(peer: IpAddr) -> IpAddr {
-    match peer.to_canonical() {
-        v4 @ IpAddr::V4(_) => v4,
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> 64))),
-    }
-}
-
 /// The accept loop and what every handshake task needs.
 pub(crate) struct AcceptLoop {
     pub listener: TcpListener,
@@ -304,6 +297,10 @@ pub(crate) struct AcceptLoop {
     pub pending: Pending,
     /// Permits to compute the server's half of a handshake.
     pub signing: Arc<Semaphore>,
+    /// The policy in force, for its handshake rate per source address.
+    pub policy: PolicyHandle,
+    /// Handshake token buckets per source address.
+    pub handshakes: HandshakeLimiter,
     pub tracker: TaskTracker,
     pub cancel: CancellationToken,
 }
@@ -341,6 +338,17 @@ impl AcceptLoop {
                     continue;
                 }
             };
+            // Each connection costs a token of its source before the server
+            // spends anything on it, so one source cannot flood the signing
+            // permits that every client shares.
+            if let Err(wait) = self
+                .handshakes
+                .check(remote.ip(), self.policy.current().handshakes())
+            {
+                tracing::debug!(%remote, retry_ms = wait.as_millis() as u64, "handshake rate of this source exceeded; closed");
+                drop((slot, tcp));
+                continue;
+            }
             let deadline = accepted_at + self.handshake_timeout;
             let handshake = Handshake {
                 tls: self.tls.clone(),
@@ -440,13 +448,14 @@ impl Handshake {
             .ok_or_else(|| {
                 io::Error::new(io::ErrorKind::PermissionDenied, "no client certificate")
             })?;
-        let identity = Identity::from_certificate_der(leaf)
+        let (identity, subject) = Identity::with_subject_from_certificate_der(leaf)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(VerifiedConn {
             stream,
             info: ConnInfo {
                 remote,
                 caller: Caller::from_verified(identity),
+                subject: subject.into(),
             },
         })
     }

@@ -3,9 +3,10 @@
 //! This module owns the network side: the accept loop and TLS handshakes
 //! (`accept.rs`), the tonic service that only translates between messages and
 //! library calls (`service.rs`), the single error-to-status mapping
-//! (`status.rs`), per-identity stream caps (`limits.rs`), and the shutdown
-//! order ([`serve`]). It must not decide access itself: that is
-//! [`crate::job::Jobs::authorize`].
+//! (`status.rs`), per-identity stream caps (`limits.rs`), the order of
+//! admission, access check and audit line for every RPC (`service.rs`), and
+//! the shutdown order ([`serve`]). It must not decide access itself: that is
+//! [`crate::policy::Gate::admit`] and [`crate::job::Jobs::authorize`].
 
 mod accept;
 mod limits;
@@ -24,8 +25,10 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::AuditLog;
 use crate::exec::LocalExecutor;
 use crate::job::{Executor, Jobs, JobsConfig};
+use crate::policy::{Gate, HandshakeLimiter, PolicyHandle};
 use crate::proto::job_service_server::JobServiceServer;
 
 /// Default cap on open Output and Stream calls per identity, across all its
@@ -90,6 +93,15 @@ pub struct ServerConfig {
     /// Where jobs run. Default: [`LocalExecutor::uncontained`]; `jobsd` uses
     /// [`LocalExecutor::contained`] when it runs as root.
     pub executor: Arc<dyn Executor>,
+    /// The policy in force (denylist, admins, rates, quotas). Keep a clone to
+    /// reload it while the server runs. Default: [`Policy::default`], which
+    /// restricts nothing beyond authentication.
+    ///
+    /// [`Policy::default`]: crate::policy::Policy
+    pub policy: PolicyHandle,
+    /// Where each access decision is recorded, one JSON line each. Default:
+    /// none (decisions go to the debug log only).
+    pub audit: Option<Arc<AuditLog>>,
     /// Cap on open Output/Stream calls per identity.
     pub max_streams_per_identity: usize,
     /// Deadline for the whole TLS handshake, from TCP accept: the ClientHello,
@@ -135,6 +147,8 @@ impl ServerConfig {
             tls,
             jobs: JobsConfig::new(state.path().join("output")),
             executor: Arc::new(LocalExecutor::uncontained()),
+            policy: PolicyHandle::default(),
+            audit: None,
             max_streams_per_identity: DEFAULT_MAX_STREAMS_PER_IDENTITY,
             handshake_timeout: Duration::from_secs(10),
             client_hello_timeout: accept::DEFAULT_CLIENT_HELLO_TIMEOUT,
@@ -198,6 +212,8 @@ pub async fn serve(
                 config.max_pending_per_ip,
             ),
             signing: Arc::new(Semaphore::new(config.max_handshakes.max(1))),
+            policy: config.policy.clone(),
+            handshakes: HandshakeLimiter::new(),
             tracker: tracker.clone(),
             cancel: cancel.clone(),
         }
@@ -206,6 +222,8 @@ pub async fn serve(
     let service = service::Service {
         jobs: jobs.clone(),
         streams: limits::StreamLimits::new(config.max_streams_per_identity),
+        gate: Arc::new(Gate::new(config.policy.clone())),
+        audit: config.audit.clone(),
     };
     let stop_serving = CancellationToken::new();
     let server = tonic::transport::Server::builder()

@@ -1,55 +1,274 @@
 //! The gRPC service: translates requests into library calls and results into
-//! messages. It holds no logic of its own: authorisation is
-//! [`Jobs::authorize`], errors go through [`super::status::to_status`].
+//! messages. It decides nothing itself: admission (denylist, rate limits) is
+//! [`Gate::admit`], access to a job is [`Jobs::authorize`], quotas are the job
+//! engine's, and errors go through [`super::status`]. What it owns is the
+//! order, the same for every RPC:
+//!
+//! 1. admission, 2. access to the named job (and a stream slot), 3. one
+//!    audit line recording the decision, 4. the action, 5. the response.
+//!
+//! Start is the exception: its decision includes the engine's running-jobs
+//! quota, so its audit line is written after the start and before the
+//! response; if that write fails the new job is stopped again. An audit line
+//! that cannot be written fails the request (INTERNAL): nothing is done
+//! unrecorded. Open Output and Stream calls watch the policy and end with
+//! PERMISSION_DENIED (and an audit line) when a reload denylists their caller
+//! or takes away the admin rights they were opened with.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::accept::ConnInfo;
 use super::limits::{StreamLimits, StreamPermit};
-use super::status::{output_status, to_status};
-use crate::auth::Caller;
-use crate::job::{ExitInfo, JobSpec, Jobs, OwnedJob, ResourceLimits, ResourceUsage, State};
+use super::status::{code_name, denial_status, internal, output_status, to_status};
+use crate::audit::{AuditLog, Entry, Outcome};
+use crate::auth::Identity;
+use crate::job::{
+    ExitInfo, JobError, JobSpec, Jobs, OwnedJob, ResourceLimits, ResourceUsage, State,
+};
 use crate::output::{Chunk, Fd, LogReader};
+use crate::policy::{Gate, Grant, Policy, Rpc};
 use crate::proto;
 use crate::proto::job_service_server::JobService;
 
 pub(crate) struct Service {
     pub jobs: Arc<Jobs>,
     pub streams: Arc<StreamLimits>,
+    pub gate: Arc<Gate>,
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// The verified caller of a request, from its connection.
-fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+/// The verified peer of a request, from its connection.
+fn conn<T>(request: &Request<T>) -> Result<ConnInfo, Status> {
     request
         .extensions()
         .get::<ConnInfo>()
-        .map(|c| {
-            tracing::debug!(remote = %c.remote, caller = %c.caller.identity(), path = ?std::any::type_name::<T>(), "request");
-            c.caller
-        })
+        .cloned()
         // Only reachable if the service were mounted without the TLS acceptor.
         .ok_or_else(|| Status::unauthenticated("no verified client certificate"))
 }
 
+/// One audit line's worth of facts about a request.
+struct Decision<'a> {
+    conn: &'a ConnInfo,
+    rpc: Rpc,
+    job: Option<String>,
+    owner: Option<Identity>,
+    admin: bool,
+    outcome: Outcome,
+    reason: Option<&'a str>,
+}
+
+/// A request that may act on a job.
+struct Access {
+    job: OwnedJob,
+    /// A slot among the caller's open streams (Output, Stream).
+    permit: Option<StreamPermit>,
+    /// For streams: who opened it, to check again on a policy reload.
+    conn: ConnInfo,
+    rpc: Rpc,
+}
+
 impl Service {
-    fn owned<T>(&self, request: &Request<T>, id: &str) -> Result<OwnedJob, Status> {
-        let caller = caller(request)?;
-        self.jobs.authorize(&caller, id).map_err(to_status)
+    /// Writes one audit line. With no audit log configured this does nothing.
+    ///
+    /// # Errors
+    /// INTERNAL when the line cannot be written; the caller must not act.
+    fn record(&self, d: Decision<'_>) -> Result<(), Status> {
+        tracing::debug!(remote = %d.conn.remote, caller = %d.conn.caller.identity(), rpc = d.rpc.name(), job = ?d.job, outcome = ?d.outcome, reason = ?d.reason, "decision");
+        let Some(audit) = &self.audit else {
+            return Ok(());
+        };
+        audit
+            .record(&Entry {
+                identity: d.conn.caller.identity(),
+                subject: &d.conn.subject,
+                peer: d.conn.remote,
+                rpc: d.rpc,
+                job: d.job,
+                owner: d.owner,
+                admin: d.admin,
+                outcome: d.outcome,
+                reason: d.reason,
+            })
+            .map_err(|e| internal("cannot write the audit log", &error_chain(&e)))
     }
 
-    fn permit<T>(&self, request: &Request<T>) -> Result<StreamPermit, Status> {
-        let caller = caller(request)?;
-        self.streams.acquire(caller.identity()).ok_or_else(|| {
-            Status::resource_exhausted(
-                "too many open output streams for this identity; close some and retry",
-            )
+    /// Step 1: the gate. A refusal is audited and becomes the status.
+    fn admit(&self, conn: &ConnInfo, rpc: Rpc, job: Option<&str>) -> Result<Grant, Status> {
+        self.gate.admit(&conn.caller, rpc).or_else(|denial| {
+            self.record(Decision {
+                conn,
+                rpc,
+                job: job.map(str::to_owned),
+                owner: None,
+                admin: false,
+                outcome: Outcome::Denied,
+                reason: Some(denial.reason()),
+            })?;
+            Err(denial_status(denial))
         })
+    }
+
+    /// Steps 1–3 for an RPC on the job `id`: admission, access, a stream
+    /// slot when `stream`, and the audit line.
+    fn access<T>(&self, request: &Request<T>, rpc: Rpc, id: &str) -> Result<Access, Status> {
+        let conn = conn(request)?;
+        let grant = self.admit(&conn, rpc, Some(id))?;
+        let job = match self.jobs.authorize(&grant, id) {
+            Ok(job) => job,
+            Err(denied) => {
+                self.record(Decision {
+                    conn: &conn,
+                    rpc,
+                    job: Some(id.to_owned()),
+                    owner: match denied {
+                        crate::job::AccessDenied::NotOwner { owner } => Some(owner),
+                        _ => None,
+                    },
+                    admin: false,
+                    outcome: Outcome::Denied,
+                    reason: Some(denied.reason()),
+                })?;
+                return Err(to_status(denied.into()));
+            }
+        };
+        let admin = job.owner() != grant.identity();
+        let decision = |outcome, reason| Decision {
+            conn: &conn,
+            rpc,
+            job: Some(job.id().to_string()),
+            owner: Some(job.owner()),
+            admin,
+            outcome,
+            reason,
+        };
+        let permit = if matches!(rpc, Rpc::Output | Rpc::Stream) {
+            match self.streams.acquire(grant.identity()) {
+                Some(permit) => Some(permit),
+                None => {
+                    self.record(decision(Outcome::Denied, Some("too_many_streams")))?;
+                    return Err(Status::resource_exhausted(
+                        "too many open output streams for this identity; close some and retry",
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        self.record(decision(Outcome::Allowed, None))?;
+        if admin {
+            tracing::info!(caller = %grant.identity(), owner = %job.owner(), job = %job.id(), rpc = rpc.name(), "admin access to another user's job");
+        }
+        Ok(Access {
+            job,
+            permit,
+            conn,
+            rpc,
+        })
+    }
+
+    /// Ends `stream` with PERMISSION_DENIED (after an audit line) as soon as
+    /// a new policy denies `access.conn`'s caller, or takes away the admin
+    /// rights the stream was opened with.
+    fn guard<T: Send + 'static>(
+        &self,
+        access: &Access,
+        stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
+    ) -> impl Stream<Item = Result<T, Status>> + Send + 'static {
+        let watch = Watch {
+            policy: self.gate.policy().subscribe(),
+            conn: access.conn.clone(),
+            rpc: access.rpc,
+            job: access.job.id().to_string(),
+            owner: access.job.owner(),
+            audit: self.audit.clone(),
+        };
+        futures_util::stream::unfold(Some((Box::pin(stream), watch)), |state| async move {
+            let (mut stream, mut watch) = state?;
+            loop {
+                tokio::select! {
+                    item = stream.next() => return item.map(|item| (item, Some((stream, watch)))),
+                    changed = watch.policy.changed(), if !watch.closed() => {
+                        if changed.is_err() {
+                            continue;
+                        }
+                        let policy = watch.policy.borrow_and_update().clone();
+                        if let Some(status) = watch.revoked(&policy) {
+                            return Some((Err(status), None));
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// `e` and its sources, `: `-separated (the OS error of an audit write).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// What an open stream needs to check itself against a new policy.
+struct Watch {
+    policy: watch::Receiver<Arc<Policy>>,
+    conn: ConnInfo,
+    rpc: Rpc,
+    job: String,
+    owner: Identity,
+    audit: Option<Arc<AuditLog>>,
+}
+
+impl Watch {
+    /// True once the policy's sender is gone (the server is ending).
+    fn closed(&self) -> bool {
+        self.policy.has_changed().is_err()
+    }
+
+    /// The status to end the stream with under `policy`, if it must end.
+    fn revoked(&self, policy: &Policy) -> Option<Status> {
+        let identity = self.conn.caller.identity();
+        let (reason, status) = if policy.is_denied(&identity) {
+            (
+                "stream_ended_denylisted",
+                super::status::denial_status(crate::policy::Denial::Denylisted),
+            )
+        } else if self.owner != identity && !policy.is_admin(&identity) {
+            ("stream_ended_not_admin", to_status(JobError::NotFound))
+        } else {
+            return None;
+        };
+        tracing::info!(caller = %identity, job = %self.job, rpc = self.rpc.name(), reason, "open stream ended by a new policy");
+        if let Some(audit) = &self.audit {
+            if let Err(e) = audit.record(&Entry {
+                identity,
+                subject: &self.conn.subject,
+                peer: self.conn.remote,
+                rpc: self.rpc,
+                job: Some(self.job.clone()),
+                owner: Some(self.owner),
+                admin: self.owner != identity,
+                outcome: Outcome::Denied,
+                reason: Some(reason),
+            }) {
+                // The stream ends all the same: refusing is the safe side.
+                tracing::error!(error = %error_chain(&e), "cannot write the audit log");
+            }
+        }
+        Some(status)
     }
 }
 
@@ -59,19 +278,49 @@ impl JobService for Service {
         &self,
         request: Request<proto::StartRequest>,
     ) -> Result<Response<proto::StartResponse>, Status> {
-        let caller = caller(&request)?;
+        let conn = conn(&request)?;
+        let grant = self.admit(&conn, Rpc::Start, None)?;
         let proto::StartRequest {
             program,
             args,
             limits,
         } = request.into_inner();
-        let spec = JobSpec::new(program, args).map_err(to_status)?;
         let limits = limits.map(limits_from_message).unwrap_or_default();
-        let job = self
-            .jobs
-            .start(&caller, spec, limits)
-            .await
-            .map_err(to_status)?;
+        let started = match JobSpec::new(program, args) {
+            Ok(spec) => self.jobs.start(&grant, spec, limits).await,
+            Err(e) => Err(e),
+        };
+        let decision = |job: Option<&OwnedJob>, outcome, reason| Decision {
+            conn: &conn,
+            rpc: Rpc::Start,
+            job: job.map(|j| j.id().to_string()),
+            owner: job.map(|j| j.owner()),
+            admin: false,
+            outcome,
+            reason,
+        };
+        let job = match started {
+            Ok(job) => job,
+            Err(e @ JobError::TooManyRunningJobs { .. }) => {
+                self.record(decision(None, Outcome::Denied, Some("running_jobs_quota")))?;
+                return Err(to_status(e));
+            }
+            Err(e) => {
+                let status = to_status(e);
+                self.record(decision(
+                    None,
+                    Outcome::Failed,
+                    Some(code_name(status.code())),
+                ))?;
+                return Err(status);
+            }
+        };
+        if let Err(status) = self.record(decision(Some(&job), Outcome::Allowed, None)) {
+            // Nothing runs unrecorded: the job is stopped (in the background;
+            // its supervisor finishes it) and the caller told it failed.
+            job.request_stop();
+            return Err(status);
+        }
         Ok(Response::new(proto::StartResponse {
             id: job.id().to_string(),
             status: Some(status_message(&job.status())),
@@ -82,8 +331,8 @@ impl JobService for Service {
         &self,
         request: Request<proto::StopRequest>,
     ) -> Result<Response<proto::StopResponse>, Status> {
-        let job = self.owned(&request, &request.get_ref().id)?;
-        let status = job.stop().await;
+        let access = self.access(&request, Rpc::Stop, &request.get_ref().id)?;
+        let status = access.job.stop().await;
         Ok(Response::new(proto::StopResponse {
             status: Some(status_message(&status)),
         }))
@@ -93,9 +342,9 @@ impl JobService for Service {
         &self,
         request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
-        let job = self.owned(&request, &request.get_ref().id)?;
+        let access = self.access(&request, Rpc::Status, &request.get_ref().id)?;
         Ok(Response::new(proto::StatusResponse {
-            status: Some(status_message(&job.status())),
+            status: Some(status_message(&access.job.status())),
         }))
     }
 
@@ -103,9 +352,29 @@ impl JobService for Service {
         &self,
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
-        let caller = caller(&request)?;
-        let jobs = self.jobs.list(&caller).iter().map(status_message).collect();
-        Ok(Response::new(proto::ListResponse { jobs }))
+        let conn = conn(&request)?;
+        let grant = self.admit(&conn, Rpc::List, None)?;
+        let all_users = request.get_ref().all_users;
+        let decision = |outcome, reason| Decision {
+            conn: &conn,
+            rpc: Rpc::List,
+            job: None,
+            owner: None,
+            admin: all_users,
+            outcome,
+            reason,
+        };
+        let jobs = match self.jobs.list(&grant, all_users) {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                self.record(decision(Outcome::Denied, Some("admin_only")))?;
+                return Err(to_status(e));
+            }
+        };
+        self.record(decision(Outcome::Allowed, None))?;
+        Ok(Response::new(proto::ListResponse {
+            jobs: jobs.iter().map(status_message).collect(),
+        }))
     }
 
     type OutputStream = BoxStream<proto::OutputChunk>;
@@ -114,11 +383,11 @@ impl JobService for Service {
         &self,
         request: Request<proto::OutputRequest>,
     ) -> Result<Response<Self::OutputStream>, Status> {
-        let job = self.owned(&request, &request.get_ref().id)?;
-        let permit = self.permit(&request)?;
-        let reader = job.output().map_err(output_status)?;
+        let mut access = self.access(&request, Rpc::Output, &request.get_ref().id)?;
+        let permit = access.permit.take();
+        let reader = access.job.output().map_err(output_status)?;
         let stream = chunks(reader, permit, chunk_message);
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(self.guard(&access, stream))))
     }
 
     type StreamStream = BoxStream<proto::StreamEvent>;
@@ -127,8 +396,9 @@ impl JobService for Service {
         &self,
         request: Request<proto::StreamRequest>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let job = self.owned(&request, &request.get_ref().id)?;
-        let permit = self.permit(&request)?;
+        let mut access = self.access(&request, Rpc::Stream, &request.get_ref().id)?;
+        let permit = access.permit.take();
+        let job = access.job.clone();
         let reader = job.follow().map_err(output_status)?;
         let output = chunks(reader, permit, |chunk| proto::StreamEvent {
             event: Some(proto::stream_event::Event::Chunk(chunk_message(chunk))),
@@ -148,9 +418,8 @@ impl JobService for Service {
                 ))),
             })
         });
-        Ok(Response::new(Box::pin(futures_util::StreamExt::chain(
-            output, last,
-        ))))
+        let stream = output.chain(last);
+        Ok(Response::new(Box::pin(self.guard(&access, stream))))
     }
 }
 
@@ -158,7 +427,7 @@ impl JobService for Service {
 /// Holds `permit` until dropped (when the stream ends or the client leaves).
 fn chunks<T: Send + 'static>(
     reader: LogReader,
-    permit: StreamPermit,
+    permit: Option<StreamPermit>,
     to_message: fn(Chunk) -> T,
 ) -> impl Stream<Item = Result<T, Status>> + Send + 'static {
     futures_util::stream::unfold(Some((reader, permit)), move |state| async move {
@@ -199,6 +468,7 @@ pub(crate) fn status_message(s: &crate::job::Status) -> proto::JobStatus {
             State::Killed => proto::State::Killed,
             State::Stopped => proto::State::Stopped,
             State::Oom => proto::State::Oom,
+            State::OutputLimit => proto::State::OutputLimit,
         } as i32,
         exit_code,
         signal,
@@ -209,6 +479,8 @@ pub(crate) fn status_message(s: &crate::job::Status) -> proto::JobStatus {
         owner: s.owner.to_string(),
         limits: s.limits.map(limits_message),
         usage: s.usage.map(usage_message),
+        output_bytes: s.output_bytes,
+        max_output_bytes: s.max_output_bytes,
     }
 }
 

@@ -7,9 +7,11 @@
 //! tagged with a reference the peer can quote to an operator.
 
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::job::{JobError, SpawnError};
 use crate::output::OutputError;
+use crate::policy::Denial;
 
 /// Maps a job error to the gRPC status the peer sees.
 pub(crate) fn to_status(e: JobError) -> Status {
@@ -31,6 +33,8 @@ pub(crate) fn to_status(e: JobError) -> Status {
         JobError::Spawn(spawn) => spawn_status(spawn),
         JobError::Output(e) => output_status(e),
         JobError::ShuttingDown => Status::unavailable("the server is shutting down"),
+        JobError::TooManyRunningJobs { .. } => Status::resource_exhausted(e.to_string()),
+        JobError::AdminOnly => Status::permission_denied(e.to_string()),
     }
 }
 
@@ -99,4 +103,56 @@ pub(crate) fn internal(what: &str, detail: &dyn std::fmt::Display) -> Status {
         Code::Internal,
         format!("internal error (reference {reference})"),
     )
+}
+
+/// Maps a refusal of the policy gate to the status the peer sees. Rate
+/// limits say how long to wait, in the message and as a
+/// `google.rpc.RetryInfo` detail.
+pub(crate) fn denial_status(d: Denial) -> Status {
+    match d {
+        Denial::Denylisted => Status::permission_denied(
+            "this identity is denied by the server's policy; ask the server's operator",
+        ),
+        Denial::RateLimited { retry_after } => {
+            retry_status("too many requests from this identity", retry_after)
+        }
+        Denial::StartRateLimited { retry_after } => {
+            retry_status("too many job starts from this identity", retry_after)
+        }
+    }
+}
+
+fn retry_status(what: &str, retry_after: std::time::Duration) -> Status {
+    // Rounded up to the next tenth of a second, so that waiting as told is
+    // always enough.
+    let tenths = retry_after.as_nanos().div_ceil(100_000_000);
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!("{what}; retry in {}.{} s", tenths / 10, tenths % 10),
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
+}
+
+/// The status code in snake case, as the audit log records failures:
+/// `invalid_argument`, `not_found`, …
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
 }

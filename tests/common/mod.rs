@@ -118,6 +118,9 @@ fn client_cert(name: &str, validity: Validity) -> IssuedFiles {
 
 static ALICE: LazyLock<IssuedFiles> = LazyLock::new(|| client_cert("alice", days(7)));
 static BOB: LazyLock<IssuedFiles> = LazyLock::new(|| client_cert("bob", days(7)));
+/// A third user, made only by the binaries that name her (policy tests make
+/// her an admin).
+static CAROL: LazyLock<IssuedFiles> = LazyLock::new(|| client_cert("carol", days(7)));
 
 static EXPIRED: LazyLock<IssuedFiles> = LazyLock::new(|| {
     let now = time::OffsetDateTime::now_utc();
@@ -378,6 +381,7 @@ pub fn ca_cert() -> PathBuf {
 
 /// The PEM files of a named certificate, made on first use:
 /// - `alice`, `bob`: ordinary users;
+/// - `carol`: a third user (made on first use, like every name here);
 /// - `server`: the server certificate (default SANs);
 /// - `expired`, `not-yet-valid`: users whose validity is over / not begun;
 /// - `mallory`: a user of a second CA (the CA file is still ours);
@@ -400,6 +404,7 @@ pub fn pem(name: &str) -> PemFiles {
     match name {
         "alice" => files(&ALICE),
         "bob" => files(&BOB),
+        "carol" => files(&CAROL),
         "server" => files(&SERVER),
         "expired" => files(&EXPIRED),
         "not-yet-valid" => files(&NOT_YET_VALID),
@@ -418,6 +423,7 @@ pub fn identity(name: &str) -> Identity {
     match name {
         "alice" => ALICE.identity,
         "bob" => BOB.identity,
+        "carol" => CAROL.identity,
         other => panic!("no recorded identity for {other:?}"),
     }
 }

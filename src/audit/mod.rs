@@ -1,0 +1,292 @@
+//! The audit log: one JSON line per access decision (`jobsd --audit-log FILE`).
+//!
+//! This module owns the audit file and its line format. [`AuditLog::open`]
+//! opens the file append-only and private to the daemon's user (mode 0600;
+//! a symbolic link or anything but a regular file at the path is refused),
+//! [`AuditLog::record`] appends one [`Entry`] as one line, and
+//! [`AuditLog::reopen`] opens the path again after the file was rotated.
+//!
+//! A line is one JSON object with these keys, in this order:
+//!
+//! ```json
+//! {"time":"2026-11-30T03:04:05.123456789Z","identity":"sha256:…","subject":"CN=alice","peer":"127.0.0.1:5555","rpc":"Stop","job":"67e55044-10b1-426f-9247-bb680e5fe0c8","owner":"sha256:…","admin":false,"outcome":"allowed","reason":null}
+//! ```
+//!
+//! - `time`: when the line was written, RFC 3339 in UTC, with as many
+//!   fractional digits as needed (none on a whole second, at most 9).
+//! - `identity`, `owner`: fingerprints as [`Identity`] displays them;
+//!   `owner` is `null` when no job or no owner is known.
+//! - `subject`: the caller's certificate subject (RFC 4514), verbatim.
+//! - `peer`: the caller's address and port.
+//! - `rpc`: the method name ([`Rpc::name`]).
+//! - `job`: the job id as the caller sent it or as it was created, or `null`.
+//! - `admin`: true when the caller acted with admin rights.
+//! - `outcome`: `allowed`, `denied` or `failed` ([`Outcome`]).
+//! - `reason`: a short snake_case word, or `null`.
+//!
+//! Text fields come from certificates and requests, so they may hold
+//! quotes, backslashes, newlines or other control characters; JSON escapes
+//! them, and a line never holds a raw newline before its end.
+//!
+//! It must not decide anything: callers pass the decision they made, and
+//! whether a failed write stops the action is theirs to choose.
+
+use std::fmt;
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use serde::{Serialize, Serializer};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::auth::Identity;
+use crate::policy::Rpc;
+
+/// Permission bits of the audit file: read and write for the daemon's user
+/// only. The log names every user and what they did.
+const MODE: u32 = 0o600;
+
+/// The audit file, shared by every request. Lines from concurrent callers
+/// never interleave.
+pub struct AuditLog {
+    path: PathBuf,
+    /// The open file; replaced by [`AuditLog::reopen`].
+    file: Mutex<File>,
+}
+
+impl fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens the audit file at `path` for appending, creating it with mode
+    /// 0600 if it is missing. An existing file whose mode gives the group or
+    /// others any permission is changed to 0600 (with a warning in the log).
+    /// The file is opened with `O_APPEND`, `O_CLOEXEC` and `O_NOFOLLOW`, and
+    /// never truncated.
+    ///
+    /// # Errors
+    /// [`AuditError::Open`] when the file cannot be created, opened or
+    /// changed to 0600, or the path is not a regular file: a symbolic link
+    /// (ELOOP), a directory (EISDIR), a FIFO without a reader or a socket
+    /// (ENXIO), or a device or a FIFO with a reader ("not a regular file").
+    pub fn open(path: &Path) -> Result<Self, AuditError> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Mutex::new(open_file(path)?),
+        })
+    }
+
+    /// Opens the path again and writes later lines there, for log rotation
+    /// (`jobsd` calls it on SIGHUP): after the old file was renamed, a new
+    /// one is created at the path. Checks as [`AuditLog::open`].
+    ///
+    /// # Errors
+    /// As [`AuditLog::open`]; the old file is kept and lines still go to it.
+    pub fn reopen(&self) -> Result<(), AuditError> {
+        let file = open_file(&self.path)?;
+        *self.lock() = file;
+        Ok(())
+    }
+
+    /// Appends `entry` as one line. The whole line, newline included, is
+    /// built first and handed to the kernel in one `write(2)` (more only if
+    /// the kernel writes less, e.g. on a full disk), under a lock, so lines
+    /// never interleave. Returns once the write returned; the line is then in
+    /// the page cache, not necessarily on disk (no `fsync`).
+    ///
+    /// This blocks the calling thread for the write; on a disk that stalls,
+    /// it stalls.
+    ///
+    /// # Errors
+    /// [`AuditError::Write`] when the write fails (e.g. the disk is full), or
+    /// when the system clock is outside the years 0–9999 that RFC 3339 can
+    /// write. Part of the line may have been written.
+    pub fn record(&self, entry: &Entry<'_>) -> Result<(), AuditError> {
+        let line = line(entry, OffsetDateTime::now_utc()).map_err(|source| AuditError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
+        (&*self.lock())
+            .write_all(&line)
+            .map_err(|source| AuditError::Write {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// The path the log was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, File> {
+        // Nothing panics while holding the lock but a write, which leaves
+        // the file handle as it was.
+        self.file.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Opens, checks and if needed tightens the audit file at `path`.
+fn open_file(path: &Path) -> Result<File, AuditError> {
+    let open_error = |source| AuditError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    // O_NONBLOCK: opening a FIFO for writing would otherwise wait for a
+    // reader; it is refused below, and cleared again for a regular file.
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(MODE)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(open_error)?;
+    let metadata = file.metadata().map_err(open_error)?;
+    // Checked before any change of mode, so a device at the path (say
+    // /dev/null) is never chmod-ed.
+    if !metadata.file_type().is_file() {
+        return Err(open_error(io::Error::other("not a regular file")));
+    }
+    fcntl(&file, FcntlArg::F_SETFL(OFlag::O_APPEND)).map_err(|e| open_error(e.into()))?;
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{mode:04o}"),
+            "the audit log was readable or writable by others; changing its mode to 0600"
+        );
+        file.set_permissions(Permissions::from_mode(MODE))
+            .map_err(open_error)?;
+    }
+    Ok(file)
+}
+
+/// One access decision, as a caller hands it to [`AuditLog::record`].
+#[derive(Clone, Debug)]
+pub struct Entry<'a> {
+    /// The caller's identity, from their verified certificate.
+    pub identity: Identity,
+    /// The caller's certificate subject, RFC 4514 (e.g. `CN=alice`).
+    pub subject: &'a str,
+    /// The caller's address and port.
+    pub peer: SocketAddr,
+    /// The RPC.
+    pub rpc: Rpc,
+    /// The job id as given by the caller or as created; may be malformed.
+    pub job: Option<String>,
+    /// The job's owner, when known.
+    pub owner: Option<Identity>,
+    /// The caller acted with admin rights on someone else's job, or listed
+    /// every user's jobs.
+    pub admin: bool,
+    /// What was decided.
+    pub outcome: Outcome,
+    /// Why, as a short snake_case word (`denylisted`, `rate_limited`,
+    /// `not_owner`, …); `None` for a plain allow.
+    pub reason: Option<&'a str>,
+}
+
+/// The outcome of a decision, as the `outcome` field writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// `allowed`: the request was let through.
+    Allowed,
+    /// `denied`: the policy or an access check refused it.
+    Denied,
+    /// `failed`: it was allowed but the action failed (the `reason` says
+    /// how, e.g. `invalid_argument`).
+    Failed,
+}
+
+impl Outcome {
+    /// The word the log writes: `allowed`, `denied` or `failed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// The audit log cannot be opened or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// Creating, opening or changing the mode of the file failed, or the
+    /// path is not a regular file (a symbolic link, directory, FIFO, socket
+    /// or device).
+    #[error("cannot open the audit log {}", path.display())]
+    Open {
+        /// The audit log's path.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// A line could not be written.
+    #[error("cannot write to the audit log {}", path.display())]
+    Write {
+        /// The audit log's path.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One line as serialised; field order is the line's key order.
+#[derive(Serialize)]
+struct Line<'a> {
+    time: &'a str,
+    identity: Shown<Identity>,
+    subject: &'a str,
+    peer: Shown<SocketAddr>,
+    rpc: &'static str,
+    job: Option<&'a str>,
+    owner: Option<Shown<Identity>>,
+    admin: bool,
+    outcome: &'static str,
+    reason: Option<&'a str>,
+}
+
+/// Serialises as the string its `Display` writes.
+struct Shown<T>(T);
+
+impl<T: fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// The bytes of `entry`'s line written at `now`, newline included.
+fn line(entry: &Entry<'_>, now: OffsetDateTime) -> io::Result<Vec<u8>> {
+    let time = now.format(&Rfc3339).map_err(io::Error::other)?;
+    let mut line = serde_json::to_vec(&Line {
+        time: &time,
+        identity: Shown(entry.identity),
+        subject: entry.subject,
+        peer: Shown(entry.peer),
+        rpc: entry.rpc.name(),
+        job: entry.job.as_deref(),
+        owner: entry.owner.map(Shown),
+        admin: entry.admin,
+        outcome: entry.outcome.as_str(),
+        reason: entry.reason,
+    })?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+#[cfg(test)]
+mod tests;

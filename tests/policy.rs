@@ -1,0 +1,1512 @@
+//! The operator's policy as clients meet it: the denylist, admins, rate
+//! limits, quotas, the handshake rate per source address, reloads (good and
+//! bad) and the audit log that records every decision.
+//!
+//! Each test runs the real server in-process with a [`PolicyHandle`] it keeps,
+//! so it can change the policy mid-test the way `jobsd` does on SIGHUP: by
+//! rewriting the file and calling [`PolicyHandle::reload`] (or, where no file
+//! is needed, [`PolicyHandle::replace`]). Rate-limit tests use refills far
+//! slower than the test runs (1 per second, 5 per minute), so the number of
+//! calls that pass is exactly the burst.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use jobs::audit::AuditLog;
+use jobs::client::{Client, ClientError, ConnectError};
+use jobs::policy::{Policy, PolicyHandle};
+use jobs::proto::{self, State};
+use rustls::pki_types::ServerName;
+use tempfile::TempDir;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpSocket;
+use tokio::task::JoinSet;
+use tonic::{Code, Streaming};
+use tonic_types::StatusExt;
+
+/// What every RPC of a denylisted identity gets.
+const DENIED: &str = "this identity is denied by the server's policy; ask the server's operator";
+
+/// What another user's job (or no job) looks like.
+const NO_SUCH_JOB: &str = "no such job";
+
+/// The start of a request-rate refusal; "X.Y s" follows.
+const TOO_MANY_REQUESTS: &str = "too many requests from this identity; retry in ";
+
+/// The start of a start-rate refusal; "X.Y s" follows.
+const TOO_MANY_STARTS: &str = "too many job starts from this identity; retry in ";
+
+/// A job id that exists nowhere.
+const UNKNOWN_ID: &str = "0b5fa4f4-9f0f-4d59-b0a8-3c86d7a4e7a1";
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// `name`'s fingerprint as the policy file writes it.
+fn fp(name: &str) -> String {
+    identity(name).to_string()
+}
+
+/// The message of a running-jobs quota refusal.
+fn quota_message(max: u32) -> String {
+    format!(
+        "you have {max} running job(s), the most your quota allows; wait for one to end or stop one"
+    )
+}
+
+/// A policy file in its own directory, which tests rewrite and reload.
+struct PolicyFile {
+    dir: TempDir,
+}
+
+impl PolicyFile {
+    fn new(text: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("jobs-policy-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("policy dir");
+        let file = Self { dir };
+        file.write(text);
+        file
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("policy.toml")
+    }
+
+    fn write(&self, text: &str) {
+        std::fs::write(self.path(), text).expect("write the policy file");
+    }
+
+    /// A handle on the file as it is now; panics if it is not valid.
+    fn handle(&self) -> PolicyHandle {
+        PolicyHandle::new(Policy::load(&self.path()).expect("a valid policy"))
+    }
+}
+
+/// An audit log in its own directory.
+struct Audit {
+    dir: TempDir,
+    log: Arc<AuditLog>,
+}
+
+impl Audit {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("jobs-audit-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("audit dir");
+        let log = Arc::new(AuditLog::open(&dir.path().join("audit.log")).expect("open audit log"));
+        Self { dir, log }
+    }
+
+    /// Every line so far, each checked to be one JSON object with exactly
+    /// the documented keys.
+    fn lines(&self) -> Vec<AuditLine> {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("audit.log")).expect("read audit log");
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "last line unfinished: {text:?}"
+        );
+        text.lines().map(AuditLine::parse).collect()
+    }
+
+    /// The lines about job `id`.
+    fn about(&self, id: &str) -> Vec<AuditLine> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.job.as_deref() == Some(id))
+            .collect()
+    }
+}
+
+/// One audit line, parsed.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+struct AuditLine {
+    time: String,
+    identity: String,
+    subject: String,
+    peer: String,
+    rpc: String,
+    job: Option<String>,
+    owner: Option<String>,
+    admin: bool,
+    outcome: String,
+    reason: Option<String>,
+}
+
+/// The keys of a line, in the documented order.
+const AUDIT_KEYS: [&str; 10] = [
+    "time", "identity", "subject", "peer", "rpc", "job", "owner", "admin", "outcome", "reason",
+];
+
+impl AuditLine {
+    fn parse(line: &str) -> Self {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let object = value
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {line}"));
+        let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut expected = AUDIT_KEYS.to_vec();
+        expected.sort_unstable();
+        assert_eq!(keys, expected, "{line}");
+        // serde_json's map does not keep order; the keys' first appearances
+        // in the text do (every key appears as `"key":` once, and no value
+        // written here contains such a string).
+        let at: Vec<usize> = AUDIT_KEYS
+            .iter()
+            .map(|k| line.find(&format!("\"{k}\":")).expect("key present"))
+            .collect();
+        assert!(at.is_sorted(), "keys out of order: {line}");
+        serde_json::from_value(value).unwrap_or_else(|e| panic!("bad field ({e}): {line}"))
+    }
+
+    /// (identity, rpc, job, owner, admin, outcome, reason), for exact
+    /// comparisons.
+    fn decision(&self) -> Decision {
+        (
+            self.identity.clone(),
+            self.rpc.clone(),
+            self.job.clone(),
+            self.owner.clone(),
+            self.admin,
+            self.outcome.clone(),
+            self.reason.clone(),
+        )
+    }
+}
+
+type Decision = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    bool,
+    String,
+    Option<String>,
+);
+
+/// The expected [`Decision`] tuple.
+fn decision(
+    who: &str,
+    rpc: &str,
+    job: Option<&str>,
+    owner: Option<&str>,
+    admin: bool,
+    outcome: &str,
+    reason: Option<&str>,
+) -> Decision {
+    (
+        fp(who),
+        rpc.to_owned(),
+        job.map(str::to_owned),
+        owner.map(fp),
+        admin,
+        outcome.to_owned(),
+        reason.map(str::to_owned),
+    )
+}
+
+/// A server under `policy`, writing its audit log to `audit` if given.
+async fn server_with(policy: &PolicyHandle, audit: Option<&Audit>) -> TestServer {
+    let policy = policy.clone();
+    let audit = audit.map(|a| a.log.clone());
+    TestServer::start_with(move |c| {
+        c.policy = policy;
+        c.audit = audit;
+    })
+    .await
+}
+
+/// The status inside an RPC error; panics on anything else.
+fn rpc_status(e: &ClientError) -> &tonic::Status {
+    match e {
+        ClientError::Rpc(s) => s,
+        other => panic!("expected an RPC error, got {other:?}"),
+    }
+}
+
+/// Asserts `e` is PERMISSION_DENIED for a denylisted identity.
+fn assert_denylisted(call: &str, e: &ClientError) {
+    assert_eq!(
+        (code(e), message(e).as_str()),
+        (Code::PermissionDenied, DENIED),
+        "{call}"
+    );
+}
+
+/// Checks a rate refusal: RESOURCE_EXHAUSTED, the message `prefix` then
+/// "X.Y s" with 0 < X.Y ≤ `most` rounded up to a tenth, and a RetryInfo
+/// detail with 0 < delay ≤ `most`.
+fn assert_retry_later(e: &ClientError, prefix: &str, most: Duration) {
+    let status = rpc_status(e);
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let wait = status
+        .message()
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_suffix(" s"))
+        .unwrap_or_else(|| panic!("unexpected message: {:?}", status.message()));
+    let (whole, tenth) = wait
+        .split_once('.')
+        .unwrap_or_else(|| panic!("not X.Y: {wait:?}"));
+    assert_eq!(tenth.len(), 1, "not X.Y: {wait:?}");
+    let tenths: u64 =
+        whole.parse::<u64>().expect("seconds") * 10 + tenth.parse::<u64>().expect("tenths");
+    assert!(
+        tenths > 0 && u128::from(tenths) * 100 <= most.as_millis(),
+        "retry in {wait} s is not in (0, {most:?}]"
+    );
+    let delay = status
+        .get_details_retry_info()
+        .unwrap_or_else(|| panic!("no RetryInfo detail in {status:?}"))
+        .retry_delay
+        .expect("RetryInfo without a delay");
+    assert!(
+        !delay.is_zero() && delay <= most,
+        "RetryInfo delay {delay:?} is not in (0, {most:?}]"
+    );
+    // The message rounds the delay up to the next tenth of a second.
+    assert_eq!(
+        u128::from(tenths),
+        delay.as_nanos().div_ceil(100_000_000),
+        "message {wait} s does not match RetryInfo {delay:?}"
+    );
+}
+
+/// Calls every RPC with job `id` (Start, Stop, Status, List, List of all
+/// users, Output, Stream) and returns each call's error, named; panics if
+/// any of them succeeds.
+async fn every_rpc(client: &Client, id: &str) -> Vec<(&'static str, ClientError)> {
+    let mut errors = Vec::new();
+    match client.start("/bin/true", &[]).await {
+        Ok(s) => panic!("start succeeded: {s:?}"),
+        Err(e) => errors.push(("start", e)),
+    }
+    match client.stop(id).await {
+        Ok(s) => panic!("stop({id}) succeeded: {s:?}"),
+        Err(e) => errors.push(("stop", e)),
+    }
+    match client.status(id).await {
+        Ok(s) => panic!("status({id}) succeeded: {s:?}"),
+        Err(e) => errors.push(("status", e)),
+    }
+    match client.list(false).await {
+        Ok(s) => panic!("list succeeded: {s:?}"),
+        Err(e) => errors.push(("list", e)),
+    }
+    match client.list(true).await {
+        Ok(s) => panic!("list --all succeeded: {s:?}"),
+        Err(e) => errors.push(("list --all", e)),
+    }
+    match client.output(id).await {
+        Ok(_) => panic!("output({id}) opened"),
+        Err(e) => errors.push(("output", e)),
+    }
+    match client.stream(id).await {
+        Ok(_) => panic!("stream({id}) opened"),
+        Err(e) => errors.push(("stream", e)),
+    }
+    errors
+}
+
+/// Reads a Stream call until its stdout holds exactly `n` bytes; panics if
+/// it holds more, the job ends first, or the deadline passes.
+async fn read_stdout(stream: &mut Streaming<proto::StreamEvent>, n: usize) -> Vec<u8> {
+    tokio::time::timeout(STREAM_DEADLINE, async {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match stream.message().await {
+                Ok(Some(proto::StreamEvent {
+                    event: Some(proto::stream_event::Event::Chunk(c)),
+                })) => {
+                    assert_eq!(check_chunk(&c), proto::Fd::Stdout, "output on stderr");
+                    out.extend(c.data);
+                }
+                other => panic!("expected output, got {other:?} after {} bytes", out.len()),
+            }
+        }
+        assert_eq!(out.len(), n, "more output than expected");
+        out
+    })
+    .await
+    .expect("the output did not arrive within the deadline")
+}
+
+/// Reads `stream` until it fails and returns (bytes of output received,
+/// the status it failed with). Panics if it ends cleanly, delivers a final
+/// status, or the deadline passes.
+async fn read_until_refused<T: std::fmt::Debug>(
+    stream: &mut Streaming<T>,
+    size: impl Fn(&T) -> usize,
+) -> (usize, tonic::Status) {
+    tokio::time::timeout(STREAM_DEADLINE, async {
+        let mut received = 0;
+        loop {
+            match stream.message().await {
+                Ok(Some(m)) => received += size(&m),
+                Ok(None) => panic!("the stream ended cleanly after {received} bytes"),
+                Err(status) => return (received, status),
+            }
+        }
+    })
+    .await
+    .expect("the stream was not ended within the deadline")
+}
+
+/// Output bytes in a stream event; panics on a final status.
+fn event_bytes(e: &proto::StreamEvent) -> usize {
+    match &e.event {
+        Some(proto::stream_event::Event::Chunk(c)) => c.data.len(),
+        other => panic!("expected output, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Denylist
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denylisted_user_is_refused_on_every_rpc_while_others_work() {
+    // Scenario: alice is on the denylist; each of her RPCs, on bob's job, on
+    // an unknown id and on a malformed one, is PERMISSION_DENIED with the
+    // one message, while bob starts, follows, lists and stops his jobs.
+    let file = PolicyFile::new(&format!("denylist = [\"{}\"]\n", fp("alice")));
+    let policy = file.handle();
+    let audit = Audit::new();
+    let server = server_with(&policy, Some(&audit)).await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+
+    let bobs = start(&bob, "sh", &["-c", "echo hi; exec sleep 600"]).await;
+    for id in [bobs.id.as_str(), UNKNOWN_ID, "not-a-uuid"] {
+        let errors = every_rpc(&alice, id).await;
+        assert_eq!(errors.len(), 7);
+        for (call, e) in &errors {
+            assert_denylisted(&format!("{call}({id})"), e);
+        }
+    }
+
+    // bob is unaffected.
+    let mut stream = bob.stream(&bobs.id).await.unwrap();
+    assert_eq!(read_lines(&mut stream, 1).await, b"hi\n");
+    assert_eq!(
+        collect_output(&bob, &bobs.id).await,
+        (b"hi\n".to_vec(), vec![])
+    );
+    let listed: Vec<String> = bob
+        .list(false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, vec![bobs.id.clone()]);
+    let stopped = bob.stop(&bobs.id).await.unwrap();
+    assert_eq!(
+        (stopped.state(), stopped.signal),
+        (State::Stopped, Some(15))
+    );
+    let done = tokio::time::timeout(STREAM_DEADLINE, follow_stream(stream))
+        .await
+        .expect("bob's stream did not end");
+    // (Its first line was read above.)
+    assert_eq!(
+        (done.stdout(), done.status.state()),
+        (vec![], State::Stopped)
+    );
+
+    // Every refusal of alice is audited as denylisted, before any job lookup.
+    let denied: Vec<(String, String, Option<String>)> = audit
+        .lines()
+        .into_iter()
+        .filter(|l| l.identity == fp("alice"))
+        .map(|l| {
+            assert_eq!(
+                (
+                    l.owner.as_deref(),
+                    l.admin,
+                    l.outcome.as_str(),
+                    l.reason.as_deref()
+                ),
+                (None, false, "denied", Some("denylisted")),
+                "{l:?}"
+            );
+            (l.rpc, l.subject, l.job)
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for id in [bobs.id.as_str(), UNKNOWN_ID, "not-a-uuid"] {
+        for (rpc, job) in [
+            ("Start", None),
+            ("Stop", Some(id)),
+            ("Status", Some(id)),
+            ("List", None),
+            ("List", None),
+            ("Output", Some(id)),
+            ("Stream", Some(id)),
+        ] {
+            expected.push((
+                rpc.to_owned(),
+                "CN=alice".to_owned(),
+                job.map(str::to_owned),
+            ));
+        }
+    }
+    assert_eq!(denied, expected);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_denylists_a_user_ends_their_open_streams_but_not_their_job() {
+    // Scenario: alice follows her job (4 MiB written, then quiet) with a
+    // Stream that has read everything and an Output she stopped reading
+    // after one chunk (held by HTTP/2 flow control). The operator adds her to
+    // the denylist and reloads: both calls end with PERMISSION_DENIED (the
+    // Output before its last byte), each with an audit line, and her job
+    // keeps running, as carol (an admin) sees and alice herself sees once
+    // the denylist is lifted again.
+    const WRITTEN: usize = 4 << 20;
+    let admins = format!("admins = [\"{}\"]\n", fp("carol"));
+    let file = PolicyFile::new(&admins);
+    let policy = file.handle();
+    let audit = Audit::new();
+    let server = server_with(&policy, Some(&audit)).await;
+    let alice = client(&server, "alice").await;
+    let carol = client(&server, "carol").await;
+
+    let job = start(
+        &alice,
+        "sh",
+        &[
+            "-c",
+            &format!("head -c {WRITTEN} /dev/zero; exec sleep 600"),
+        ],
+    )
+    .await;
+    let mut stream = alice.stream(&job.id).await.unwrap();
+    assert_eq!(read_stdout(&mut stream, WRITTEN).await, vec![0u8; WRITTEN]);
+    let mut output = alice.output(&job.id).await.unwrap();
+    let first = output.message().await.unwrap().expect("a first chunk");
+    assert_eq!(check_chunk(&first), proto::Fd::Stdout);
+
+    file.write(&format!("{admins}denylist = [\"{}\"]\n", fp("alice")));
+    let summary = policy.reload().expect("reload the denylist");
+    assert_eq!((summary.denied, summary.admins), (1, 1));
+
+    let (more, status) = read_until_refused(&mut stream, event_bytes).await;
+    assert_eq!(more, 0, "the stream sent output after the reload");
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::PermissionDenied, DENIED)
+    );
+    let (rest, status) = read_until_refused(&mut output, |c| c.data.len()).await;
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::PermissionDenied, DENIED)
+    );
+    assert!(
+        first.data.len() + rest < WRITTEN,
+        "the Output call delivered all {WRITTEN} bytes before ending"
+    );
+    assert_denylisted("status", &alice.status(&job.id).await.unwrap_err());
+
+    // The job is untouched.
+    let seen = carol.status(&job.id).await.unwrap();
+    assert_eq!(
+        (seen.state(), seen.owner.as_str(), seen.output_bytes),
+        (State::Running, fp("alice").as_str(), WRITTEN as u64)
+    );
+    let ended: Vec<Decision> = audit
+        .about(&job.id)
+        .into_iter()
+        .filter(|l| l.identity == fp("alice") && l.outcome == "denied")
+        .map(|l| l.decision())
+        .collect();
+    assert_eq!(
+        ended,
+        [
+            decision(
+                "alice",
+                "Stream",
+                Some(&job.id),
+                Some("alice"),
+                false,
+                "denied",
+                Some("stream_ended_denylisted")
+            ),
+            decision(
+                "alice",
+                "Output",
+                Some(&job.id),
+                Some("alice"),
+                false,
+                "denied",
+                Some("stream_ended_denylisted")
+            ),
+            decision(
+                "alice",
+                "Status",
+                Some(&job.id),
+                None,
+                false,
+                "denied",
+                Some("denylisted")
+            ),
+        ]
+    );
+
+    file.write(&admins);
+    assert_eq!(policy.reload().expect("lift the denylist").denied, 0);
+    let s = alice.status(&job.id).await.unwrap();
+    assert_eq!(
+        (s.state(), s.output_bytes),
+        (State::Running, WRITTEN as u64)
+    );
+    let s = alice.stop(&job.id).await.unwrap();
+    assert_eq!((s.state(), s.signal), (State::Stopped, Some(15)));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_certificate_for_a_denylisted_key_is_denied_too() {
+    // Scenario: alice's key is denylisted (by `replace`, without a file)
+    // while she follows her job with a renewed certificate for the same key:
+    // the stream ends, and the renewed certificate, like the original, is
+    // refused on every RPC. Lifting the denylist shows the job ran on.
+    let policy = PolicyHandle::new(Policy::default());
+    let server = server_with(&policy, None).await;
+    let alice = client(&server, "alice").await;
+    let renewed = client(&server, "alice-renewed").await;
+    let job = start(&alice, "sh", &["-c", "echo ready; exec sleep 600"]).await;
+    let mut stream = renewed.stream(&job.id).await.unwrap();
+    assert_eq!(read_lines(&mut stream, 1).await, b"ready\n");
+
+    let denying = format!("denylist = [\"{}\"]\n", fp("alice"));
+    policy.replace(Policy::parse(&denying, Path::new("policy.toml")).unwrap());
+
+    let (more, status) = read_until_refused(&mut stream, event_bytes).await;
+    assert_eq!(more, 0);
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::PermissionDenied, DENIED)
+    );
+    for who in [&renewed, &alice] {
+        for (call, e) in every_rpc(who, &job.id).await {
+            assert_denylisted(call, &e);
+        }
+    }
+    // A fresh connection with the renewed certificate is refused as well.
+    let again = client(&server, "alice-renewed").await;
+    assert_denylisted("status", &again.status(&job.id).await.unwrap_err());
+
+    policy.replace(Policy::default());
+    let s = renewed.stop(&job.id).await.unwrap();
+    assert_eq!((s.state(), s.signal), (State::Stopped, Some(15)));
+    server.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Rate limits
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_request_rate_holds_across_connections_and_spares_other_users() {
+    // Scenario: with 1 request per second and a burst of 10, alice fires 40
+    // List calls at once over 4 connections while bob fires 10: exactly 10 of
+    // alice's pass, each of the other 30 is RESOURCE_EXHAUSTED saying when to
+    // retry (message and RetryInfo, at most 1 s), and all of bob's pass.
+    let file = PolicyFile::new("[rate]\nrequests_per_second = 1\nrequest_burst = 10\n");
+    let policy = file.handle();
+    let server = server_with(&policy, None).await;
+    let mut alices = Vec::new();
+    for _ in 0..4 {
+        alices.push(client(&server, "alice").await);
+    }
+    let bob = client(&server, "bob").await;
+
+    let began = tokio::time::Instant::now();
+    let mut calls = JoinSet::new();
+    for _ in 0..10 {
+        for alice in &alices {
+            let alice = alice.clone();
+            calls.spawn(async move { ("alice", alice.list(false).await) });
+        }
+        let bob = bob.clone();
+        calls.spawn(async move { ("bob", bob.list(false).await) });
+    }
+    let results = calls.join_all().await;
+    let took = began.elapsed();
+
+    let alice_ok = results
+        .iter()
+        .filter(|(w, r)| *w == "alice" && r.is_ok())
+        .count();
+    assert_eq!(
+        alice_ok, 10,
+        "alice got {alice_ok} calls through (the flood took {took:?}; one more token per second)"
+    );
+    for (who, result) in &results {
+        match (who, result) {
+            (&"bob", Ok(jobs)) => assert_eq!(jobs, &vec![]),
+            (&"bob", Err(e)) => panic!("bob was limited: {e:?}"),
+            (_, Ok(_)) => {}
+            (_, Err(e)) => assert_retry_later(e, TOO_MANY_REQUESTS, Duration::from_secs(1)),
+        }
+    }
+    assert_eq!(results.len(), 50);
+    // The bucket is per identity: a new connection does not reset it.
+    let fresh = client(&server, "alice").await;
+    assert_retry_later(
+        &fresh.list(false).await.unwrap_err(),
+        TOO_MANY_REQUESTS,
+        Duration::from_secs(1),
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_start_rate_holds_across_connections_and_certificates() {
+    // Scenario (C30): with 5 starts per minute, alice fires 50 starts of
+    // /bin/true at once over 10 connections: exactly 5 start, the other 45
+    // are RESOURCE_EXHAUSTED "too many job starts" (retry within 12 s), and
+    // her renewed certificate (same key) is refused too; bob still starts.
+    let file = PolicyFile::new("[rate]\nstarts_per_minute = 5\n");
+    let policy = file.handle();
+    let server = server_with(&policy, None).await;
+    let mut alices = Vec::new();
+    for _ in 0..10 {
+        alices.push(client(&server, "alice").await);
+    }
+    let mut calls = JoinSet::new();
+    for _ in 0..5 {
+        for alice in &alices {
+            let alice = alice.clone();
+            calls.spawn(async move { alice.start("/bin/true", &[]).await });
+        }
+    }
+    let results = calls.join_all().await;
+    assert_eq!(results.len(), 50);
+    let started: Vec<&proto::JobStatus> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(started.len(), 5, "{} starts passed", started.len());
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_retry_later(e, TOO_MANY_STARTS, Duration::from_secs(12));
+    }
+
+    let renewed = client(&server, "alice-renewed").await;
+    assert_retry_later(
+        &renewed.start("/bin/true", &[]).await.unwrap_err(),
+        TOO_MANY_STARTS,
+        Duration::from_secs(12),
+    );
+    // Other calls are not starts: alice still sees her five jobs end.
+    for job in started {
+        let s = wait_final(&alices[0], &job.id).await;
+        assert_eq!((s.state(), s.exit_code), (State::Exited, Some(0)));
+    }
+    let bob = client(&server, "bob").await;
+    let bobs = start(&bob, "/bin/true", &[]).await;
+    assert_eq!(wait_final(&bob, &bobs.id).await.state(), State::Exited);
+    server.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Quotas
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_jobs_quota_refuses_a_start_until_a_job_ends() {
+    // Scenario: with max_running_jobs = 2, alice's third job is refused with
+    // the exact message (and an audit line), bob is unaffected, and once
+    // alice stops one of hers she can start another.
+    let file = PolicyFile::new("[quota]\nmax_running_jobs = 2\n");
+    let policy = file.handle();
+    let audit = Audit::new();
+    let server = server_with(&policy, Some(&audit)).await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+
+    let first = start(&alice, "sleep", &["600"]).await;
+    let second = start(&alice, "sleep", &["600"]).await;
+    let e = alice.start("sleep", &args(&["600"])).await.unwrap_err();
+    assert_eq!(
+        (code(&e), message(&e)),
+        (Code::ResourceExhausted, quota_message(2))
+    );
+    let last = audit.lines().pop().unwrap();
+    assert_eq!(
+        last.decision(),
+        decision(
+            "alice",
+            "Start",
+            None,
+            None,
+            false,
+            "denied",
+            Some("running_jobs_quota")
+        )
+    );
+    let bobs = start(&bob, "sleep", &["600"]).await;
+
+    let s = alice.stop(&first.id).await.unwrap();
+    assert_eq!(s.state(), State::Stopped);
+    let third = start(&alice, "sleep", &["600"]).await;
+    assert_eq!(third.state(), State::Running);
+    let e = alice.start("sleep", &args(&["600"])).await.unwrap_err();
+    assert_eq!(message(&e), quota_message(2));
+
+    for (who, id) in [(&alice, &second.id), (&alice, &third.id), (&bob, &bobs.id)] {
+        assert_eq!(who.stop(id).await.unwrap().state(), State::Stopped);
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_reported_stopped_no_longer_counts_against_the_quota() {
+    // Scenario: with max_running_jobs = 1, alice starts a job, stops it and
+    // starts the next as soon as Stop answers, 30 times: a job the server
+    // has reported final must never still hold her only slot. (The
+    // supervisor publishes the final state a moment before it frees the
+    // slot; a Stop answer and a new Start must not fit in between.)
+    let file = PolicyFile::new("[quota]\nmax_running_jobs = 1\n");
+    let policy = file.handle();
+    let server = server_with(&policy, None).await;
+    let alice = client(&server, "alice").await;
+    for round in 0..30 {
+        let job = alice
+            .start("sleep", &args(&["600"]))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the start was refused: {e}"));
+        let s = alice.stop(&job.id).await.unwrap();
+        assert_eq!(s.state(), State::Stopped, "round {round}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_starts_never_exceed_the_running_jobs_quota() {
+    // Scenario: with max_running_jobs = 3, alice fires 10 starts at once over
+    // 5 connections: exactly 3 run, 7 are refused with the quota message,
+    // and she has exactly 3 jobs.
+    let file = PolicyFile::new("[quota]\nmax_running_jobs = 3\n");
+    let policy = file.handle();
+    let server = server_with(&policy, None).await;
+    let mut alices = Vec::new();
+    for _ in 0..5 {
+        alices.push(client(&server, "alice").await);
+    }
+    let mut calls = JoinSet::new();
+    for _ in 0..2 {
+        for alice in &alices {
+            let alice = alice.clone();
+            calls.spawn(async move { alice.start("sleep", &args(&["600"])).await });
+        }
+    }
+    let results = calls.join_all().await;
+    let mut started: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|s| s.id.clone()))
+        .collect();
+    assert_eq!(started.len(), 3, "{results:?}");
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(
+            (code(e), message(e)),
+            (Code::ResourceExhausted, quota_message(3))
+        );
+    }
+    let mut listed: Vec<String> = alices[0]
+        .list(false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    listed.sort();
+    started.sort();
+    assert_eq!(listed, started);
+    for id in &started {
+        assert_eq!(alices[0].stop(id).await.unwrap().state(), State::Stopped);
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_quota_keeps_exactly_that_many_bytes_and_stops_the_job() {
+    // Scenario: with max_output_bytes = 1000 (bob: "1K" by override), a job
+    // writing 1 MB and `yes` (which never ends) each end in OutputLimit
+    // with exactly the quota's bytes, the same for a follower that was
+    // waiting before the first byte, for Output and for Status; a job
+    // writing less ends normally.
+    let file = PolicyFile::new(&format!(
+        "[quota]\nmax_output_bytes = 1000\n[users.\"{}\".quota]\nmax_output_bytes = \"1K\"\n",
+        fp("bob")
+    ));
+    let policy = file.handle();
+    let server = server_with(&policy, None).await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+    let dir = scratch();
+
+    // 1 MB of zeros, written only once the follower is waiting.
+    let script = format!(
+        "{}; exec head -c 1000000 /dev/zero",
+        wait_for(dir.path(), "go")
+    );
+    let job = start(&alice, "sh", &["-c", &script]).await;
+    assert_eq!(job.max_output_bytes, Some(1000));
+    let stream = alice.stream(&job.id).await.unwrap();
+    trigger(dir.path(), "go");
+    let followed = tokio::time::timeout(STREAM_DEADLINE, follow_stream(stream))
+        .await
+        .expect("the follower did not end");
+    assert_eq!(followed.stdout(), vec![0u8; 1000]);
+    assert_eq!(followed.stderr(), b"");
+    let f = &followed.status;
+    assert_eq!(
+        (f.state(), f.max_output_bytes, f.output_bytes),
+        (State::OutputLimit, Some(1000), 1000)
+    );
+    assert_eq!(
+        collect_output(&alice, &job.id).await,
+        (vec![0u8; 1000], vec![])
+    );
+    assert_eq!(&alice.status(&job.id).await.unwrap(), f);
+
+    // `yes` is stopped by the quota: SIGTERM, which it does not catch.
+    let yes = start(&alice, "yes", &[]).await;
+    let followed = follow(&alice, &yes.id).await;
+    assert_eq!(followed.stdout(), b"y\n".repeat(500));
+    let f = &followed.status;
+    assert_eq!(
+        (
+            f.state(),
+            f.exit_code,
+            f.signal,
+            f.max_output_bytes,
+            f.output_bytes
+        ),
+        (State::OutputLimit, None, Some(15), Some(1000), 1000)
+    );
+    assert_eq!(
+        collect_output(&alice, &yes.id).await,
+        (b"y\n".repeat(500), vec![])
+    );
+
+    // bob's override: "1K" is 1024 bytes.
+    let yes = start(&bob, "yes", &[]).await;
+    let followed = follow(&bob, &yes.id).await;
+    assert_eq!(followed.stdout(), b"y\n".repeat(512));
+    assert_eq!(
+        (
+            followed.status.state(),
+            followed.status.max_output_bytes,
+            followed.status.output_bytes
+        ),
+        (State::OutputLimit, Some(1024), 1024)
+    );
+
+    // Under the quota: a normal exit.
+    let small = start(&alice, "head", &["-c", "999", "/dev/zero"]).await;
+    let followed = follow(&alice, &small.id).await;
+    assert_eq!(followed.stdout(), vec![0u8; 999]);
+    let f = &followed.status;
+    assert_eq!(
+        (f.state(), f.exit_code, f.max_output_bytes, f.output_bytes),
+        (State::Exited, Some(0), Some(1000), 999)
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_writes_exactly_its_quota_is_not_stopped() {
+    // Scenario: with max_output_bytes = 1000, a job writes exactly 1000 bytes
+    // and then, once the test has seen them, exits 3 on its own. It never
+    // wrote more than its quota, so nothing was discarded and it must end
+    // Exited with code 3, not OutputLimit (which the proto and `State`
+    // define as "wrote more than max_output_bytes").
+    let file = PolicyFile::new("[quota]\nmax_output_bytes = 1000\n");
+    let policy = file.handle();
+    let server = server_with(&policy, None).await;
+    let alice = client(&server, "alice").await;
+    let dir = scratch();
+    let script = format!(
+        "head -c 1000 /dev/zero; {}; exit 3",
+        wait_for(dir.path(), "done")
+    );
+    let job = start(&alice, "sh", &["-c", &script]).await;
+    let mut stream = alice.stream(&job.id).await.unwrap();
+    assert_eq!(read_stdout(&mut stream, 1000).await, vec![0u8; 1000]);
+    trigger(dir.path(), "done");
+    let rest = tokio::time::timeout(STREAM_DEADLINE, follow_stream(stream))
+        .await
+        .expect("the stream did not end");
+    assert_eq!(rest.chunks, vec![]);
+    let f = &rest.status;
+    assert_eq!(
+        (f.state(), f.exit_code, f.signal, f.output_bytes),
+        (State::Exited, Some(3), None, 1000),
+        "a job that wrote exactly its quota was stopped"
+    );
+    server.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Admins
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_sees_and_stops_every_users_jobs_and_is_audited() {
+    // Scenario: carol is an admin: she lists everyone's jobs, reads the
+    // status and output of bob's job, follows it and stops it (audited with
+    // admin true and bob as owner). alice, not an admin, may not list
+    // everyone's jobs nor stop bob's (NOT_FOUND, audited not_owner).
+    let file = PolicyFile::new(&format!("admins = [\"{}\"]\n", fp("carol")));
+    let policy = file.handle();
+    let audit = Audit::new();
+    let server = server_with(&policy, Some(&audit)).await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+    let carol = client(&server, "carol").await;
+
+    let bobs = start(&bob, "sh", &["-c", "echo hello; exec sleep 600"]).await;
+    let alices = start(&alice, "sleep", &["600"]).await;
+
+    let mut all: Vec<(String, String)> = carol
+        .list(true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.id, s.owner))
+        .collect();
+    all.sort();
+    let mut expected = vec![
+        (bobs.id.clone(), fp("bob")),
+        (alices.id.clone(), fp("alice")),
+    ];
+    expected.sort();
+    assert_eq!(all, expected);
+    assert_eq!(carol.list(false).await.unwrap(), vec![]);
+
+    let e = alice.list(true).await.unwrap_err();
+    assert_eq!(
+        (code(&e), message(&e).as_str()),
+        (
+            Code::PermissionDenied,
+            "only admins may list every user's jobs"
+        )
+    );
+    let e = bob.list(true).await.unwrap_err();
+    assert_eq!(code(&e), Code::PermissionDenied);
+
+    let mut stream = carol.stream(&bobs.id).await.unwrap();
+    assert_eq!(read_lines(&mut stream, 1).await, b"hello\n");
+    let s = carol.status(&bobs.id).await.unwrap();
+    assert_eq!(
+        (s.state(), s.owner.as_str()),
+        (State::Running, fp("bob").as_str())
+    );
+    assert_eq!(
+        collect_output(&carol, &bobs.id).await,
+        (b"hello\n".to_vec(), vec![])
+    );
+
+    let e = alice.stop(&bobs.id).await.unwrap_err();
+    assert_eq!(
+        (code(&e), message(&e).as_str()),
+        (Code::NotFound, NO_SUCH_JOB)
+    );
+    assert_eq!(bob.status(&bobs.id).await.unwrap().state(), State::Running);
+
+    let s = carol.stop(&bobs.id).await.unwrap();
+    assert_eq!((s.state(), s.signal), (State::Stopped, Some(15)));
+    let followed = tokio::time::timeout(STREAM_DEADLINE, follow_stream(stream))
+        .await
+        .expect("carol's stream did not end");
+    assert_eq!(followed.status.state(), State::Stopped);
+    assert_eq!(bob.status(&bobs.id).await.unwrap().state(), State::Stopped);
+    assert_eq!(
+        alice.status(&alices.id).await.unwrap().state(),
+        State::Running
+    );
+
+    let lines: Vec<Decision> = audit
+        .about(&bobs.id)
+        .iter()
+        .map(AuditLine::decision)
+        .collect();
+    let id = Some(bobs.id.as_str());
+    assert_eq!(
+        lines,
+        [
+            decision("bob", "Start", id, Some("bob"), false, "allowed", None),
+            decision("carol", "Stream", id, Some("bob"), true, "allowed", None),
+            decision("carol", "Status", id, Some("bob"), true, "allowed", None),
+            decision("carol", "Output", id, Some("bob"), true, "allowed", None),
+            decision(
+                "alice",
+                "Stop",
+                id,
+                Some("bob"),
+                false,
+                "denied",
+                Some("not_owner")
+            ),
+            decision("bob", "Status", id, Some("bob"), false, "allowed", None),
+            decision("carol", "Stop", id, Some("bob"), true, "allowed", None),
+            decision("bob", "Status", id, Some("bob"), false, "allowed", None),
+        ]
+    );
+    let lists: Vec<Decision> = audit
+        .lines()
+        .into_iter()
+        .filter(|l| l.rpc == "List")
+        .map(|l| l.decision())
+        .collect();
+    assert_eq!(
+        lists[..2],
+        [
+            decision("carol", "List", None, None, true, "allowed", None),
+            decision("carol", "List", None, None, false, "allowed", None),
+        ]
+    );
+    // (Whether a refused list of every user's jobs is marked admin is
+    // checked on its own below.)
+    let refused: Vec<(String, String, Option<String>)> = lists[2..]
+        .iter()
+        .map(|(who, _, _, _, _, outcome, reason)| (who.clone(), outcome.clone(), reason.clone()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (
+                fp("alice"),
+                "denied".to_owned(),
+                Some("admin_only".to_owned())
+            ),
+            (
+                fp("bob"),
+                "denied".to_owned(),
+                Some("admin_only".to_owned())
+            ),
+        ]
+    );
+    alice.stop(&alices.id).await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_an_admin_ends_their_streams_on_others_jobs() {
+    // Scenario: carol, an admin, follows bob's job and her own; a reload
+    // drops her from the admins: her stream on bob's job ends with NOT_FOUND
+    // (as if the job did not exist, audited stream_ended_not_admin), her
+    // stream on her own job goes on, and bob's job keeps running.
+    let file = PolicyFile::new(&format!("admins = [\"{}\"]\n", fp("carol")));
+    let policy = file.handle();
+    let audit = Audit::new();
+    let server = server_with(&policy, Some(&audit)).await;
+    let bob = client(&server, "bob").await;
+    let carol = client(&server, "carol").await;
+    let bobs = start(&bob, "sh", &["-c", "echo hello; exec sleep 600"]).await;
+    let carols = start(&carol, "sh", &["-c", "echo mine; exec sleep 600"]).await;
+    let mut on_bobs = carol.stream(&bobs.id).await.unwrap();
+    assert_eq!(read_lines(&mut on_bobs, 1).await, b"hello\n");
+    let mut on_own = carol.stream(&carols.id).await.unwrap();
+    assert_eq!(read_lines(&mut on_own, 1).await, b"mine\n");
+
+    file.write("");
+    assert_eq!(policy.reload().unwrap().admins, 0);
+
+    let (more, status) = read_until_refused(&mut on_bobs, event_bytes).await;
+    assert_eq!(more, 0);
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::NotFound, NO_SUCH_JOB)
+    );
+    let e = carol.status(&bobs.id).await.unwrap_err();
+    assert_eq!(
+        (code(&e), message(&e).as_str()),
+        (Code::NotFound, NO_SUCH_JOB)
+    );
+    assert_eq!(bob.status(&bobs.id).await.unwrap().state(), State::Running);
+
+    // Her own stream was not ended: it sees her job's end.
+    let s = carol.stop(&carols.id).await.unwrap();
+    assert_eq!(s.state(), State::Stopped);
+    let own = tokio::time::timeout(STREAM_DEADLINE, follow_stream(on_own))
+        .await
+        .expect("carol's own stream did not end");
+    assert_eq!((own.stdout(), own.status.state()), (vec![], State::Stopped));
+
+    let ended: Vec<Decision> = audit
+        .about(&bobs.id)
+        .iter()
+        .filter(|l| l.outcome == "denied")
+        .map(AuditLine::decision)
+        .collect();
+    assert_eq!(
+        ended,
+        [
+            decision(
+                "carol",
+                "Stream",
+                Some(&bobs.id),
+                Some("bob"),
+                true,
+                "denied",
+                Some("stream_ended_not_admin")
+            ),
+            decision(
+                "carol",
+                "Status",
+                Some(&bobs.id),
+                Some("bob"),
+                false,
+                "denied",
+                Some("not_owner")
+            ),
+        ]
+    );
+    assert_eq!(bob.stop(&bobs.id).await.unwrap().state(), State::Stopped);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_list_of_every_users_jobs_is_not_audited_as_admin_access() {
+    // Scenario: alice, not an admin, asks for every user's jobs and is
+    // refused. The audit line says so (denied, admin_only) but must not mark
+    // the call `"admin":true`, which the audit format reserves for a caller
+    // who acted with admin rights (`Entry::admin`: "on someone else's job,
+    // or listed every user's jobs"); alice did neither.
+    let audit = Audit::new();
+    let server = server_with(&PolicyHandle::default(), Some(&audit)).await;
+    let alice = client(&server, "alice").await;
+    let e = alice.list(true).await.unwrap_err();
+    assert_eq!(code(&e), Code::PermissionDenied);
+    let lines: Vec<Decision> = audit.lines().iter().map(AuditLine::decision).collect();
+    assert_eq!(
+        lines,
+        [decision(
+            "alice",
+            "List",
+            None,
+            None,
+            false,
+            "denied",
+            Some("admin_only")
+        )]
+    );
+    server.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Reloading a malformed policy
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_policy_is_refused_on_reload_and_the_old_one_stays() {
+    // Scenario (C27): the operator edits the policy with a mistake that a
+    // lenient parser would read as "no restriction" (a misspelled key, the
+    // denylist under [rate], a number in quotes, fingerprints in another
+    // spelling, a key given twice) and reloads: each reload fails naming the
+    // file, line and key; bob stays denied and alice's quota of one running
+    // job still holds. A correct edit then applies.
+    let bob = fp("bob");
+    let hex = bob.strip_prefix("sha256:").unwrap();
+    let good = format!("denylist = [\"{bob}\"]\n[quota]\nmax_running_jobs = 1\n");
+    let file = PolicyFile::new(&good);
+    let policy = file.handle();
+    let original = policy.current();
+    let server = server_with(&policy, None).await;
+    let alice = client(&server, "alice").await;
+    let bob_client = client(&server, "bob").await;
+    let running = start(&alice, "sleep", &["600"]).await;
+
+    let upper = format!("sha256:{}", hex.to_uppercase());
+    let short = format!("sha256:{}", &hex[..63]);
+    let cases: Vec<(String, usize, &str)> = vec![
+        (
+            format!("denylst = [\"{bob}\"]\n[quota]\nmax_running_jobs = 1\n"),
+            1,
+            "denylst",
+        ),
+        (
+            format!("[rate]\ndenylist = [\"{bob}\"]\n[quota]\nmax_running_jobs = 1\n"),
+            2,
+            "rate.denylist",
+        ),
+        (
+            format!("{good}[rate]\nrequests_per_second = \"10\"\n"),
+            5,
+            "rate.requests_per_second",
+        ),
+        (
+            format!("denylist = [\"{upper}\"]\n[quota]\nmax_running_jobs = 1\n"),
+            1,
+            "denylist[0]",
+        ),
+        (
+            format!("denylist = [\"{hex}\"]\n[quota]\nmax_running_jobs = 1\n"),
+            1,
+            "denylist[0]",
+        ),
+        (
+            format!(
+                "denylist = [\n  \"{bob}\",\n  \"{short}\",\n]\n[quota]\nmax_running_jobs = 1\n"
+            ),
+            3,
+            "denylist[1]",
+        ),
+        (
+            format!("{good}max_running_jobs = 5\n"),
+            4,
+            "quota.max_running_jobs",
+        ),
+    ];
+    for (text, line, key) in &cases {
+        file.write(text);
+        let e = policy.reload().expect_err(text);
+        assert_eq!(
+            (e.path.as_path(), e.line, e.key.as_deref()),
+            (file.path().as_path(), Some(*line), Some(*key)),
+            "{text}"
+        );
+        assert!(
+            e.to_string().starts_with(&format!(
+                "{}:{line}:{}: key '{key}': ",
+                file.path().display(),
+                e.column.expect("a column")
+            )),
+            "{e}"
+        );
+        assert_eq!(policy.current(), original, "{text}");
+        assert_denylisted(text, &bob_client.list(false).await.unwrap_err());
+        let e = alice.start("sleep", &args(&["600"])).await.unwrap_err();
+        assert_eq!(
+            (code(&e), message(&e)),
+            (Code::ResourceExhausted, quota_message(1)),
+            "{text}"
+        );
+    }
+
+    // A correct edit applies: bob is let in, alice's quota is 2.
+    file.write("[quota]\nmax_running_jobs = 2\n");
+    policy.reload().expect("a valid policy");
+    assert_eq!(bob_client.list(false).await.unwrap(), vec![]);
+    let second = start(&alice, "sleep", &["600"]).await;
+    for id in [&running.id, &second.id] {
+        assert_eq!(alice.stop(id).await.unwrap().state(), State::Stopped);
+    }
+    server.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Audit log
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_has_one_line_per_decision_in_order() {
+    // Scenario: alice starts, follows, inspects, lists and stops a job; bob
+    // asks for its status; alice asks about a malformed id and an unknown
+    // one. The audit log holds exactly one JSON line per call, in order,
+    // with the documented keys, RFC 3339 UTC times, the certificate subject
+    // and the caller's address.
+    let audit = Audit::new();
+    let server = server_with(&PolicyHandle::default(), Some(&audit)).await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+    let before = time::OffsetDateTime::now_utc();
+
+    let job = start(&alice, "sh", &["-c", "echo hi; exec sleep 600"]).await;
+    let mut stream = alice.stream(&job.id).await.unwrap();
+    assert_eq!(read_lines(&mut stream, 1).await, b"hi\n");
+    drop(stream);
+    assert_eq!(alice.status(&job.id).await.unwrap().state(), State::Running);
+    assert_eq!(collect_output(&alice, &job.id).await.0, b"hi\n");
+    assert_eq!(alice.list(false).await.unwrap().len(), 1);
+    assert_eq!(alice.stop(&job.id).await.unwrap().state(), State::Stopped);
+    let e = bob.status(&job.id).await.unwrap_err();
+    assert_eq!(code(&e), Code::NotFound);
+    let e = alice.status("not-a-uuid").await.unwrap_err();
+    assert_eq!(code(&e), Code::InvalidArgument);
+    let e = alice.stop(UNKNOWN_ID).await.unwrap_err();
+    assert_eq!(code(&e), Code::NotFound);
+    let e = alice.start("no-such-program-here", &[]).await.unwrap_err();
+    assert_eq!(code(&e), Code::InvalidArgument);
+    let after = time::OffsetDateTime::now_utc();
+
+    let lines = audit.lines();
+    let id = Some(job.id.as_str());
+    assert_eq!(
+        lines.iter().map(AuditLine::decision).collect::<Vec<_>>(),
+        [
+            decision("alice", "Start", id, Some("alice"), false, "allowed", None),
+            decision("alice", "Stream", id, Some("alice"), false, "allowed", None),
+            decision("alice", "Status", id, Some("alice"), false, "allowed", None),
+            decision("alice", "Output", id, Some("alice"), false, "allowed", None),
+            decision("alice", "List", None, None, false, "allowed", None),
+            decision("alice", "Stop", id, Some("alice"), false, "allowed", None),
+            decision(
+                "bob",
+                "Status",
+                id,
+                Some("alice"),
+                false,
+                "denied",
+                Some("not_owner")
+            ),
+            decision(
+                "alice",
+                "Status",
+                Some("not-a-uuid"),
+                None,
+                false,
+                "denied",
+                Some("malformed_job_id")
+            ),
+            decision(
+                "alice",
+                "Stop",
+                Some(UNKNOWN_ID),
+                None,
+                false,
+                "denied",
+                Some("no_such_job")
+            ),
+            decision(
+                "alice",
+                "Start",
+                None,
+                None,
+                false,
+                "failed",
+                Some("invalid_argument")
+            ),
+        ]
+    );
+    let mut last = before;
+    for line in &lines {
+        let time =
+            time::OffsetDateTime::parse(&line.time, &time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|e| panic!("time {:?} is not RFC 3339: {e}", line.time));
+        assert_eq!(time.offset(), time::UtcOffset::UTC, "{line:?}");
+        assert!(line.time.ends_with('Z'), "{line:?}");
+        assert!(
+            time >= last && time <= after,
+            "{line:?} out of order or range"
+        );
+        last = time;
+        let subject = if line.identity == fp("bob") {
+            "CN=bob"
+        } else {
+            "CN=alice"
+        };
+        assert_eq!(line.subject, subject, "{line:?}");
+        let peer: SocketAddr = line.peer.parse().expect("peer is ADDRESS:PORT");
+        assert_eq!(peer.ip(), IpAddr::from(Ipv4Addr::LOCALHOST), "{line:?}");
+        assert_ne!(peer.port(), server.port(), "{line:?}");
+    }
+    // One connection each: one peer address per user.
+    let peers = |who: &str| {
+        let mut p: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.identity == fp(who))
+            .map(|l| l.peer.as_str())
+            .collect();
+        p.dedup();
+        p.len()
+    };
+    assert_eq!((peers("alice"), peers("bob")), (1, 1));
+    server.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Handshakes
+
+/// Attempts a TLS handshake from `source` with `config`; `Ok` carries the
+/// server's first bytes after it.
+async fn tls_from(
+    source: IpAddr,
+    server: &TestServer,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<Vec<u8>> {
+    let attempt = async {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let tcp = socket
+            .connect(server.addr().parse().expect("server address"))
+            .await?;
+        let name = ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
+        let mut first = vec![0u8; 256];
+        let n = tls.read(&mut first).await?;
+        first.truncate(n);
+        Ok(first)
+    };
+    tokio::time::timeout(TIMEOUT, attempt)
+        .await
+        .expect("the server neither answered nor closed within the deadline")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_from_one_address_is_cut_off_before_tls() {
+    // Scenario (C30): with 1 handshake per second and a burst of 5 per
+    // source address, 15 rapid attempts from 127.0.0.1 without a client
+    // certificate: the first 5 get a full handshake (and the server's
+    // certificate_required alert), the other 10 are closed before any TLS
+    // byte; alice from 127.0.0.1 is cut off too, while alice from 127.0.0.2
+    // completes her handshake.
+    let file = PolicyFile::new("[handshakes]\nper_second = 1\nburst = 5\n");
+    let policy = file.handle();
+    let server = server_with(&policy, None).await;
+    pem("alice");
+    let anonymous = raw_client_config(None);
+    let local = IpAddr::from(Ipv4Addr::LOCALHOST);
+
+    let began = tokio::time::Instant::now();
+    let mut outcomes = Vec::new();
+    for _ in 0..15 {
+        let outcome = match tls_from(local, &server, anonymous.clone()).await {
+            Ok(bytes) => panic!("an anonymous client got through: {bytes:?}"),
+            Err(e) => match received_alert(&e) {
+                Some(rustls::AlertDescription::CertificateRequired) => "handshake",
+                Some(other) => panic!("unexpected alert {other:?}"),
+                None => {
+                    assert!(
+                        matches!(
+                            e.kind(),
+                            std::io::ErrorKind::UnexpectedEof
+                                | std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::BrokenPipe
+                        ),
+                        "not a close: {e:?}"
+                    );
+                    "closed"
+                }
+            },
+        };
+        outcomes.push(outcome);
+    }
+    let took = began.elapsed();
+    let mut expected = vec!["handshake"; 5];
+    expected.extend(["closed"; 10]);
+    assert_eq!(outcomes, expected, "the 15 attempts took {took:?}");
+
+    match connect(&server, pem("alice")).await {
+        Err(ClientError::Connect {
+            source: ConnectError::ClosedBeforeHandshake,
+            ..
+        }) => {}
+        other => panic!("alice from 127.0.0.1 was not cut off: {other:?}"),
+    }
+    let alice = pem("alice").client_config().expect("alice's TLS config");
+    let first = tls_from(IpAddr::from([127, 0, 0, 2]), &server, alice)
+        .await
+        .expect("alice from 127.0.0.2 was refused");
+    // An HTTP/2 frame header: 3 bytes length, type 0x4 (SETTINGS).
+    assert!(first.len() >= 9, "{first:?}");
+    assert_eq!(first[3], 0x04, "first frame is not SETTINGS: {first:?}");
+    server.shutdown().await.unwrap();
+}
