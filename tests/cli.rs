@@ -1432,7 +1432,7 @@ fn sighup_reloads_the_policy_and_a_broken_file_keeps_the_old_one() {
     let bob = PKI.bob.identity.to_string();
     let policy = write_policy(&sb, &format!("admins = [\"{bob}\"]\n"));
     let audit = sb.dir.path().join("audit.jsonl");
-    let mut d = Daemon::start_in(
+    let d = Daemon::start_in(
         sb,
         &[
             "--policy",

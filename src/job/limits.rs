@@ -241,8 +241,9 @@ pub struct JobQuota {
     /// overshoot it.
     pub max_running_jobs: Option<u32>,
     /// Most output bytes (stdout and stderr together) each job may write.
-    /// The job's log keeps exactly this many; the job is then stopped like a
-    /// stop request and ends in [`super::State::OutputLimit`].
+    /// The job's log keeps exactly this many; a job that writes more ends in
+    /// [`super::State::OutputLimit`], and if it is still running it is
+    /// stopped like a stop request. Writing exactly this many is within it.
     pub max_output_bytes: Option<u64>,
     /// Changes to the daemon's ceilings for this identity's jobs.
     pub ceilings: CeilingOverrides,

@@ -127,8 +127,8 @@ pub enum State {
     Oom,
     /// It wrote more than its output quota ([`Status::max_output_bytes`]):
     /// the log keeps exactly that many bytes, later output was discarded, and
-    /// the job was stopped as by a stop request. [`Status::exit`] tells how
-    /// the main process ended.
+    /// the job, if still running, was stopped as by a stop request.
+    /// [`Status::exit`] tells how the main process ended.
     OutputLimit,
 }
 

@@ -49,9 +49,10 @@ struct Sink {
 }
 
 impl Sink {
-    /// True once the quota is used up.
-    fn full(&self) -> bool {
-        self.room == Some(0)
+    /// True once the job wrote more than its quota (a job that writes
+    /// exactly its quota is within it).
+    fn over(&self) -> bool {
+        self.discarded > 0
     }
 }
 
@@ -162,7 +163,7 @@ pub(super) async fn supervise(s: Supervisor) {
                 tracing::info!(job = %id, grace_ms = grace.as_millis() as u64, "stopping job");
                 terminate(id, process.as_mut());
             }
-            _ = std::future::ready(()), if sink.full() && !stopping && !over_quota => {
+            _ = std::future::ready(()), if sink.over() && !stopping && !over_quota => {
                 over_quota = true;
                 kill_at = Some(Instant::now() + grace);
                 tracing::info!(job = %id, max_output_bytes = ?max_output_bytes, grace_ms = grace.as_millis() as u64, "output quota reached; stopping job");
@@ -212,7 +213,9 @@ pub(super) async fn supervise(s: Supervisor) {
 
     // 4. Publish the final state, then seal the log.
     let oom = usage.is_some_and(|u| u.oom_kills > 0);
-    let state = match (over_quota, stopping, oom, exit) {
+    // Bytes beyond the quota may also arrive after the main process exited
+    // (still in the pipes): any discarded byte makes the state say so.
+    let state = match (over_quota || sink.over(), stopping, oom, exit) {
         (true, _, _, _) => State::OutputLimit,
         (false, true, _, _) => State::Stopped,
         (false, false, true, _) => State::Oom,
@@ -220,6 +223,10 @@ pub(super) async fn supervise(s: Supervisor) {
         (false, false, false, ExitInfo::Signaled { .. }) => State::Killed,
     };
     tracing::info!(job = %id, ?state, ?exit, ?usage, bytes = sink.log.data_len(), discarded = sink.discarded, "job final");
+    // The job stops counting against its owner's running-jobs quota before
+    // anyone can see it final, so a start right after a stop always finds
+    // the slot free.
+    drop(slot);
     phase.send_replace(Phase::Final {
         state,
         exit,
@@ -227,8 +234,6 @@ pub(super) async fn supervise(s: Supervisor) {
         usage,
     });
     sink.log.seal();
-    // The job no longer counts against its owner's running-jobs quota.
-    drop(slot);
 }
 
 /// SIGTERM and SIGCONT (so a stopped job sees the SIGTERM) to the job.

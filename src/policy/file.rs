@@ -52,7 +52,41 @@ const DUPLICATE_KEY: &str = "duplicate key";
 const SPANNED_PRIVATE: &str = "$__serde_spanned_private_";
 
 /// Parses and validates a policy file's text; see the module doc.
+#[allow(
+    clippy::result_large_err,
+    reason = "the signature `Policy::parse` forwards; one error per failed load"
+)]
 pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
+    read(text, path).map_err(|problem| {
+        let (line, column) = problem.span.map(|s| position(text, s.start)).unzip();
+        PolicyError {
+            path: path.to_path_buf(),
+            line,
+            column,
+            key: problem.key,
+            kind: problem.kind,
+        }
+    })
+}
+
+/// What is wrong and where, before the span is turned into line and column.
+#[derive(Debug)]
+struct Problem {
+    /// Bytes of the offending key or value in the text, when known.
+    span: Option<Range<usize>>,
+    /// Its dotted key, when known.
+    key: Option<String>,
+    kind: PolicyErrorKind,
+}
+
+impl Problem {
+    fn new(span: Option<Range<usize>>, key: Option<String>, kind: PolicyErrorKind) -> Self {
+        Self { span, key, kind }
+    }
+}
+
+/// [`parse`], with errors still in bytes.
+fn read(text: &str, path: &Path) -> Result<Policy, Problem> {
     let check = Check { text, path };
     let root = DeTable::parse(text).map_err(|e| check.syntax_error(&e))?;
     // The users' keys as written, with their spans: serde hands them over
@@ -343,7 +377,7 @@ fn rate(count: Override<NonZeroU32>, burst: Option<NonZeroU32>, period: Duration
     })
 }
 
-/// The text being parsed and its path, for errors.
+/// The text being checked, and the file it came from.
 struct Check<'a> {
     text: &'a str,
     path: &'a Path,
@@ -354,7 +388,7 @@ impl Check<'_> {
         &self,
         raw: RawPolicy,
         user_keys: &HashMap<String, Range<usize>>,
-    ) -> Result<Policy, PolicyError> {
+    ) -> Result<Policy, Problem> {
         let denylist =
             self.fingerprints(raw.denylist.as_deref().unwrap_or_default(), "denylist")?;
         let admin_list = raw.admins.as_deref().unwrap_or_default();
@@ -362,7 +396,7 @@ impl Check<'_> {
         let denied: HashSet<Identity> = denylist.into_iter().collect();
         for (index, (identity, written)) in admins.iter().zip(admin_list).enumerate() {
             if denied.contains(identity) {
-                return Err(self.error(
+                return Err(Problem::new(
                     Some(written.span()),
                     Some(format!("admins[{index}]")),
                     PolicyErrorKind::DeniedAdmin {
@@ -379,6 +413,7 @@ impl Check<'_> {
             raw.limits.as_ref(),
             &Settings::default(),
         )?;
+        let handshakes = self.handshakes(raw.handshakes.as_ref())?;
         let mut users = HashMap::new();
         for (name, user) in raw.users.unwrap_or_default() {
             let key = format!("users.{}", quote(&name));
@@ -399,24 +434,20 @@ impl Check<'_> {
             admins: admins.into_iter().collect(),
             defaults: top.rules(),
             users,
-            handshakes: self.handshakes(raw.handshakes.as_ref())?,
+            handshakes,
         })
     }
 
     /// The identities of one list, in order, refusing malformed and repeated
     /// fingerprints.
-    fn fingerprints(
-        &self,
-        list: &[Spanned<String>],
-        name: &str,
-    ) -> Result<Vec<Identity>, PolicyError> {
+    fn fingerprints(&self, list: &[Spanned<String>], name: &str) -> Result<Vec<Identity>, Problem> {
         let mut seen = HashSet::new();
         let mut identities = Vec::with_capacity(list.len());
         for (index, written) in list.iter().enumerate() {
             let key = format!("{name}[{index}]");
             let identity = self.fingerprint(written.get_ref(), Some(written.span()), &key)?;
             if !seen.insert(identity) {
-                return Err(self.error(
+                return Err(Problem::new(
                     Some(written.span()),
                     Some(key),
                     PolicyErrorKind::RepeatedFingerprint {
@@ -435,9 +466,9 @@ impl Check<'_> {
         written: &str,
         span: Option<Range<usize>>,
         key: &str,
-    ) -> Result<Identity, PolicyError> {
+    ) -> Result<Identity, Problem> {
         written.parse().map_err(|_| {
-            self.error(
+            Problem::new(
                 span,
                 Some(key.to_owned()),
                 PolicyErrorKind::BadFingerprint {
@@ -457,7 +488,7 @@ impl Check<'_> {
         quota: Option<&RawQuota>,
         limits: Option<&RawLimits>,
         base: &Settings,
-    ) -> Result<Settings, PolicyError> {
+    ) -> Result<Settings, Problem> {
         let key = |name: &str| format!("{prefix}{name}");
         let mut own = Settings::default();
         if let Some(rate) = rate {
@@ -536,7 +567,7 @@ impl Check<'_> {
     }
 
     /// `[handshakes]`: per source address, one second period.
-    fn handshakes(&self, raw: Option<&RawHandshakes>) -> Result<Option<Rate>, PolicyError> {
+    fn handshakes(&self, raw: Option<&RawHandshakes>) -> Result<Option<Rate>, Problem> {
         let Some(raw) = raw else { return Ok(None) };
         let count = self.count(&raw.per_second, "handshakes.per_second")?;
         let burst = self.burst(&raw.burst, "handshakes.burst", count, "per_second")?;
@@ -548,7 +579,7 @@ impl Check<'_> {
         &self,
         field: &Field<S>,
         key: &str,
-    ) -> Result<Override<NonZeroU32>, PolicyError> {
+    ) -> Result<Override<NonZeroU32>, Problem> {
         self.checked(
             field,
             key,
@@ -565,24 +596,26 @@ impl Check<'_> {
         key: &str,
         rate: Override<NonZeroU32>,
         rate_name: &str,
-    ) -> Result<Option<NonZeroU32>, PolicyError> {
+    ) -> Result<Option<NonZeroU32>, Problem> {
         let burst = self.checked(
             field,
             key,
             || format!("an integer from 1 to {}", u32::MAX),
             positive,
         )?;
-        match (field, rate) {
-            (Some(written), Override::Inherit | Override::Unlimited) => Err(self.error(
-                Some(written.span()),
-                Some(key.to_owned()),
-                PolicyErrorKind::OutOfRange {
-                    value: self.written(written.span()),
-                    expected: format!("no burst while {rate_name} is absent or \"unlimited\""),
-                },
-            )),
-            _ => Ok(limit(burst)),
-        }
+        let (written, rate_is) = match (field, rate) {
+            (Some(written), Override::Inherit) => (written, "absent"),
+            (Some(written), Override::Unlimited) => (written, "\"unlimited\""),
+            _ => return Ok(limit(burst)),
+        };
+        Err(Problem::new(
+            Some(written.span()),
+            Some(key.to_owned()),
+            PolicyErrorKind::OutOfRange {
+                value: self.written(written.span()),
+                expected: format!("no burst while {rate_name} is {rate_is}"),
+            },
+        ))
     }
 
     /// A byte count or byte rate of at least `min` (`"unlimited"` allowed).
@@ -592,7 +625,7 @@ impl Check<'_> {
         key: &str,
         min: u64,
         per: &str,
-    ) -> Result<Override<u64>, PolicyError> {
+    ) -> Result<Override<u64>, Problem> {
         let expected = || match min {
             1 => format!("at least 1 byte{per}"),
             _ => format!("at least {} ({min} bytes){per}", human_bytes(min)),
@@ -615,7 +648,7 @@ impl Check<'_> {
         key: &str,
         expected: impl FnOnce() -> String,
         convert: impl FnOnce(Scalar) -> Option<T>,
-    ) -> Result<Override<T>, PolicyError> {
+    ) -> Result<Override<T>, Problem> {
         let Some(written) = field else {
             return Ok(Override::Inherit);
         };
@@ -625,7 +658,7 @@ impl Check<'_> {
         }
         match convert(scalar) {
             Some(value) => Ok(Override::Limit(value)),
-            None => Err(self.error(
+            None => Err(Problem::new(
                 Some(written.span()),
                 Some(key.to_owned()),
                 PolicyErrorKind::OutOfRange {
@@ -645,35 +678,19 @@ impl Check<'_> {
         self.text.get(span).unwrap_or_default().to_owned()
     }
 
-    fn error(
-        &self,
-        span: Option<Range<usize>>,
-        key: Option<String>,
-        kind: PolicyErrorKind,
-    ) -> PolicyError {
-        let (line, column) = span.map(|s| position(self.text, s.start)).unzip();
-        PolicyError {
-            path: self.path.to_path_buf(),
-            line,
-            column,
-            key,
-            kind,
-        }
-    }
-
     /// A TOML parser error: a duplicate key or table, or any other syntax
     /// error.
-    fn syntax_error(&self, e: &toml::de::Error) -> PolicyError {
+    fn syntax_error(&self, e: &toml::de::Error) -> Problem {
         let span = e.span();
         if e.message() == DUPLICATE_KEY {
             let key = span.clone().and_then(|s| self.duplicate_key(s));
-            return self.error(span, key, PolicyErrorKind::DuplicateKey);
+            return Problem::new(span, key, PolicyErrorKind::DuplicateKey);
         }
-        self.error(span, None, PolicyErrorKind::Syntax(e.message().to_owned()))
+        Problem::new(span, None, PolicyErrorKind::Syntax(e.message().to_owned()))
     }
 
     /// A serde error: an unknown key or a wrong type.
-    fn shape_error(&self, e: &serde_path_to_error::Error<toml::de::Error>) -> PolicyError {
+    fn shape_error(&self, e: &serde_path_to_error::Error<toml::de::Error>) -> Problem {
         let segments: Vec<Seg> = e
             .path()
             .iter()
@@ -692,7 +709,7 @@ impl Check<'_> {
             Some(expected) => PolicyErrorKind::UnknownKey { expected },
             None => PolicyErrorKind::WrongType(message.to_owned()),
         };
-        self.error(e.inner().span(), key, kind)
+        Problem::new(e.inner().span(), key, kind)
     }
 
     /// The dotted key of a duplicate whose name is at `span`: the path of
@@ -1583,14 +1600,27 @@ memory = "unlimited"
     #[test]
     fn a_syntax_error_is_refused() {
         let e = rejected("[rate]\nrequests_per_second = 10\nstart_burst = \n");
-        assert_eq!((e.line, e.key.as_deref()), (Some(3), None));
-        assert!(
-            matches!(&e.kind, PolicyErrorKind::Syntax(m) if !m.is_empty()),
-            "{e:?}"
+        assert_eq!(
+            at(&e),
+            (
+                Some(3),
+                Some(15),
+                None,
+                &PolicyErrorKind::Syntax(
+                    "string values must be quoted, expected literal string".into()
+                )
+            )
         );
         let e = rejected("[rate\n");
-        assert_eq!((e.line, e.key.as_deref()), (Some(1), None));
-        assert!(matches!(&e.kind, PolicyErrorKind::Syntax(_)), "{e:?}");
+        assert_eq!(
+            at(&e),
+            (
+                Some(1),
+                Some(6),
+                None,
+                &PolicyErrorKind::Syntax("unclosed table, expected `]`".into())
+            )
+        );
     }
 
     // A burst needs a limited rate in effect beside it, at the top level and
@@ -1598,10 +1628,7 @@ memory = "unlimited"
     #[test]
     fn a_burst_without_a_rate_is_refused() {
         let e = rejected("[rate]\nrequest_burst = 40\n");
-        let kind = out_of_range(
-            "40",
-            "no burst while requests_per_second is absent or \"unlimited\"",
-        );
+        let kind = out_of_range("40", "no burst while requests_per_second is absent");
         assert_eq!(
             at(&e),
             (Some(2), Some(17), Some("rate.request_burst"), &kind)
@@ -1609,16 +1636,13 @@ memory = "unlimited"
         assert_eq!(
             e.to_string(),
             "policy.toml:2:17: key 'rate.request_burst': 40 is out of range: \
-             no burst while requests_per_second is absent or \"unlimited\""
+             no burst while requests_per_second is absent"
         );
         let e = rejected("[rate]\nstarts_per_minute = \"unlimited\"\nstart_burst = 5\n");
-        let kind = out_of_range(
-            "5",
-            "no burst while starts_per_minute is absent or \"unlimited\"",
-        );
+        let kind = out_of_range("5", "no burst while starts_per_minute is \"unlimited\"");
         assert_eq!(at(&e), (Some(3), Some(15), Some("rate.start_burst"), &kind));
         let e = rejected("[handshakes]\nburst = 50\n");
-        let kind = out_of_range("50", "no burst while per_second is absent or \"unlimited\"");
+        let kind = out_of_range("50", "no burst while per_second is absent");
         assert_eq!(at(&e), (Some(2), Some(9), Some("handshakes.burst"), &kind));
         // A user's burst, with the user's rate lifted.
         let alice = fp("alice");
@@ -1627,16 +1651,24 @@ memory = "unlimited"
              requests_per_second = \"unlimited\"\nrequest_burst = 9\n"
         ));
         let key = format!("users.\"{alice}\".rate.request_burst");
-        let kind = out_of_range(
-            "9",
-            "no burst while requests_per_second is absent or \"unlimited\"",
-        );
+        let kind = out_of_range("9", "no burst while requests_per_second is \"unlimited\"");
         assert_eq!(at(&e), (Some(5), Some(17), Some(key.as_str()), &kind));
-        // A user's burst over the top-level rate is fine.
+        // A user's burst with no rate anywhere.
+        let e = rejected(&format!("[users.\"{alice}\".rate]\nstart_burst = 9\n"));
+        let key = format!("users.\"{alice}\".rate.start_burst");
+        let kind = out_of_range("9", "no burst while starts_per_minute is absent");
+        assert_eq!(at(&e), (Some(2), Some(15), Some(key.as_str()), &kind));
+        // A user's burst over the top-level rate is fine, and a top-level
+        // burst does not stop a user's rate from being lifted.
         let p = parsed(&format!(
-            "[rate]\nstarts_per_minute = 3\n[users.\"{alice}\".rate]\nstart_burst = 9\n"
+            "[rate]\nstarts_per_minute = 3\nstart_burst = 1\n\
+             [users.\"{alice}\".rate]\nstart_burst = 9\n\
+             [users.\"{}\".rate]\nstarts_per_minute = \"unlimited\"\n",
+            fp("bob")
         ));
         assert_eq!(p.rules(&id("alice")).starts, per_minute(3, 9));
+        assert_eq!(p.rules(&id("bob")).starts, None);
+        assert_eq!(p.rules(&id("carol")).starts, per_minute(3, 1));
     }
 
     // Values outside their key's range are refused, naming the range.

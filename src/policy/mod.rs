@@ -48,7 +48,8 @@ use crate::job::JobQuota;
 pub struct Rate {
     /// Tokens added per `period`.
     pub count: NonZeroU32,
-    /// The period `count` refers to (1 s for requests, 60 s for starts).
+    /// The period `count` refers to (1 s for requests and handshakes, 60 s
+    /// for starts).
     pub period: Duration,
     /// Most tokens that can be saved up, i.e. the largest burst at once.
     pub burst: NonZeroU32,
@@ -91,6 +92,10 @@ impl Policy {
     /// column and dotted key, for an unreadable file, TOML syntax, unknown
     /// or duplicate keys, wrong types, malformed or repeated fingerprints,
     /// out-of-range values, or an identity that is both denied and an admin.
+    #[expect(
+        clippy::result_large_err,
+        reason = "made once per load or reload; its size does not matter"
+    )]
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
             path: path.to_path_buf(),
@@ -106,6 +111,10 @@ impl Policy {
     ///
     /// # Errors
     /// As [`Policy::load`], but never [`PolicyErrorKind::Read`].
+    #[expect(
+        clippy::result_large_err,
+        reason = "made once per load or reload; its size does not matter"
+    )]
     pub fn parse(text: &str, path: &Path) -> Result<Self, PolicyError> {
         file::parse(text, path)
     }
@@ -383,6 +392,10 @@ impl PolicyHandle {
     /// [`PolicyError`] (the old policy stays in force) when the file no
     /// longer parses or validates, or [`PolicyErrorKind::Read`] with an empty
     /// path when the policy did not come from a file.
+    #[expect(
+        clippy::result_large_err,
+        reason = "made once per load or reload; its size does not matter"
+    )]
     pub fn reload(&self) -> Result<PolicySummary, PolicyError> {
         let Some(path) = self.current().source.clone() else {
             return Err(PolicyError {

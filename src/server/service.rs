@@ -360,7 +360,8 @@ impl JobService for Service {
             rpc: Rpc::List,
             job: None,
             owner: None,
-            admin: all_users,
+            // Admin rights used, not merely asked for.
+            admin: all_users && grant.is_admin(),
             outcome,
             reason,
         };
