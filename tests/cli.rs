@@ -388,6 +388,8 @@ fn start_json_has_exactly_the_documented_fields() {
             "exit_code",
             "id",
             "limits",
+            "max_output_bytes",
+            "output_bytes",
             "owner",
             "signal",
             "started_at",

@@ -363,6 +363,13 @@ mod tests {
             describe(&status(State::Stopped, Some(0), None)),
             "stopped: exited with code 0"
         );
+        let mut over = status(State::OutputLimit, None, Some(15));
+        over.max_output_bytes = Some(1 << 20);
+        assert_eq!(
+            describe(&over),
+            "stopped at its output limit of 1.0 MiB: killed by signal 15 (SIGTERM)"
+        );
+        assert_eq!(state_name(&over), "output_limit");
     }
 
     #[test]
@@ -461,6 +468,8 @@ mod tests {
                 "owner": "sha256:ab",
                 "limits": null,
                 "usage": null,
+                "output_bytes": 0,
+                "max_output_bytes": null,
             })
         );
         let running =
