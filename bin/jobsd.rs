@@ -220,6 +220,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.audit = audit;
     if let Some(executor) = contain(&args.contain, cgroup_name, &mut config.jobs)? {
         config.executor = Arc::new(executor);
+    } else if config.policy.current().sets_job_limits() {
+        tracing::warn!(
+            "the policy's [limits] cannot be enforced: jobs run without containment (requests for limits are refused)"
+        );
     }
     raise_open_file_limit();
     let listener =

@@ -140,6 +140,14 @@ impl Policy {
         self.users.get(identity).unwrap_or(&self.defaults)
     }
 
+    /// True if `[limits]` or any `[users."…".limits]` changes a per-job
+    /// ceiling (which only a daemon that contains jobs can enforce).
+    pub fn sets_job_limits(&self) -> bool {
+        std::iter::once(&self.defaults)
+            .chain(self.users.values())
+            .any(|r| r.jobs.ceilings != crate::job::CeilingOverrides::default())
+    }
+
     /// The rate of unauthenticated handshakes allowed per source address, if
     /// limited.
     pub fn handshakes(&self) -> Option<HandshakeRate> {
