@@ -416,7 +416,14 @@ fn shutdown_signal(
             tokio::select! {
                 _ = term.recv() => break tracing::info!("SIGTERM received"),
                 _ = int.recv() => break tracing::info!("SIGINT received"),
-                _ = hup.recv() => reload(&policy, audit.as_deref()),
+                _ = hup.recv() => {
+                    // Reading files may block (a stalled disk, a FIFO); off
+                    // the server's task, which polls this future.
+                    let (policy, audit) = (policy.clone(), audit.clone());
+                    if let Err(e) = tokio::task::spawn_blocking(move || reload(&policy, audit.as_deref())).await {
+                        tracing::error!(error = %e, "policy reload failed");
+                    }
+                }
             }
         }
     })
@@ -426,14 +433,26 @@ fn shutdown_signal(
 fn reload(policy: &PolicyHandle, audit: Option<&AuditLog>) {
     match policy.current().source().map(std::path::Path::to_path_buf) {
         None => tracing::info!("SIGHUP received: no --policy file to reload"),
-        Some(path) => match policy.reload() {
-            Ok(s) => {
-                tracing::info!(file = %path.display(), denied = s.denied, admins = s.admins, overrides = s.users, "SIGHUP received: policy reloaded")
+        Some(path) => {
+            let old = policy.current();
+            match policy.reload() {
+                Ok(s) => {
+                    tracing::info!(file = %path.display(), denied = s.denied, admins = s.admins, overrides = s.users, "SIGHUP received: policy reloaded");
+                    let c = policy.current().changes_from(&old);
+                    if c.denied_removed > 0 || c.admins_added > 0 {
+                        // An emptied or truncated file lifts every ban: say so.
+                        tracing::warn!(
+                            left_denylist = c.denied_removed,
+                            new_admins = c.admins_added,
+                            "the reloaded policy gives identities more access than before"
+                        );
+                    }
+                }
+                Err(e) => tracing::error!(
+                    "SIGHUP received: policy NOT reloaded, the previous policy stays in force: {e}"
+                ),
             }
-            Err(e) => tracing::error!(
-                "SIGHUP received: policy NOT reloaded, the previous policy stays in force: {e}"
-            ),
-        },
+        }
     }
     if let Some(audit) = audit {
         match audit.reopen() {

@@ -80,7 +80,8 @@
 //!   source address).
 //! - Output reads and writes are synchronous `pread`/`write` calls on the
 //!   page cache from async tasks; a disk that stalls stalls those tasks.
-//! - Output on disk is not limited or removed: one job can fill the disk.
+//! - Output on disk is limited per job only by the policy's
+//!   `max_output_bytes`, and never removed: many jobs can fill the disk.
 //! - If `jobsd` is killed with SIGKILL, its jobs keep running unowned until a
 //!   new `jobsd` starts on the same state directory (it kills them and removes
 //!   their cgroups); their records are lost.

@@ -1520,6 +1520,17 @@ fn sighup_reloads_the_policy_and_a_broken_file_keeps_the_old_one() {
     assert_eq!(lines[3]["admin"], Value::Bool(true));
     assert_eq!(lines[3]["owner"], Value::String(alice.clone()));
     assert_eq!(lines[3]["job"], Value::String(running.clone()));
+
+    // A FIFO in place of the file (nobody writing to it) is refused at
+    // once: the daemon keeps serving and alice stays denied.
+    fs::remove_file(&policy).unwrap();
+    nix::unistd::mkfifo(&policy, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    let log = wait_for_log(&d, "policy NOT reloaded", 2);
+    assert!(log.contains("not a regular file"), "{log}");
+    let out = d.jobs(&d.alice, &["list"]);
+    assert_eq!((out.code, out.stderr.as_str()), (1, denied));
+    assert_eq!(d.jobs(&d.bob, &["list"]).code, 0);
     drop(d);
 }
 

@@ -1334,12 +1334,19 @@ async fn the_audit_log_has_one_line_per_decision_in_order() {
     assert_eq!(code(&e), Code::InvalidArgument);
     let e = alice.stop(UNKNOWN_ID).await.unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
+    let e = alice.start("", &[]).await.unwrap_err();
+    assert_eq!(code(&e), Code::InvalidArgument);
     let e = alice.start("no-such-program-here", &[]).await.unwrap_err();
     assert_eq!(code(&e), Code::InvalidArgument);
     let after = time::OffsetDateTime::now_utc();
 
     let lines = audit.lines();
     let id = Some(job.id.as_str());
+    // A start whose program is missing was allowed (its id recorded before
+    // the spawn) and then failed: two lines for one id that never ran.
+    let never_ran = lines.last().and_then(|l| l.job.clone());
+    let never_ran = never_ran.as_deref();
+    assert!(never_ran.is_some_and(|j| j != job.id), "{lines:?}");
     assert_eq!(
         lines.iter().map(AuditLine::decision).collect::<Vec<_>>(),
         [
@@ -1381,6 +1388,24 @@ async fn the_audit_log_has_one_line_per_decision_in_order() {
                 "Start",
                 None,
                 None,
+                false,
+                "failed",
+                Some("invalid_argument")
+            ),
+            decision(
+                "alice",
+                "Start",
+                never_ran,
+                Some("alice"),
+                false,
+                "allowed",
+                None
+            ),
+            decision(
+                "alice",
+                "Start",
+                never_ran,
+                Some("alice"),
                 false,
                 "failed",
                 Some("invalid_argument")

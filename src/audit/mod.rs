@@ -23,6 +23,16 @@
 //! - `admin`: true when the caller acted with admin rights.
 //! - `outcome`: `allowed`, `denied` or `failed` ([`Outcome`]).
 //! - `reason`: a short snake_case word, or `null`.
+//! - `suppressed` (only when not 0): refusals of this identity that were
+//!   not written since its previous refusal line (see below).
+//!
+//! # Refusal floods
+//! A caller decides how often it is refused, so refusals (`denied`) are
+//! written at most [`DENIED_LINES_PER_SECOND`] per second per identity, after
+//! a burst of [`DENIED_LINES_BURST`]. Beyond that they are counted, not
+//! written, and the next refusal line of that identity carries the count in
+//! `suppressed`, so none goes unaccounted. Allowed and failed requests are
+//! always written (the policy's rate limits bound them).
 //!
 //! Text fields come from certificates and requests, so they may hold
 //! quotes, backslashes, newlines or other control characters; JSON escapes
@@ -31,10 +41,12 @@
 //! It must not decide anything: callers pass the decision they made, and
 //! whether a failed write stops the action is theirs to choose.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -45,11 +57,20 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::auth::Identity;
-use crate::policy::Rpc;
+use crate::policy::{Limiters, Rate, Rpc};
 
 /// Permission bits of the audit file: read and write for the daemon's user
 /// only. The log names every user and what they did.
 const MODE: u32 = 0o600;
+
+/// Refusal lines written per second per identity, after the burst: enough
+/// to see what a misbehaving client does, too few for it to fill the disk
+/// (about 3 KiB/s).
+pub const DENIED_LINES_PER_SECOND: u32 = 10;
+
+/// Refusal lines an identity may have written at once before
+/// [`DENIED_LINES_PER_SECOND`] applies.
+pub const DENIED_LINES_BURST: u32 = 100;
 
 /// The audit file, shared by every request. Lines from concurrent callers
 /// never interleave.
@@ -57,6 +78,10 @@ pub struct AuditLog {
     path: PathBuf,
     /// The open file; replaced by [`AuditLog::reopen`].
     file: Mutex<File>,
+    /// Refusal lines per identity.
+    denied: Limiters,
+    /// Refusals not written, per identity, since its last refusal line.
+    suppressed: Mutex<HashMap<Identity, u64>>,
 }
 
 impl fmt::Debug for AuditLog {
@@ -83,6 +108,8 @@ impl AuditLog {
         Ok(Self {
             path: path.to_path_buf(),
             file: Mutex::new(open_file(path)?),
+            denied: Limiters::new(),
+            suppressed: Mutex::new(HashMap::new()),
         })
     }
 
@@ -105,23 +132,49 @@ impl AuditLog {
     /// the page cache, not necessarily on disk (no `fsync`).
     ///
     /// This blocks the calling thread for the write; on a disk that stalls,
-    /// it stalls.
+    /// it stalls. A refusal over its identity's budget (see "Refusal floods"
+    /// in the module doc) is counted instead of written, and `Ok`.
     ///
     /// # Errors
     /// [`AuditError::Write`] when the write fails (e.g. the disk is full), or
     /// when the system clock is outside the years 0–9999 that RFC 3339 can
-    /// write. Part of the line may have been written.
+    /// write. A part of the line that reached the file is cut off again
+    /// (best effort), so the next line starts on a line of its own.
     pub fn record(&self, entry: &Entry<'_>) -> Result<(), AuditError> {
-        let line = line(entry, OffsetDateTime::now_utc()).map_err(|source| AuditError::Write {
+        let write_error = |source| AuditError::Write {
             path: self.path.clone(),
             source,
-        })?;
-        (&*self.lock())
-            .write_all(&line)
-            .map_err(|source| AuditError::Write {
-                path: self.path.clone(),
-                source,
-            })
+        };
+        let mut suppressed = 0;
+        if entry.outcome == Outcome::Denied {
+            let mut counts = self
+                .suppressed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if self
+                .denied
+                .check_request(entry.identity, Some(DENIED_LINES_RATE))
+                .is_err()
+            {
+                let n = counts.entry(entry.identity).or_insert(0);
+                if *n == 0 {
+                    tracing::warn!(identity = %entry.identity, "refusals of this identity come faster than the audit log records them; counting the rest");
+                }
+                *n += 1;
+                return Ok(());
+            }
+            suppressed = counts.remove(&entry.identity).unwrap_or(0);
+        }
+        let line = line(entry, suppressed, OffsetDateTime::now_utc()).map_err(write_error)?;
+        let file = self.lock();
+        let before = file.metadata().map(|m| m.len());
+        (&*file).write_all(&line).map_err(|e| {
+            // A torn line would glue the next one to it: cut it off.
+            if let Ok(before) = before {
+                let _ = file.set_len(before);
+            }
+            write_error(e)
+        })
     }
 
     /// The path the log was opened with.
@@ -258,7 +311,20 @@ struct Line<'a> {
     admin: bool,
     outcome: &'static str,
     reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "is_zero")]
+    suppressed: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// [`DENIED_LINES_PER_SECOND`] after [`DENIED_LINES_BURST`].
+const DENIED_LINES_RATE: Rate = Rate {
+    count: NonZeroU32::new(DENIED_LINES_PER_SECOND).unwrap(),
+    period: std::time::Duration::from_secs(1),
+    burst: NonZeroU32::new(DENIED_LINES_BURST).unwrap(),
+};
 
 /// Serialises as the string its `Display` writes.
 struct Shown<T>(T);
@@ -270,7 +336,7 @@ impl<T: fmt::Display> Serialize for Shown<T> {
 }
 
 /// The bytes of `entry`'s line written at `now`, newline included.
-fn line(entry: &Entry<'_>, now: OffsetDateTime) -> io::Result<Vec<u8>> {
+fn line(entry: &Entry<'_>, suppressed: u64, now: OffsetDateTime) -> io::Result<Vec<u8>> {
     let time = now.format(&Rfc3339).map_err(io::Error::other)?;
     let mut line = serde_json::to_vec(&Line {
         time: &time,
@@ -283,6 +349,7 @@ fn line(entry: &Entry<'_>, now: OffsetDateTime) -> io::Result<Vec<u8>> {
         admin: entry.admin,
         outcome: entry.outcome.as_str(),
         reason: entry.reason,
+        suppressed,
     })?;
     line.push(b'\n');
     Ok(line)

@@ -56,7 +56,7 @@ fn open_errno(result: Result<AuditLog, AuditError>) -> Option<i32> {
 // A line is the documented keys in the documented order, exactly.
 #[test]
 fn line_format_is_exact() {
-    let line = line(&entry(), fixed_time()).unwrap();
+    let line = line(&entry(), 0, fixed_time()).unwrap();
     let expected = format!(
         concat!(
             r#"{{"time":"2026-11-30T03:04:05.123456789Z","identity":"{}","subject":"CN=alice","#,
@@ -85,7 +85,7 @@ fn nulls_denials_and_ipv6() {
         ..entry()
     };
     let time = OffsetDateTime::from_unix_timestamp(1_796_007_845).unwrap();
-    let line = String::from_utf8(line(&denied, time).unwrap()).unwrap();
+    let line = String::from_utf8(line(&denied, 0, time).unwrap()).unwrap();
     let expected = format!(
         concat!(
             r#"{{"time":"2026-11-30T03:04:05Z","identity":"{}","subject":"CN=alice","#,
@@ -100,7 +100,7 @@ fn nulls_denials_and_ipv6() {
         outcome: Outcome::Failed,
         ..entry()
     };
-    let line: Value = serde_json::from_slice(&super::line(&failed, time).unwrap()).unwrap();
+    let line: Value = serde_json::from_slice(&super::line(&failed, 0, time).unwrap()).unwrap();
     assert_eq!(line["outcome"], "failed");
 }
 
@@ -373,4 +373,46 @@ fn debug_shows_the_path_only() {
         format!("AuditLog {{ path: {path:?}, .. }}")
     );
     assert_eq!(log.path(), path);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_refusals_is_counted_not_written() {
+    // Scenario: a denylisted client retries in a tight loop; the audit log
+    // gets its first refusals, then a count instead of one line each, and
+    // another identity's refusals and every allowed request still appear.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open(&path).unwrap();
+    let mut denied = entry();
+    denied.outcome = Outcome::Denied;
+    denied.reason = Some("denylisted");
+    let burst = DENIED_LINES_BURST as usize;
+    for _ in 0..burst + 50 {
+        log.record(&denied).unwrap();
+    }
+    let mut other = denied.clone();
+    other.identity = Identity::from_spki_der(b"someone else");
+    log.record(&other).unwrap();
+    log.record(&entry()).unwrap();
+    let read = || -> Vec<Value> {
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let lines = read();
+    assert_eq!(lines.len(), burst + 2);
+    assert!(lines.iter().all(|l| l.get("suppressed").is_none()));
+    assert_eq!(lines[burst]["identity"], other.identity.to_string());
+    assert_eq!(lines[burst + 1]["outcome"], "allowed");
+    // Once a token is back, the next refusal line carries the count.
+    tokio::time::advance(std::time::Duration::from_millis(
+        1000 / u64::from(DENIED_LINES_PER_SECOND),
+    ))
+    .await;
+    log.record(&denied).unwrap();
+    let lines = read();
+    assert_eq!(lines.len(), burst + 3);
+    assert_eq!(lines[burst + 2]["suppressed"], Value::from(50));
 }

@@ -11,6 +11,8 @@
 //!
 //! It must not parse requests or talk to the network.
 
+mod subject;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -52,9 +54,11 @@ impl Identity {
     }
 
     /// The identity of the key in a DER-encoded X.509 certificate, and the
-    /// certificate's subject as an RFC 4514 string (e.g. `CN=alice`), for
-    /// logs and the audit log. The subject is a label chosen by whoever
-    /// issued the certificate; only the identity decides anything.
+    /// certificate's subject as an RFC 4514 string (e.g. `CN=alice`,
+    /// `CN=x,O=evil\,CN=root`), for logs and the audit log. The subject is a
+    /// label chosen by whoever issued the certificate, escaped so that no
+    /// value can pass for another attribute or break a line; only the
+    /// identity decides anything.
     ///
     /// # Errors
     /// [`AuthError::BadCertificate`] if `der` is not an X.509 certificate.
@@ -63,7 +67,7 @@ impl Identity {
             .map_err(|e| AuthError::BadCertificate(e.to_string()))?;
         Ok((
             Self::from_spki_der(cert.public_key().raw),
-            cert.subject().to_string(),
+            subject::rfc4514(cert.subject()),
         ))
     }
 

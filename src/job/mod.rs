@@ -117,7 +117,7 @@ pub enum State {
     Exited,
     /// The main process was killed by a signal the daemon did not send.
     Killed,
-    /// Its owner (or the daemon's shutdown) stopped it.
+    /// Its owner, an admin, or the daemon's shutdown stopped it.
     Stopped,
     /// The kernel's OOM killer killed at least one of its processes and
     /// nobody stopped it: the job reached its memory limit, or the machine or
@@ -246,9 +246,7 @@ pub enum JobError {
     #[error("this server has no IO devices configured and cannot enforce IO limits")]
     IoLimitsUnavailable,
     /// The caller already has as many jobs running as its quota allows.
-    #[error(
-        "you have {max} running job(s), the most your quota allows; wait for one to end or stop one"
-    )]
+    #[error("{}", too_many_running(*max))]
     TooManyRunningJobs {
         /// The quota.
         max: u32,
@@ -256,6 +254,16 @@ pub enum JobError {
     /// Only admins may do this (list every user's jobs).
     #[error("only admins may list every user's jobs")]
     AdminOnly,
+}
+
+fn too_many_running(max: u32) -> String {
+    if max == 0 {
+        "your quota allows no running jobs; ask the server's operator".to_owned()
+    } else {
+        format!(
+            "you have {max} running job(s), the most your quota allows; wait for one to end or stop one"
+        )
+    }
 }
 
 /// Why [`Jobs::authorize`] refused, in more detail than the caller is told:
@@ -397,7 +405,7 @@ pub struct Jobs {
 }
 
 /// A job the caller may act on: their own, or (for an admin) anyone's. Only
-/// [`Jobs::authorize`] and [`Jobs::start`] make one, so holding it proves the
+/// [`Jobs::authorize`] and [`Jobs::launch`] make one, so holding it proves the
 /// access check was done.
 #[derive(Clone)]
 pub struct OwnedJob(Arc<Job>);
@@ -463,35 +471,25 @@ impl Jobs {
         Ok(jobs)
     }
 
-    /// Starts `spec` for the grant's caller under `limits` (unset fields take
-    /// the ceiling: the configured one with the grant's
-    /// [`JobQuota::ceilings`] applied) and returns the running job, which
-    /// gets the grant's output quota.
+    /// Decides whether the grant's caller may start a job under `limits`
+    /// now, and if so reserves its place: a new job id and a slot in the
+    /// caller's running-jobs quota (freed when the ticket is dropped unused).
+    /// Unset fields of `limits` take the ceiling: the configured one with the
+    /// grant's [`JobQuota::ceilings`] applied. Nothing runs until
+    /// [`Jobs::launch`]; in between the caller may record the decision.
     ///
     /// # Errors
     /// [`JobError::ShuttingDown`] after [`Jobs::shutdown`] began;
-    /// [`JobError::TooManyRunningJobs`] when the caller has
-    /// [`JobQuota::max_running_jobs`] jobs not yet final (starts in progress
-    /// count, so parallel starts cannot overshoot);
     /// [`JobError::LimitsUnavailable`], [`JobError::IoLimitsUnavailable`],
     /// [`JobError::LimitTooSmall`], [`JobError::LimitAboveCeiling`] for limits
-    /// the daemon cannot or will not grant; [`JobError::Spawn`] when the
-    /// program is missing or not executable or the job cannot be contained (no
-    /// job is created, nothing runs); [`JobError::Output`] if the output log
-    /// cannot be made.
-    ///
-    /// # Cancel safety
-    /// Dropping the future before it resolves leaves no job and no process.
-    pub async fn start(
-        &self,
-        grant: &Grant,
-        spec: JobSpec,
-        limits: ResourceLimits,
-    ) -> Result<OwnedJob, JobError> {
+    /// the daemon cannot or will not grant; [`JobError::TooManyRunningJobs`]
+    /// when the caller has [`JobQuota::max_running_jobs`] jobs not yet final
+    /// (reserved tickets count, so parallel starts cannot overshoot).
+    pub fn reserve(&self, grant: &Grant, limits: ResourceLimits) -> Result<StartTicket, JobError> {
         if self.shutdown.is_cancelled() {
             return Err(JobError::ShuttingDown);
         }
-        let caller = grant.caller();
+        let owner = grant.identity();
         let quota = grant.quota();
         let caps = self.executor.capabilities();
         let (limits, account) = if caps.limits {
@@ -504,25 +502,54 @@ impl Jobs {
             }
             (
                 Some(limits.resolve(&ceiling)?),
-                self.config.accounts.get(&caller.identity()),
+                self.config.accounts.get(&owner).cloned(),
             )
         } else if limits.is_empty() {
             (None, None)
         } else {
             return Err(JobError::LimitsUnavailable);
         };
-        // Held by the supervisor until the job is final; dropped (freeing the
-        // slot) if the start fails.
-        let slot = self
-            .slots
-            .acquire(caller.identity(), quota.max_running_jobs)?;
-        let id = JobId::new_random();
+        let slot = self.slots.acquire(owner, quota.max_running_jobs)?;
+        Ok(StartTicket {
+            id: JobId::new_random(),
+            owner,
+            limits,
+            account,
+            max_output_bytes: quota.max_output_bytes,
+            slot,
+        })
+    }
+
+    /// Starts `spec` on a reserved `ticket` and returns the running job,
+    /// which gets the ticket's id, limits and output quota.
+    ///
+    /// # Errors
+    /// [`JobError::ShuttingDown`] if [`Jobs::shutdown`] began since the
+    /// reservation; [`JobError::Spawn`] when the program is missing or not
+    /// executable or the job cannot be contained (no job is created, nothing
+    /// runs, the ticket's id is never used); [`JobError::Output`] if the
+    /// output log cannot be made.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it resolves leaves no job and no process.
+    pub async fn launch(&self, ticket: StartTicket, spec: JobSpec) -> Result<OwnedJob, JobError> {
+        if self.shutdown.is_cancelled() {
+            return Err(JobError::ShuttingDown);
+        }
+        let StartTicket {
+            id,
+            owner,
+            limits,
+            account,
+            max_output_bytes,
+            slot,
+        } = ticket;
         let name = id.to_string();
         let launch = Launch {
             name: &name,
             spec: &spec,
             limits: &limits.unwrap_or_default(),
-            account,
+            account: account.as_ref(),
         };
         // Dropping this future while the executor starts the job kills and
         // reaps what it started; nothing else exists yet.
@@ -535,14 +562,14 @@ impl Jobs {
         let (stop_tx, stop_rx) = watch::channel(false);
         let job = Arc::new(Job {
             id,
-            owner: caller.identity(),
+            owner,
             command: spec.command(),
             started_at: SystemTime::now(),
             phase: phase_rx,
             stop: stop_tx,
             log,
             limits,
-            max_output_bytes: quota.max_output_bytes,
+            max_output_bytes,
             meter: spawned.meter.clone(),
         });
         self.lock().insert(id, job.clone());
@@ -555,10 +582,10 @@ impl Jobs {
                 stop: stop_rx,
                 shutdown: self.shutdown.clone(),
                 grace: self.config.grace.min(MAX_GRACE),
-                max_output_bytes: quota.max_output_bytes,
+                max_output_bytes,
                 slot,
             }));
-        tracing::info!(job = %id, owner = %caller.identity(), command = ?job.command, "job started");
+        tracing::info!(job = %id, %owner, command = ?job.command, "job started");
         Ok(OwnedJob(job))
     }
 
@@ -655,6 +682,26 @@ impl OwnedJob {
     /// [`output::OutputError::Io`] if the output log cannot be opened.
     pub fn follow(&self) -> Result<LogReader, output::OutputError> {
         self.0.log.follow()
+    }
+}
+
+/// A reserved start: what [`Jobs::reserve`] decided, until [`Jobs::launch`]
+/// uses it. Dropping it unused frees its running-jobs slot; its id is then
+/// never used.
+#[derive(Debug)]
+pub struct StartTicket {
+    id: JobId,
+    owner: Identity,
+    limits: Option<ResourceLimits>,
+    account: Option<Account>,
+    max_output_bytes: Option<u64>,
+    slot: RunningSlot,
+}
+
+impl StartTicket {
+    /// The id the job will have.
+    pub fn id(&self) -> JobId {
+        self.id
     }
 }
 

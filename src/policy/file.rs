@@ -1,6 +1,9 @@
 //! The policy file's TOML format (`policy.example.toml`), parsed strictly.
 //!
-//! Parsing has three steps, each refusing what it cannot vouch for:
+//! [`read_text`] first fetches the text: only a regular file of at most
+//! [`MAX_POLICY_BYTES`] in UTF-8, without ever blocking on what the path
+//! names. Parsing then has three steps, each refusing what it cannot vouch
+//! for:
 //! 1. the TOML parser: syntax, and duplicate keys and tables;
 //! 2. serde, with `#[serde(deny_unknown_fields)]` on every table and
 //!    `serde_path_to_error` for the dotted key: unknown keys (also a known
@@ -17,9 +20,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::fs::OpenOptions;
+use std::io::Read;
 use std::marker::PhantomData;
 use std::num::NonZeroU32;
 use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -28,7 +34,7 @@ use serde_path_to_error::Segment;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::{Policy, PolicyError, PolicyErrorKind, Rate, Rules};
+use super::{MAX_POLICY_BYTES, Policy, PolicyError, PolicyErrorKind, Rate, Rules};
 use crate::auth::Identity;
 use crate::client::units::{parse_cpus, parse_size};
 use crate::job::{
@@ -65,6 +71,70 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
             column,
             key: problem.key,
             kind: problem.kind,
+        }
+    })
+}
+
+/// The text of the policy file at `path`, for [`Policy::load`]: a regular
+/// file (symlinks followed) of at most [`MAX_POLICY_BYTES`], in UTF-8.
+///
+/// Nothing here can block or read without end. The path is checked before
+/// opening, because merely opening some devices acts (a watchdog device
+/// starts its timer); the open itself is `O_NONBLOCK`, so a FIFO swapped in
+/// after that check opens at once rather than waiting for a writer; and the
+/// opened file is checked again (`fstat`) and read to one byte past the cap,
+/// so neither a swapped file nor one still growing gets further.
+#[allow(
+    clippy::result_large_err,
+    reason = "the signature `Policy::load` forwards; one error per failed load"
+)]
+pub(super) fn read_text(path: &Path) -> Result<String, PolicyError> {
+    let error = |kind| PolicyError {
+        path: path.to_path_buf(),
+        line: None,
+        column: None,
+        key: None,
+        kind,
+    };
+    let io_error = |e: std::io::Error| error(PolicyErrorKind::Read(e.to_string()));
+    let check = |metadata: std::fs::Metadata| {
+        if !metadata.is_file() {
+            return Err(error(PolicyErrorKind::NotRegularFile));
+        }
+        if metadata.len() > MAX_POLICY_BYTES {
+            return Err(error(PolicyErrorKind::TooLarge {
+                max: MAX_POLICY_BYTES,
+            }));
+        }
+        Ok(())
+    };
+    check(std::fs::metadata(path).map_err(io_error)?)?;
+    let file = OpenOptions::new()
+        .read(true)
+        // O_NOCTTY: a terminal device must never become jobsd's controlling
+        // terminal, whatever the path names by the time it is opened.
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io_error)?;
+    check(file.metadata().map_err(io_error)?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_POLICY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
+        return Err(error(PolicyErrorKind::TooLarge {
+            max: MAX_POLICY_BYTES,
+        }));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid_up_to = e.utf8_error().valid_up_to();
+        // The prefix before the first bad byte is valid by definition.
+        let before = std::str::from_utf8(&e.as_bytes()[..valid_up_to]).unwrap_or_default();
+        let (line, column) = position(before, before.len());
+        PolicyError {
+            line: Some(line),
+            column: Some(column),
+            ..error(PolicyErrorKind::NotUtf8)
         }
     })
 }
@@ -319,13 +389,14 @@ struct Settings {
 }
 
 impl Settings {
-    /// These settings where written, else `base`'s, field by field.
+    /// These settings where written, else `base`'s, field by field; see
+    /// [`burst_over`] for the bursts.
     fn over(&self, base: &Settings) -> Settings {
         Settings {
             requests: or(self.requests, base.requests),
-            request_burst: self.request_burst.or(base.request_burst),
+            request_burst: burst_over(self.request_burst, self.requests, base.request_burst),
             starts: or(self.starts, base.starts),
-            start_burst: self.start_burst.or(base.start_burst),
+            start_burst: burst_over(self.start_burst, self.starts, base.start_burst),
             max_running_jobs: or(self.max_running_jobs, base.max_running_jobs),
             max_output_bytes: or(self.max_output_bytes, base.max_output_bytes),
             ceilings: CeilingOverrides {
@@ -357,6 +428,24 @@ fn or<T>(value: Override<T>, base: Override<T>) -> Override<T> {
     match value {
         Override::Inherit => base,
         written => written,
+    }
+}
+
+/// A user's burst: their own, else none (so their own rate, in [`rate`])
+/// if they set the rate itself, else the top level's.
+///
+/// A top-level burst is sized for the top-level rate: `request_burst = 1000`
+/// beside `requests_per_second = 100` must not give a user throttled to
+/// `requests_per_second = 1` a thousand requests at once.
+fn burst_over(
+    own: Option<NonZeroU32>,
+    own_rate: Override<NonZeroU32>,
+    base: Option<NonZeroU32>,
+) -> Option<NonZeroU32> {
+    match (own, own_rate) {
+        (Some(burst), _) => Some(burst),
+        (None, Override::Inherit) => base,
+        (None, Override::Limit(_) | Override::Unlimited) => None,
     }
 }
 
@@ -903,7 +992,7 @@ fn collect_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::PolicySummary;
+    use crate::policy::{PolicyChanges, PolicySummary};
 
     fn fp(name: &str) -> String {
         Identity::from_spki_der(name.as_bytes()).to_string()
@@ -1007,7 +1096,8 @@ mod tests {
             p.rules(&robot.parse().unwrap()),
             &Rules {
                 requests: per_second(20, 40),
-                starts: per_minute(120, 5),
+                // Its own rate, so not the top-level start_burst of 5.
+                starts: per_minute(120, 120),
                 jobs: JobQuota {
                     max_running_jobs: Some(100),
                     max_output_bytes: None,
@@ -1135,17 +1225,43 @@ rate = {{ requests_per_second = 1 }}
         );
     }
 
-    // A user without a burst of their own takes the top-level burst, even
-    // with a rate of their own.
+    // The review's trap: a user throttled to 1 request per second must not
+    // inherit the 1000-request burst sized for the top-level rate of 100.
     #[test]
-    fn a_top_level_burst_applies_to_a_users_own_rate() {
+    fn a_users_own_rate_does_not_take_the_top_level_burst() {
         let alice = fp("alice");
         let p = parsed(&format!(
-            "[rate]\nrequests_per_second = 10\nrequest_burst = 30\n\
-             [users.\"{alice}\".rate]\nrequests_per_second = 50\n"
+            "[rate]\nrequests_per_second = 100\nrequest_burst = 1000\n\
+             starts_per_minute = 60\nstart_burst = 600\n\
+             [users.\"{alice}\".rate]\nrequests_per_second = 1\nstarts_per_minute = 2\n"
         ));
-        assert_eq!(p.rules(&id("alice")).requests, per_second(50, 30));
-        assert_eq!(p.rules(&id("bob")).requests, per_second(10, 30));
+        assert_eq!(p.rules(&id("alice")).requests, per_second(1, 1));
+        assert_eq!(p.rules(&id("alice")).starts, per_minute(2, 2));
+        assert_eq!(p.rules(&id("bob")).requests, per_second(100, 1000));
+        assert_eq!(p.rules(&id("bob")).starts, per_minute(60, 600));
+    }
+
+    // A user who sets only a burst keeps the top-level rate with their
+    // burst; one who sets neither inherits both; one who sets both gets both.
+    #[test]
+    fn a_users_burst_and_rate_are_inherited_field_by_field() {
+        let (alice, bob, carol) = (fp("alice"), fp("bob"), fp("carol"));
+        let p = parsed(&format!(
+            "[rate]\nrequests_per_second = 100\nrequest_burst = 1000\nstarts_per_minute = 6\n\
+             [users.\"{alice}\".rate]\nrequest_burst = 5\nstart_burst = 3\n\
+             [users.\"{bob}\".quota]\nmax_running_jobs = 1\n\
+             [users.\"{carol}\".rate]\nrequests_per_second = 7\nrequest_burst = 70\n"
+        ));
+        let alice = p.rules(&id("alice"));
+        assert_eq!(alice.requests, per_second(100, 5));
+        assert_eq!(alice.starts, per_minute(6, 3));
+        let bob = p.rules(&id("bob"));
+        assert_eq!(bob.requests, per_second(100, 1000));
+        // No top-level start_burst: the rate in effect.
+        assert_eq!(bob.starts, per_minute(6, 6));
+        let carol = p.rules(&id("carol"));
+        assert_eq!(carol.requests, per_second(7, 70));
+        assert_eq!(carol.starts, per_minute(6, 6));
     }
 
     // "unlimited" in one user's table lifts the top-level limits for that
@@ -1866,6 +1982,211 @@ memory = "unlimited"
         assert_eq!(quote("a\"b\\c\u{1}"), "\"a\\\"b\\\\c\\u0001\"");
         assert_eq!(quote(""), "\"\"");
         assert_eq!(quote("max_running-jobs2"), "max_running-jobs2");
+    }
+
+    /// `Policy::load(path)`'s error, which must come promptly: a load that
+    /// blocks (a FIFO without a writer) fails the test instead of hanging it.
+    fn load_refused(path: &Path) -> PolicyError {
+        let (done, result) = std::sync::mpsc::channel();
+        let owned = path.to_path_buf();
+        std::thread::spawn(move || {
+            // The receiver is gone only after a timeout, which already fails.
+            let _ = done.send(Policy::load(&owned));
+        });
+        match result.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(p)) => panic!("{} accepted: {p:?}", path.display()),
+            Ok(Err(e)) => e,
+            Err(_) => panic!("Policy::load({}) blocked", path.display()),
+        }
+    }
+
+    /// A load error with no position: just the file and the kind.
+    fn whole_file(path: &Path, kind: PolicyErrorKind) -> PolicyError {
+        PolicyError {
+            path: path.to_path_buf(),
+            line: None,
+            column: None,
+            key: None,
+            kind,
+        }
+    }
+
+    // `--policy fifo` once blocked jobsd (and a SIGHUP reload, the whole
+    // server) forever waiting for a writer; it is refused at once.
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("p.toml");
+        nix::unistd::mkfifo(
+            &fifo,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
+        let e = load_refused(&fifo);
+        assert_eq!(e, whole_file(&fifo, PolicyErrorKind::NotRegularFile));
+        assert_eq!(
+            e.to_string(),
+            format!("{}: not a regular file", fifo.display())
+        );
+    }
+
+    // Devices are refused unread: /dev/null is not an empty policy, and
+    // /dev/zero does not grow memory without bound.
+    #[test]
+    fn devices_are_refused() {
+        for device in ["/dev/null", "/dev/zero"] {
+            let device = Path::new(device);
+            assert_eq!(
+                load_refused(device),
+                whole_file(device, PolicyErrorKind::NotRegularFile)
+            );
+        }
+    }
+
+    // A directory is not a policy either.
+    #[test]
+    fn a_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            load_refused(dir.path()),
+            whole_file(dir.path(), PolicyErrorKind::NotRegularFile)
+        );
+    }
+
+    // A file over the cap is refused before it is read; one exactly at the
+    // cap is read.
+    #[test]
+    fn a_file_over_the_cap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = usize::try_from(MAX_POLICY_BYTES).unwrap();
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, format!("#{}\n", "x".repeat(cap - 1))).unwrap();
+        let e = load_refused(&big);
+        assert_eq!(
+            e,
+            whole_file(
+                &big,
+                PolicyErrorKind::TooLarge {
+                    max: MAX_POLICY_BYTES
+                }
+            )
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("{}: the file is larger than 1048576 bytes", big.display())
+        );
+        let at_cap = dir.path().join("at_cap.toml");
+        std::fs::write(&at_cap, format!("#{}\n", "x".repeat(cap - 2))).unwrap();
+        assert_eq!(std::fs::metadata(&at_cap).unwrap().len(), MAX_POLICY_BYTES);
+        let p = Policy::load(&at_cap).unwrap();
+        assert_eq!(p.summary(), Policy::default().summary());
+    }
+
+    // Operators point --policy at a symlink they swap; it is followed, and
+    // the policy remembers the link (so a reload reads the new target).
+    #[test]
+    fn a_symlink_to_a_regular_file_is_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("v1.toml");
+        std::fs::write(&target, format!("denylist = [\"{}\"]\n", fp("mallory"))).unwrap();
+        let link = dir.path().join("policy.toml");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let p = Policy::load(&link).unwrap();
+        assert!(p.is_denied(&id("mallory")));
+        assert_eq!(p.source(), Some(link.as_path()));
+        // A symlink to something that is not a regular file is still refused.
+        let to_null = dir.path().join("null.toml");
+        std::os::unix::fs::symlink("/dev/null", &to_null).unwrap();
+        assert_eq!(
+            load_refused(&to_null),
+            whole_file(&to_null, PolicyErrorKind::NotRegularFile)
+        );
+    }
+
+    // A file that is not UTF-8 is refused, pointing at the first bad byte.
+    #[test]
+    fn a_file_not_in_utf8_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latin1.toml");
+        std::fs::write(&path, b"denylist = []\n# caf\xe9\n").unwrap();
+        let e = load_refused(&path);
+        assert_eq!(
+            e,
+            PolicyError {
+                line: Some(2),
+                column: Some(6),
+                ..whole_file(&path, PolicyErrorKind::NotUtf8)
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("{}:2:6: not UTF-8 text", path.display())
+        );
+    }
+
+    // A missing file is a read error with the OS's reason.
+    #[test]
+    fn a_missing_file_is_a_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.toml");
+        assert_eq!(
+            load_refused(&path),
+            whole_file(
+                &path,
+                PolicyErrorKind::Read("No such file or directory (os error 2)".into())
+            )
+        );
+    }
+
+    // A reload that takes identities off the denylist or the admins says so,
+    // counted each way.
+    #[test]
+    fn changes_count_identities_added_and_removed() {
+        let (a, b, c, d, e) = (fp("a"), fp("b"), fp("c"), fp("d"), fp("e"));
+        let old = parsed(&format!(
+            "denylist = [\"{a}\", \"{b}\"]\nadmins = [\"{c}\"]\n"
+        ));
+        let new = parsed(&format!(
+            "denylist = [\"{b}\", \"{d}\", \"{e}\"]\nadmins = [\"{a}\"]\n"
+        ));
+        assert_eq!(
+            new.changes_from(&old),
+            PolicyChanges {
+                denied_added: 2,
+                denied_removed: 1,
+                admins_added: 1,
+                admins_removed: 1,
+            }
+        );
+        assert_eq!(
+            old.changes_from(&new),
+            PolicyChanges {
+                denied_added: 1,
+                denied_removed: 2,
+                admins_added: 1,
+                admins_removed: 1,
+            }
+        );
+        let none = PolicyChanges {
+            denied_added: 0,
+            denied_removed: 0,
+            admins_added: 0,
+            admins_removed: 0,
+        };
+        assert_eq!(new.changes_from(&new), none);
+        // Rates and quotas are not counted.
+        assert_eq!(
+            parsed("[rate]\nrequests_per_second = 1\n").changes_from(&Policy::default()),
+            none
+        );
+        assert_eq!(
+            Policy::default().changes_from(&old),
+            PolicyChanges {
+                denied_removed: 2,
+                admins_removed: 1,
+                ..none
+            }
+        );
     }
 
     // Line and column count characters, not bytes, from 1.

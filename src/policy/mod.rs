@@ -87,30 +87,34 @@ pub struct Policy {
 impl Policy {
     /// Reads and validates the policy file at `path`.
     ///
+    /// `path` must name a regular file (a symlink to one is followed) of at
+    /// most [`MAX_POLICY_BYTES`]. It never blocks: a FIFO, device, socket or
+    /// directory is refused without reading from it, so a mistaken path can
+    /// neither hang a SIGHUP reload nor fill memory.
+    ///
     /// # Errors
     /// [`PolicyError`] naming the file, and where it applies the line,
-    /// column and dotted key, for an unreadable file, TOML syntax, unknown
-    /// or duplicate keys, wrong types, malformed or repeated fingerprints,
-    /// out-of-range values, or an identity that is both denied and an admin.
+    /// column and dotted key, for an unreadable file
+    /// ([`PolicyErrorKind::Read`]), one that is not a regular file
+    /// ([`PolicyErrorKind::NotRegularFile`]), too large
+    /// ([`PolicyErrorKind::TooLarge`]) or not UTF-8
+    /// ([`PolicyErrorKind::NotUtf8`]), TOML syntax, unknown or duplicate
+    /// keys, wrong types, malformed or repeated fingerprints, out-of-range
+    /// values, or an identity that is both denied and an admin.
     #[expect(
         clippy::result_large_err,
         reason = "made once per load or reload; its size does not matter"
     )]
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
-            path: path.to_path_buf(),
-            line: None,
-            column: None,
-            key: None,
-            kind: PolicyErrorKind::Read(e.to_string()),
-        })?;
+        let text = file::read_text(path)?;
         Self::parse(&text, path)
     }
 
     /// Validates `text` as if read from `path` (used in messages only).
     ///
     /// # Errors
-    /// As [`Policy::load`], but never [`PolicyErrorKind::Read`].
+    /// As [`Policy::load`], but never the errors of reading a file
+    /// ([`PolicyErrorKind::Read`], `NotRegularFile`, `TooLarge`, `NotUtf8`).
     #[expect(
         clippy::result_large_err,
         reason = "made once per load or reload; its size does not matter"
@@ -154,6 +158,18 @@ impl Policy {
         self.handshakes
     }
 
+    /// What putting `self` in force in place of `old` changes in the
+    /// denylist and the admins, for the log line at reload: identities
+    /// leaving the denylist are access given back, and worth a warning.
+    pub fn changes_from(&self, old: &Policy) -> PolicyChanges {
+        PolicyChanges {
+            denied_added: self.denylist.difference(&old.denylist).count(),
+            denied_removed: old.denylist.difference(&self.denylist).count(),
+            admins_added: self.admins.difference(&old.admins).count(),
+            admins_removed: old.admins.difference(&self.admins).count(),
+        }
+    }
+
     /// Number of denylisted identities, admins and per-identity overrides,
     /// for the log line at load and reload.
     pub fn summary(&self) -> PolicySummary {
@@ -163,6 +179,27 @@ impl Policy {
             users: self.users.len(),
         }
     }
+}
+
+/// Largest policy file [`Policy::load`] reads: 1 MiB. A fingerprint line is
+/// under 80 bytes, so this holds over ten thousand identities with room to
+/// spare, yet bounds the memory and time a reload can take when `--policy`
+/// names a log, an image or a file that keeps growing.
+pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+
+/// How a new policy's denylist and admins differ from the old one's, by
+/// [`Policy::changes_from`]. Counts of identities; all zero when the lists
+/// are unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyChanges {
+    /// Identities denied now that were not before.
+    pub denied_added: usize,
+    /// Identities denied before that are not now: they regain access.
+    pub denied_removed: usize,
+    /// Identities that became admins.
+    pub admins_added: usize,
+    /// Identities that are no longer admins.
+    pub admins_removed: usize,
 }
 
 /// Counts describing a policy, for logs.
@@ -215,6 +252,22 @@ pub enum PolicyErrorKind {
     /// The file cannot be read (the OS error's text).
     #[error("cannot read the policy file: {0}")]
     Read(String),
+    /// The path names a directory, FIFO, socket or device rather than a
+    /// regular file (symlinks are followed). Refused unread: a FIFO without
+    /// a writer would block forever, `/dev/zero` never ends, and
+    /// `/dev/null` would quietly be an empty policy.
+    #[error("not a regular file")]
+    NotRegularFile,
+    /// The file is larger than [`MAX_POLICY_BYTES`].
+    #[error("the file is larger than {max} bytes")]
+    TooLarge {
+        /// The limit, [`MAX_POLICY_BYTES`].
+        max: u64,
+    },
+    /// The file is not UTF-8 text; the error's line and column point at the
+    /// first byte that is not.
+    #[error("not UTF-8 text")]
+    NotUtf8,
     /// Not valid TOML (the parser's message).
     #[error("{0}")]
     Syntax(String),

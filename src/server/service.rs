@@ -7,10 +7,11 @@
 //! 1. admission, 2. access to the named job (and a stream slot), 3. one
 //!    audit line recording the decision, 4. the action, 5. the response.
 //!
-//! Start is the exception: its decision includes the engine's running-jobs
-//! quota, so its audit line is written after the start and before the
-//! response; if that write fails the new job is stopped again. An audit line
-//! that cannot be written fails the request (INTERNAL): nothing is done
+//! For Start, step 2 is the engine's reservation (limits, the running-jobs
+//! quota, the new job's id), and the line is written before the program is
+//! spawned; a start that was allowed but then failed to spawn gets a second
+//! line (`failed`) with the same id. An audit line that cannot be written
+//! fails the request (INTERNAL) before its action: nothing is done
 //! unrecorded. Open Output and Stream calls watch the policy and end with
 //! PERMISSION_DENIED (and an audit line) when a reload denylists their caller
 //! or takes away the admin rights they were opened with.
@@ -182,8 +183,12 @@ impl Service {
         access: &Access,
         stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
     ) -> impl Stream<Item = Result<T, Status>> + Send + 'static {
+        let mut policy = self.gate.policy().subscribe();
+        // A reload between the admission and this subscription would count as
+        // seen: check the policy in force once, at the first poll.
+        policy.mark_changed();
         let watch = Watch {
-            policy: self.gate.policy().subscribe(),
+            policy,
             conn: access.conn.clone(),
             rpc: access.rpc,
             job: access.job.id().to_string(),
@@ -286,21 +291,23 @@ impl JobService for Service {
             limits,
         } = request.into_inner();
         let limits = limits.map(limits_from_message).unwrap_or_default();
-        let started = match JobSpec::new(program, args) {
-            Ok(spec) => self.jobs.start(&grant, spec, limits).await,
-            Err(e) => Err(e),
-        };
-        let decision = |job: Option<&OwnedJob>, outcome, reason| Decision {
+        let decision = |job: Option<String>, outcome, reason| Decision {
             conn: &conn,
             rpc: Rpc::Start,
-            job: job.map(|j| j.id().to_string()),
-            owner: job.map(|j| j.owner()),
+            owner: job.as_ref().map(|_| grant.identity()),
+            job,
             admin: false,
             outcome,
             reason,
         };
-        let job = match started {
-            Ok(job) => job,
+        // The decision, with the new job's id, is recorded before anything
+        // runs: if the line cannot be written, nothing starts.
+        let ticket = match JobSpec::new(program, args).and_then(|spec| {
+            self.jobs
+                .reserve(&grant, limits)
+                .map(|ticket| (ticket, spec))
+        }) {
+            Ok(ticket) => ticket,
             Err(e @ JobError::TooManyRunningJobs { .. }) => {
                 self.record(decision(None, Outcome::Denied, Some("running_jobs_quota")))?;
                 return Err(to_status(e));
@@ -315,12 +322,22 @@ impl JobService for Service {
                 return Err(status);
             }
         };
-        if let Err(status) = self.record(decision(Some(&job), Outcome::Allowed, None)) {
-            // Nothing runs unrecorded: the job is stopped (in the background;
-            // its supervisor finishes it) and the caller told it failed.
-            job.request_stop();
-            return Err(status);
-        }
+        let (ticket, spec) = ticket;
+        let id = ticket.id().to_string();
+        self.record(decision(Some(id.clone()), Outcome::Allowed, None))?;
+        let job = match self.jobs.launch(ticket, spec).await {
+            Ok(job) => job,
+            Err(e) => {
+                // A second line for this id: it was allowed but never ran.
+                let status = to_status(e);
+                self.record(decision(
+                    Some(id),
+                    Outcome::Failed,
+                    Some(code_name(status.code())),
+                ))?;
+                return Err(status);
+            }
+        };
         Ok(Response::new(proto::StartResponse {
             id: job.id().to_string(),
             status: Some(status_message(&job.status())),
