@@ -5,8 +5,10 @@
 //! reaches a follower (pipe → log file → TLS → client) and an `Output` reader
 //! after the job ended, the process's peak RSS growth while doing so, and the
 //! latency of starting a job (contained, as `jobsd` does it, when run as
-//! root). Run with `cargo bench --bench throughput`;
-//! `JOBS_BENCH_MIB` sets the output size (default 1024 MiB).
+//! root), and the cost of the policy gate and the audit log on a unary call
+//! (Status on one warm connection, without and with both). Run with
+//! `cargo bench --bench throughput`; `JOBS_BENCH_MIB` sets the output size
+//! (default 1024 MiB).
 
 use std::time::{Duration, Instant};
 
@@ -59,7 +61,7 @@ async fn run() {
         key: write("server.key", server_cert.key_pem.as_str()),
     };
     let alice_pem = PemFiles {
-        ca: ca_path,
+        ca: ca_path.clone(),
         cert: write("alice.crt", &alice.cert_pem),
         key: write("alice.key", alice.key_pem.as_str()),
     };
@@ -147,8 +149,70 @@ async fn run() {
         latencies[100], latencies[190]
     );
 
+    let plain = status_latency(&client, &job.id).await;
     let _ = stop_tx.send(());
     server.await.expect("server task").expect("server");
+
+    // The same calls through a policy (1000 denylisted identities, rate
+    // limits that never trip, alice with overrides) and an audit log.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let state = jobs::server::StateDir::open(dir.path().join("state2")).expect("state dir");
+    let mut config = ServerConfig::new(server_pem.server_config().expect("tls"), state);
+    let mut text = String::from("denylist = [\n");
+    for i in 0..1000u32 {
+        let id = jobs::auth::Identity::from_spki_der(&i.to_be_bytes());
+        text.push_str(&format!("  \"{id}\",\n"));
+    }
+    text.push_str(&format!(
+        "]\n[rate]\nrequests_per_second = 1000000\nstarts_per_minute = 1000000\n\
+         [quota]\nmax_running_jobs = 1000\nmax_output_bytes = \"1T\"\n\
+         [users.\"{}\".quota]\nmax_running_jobs = 2000\n",
+        alice.identity
+    ));
+    let policy_path = write("policy.toml", &text);
+    config.policy =
+        jobs::policy::PolicyHandle::new(jobs::policy::Policy::load(&policy_path).expect("policy"));
+    config.audit = Some(std::sync::Arc::new(
+        jobs::audit::AuditLog::open(&dir.path().join("audit.jsonl")).expect("audit log"),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, config, async {
+        let _ = stop_rx.await;
+    }));
+    let client = Client::connect(&ConnectOptions {
+        addr: addr.to_string(),
+        pem: PemFiles {
+            ca: ca_path,
+            cert: dir.path().join("alice.crt"),
+            key: dir.path().join("alice.key"),
+        },
+        timeout: DEFAULT_TIMEOUT,
+    })
+    .await
+    .expect("connect");
+    let job = client.start("true", &[]).await.expect("start");
+    let gated = status_latency(&client, &job.id).await;
+    println!(
+        "status latency over 2000 calls: median {:?} (p95 {:?}) plain, {:?} (p95 {:?}) with policy and audit log",
+        plain.0, plain.1, gated.0, gated.1
+    );
+    let _ = stop_tx.send(());
+    server.await.expect("server task").expect("server");
+}
+
+/// Median and p95 of 2000 Status calls on one warm connection.
+async fn status_latency(client: &Client, id: &str) -> (Duration, Duration) {
+    let mut latencies: Vec<Duration> = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let t = Instant::now();
+        client.status(id).await.expect("status");
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    (latencies[1000], latencies[1900])
 }
 
 fn report(what: &str, bytes: u64, took: Duration) {
