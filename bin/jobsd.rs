@@ -181,8 +181,20 @@ fn check_policy(path: Option<&std::path::Path>) -> ExitCode {
     }
 }
 
-#[tokio::main]
-async fn run(args: Args) -> anyhow::Result<()> {
+/// Runs the daemon on a multi-threaded runtime. When it is done, blocking
+/// work still running (a policy reload stuck reading its file) is abandoned
+/// after [`BLOCKING_SHUTDOWN`] rather than waited for forever.
+fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let result = runtime.block_on(daemon(args));
+    runtime.shutdown_timeout(BLOCKING_SHUTDOWN);
+    result
+}
+
+/// How long exit waits for blocking work that outlived the server.
+const BLOCKING_SHUTDOWN: Duration = Duration::from_secs(1);
+
+async fn daemon(args: Args) -> anyhow::Result<()> {
     jobs::exec::protect_daemon_process().context("cannot mark jobsd non-dumpable")?;
     let policy = match &args.policy {
         Some(path) => {
@@ -412,19 +424,34 @@ fn shutdown_signal(
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     Ok(async move {
+        // At most one reload at a time, on a blocking thread (reading files
+        // may block: a stalled disk or network file system), and never in
+        // the way of SIGTERM: the loop keeps handling signals meanwhile.
+        let mut reloading: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             tokio::select! {
                 _ = term.recv() => break tracing::info!("SIGTERM received"),
                 _ = int.recv() => break tracing::info!("SIGINT received"),
                 _ = hup.recv() => {
-                    // Reading files may block (a stalled disk, a FIFO); off
-                    // the server's task, which polls this future.
+                    if reloading.is_some() {
+                        tracing::warn!("SIGHUP received while a reload is still running; ignored");
+                        continue;
+                    }
                     let (policy, audit) = (policy.clone(), audit.clone());
-                    if let Err(e) = tokio::task::spawn_blocking(move || reload(&policy, audit.as_deref())).await {
+                    reloading = Some(tokio::task::spawn_blocking(move || reload(&policy, audit.as_deref())));
+                }
+                done = async { reloading.as_mut().expect("guarded by the branch condition").await }, if reloading.is_some() => {
+                    reloading = None;
+                    if let Err(e) = done {
                         tracing::error!(error = %e, "policy reload failed");
                     }
                 }
             }
+        }
+        if reloading.is_some() {
+            tracing::warn!(
+                "a policy reload is still blocked reading its file; shutting down without it"
+            );
         }
     })
 }

@@ -165,16 +165,26 @@ impl AuditLog {
             }
             suppressed = counts.remove(&entry.identity).unwrap_or(0);
         }
-        let line = line(entry, suppressed, OffsetDateTime::now_utc()).map_err(write_error)?;
-        let file = self.lock();
-        let before = file.metadata().map(|m| m.len());
-        (&*file).write_all(&line).map_err(|e| {
-            // A torn line would glue the next one to it: cut it off.
-            if let Ok(before) = before {
-                let _ = file.set_len(before);
-            }
-            write_error(e)
-        })
+        let written = line(entry, suppressed, OffsetDateTime::now_utc()).and_then(|line| {
+            let file = self.lock();
+            let before = file.metadata().map(|m| m.len());
+            (&*file).write_all(&line).inspect_err(|_| {
+                // A torn line would glue the next one to it: cut it off.
+                if let Ok(before) = before {
+                    let _ = file.set_len(before);
+                }
+            })
+        });
+        if written.is_err() && suppressed > 0 {
+            // Not written: the count goes to the next refusal line instead.
+            *self
+                .suppressed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(entry.identity)
+                .or_insert(0) += suppressed;
+        }
+        written.map_err(write_error)
     }
 
     /// The path the log was opened with.

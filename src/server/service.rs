@@ -107,7 +107,7 @@ impl Service {
             self.record(Decision {
                 conn,
                 rpc,
-                job: job.map(str::to_owned),
+                job: job.map(shown_id),
                 owner: None,
                 admin: false,
                 outcome: Outcome::Denied,
@@ -128,7 +128,7 @@ impl Service {
                 self.record(Decision {
                     conn: &conn,
                     rpc,
-                    job: Some(id.to_owned()),
+                    job: Some(shown_id(id)),
                     owner: match denied {
                         crate::job::AccessDenied::NotOwner { owner } => Some(owner),
                         _ => None,
@@ -199,7 +199,10 @@ impl Service {
             let (mut stream, mut watch) = state?;
             loop {
                 tokio::select! {
-                    item = stream.next() => return item.map(|item| (item, Some((stream, watch)))),
+                    // The policy first: when both are ready (a reload before
+                    // the first poll, or while output flows), not one more
+                    // chunk goes out under a policy that refuses it.
+                    biased;
                     changed = watch.policy.changed(), if !watch.closed() => {
                         if changed.is_err() {
                             continue;
@@ -209,6 +212,7 @@ impl Service {
                             return Some((Err(status), None));
                         }
                     }
+                    item = stream.next() => return item.map(|item| (item, Some((stream, watch)))),
                 }
             }
         })
@@ -225,6 +229,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Longest job id written to the audit log as sent. A real id is 36
+/// characters; anything longer is a malformed id, cut so that a caller cannot
+/// make lines (and the disk) fill with junk.
+const MAX_SHOWN_ID: usize = 64;
+
+/// `id` as the audit log shows it: as sent if short, else its first
+/// characters and its length (`abc…(4000000 bytes)`).
+fn shown_id(id: &str) -> String {
+    if id.len() <= MAX_SHOWN_ID {
+        return id.to_owned();
+    }
+    let mut end = MAX_SHOWN_ID;
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…({} bytes)", &id[..end], id.len())
 }
 
 /// What an open stream needs to check itself against a new policy.
@@ -527,5 +549,26 @@ fn usage_message(u: ResourceUsage) -> proto::ResourceUsage {
         peak_memory_bytes: u.peak_memory_bytes,
         cpu_usec: u.cpu_usec,
         oom_kills: u.oom_kills,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_job_id_is_cut_in_the_audit_log() {
+        // Scenario: a caller sends a 4 MB "job id" so that every refusal line
+        // is 4 MB; the audit log keeps 64 bytes of it and its length.
+        let id = "\u{1}".repeat(4_000_000);
+        assert_eq!(
+            shown_id(&id),
+            format!("{}…(4000000 bytes)", "\u{1}".repeat(MAX_SHOWN_ID))
+        );
+        // Multi-byte characters are cut at a character boundary.
+        let id = "é".repeat(40);
+        assert_eq!(shown_id(&id), format!("{}…(80 bytes)", "é".repeat(32)));
+        let real = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+        assert_eq!(shown_id(real), real);
     }
 }
