@@ -22,32 +22,6 @@ const UNKNOWN_ID: &str = "0b5fa4f4-9f0f-4d59-b0a8-3c86d7a4e7a1";
 /// The message every malformed id gets.
 const INVALID_ID_MESSAGE: &str = "job id must be a UUID like 67e55044-10b1-426f-9247-bb680e5fe0c8";
 
-/// Calls stop, status, output and stream with `id` and returns each call's
-/// error, named; panics if any of them succeeds.
-async fn every_job_call(
-    client: &jobs::client::Client,
-    id: &str,
-) -> Vec<(&'static str, ClientError)> {
-    let mut errors = Vec::new();
-    match client.stop(id).await {
-        Ok(s) => panic!("stop({id}) succeeded: {s:?}"),
-        Err(e) => errors.push(("stop", e)),
-    }
-    match client.status(id).await {
-        Ok(s) => panic!("status({id}) succeeded: {s:?}"),
-        Err(e) => errors.push(("status", e)),
-    }
-    match client.output(id).await {
-        Ok(_) => panic!("output({id}) opened"),
-        Err(e) => errors.push(("output", e)),
-    }
-    match client.stream(id).await {
-        Ok(_) => panic!("stream({id}) opened"),
-        Err(e) => errors.push(("stream", e)),
-    }
-    errors
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_users_job_looks_exactly_like_no_job() {
     // Scenario: bob knows the id of alice's running job and tries every call on

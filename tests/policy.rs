@@ -281,22 +281,38 @@ fn assert_retry_later(e: &ClientError, prefix: &str, most: Duration) {
     );
 }
 
-/// Calls every RPC with job `id` (Start, Stop, Status, List, List of all
-/// users, Output, Stream) and returns each call's error, named; panics if
-/// any of them succeeds.
+/// Starts `program args` as alice `per_connection` times on each of
+/// `connections` connections, all at once; every call's result.
+async fn parallel_starts(
+    server: &TestServer,
+    connections: usize,
+    per_connection: usize,
+    program: &'static str,
+    a: &[&str],
+) -> Vec<Result<proto::JobStatus, ClientError>> {
+    let mut alices = Vec::new();
+    for _ in 0..connections {
+        alices.push(client(server, "alice").await);
+    }
+    let argv = args(a);
+    let mut calls = JoinSet::new();
+    for _ in 0..per_connection {
+        for alice in &alices {
+            let (alice, argv) = (alice.clone(), argv.clone());
+            calls.spawn(async move { alice.start(program, &argv).await });
+        }
+    }
+    calls.join_all().await
+}
+
+/// Calls every RPC with job `id` (Start, List, List of all users, then
+/// Stop, Status, Output, Stream) and returns each call's error, named;
+/// panics if any of them succeeds.
 async fn every_rpc(client: &Client, id: &str) -> Vec<(&'static str, ClientError)> {
     let mut errors = Vec::new();
     match client.start("/bin/true", &[]).await {
         Ok(s) => panic!("start succeeded: {s:?}"),
         Err(e) => errors.push(("start", e)),
-    }
-    match client.stop(id).await {
-        Ok(s) => panic!("stop({id}) succeeded: {s:?}"),
-        Err(e) => errors.push(("stop", e)),
-    }
-    match client.status(id).await {
-        Ok(s) => panic!("status({id}) succeeded: {s:?}"),
-        Err(e) => errors.push(("status", e)),
     }
     match client.list(false).await {
         Ok(s) => panic!("list succeeded: {s:?}"),
@@ -306,14 +322,7 @@ async fn every_rpc(client: &Client, id: &str) -> Vec<(&'static str, ClientError)
         Ok(s) => panic!("list --all succeeded: {s:?}"),
         Err(e) => errors.push(("list --all", e)),
     }
-    match client.output(id).await {
-        Ok(_) => panic!("output({id}) opened"),
-        Err(e) => errors.push(("output", e)),
-    }
-    match client.stream(id).await {
-        Ok(_) => panic!("stream({id}) opened"),
-        Err(e) => errors.push(("stream", e)),
-    }
+    errors.extend(every_job_call(client, id).await);
     errors
 }
 
@@ -445,10 +454,10 @@ async fn a_denylisted_user_is_refused_on_every_rpc_while_others_work() {
     for id in [bobs.id.as_str(), UNKNOWN_ID, "not-a-uuid"] {
         for (rpc, job) in [
             ("Start", None),
+            ("List", None),
+            ("List", None),
             ("Stop", Some(id)),
             ("Status", Some(id)),
-            ("List", None),
-            ("List", None),
             ("Output", Some(id)),
             ("Stream", Some(id)),
         ] {
@@ -682,18 +691,8 @@ async fn the_start_rate_holds_across_connections_and_certificates() {
     let file = PolicyFile::new("[rate]\nstarts_per_minute = 5\n");
     let policy = file.handle();
     let server = server_with(&policy, None).await;
-    let mut alices = Vec::new();
-    for _ in 0..10 {
-        alices.push(client(&server, "alice").await);
-    }
-    let mut calls = JoinSet::new();
-    for _ in 0..5 {
-        for alice in &alices {
-            let alice = alice.clone();
-            calls.spawn(async move { alice.start("/bin/true", &[]).await });
-        }
-    }
-    let results = calls.join_all().await;
+    let results = parallel_starts(&server, 10, 5, "/bin/true", &[]).await;
+    let alice = client(&server, "alice").await;
     assert_eq!(results.len(), 50);
     let started: Vec<&proto::JobStatus> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert_eq!(started.len(), 5, "{} starts passed", started.len());
@@ -709,7 +708,7 @@ async fn the_start_rate_holds_across_connections_and_certificates() {
     );
     // Other calls are not starts: alice still sees her five jobs end.
     for job in started {
-        let s = wait_final(&alices[0], &job.id).await;
+        let s = wait_final(&alice, &job.id).await;
         assert_eq!((s.state(), s.exit_code), (State::Exited, Some(0)));
     }
     let bob = client(&server, "bob").await;
@@ -798,18 +797,8 @@ async fn parallel_starts_never_exceed_the_running_jobs_quota() {
     let file = PolicyFile::new("[quota]\nmax_running_jobs = 3\n");
     let policy = file.handle();
     let server = server_with(&policy, None).await;
-    let mut alices = Vec::new();
-    for _ in 0..5 {
-        alices.push(client(&server, "alice").await);
-    }
-    let mut calls = JoinSet::new();
-    for _ in 0..2 {
-        for alice in &alices {
-            let alice = alice.clone();
-            calls.spawn(async move { alice.start("sleep", &args(&["600"])).await });
-        }
-    }
-    let results = calls.join_all().await;
+    let results = parallel_starts(&server, 5, 2, "sleep", &["600"]).await;
+    let alice = client(&server, "alice").await;
     let mut started: Vec<String> = results
         .iter()
         .filter_map(|r| r.as_ref().ok().map(|s| s.id.clone()))
@@ -821,7 +810,7 @@ async fn parallel_starts_never_exceed_the_running_jobs_quota() {
             (Code::ResourceExhausted, quota_message(3))
         );
     }
-    let mut listed: Vec<String> = alices[0]
+    let mut listed: Vec<String> = alice
         .list(false)
         .await
         .unwrap()
@@ -832,7 +821,7 @@ async fn parallel_starts_never_exceed_the_running_jobs_quota() {
     started.sort();
     assert_eq!(listed, started);
     for id in &started {
-        assert_eq!(alices[0].stop(id).await.unwrap().state(), State::Stopped);
+        assert_eq!(alice.stop(id).await.unwrap().state(), State::Stopped);
     }
     server.shutdown().await.unwrap();
 }

@@ -1158,3 +1158,26 @@ pub fn message(e: &ClientError) -> String {
         other => panic!("expected an RPC error, got {other:?}"),
     }
 }
+
+/// Calls stop, status, output and stream with `id` and returns each call's
+/// error, named; panics if any of them succeeds.
+pub async fn every_job_call(client: &Client, id: &str) -> Vec<(&'static str, ClientError)> {
+    let mut errors = Vec::new();
+    match client.stop(id).await {
+        Ok(s) => panic!("stop({id}) succeeded: {s:?}"),
+        Err(e) => errors.push(("stop", e)),
+    }
+    match client.status(id).await {
+        Ok(s) => panic!("status({id}) succeeded: {s:?}"),
+        Err(e) => errors.push(("status", e)),
+    }
+    match client.output(id).await {
+        Ok(_) => panic!("output({id}) opened"),
+        Err(e) => errors.push(("output", e)),
+    }
+    match client.stream(id).await {
+        Ok(_) => panic!("stream({id}) opened"),
+        Err(e) => errors.push(("stream", e)),
+    }
+    errors
+}
