@@ -67,21 +67,9 @@ async fn another_users_job_looks_exactly_like_no_job() {
         code(&alice.status(&bobs.id).await.unwrap_err()),
         tonic::Code::NotFound
     );
-    let listed: Vec<String> = bob
-        .list(false)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let listed = listed_ids(&bob).await;
     assert_eq!(listed, vec![bobs.id.clone()]);
-    let listed: Vec<String> = alice
-        .list(false)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let listed = listed_ids(&alice).await;
     assert_eq!(listed, vec![job.id.clone()]);
 
     assert_eq!(alice.stop(&job.id).await.unwrap().state(), State::Stopped);
@@ -433,13 +421,7 @@ async fn a_renewed_certificate_for_the_same_key_is_the_same_user() {
     let alice = client(&server, "alice").await;
     let job = start(&alice, "sleep", &["600"]).await;
     let renewed = client(&server, "alice-renewed").await;
-    let listed: Vec<String> = renewed
-        .list(false)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let listed = listed_ids(&renewed).await;
     assert_eq!(listed, vec![job.id.clone()]);
     let s = renewed.stop(&job.id).await.unwrap();
     assert_eq!(

@@ -517,13 +517,7 @@ async fn list_is_oldest_first() {
     for _ in 0..3 {
         ids.push(start(&alice, "true", &[]).await.id);
     }
-    let listed: Vec<String> = alice
-        .list(false)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let listed = listed_ids(&alice).await;
     assert_eq!(listed, ids);
 }
 

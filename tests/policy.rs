@@ -409,13 +409,7 @@ async fn a_denylisted_user_is_refused_on_every_rpc_while_others_work() {
         collect_output(&bob, &bobs.id).await,
         (b"hi\n".to_vec(), vec![])
     );
-    let listed: Vec<String> = bob
-        .list(false)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let listed = listed_ids(&bob).await;
     assert_eq!(listed, vec![bobs.id.clone()]);
     let stopped = bob.stop(&bobs.id).await.unwrap();
     assert_eq!(
@@ -810,13 +804,7 @@ async fn parallel_starts_never_exceed_the_running_jobs_quota() {
             (Code::ResourceExhausted, quota_message(3))
         );
     }
-    let mut listed: Vec<String> = alice
-        .list(false)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let mut listed = listed_ids(&alice).await;
     listed.sort();
     started.sort();
     assert_eq!(listed, started);

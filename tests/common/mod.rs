@@ -1181,3 +1181,14 @@ pub async fn every_job_call(client: &Client, id: &str) -> Vec<(&'static str, Cli
     }
     errors
 }
+
+/// The ids of `client`'s own jobs, oldest first.
+pub async fn listed_ids(client: &Client) -> Vec<String> {
+    client
+        .list(false)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.id)
+        .collect()
+}
