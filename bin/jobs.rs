@@ -27,7 +27,8 @@ Exit status:
   N      the job exited with code N
   128+N  a signal N killed the job (137: SIGKILL, 143: SIGTERM); never 0
   255    jobs could not follow the job to its end: the stream was cut and
-         the output may be incomplete
+         the output may be incomplete, or the job was lost (the server
+         stopped while it ran)
 
 Programs run without a shell, with argv exactly as given, and the program
 name is never split on spaces: `jobs start \"sleep 100\"` asks for a program
@@ -137,6 +138,14 @@ enum Command {
     Stream {
         /// Job id, as printed by `jobs start`.
         id: String,
+    },
+    /// Delete finished jobs now: their records and output, for good. A
+    /// running job is refused (stop it first). Otherwise the server deletes
+    /// finished jobs after its retention time (7 days by default).
+    Rm {
+        /// Job ids, as printed by `jobs start`.
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
     },
 }
 
@@ -283,6 +292,17 @@ async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<u8> {
             };
             follow(&client, &status.id, interrupts).await
         }
+        Command::Rm { ids } => {
+            // Each id on its own: one refused id does not keep the others.
+            let mut failed = 0;
+            for id in &ids {
+                if let Err(e) = client.remove(id).await {
+                    eprint_line(&format!("jobs: error: cannot remove job {id}: {e:#}"));
+                    failed += 1;
+                }
+            }
+            Ok(if failed == 0 { 0 } else { 1 })
+        }
         Command::Stop { id } => {
             let status = client.stop(&id).await?;
             print(&format!("{}\n", format::status_line(&status, 0)))?;
@@ -366,6 +386,9 @@ async fn follow(client: &Client, id: &str, mut interrupts: Interrupts) -> anyhow
                 match event.event {
                     Some(Event::Chunk(chunk)) => write_chunk(chunk).await.with_context(incomplete)?,
                     Some(Event::FinalStatus(status)) => {
+                        if status.state == proto::State::Lost as i32 {
+                            eprint_line(&format!("jobs: job {id} was lost: {}", format::describe(&status)));
+                        }
                         return format::exit_code(&status)
                             .ok_or_else(|| anyhow!("the server sent a final status that is not final"))
                             .with_context(incomplete);

@@ -34,9 +34,20 @@ struct Args {
     /// The server's private key (PEM).
     #[arg(long, required_unless_present = "check_policy")]
     key: Option<PathBuf>,
-    /// Directory for job output logs (created with mode 0700 if missing).
+    /// Directory for the job database (jobs.db) and output logs (created
+    /// with mode 0700 if missing). Jobs, finished or not, are listed again
+    /// by the next jobsd on the same directory.
     #[arg(long, default_value = "/var/lib/jobsd")]
     state_dir: PathBuf,
+    /// Delete a finished job and its output this long after it ended, e.g.
+    /// 7d, 12h, 30m; `never` to keep jobs until `jobs rm`.
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    retention: String,
+    /// Most output one identity keeps over all its jobs (SIZE: bytes or
+    /// K/M/G/T); above it, its oldest finished jobs are deleted, never its
+    /// most recent one. `none` for no cap.
+    #[arg(long, value_name = "SIZE", default_value = "none")]
+    max_stored_output: String,
     /// Seconds between SIGTERM and SIGKILL when a job is stopped (0-60).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=60))]
     grace_secs: u64,
@@ -228,6 +239,11 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
     let cgroup_name = jobs::exec::cgroup_name_for(state.path());
     let mut config = jobs::server::ServerConfig::new(tls, state);
     config.jobs.grace = Duration::from_secs(args.grace_secs);
+    config.jobs.retention = jobs::job::Retention {
+        max_age: retention(&args.retention).context("--retention")?,
+        max_output_per_identity: optional(&args.max_stored_output, units::parse_size)
+            .context("--max-stored-output")?,
+    };
     config.policy = policy;
     config.audit = audit;
     if let Some(executor) = contain(&args.contain, cgroup_name, &mut config.jobs)? {
@@ -370,6 +386,20 @@ fn warn_if_root(account: &Account, option: &str) {
 }
 
 /// Parses `s` with `parse`, or `None` for the word `none`.
+/// `never`, or a positive duration such as `7d` or `90m` (humantime's
+/// format).
+fn retention(s: &str) -> anyhow::Result<Option<Duration>> {
+    if s == "never" {
+        return Ok(None);
+    }
+    let d = humantime::parse_duration(s)
+        .map_err(|e| anyhow::anyhow!("'{s}' is not a duration such as 7d, 12h or 30m: {e}"))?;
+    if d.is_zero() {
+        anyhow::bail!("'{s}' would delete jobs as they end; use a positive duration or `never`");
+    }
+    Ok(Some(d))
+}
+
 fn optional<T, E: Into<anyhow::Error>>(
     s: &str,
     parse: impl Fn(&str) -> Result<T, E>,

@@ -52,21 +52,27 @@ policy ""
 cat "$tmp/policy.toml"
 "$bin/jobsd" --policy "$tmp/policy.toml" --check-policy
 
+# Starts jobsd on a free loopback port and sets $addr once it listens.
+start_jobsd() {
+  rm -f "$tmp/ready"
+  mkfifo "$tmp/ready"
+  "$bin/jobsd" --listen 127.0.0.1:0 \
+    --ca "$tmp/certs/ca.crt" --cert "$tmp/certs/server.crt" --key "$tmp/certs/server.key" \
+    --state-dir "$tmp/state" --policy "$tmp/policy.toml" --audit-log "$tmp/audit.jsonl" \
+    >"$tmp/ready" 2>>"$tmp/jobsd.log" &
+  jobsd_pid=$!
+  exec 3<"$tmp/ready"
+  if ! read -r -t 30 line <&3; then
+    echo "jobsd did not start; its log:" >&2
+    cat "$tmp/jobsd.log" >&2
+    exit 1
+  fi
+  addr=${line#listening on }
+  echo "jobsd: $line"
+}
+
 say "Starting jobsd on 127.0.0.1 (a free port)"
-mkfifo "$tmp/ready"
-"$bin/jobsd" --listen 127.0.0.1:0 \
-  --ca "$tmp/certs/ca.crt" --cert "$tmp/certs/server.crt" --key "$tmp/certs/server.key" \
-  --state-dir "$tmp/state" --policy "$tmp/policy.toml" --audit-log "$tmp/audit.jsonl" \
-  >"$tmp/ready" 2>"$tmp/jobsd.log" &
-jobsd_pid=$!
-exec 3<"$tmp/ready"
-if ! read -r -t 30 line <&3; then
-  echo "jobsd did not start; its log:" >&2
-  cat "$tmp/jobsd.log" >&2
-  exit 1
-fi
-addr=${line#listening on }
-echo "jobsd: $line"
+start_jobsd
 
 export JOBS_ADDR="$addr" JOBS_CA="$tmp/certs/ca.crt"
 as_alice() { JOBS_CERT="$tmp/certs/alice.crt" JOBS_KEY="$tmp/certs/alice.key" "$bin/jobs" "$@"; }
@@ -150,6 +156,32 @@ fi
 
 say "The audit log: one JSON line per decision (last 4 of $(wc -l <"$tmp/audit.jsonl"))"
 tail -n 4 "$tmp/audit.jsonl"
+
+say "Durable state: jobsd is killed (SIGKILL) while one of alice's jobs runs"
+finished=$(as_alice start -- /bin/sh -c 'echo "kept across restarts"')
+as_alice stream "$finished" >/dev/null
+running=$(as_alice start -- /bin/sh -c 'echo "written before the crash"; exec sleep 600')
+until [ -n "$(as_alice output "$running")" ]; do sleep 0.1; done
+kill -KILL "$jobsd_pid"
+wait "$jobsd_pid" 2>/dev/null || true
+echo "jobsd killed; starting a new one on the same state directory"
+start_jobsd
+export JOBS_ADDR="$addr"
+echo '$ jobs list   (as alice, after the restart)'
+as_alice list
+echo "$ jobs output $finished"
+as_alice output "$finished"
+echo "$ jobs status $running"
+as_alice status "$running"
+echo "$ jobs output $running"
+as_alice output "$running"
+grep -E 'marked lost|killed what a dead daemon' "$tmp/jobsd.log" | sed 's/^/jobsd log: /' || true
+echo "$ jobs rm $finished; jobs status $finished"
+as_alice rm "$finished"
+if as_alice status "$finished"; then
+  echo "UNEXPECTED: a removed job is still there" >&2
+  exit 1
+fi
 
 say "Shutting jobsd down (SIGTERM)"
 kill -TERM "$jobsd_pid"

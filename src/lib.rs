@@ -29,6 +29,9 @@
 //!   privilege drop, exec, reaping, signal forwarding, exit report.
 //! - [`output`]: the append-only per-job output log on disk and the cursors
 //!   that let any number of followers read it from byte 0 at their own pace.
+//! - [`store`]: the SQLite database of job records in the state directory
+//!   (schema version, migrations, one transaction per write); the source of
+//!   truth for jobs after a restart.
 //! - [`server`]: the tonic service (translation only), the single
 //!   error-to-status mapping, the TLS accept loop, the shutdown order.
 //! - [`client`]: connecting with mutual TLS and explaining failures.
@@ -70,8 +73,10 @@
 //!   says why (run it as a systemd service with `Delegate=yes`). The v2 paths
 //!   are verified here on the hybrid layout's v2 mount (kill, events, the
 //!   self-move with `hugetlb`); the v2 limit files only by their formats.
-//! - Job records live in memory: a restart of `jobsd` forgets them (output
-//!   files stay in the state directory).
+//! - A restart lists every job again, but what was only in memory is gone:
+//!   rate-limit buckets start full, and jobs that ran are `lost` (never
+//!   resumed). Every job record is also held in memory while the daemon runs
+//!   (bounded by retention).
 //! - Rate limits and quotas are per identity; there is no aggregate memory
 //!   quota per identity beyond "running jobs × the per-job memory limit".
 //! - The denylist is checked per request, not at the TLS handshake: a
@@ -80,11 +85,13 @@
 //!   source address).
 //! - Output reads and writes are synchronous `pread`/`write` calls on the
 //!   page cache from async tasks; a disk that stalls stalls those tasks.
-//! - Output on disk is limited per job only by the policy's
-//!   `max_output_bytes`, and never removed: many jobs can fill the disk.
+//! - Output on disk is bounded per job by the policy's `max_output_bytes` and
+//!   per identity by `--max-stored-output` counted at job ends (running jobs
+//!   can pass it until they end); there is no cap over all identities.
 //! - If `jobsd` is killed with SIGKILL, its jobs keep running unowned until a
-//!   new `jobsd` starts on the same state directory (it kills them and removes
-//!   their cgroups); their records are lost.
+//!   new `jobsd` starts on the same state directory (it kills them, removes
+//!   their cgroups and marks them lost). An uncontained job's processes that
+//!   left its process group (`setsid`) are not found then.
 //! - Without a PID namespace, orphans of a job whose init was killed are
 //!   reparented to PID 1, which on some container hosts never reaps them; they
 //!   stay as zombies there. With it (the default), the job's init reaps them.
@@ -104,6 +111,7 @@ pub mod output;
 pub mod policy;
 pub mod sandbox;
 pub mod server;
+pub mod store;
 pub mod tls;
 
 /// Generated gRPC types and stubs for `proto/jobs/v1/jobs.proto`.

@@ -593,8 +593,8 @@ async fn job_output_is_stored_in_a_private_directory() {
     assert!(logs[0].file_type().unwrap().is_file());
 }
 
-#[test]
-fn state_and_output_are_owner_only_even_in_a_loose_directory() {
+#[tokio::test]
+async fn state_and_output_are_owner_only_even_in_a_loose_directory() {
     // Scenario: an operator prepares the state directory with the usual 0755
     // (and an output directory inside); the daemon makes both owner-only, and
     // every output log is 0600 whatever the umask.
@@ -607,11 +607,13 @@ fn state_and_output_are_owner_only_even_in_a_loose_directory() {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    let _state = jobs::server::StateDir::open(&state).unwrap();
+    let state_dir = jobs::server::StateDir::open(&state).unwrap();
     assert_eq!(mode(&state), 0o700);
-    let _jobs = jobs::job::Jobs::new(
+    assert_eq!(mode(&state.join(jobs::store::FILE_NAME)), 0o600);
+    let _jobs = jobs::job::Jobs::open(
         std::sync::Arc::new(jobs::exec::LocalExecutor::uncontained()),
         jobs::job::JobsConfig::new(output.clone()),
+        state_dir.store().clone(),
     )
     .unwrap();
     assert_eq!(mode(&output), 0o700);

@@ -43,7 +43,7 @@ pub fn signal_name(signal: i32) -> Option<Cow<'static, str>> {
 }
 
 /// The `state` field of the JSON view: `running`, `exited`, `killed`,
-/// `stopped`, `oom`, `output_limit`, or `unknown` for a value this client
+/// `stopped`, `oom`, `output_limit`, `lost`, `output_failed`, or `unknown` for a value this client
 /// does not know.
 pub fn state_name(status: &proto::JobStatus) -> &'static str {
     match State::try_from(status.state) {
@@ -53,6 +53,8 @@ pub fn state_name(status: &proto::JobStatus) -> &'static str {
         Ok(State::Stopped) => "stopped",
         Ok(State::Oom) => "oom",
         Ok(State::OutputLimit) => "output_limit",
+        Ok(State::Lost) => "lost",
+        Ok(State::OutputFailed) => "output_failed",
         Ok(State::Unspecified) | Err(_) => "unknown",
     }
 }
@@ -76,6 +78,11 @@ pub fn describe(status: &proto::JobStatus) -> String {
             ),
             None => format!("stopped at its output limit: {}", describe_end(status)),
         },
+        Ok(State::Lost) => "lost: the server stopped while it ran".to_owned(),
+        Ok(State::OutputFailed) => format!(
+            "stopped: the server could not store its output (disk full or write error): {}",
+            describe_end(status)
+        ),
         Ok(State::Oom) => {
             // Both numbers, not a verdict: the OOM killer may also act because
             // the machine, not the job, ran out of memory.
@@ -171,7 +178,8 @@ fn shell_quote(word: &str) -> Cow<'_, str> {
 
 /// The exit code `jobs stream` and `jobs run` end with for a final status:
 /// the job's own exit code, or [`SIGNAL_EXIT_BASE`] + N for a death by
-/// signal N (never 0). `None` while the job is running.
+/// signal N (never 0), or [`EXIT_INCOMPLETE`] when nobody saw how it ended
+/// (a lost job). `None` while the job is running.
 pub fn exit_code(status: &proto::JobStatus) -> Option<u8> {
     if matches!(State::try_from(status.state), Ok(State::Running)) {
         return None;
@@ -185,7 +193,7 @@ pub fn exit_code(status: &proto::JobStatus) -> Option<u8> {
                 .filter(|&c| c != SIGNAL_EXIT_BASE)
                 .unwrap_or(EXIT_INCOMPLETE),
         ),
-        (None, None) => None,
+        (None, None) => Some(EXIT_INCOMPLETE),
     }
 }
 

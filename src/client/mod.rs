@@ -301,6 +301,18 @@ impl Client {
             .jobs)
     }
 
+    /// Deletes the finished job `id`: its record and output, for good.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION
+    /// while the job runs), [`ClientError::Timeout`].
+    pub async fn remove(&self, id: &str) -> Result<(), ClientError> {
+        let mut rpc = self.rpc.clone();
+        self.unary(rpc.remove(proto::RemoveRequest { id: id.to_owned() }))
+            .await?;
+        Ok(())
+    }
+
     /// Everything job `id` has written so far, as a stream of chunks. Opening
     /// the stream is bounded by the timeout; reading it is not.
     ///

@@ -417,6 +417,9 @@ impl Containment {
             stdout: Box::pin(stdout),
             stderr: Box::pin(stderr),
             meter: Some(meter),
+            // A dead daemon's whole subtree is killed and removed when the
+            // next one opens it (`Containment::new`).
+            recovery: None,
         })
     }
 }

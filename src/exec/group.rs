@@ -46,6 +46,7 @@ pub(super) fn spawn(spec: &JobSpec) -> Result<Spawned, SpawnError> {
     })();
     match setup {
         Ok((pidfd, stdout, stderr)) => Ok(Spawned {
+            recovery: recovery_token(child.id()),
             process: Box::new(GroupProcess {
                 pgid: Pid::from_raw(child.id() as i32),
                 child: Some(child),
@@ -60,6 +61,63 @@ pub(super) fn spawn(spec: &JobSpec) -> Result<Spawned, SpawnError> {
             let _ = child.wait();
             Err(SpawnError::Os(e))
         }
+    }
+}
+
+/// The token [`reclaim`] reads: `pgid=<pid>,start=<ticks>`, the job's
+/// process group and its leader's start time (field 22 of
+/// `/proc/<pid>/stat`, proc(5)), which tells the leader from a later process
+/// that got the same pid. `None` if the start time cannot be read (the job
+/// then cannot be reclaimed after a crash; the caller logs nothing: the
+/// process has just been started, so this does not happen in practice).
+fn recovery_token(pid: u32) -> Option<String> {
+    let start = start_time(pid)?;
+    Some(format!("pgid={pid},start={start}"))
+}
+
+/// Start time of process `pid` in clock ticks since boot, from
+/// `/proc/<pid>/stat` (proc(5), field 22); `None` if there is no such
+/// process.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or
+    // parentheses: fields are counted after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts at field 3, so field 22 is its 20th.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kills the process group of an uncontained job a dead daemon left running,
+/// given its [`recovery_token`]. The group is signalled only when it can
+/// still be the job's: its leader is alive with the recorded start time, or
+/// the leader is gone (a pid stays reserved while a process group of that
+/// id has members, so any group with that id is what is left of the job).
+/// A leader pid now used by another process means the job is gone.
+pub(super) fn reclaim(token: &str) -> io::Result<usize> {
+    let invalid = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad recovery token '{token}'"),
+        )
+    };
+    let (pgid, start) = token
+        .strip_prefix("pgid=")
+        .and_then(|t| t.split_once(",start="))
+        .ok_or_else(invalid)?;
+    let pgid: i32 = pgid.parse().map_err(|_| invalid())?;
+    let start: u64 = start.parse().map_err(|_| invalid())?;
+    if pgid <= 1 {
+        return Err(invalid());
+    }
+    if let Some(now) = start_time(pgid as u32) {
+        if now != start {
+            return Ok(0);
+        }
+    }
+    match killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
+        Ok(()) => Ok(1),
+        Err(nix::errno::Errno::ESRCH) => Ok(0),
+        Err(e) => Err(e.into()),
     }
 }
 

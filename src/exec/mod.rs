@@ -114,6 +114,15 @@ impl Executor for LocalExecutor {
             c.close();
         }
     }
+
+    fn reclaim(&self, recovery: &str) -> io::Result<usize> {
+        match &self.contained {
+            // Its jobs died with the dead daemon's cgroup subtree, removed
+            // when this executor opened; it hands out no tokens.
+            Some(_) => Ok(0),
+            None => group::reclaim(recovery),
+        }
+    }
 }
 
 /// Hardens the daemon process against its own jobs: marks it not dumpable

@@ -108,6 +108,23 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
     /// Releases what the executor holds for all jobs (e.g. its cgroup
     /// subtree). Called once at shutdown, after every job is final.
     fn close(&self) {}
+
+    /// Kills whatever is left of a job that a previous daemon started and
+    /// did not see end (it died), found by the [`Spawned::recovery`] token
+    /// that daemon recorded. Must never signal a process that is not part of
+    /// that job (a reused pid). The default does nothing: an executor whose
+    /// jobs cannot outlive it has no token.
+    ///
+    /// Returns how many processes or process groups it killed (0: nothing
+    /// was left).
+    ///
+    /// # Errors
+    /// The OS error; a token this executor cannot read is
+    /// [`io::ErrorKind::InvalidData`].
+    fn reclaim(&self, recovery: &str) -> io::Result<usize> {
+        let _ = recovery;
+        Ok(0)
+    }
 }
 
 /// Live resource counters of a running job.
@@ -126,6 +143,12 @@ pub struct Spawned {
     pub stderr: OutputPipe,
     /// Live counters, when the executor has them.
     pub meter: Option<std::sync::Arc<dyn Meter>>,
+    /// What a later daemon needs to find this job's processes if this one
+    /// dies without seeing the job end (see [`Executor::reclaim`]); stored
+    /// with the job's record. `None` when the executor cleans up after a dead
+    /// daemon by itself (the contained executor removes a dead daemon's whole
+    /// cgroup subtree when it opens).
+    pub recovery: Option<String>,
 }
 
 /// How a job ended, once nothing of it runs any more.

@@ -12,10 +12,19 @@
 //!
 //! Access control lives here too, in one function: [`Jobs::authorize`] is the
 //! only way to get an [`OwnedJob`], and every operation on an existing job is a
-//! method of `OwnedJob`.
+//! method of `OwnedJob` (or, for [`Jobs::remove`], takes one).
+//!
+//! Jobs outlive the daemon: each job's record is written to the
+//! [`crate::store::Store`] when it starts (before the start is acknowledged)
+//! and when it ends (after its output is flushed to disk), and
+//! [`Jobs::open`] rebuilds the registry from the store, marking the jobs a
+//! dead daemon left running [`State::Lost`] and killing what is left of
+//! them. Finished jobs are removed by age and by their owner's total output
+//! (`retention.rs`), or by [`Jobs::remove`].
 
 mod executor;
 mod limits;
+mod retention;
 mod spec;
 mod supervisor;
 
@@ -39,11 +48,13 @@ pub use limits::{
     Account, AccountError, CeilingOverrides, JobQuota, MAX_PIDS, MIN_CPU_MILLIS, MIN_MEMORY_BYTES,
     MIN_PIDS, Override, Resource, ResourceLimits, ResourceUsage, human_bytes,
 };
+pub use retention::{DEFAULT_MAX_AGE, Retention};
 pub use spec::{JobSpec, MAX_ARGS, MAX_ARGV_BYTES, MAX_PROGRAM_LEN};
 
 use crate::auth::Identity;
 use crate::output::{self, Log, LogReader};
 use crate::policy::Grant;
+use crate::store::{JobRecord, Store, StoreError};
 
 /// Default time between SIGTERM and SIGKILL when a job is stopped.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -65,6 +76,12 @@ pub struct JobId(Uuid);
 impl JobId {
     fn new_random() -> Self {
         Self(Uuid::new_v4())
+    }
+
+    /// The name of the job's output log in the output directory:
+    /// `<id>.log`.
+    fn log_name(&self) -> String {
+        format!("{self}.log")
     }
 }
 
@@ -130,6 +147,17 @@ pub enum State {
     /// the job, if still running, was stopped as by a stop request.
     /// [`Status::exit`] tells how the main process ended.
     OutputLimit,
+    /// The daemon ended (killed, or the machine went down) while the job
+    /// ran; the next daemon on the same state directory found its record
+    /// unfinished, killed what was left of its processes and kept its output
+    /// up to the last complete record. [`Status::exit`] is `None` (nobody saw
+    /// the main process end); [`Status::ended_at`] is when it was found.
+    Lost,
+    /// The daemon could not store the job's output (disk full, or the write
+    /// failed), so the job was stopped as by a stop request; the log keeps
+    /// every byte written before the failure. [`Status::exit`] tells how the
+    /// main process ended.
+    OutputFailed,
 }
 
 /// A point-in-time view of a job.
@@ -254,6 +282,13 @@ pub enum JobError {
     /// Only admins may do this (list every user's jobs).
     #[error("only admins may list every user's jobs")]
     AdminOnly,
+    /// The job is still running, so it cannot be removed.
+    #[error("the job is still running; stop it first")]
+    StillRunning,
+    /// The job's record could not be written to the store (e.g. the disk is
+    /// full); for a start, nothing runs.
+    #[error("cannot record the job")]
+    Store(#[from] StoreError),
 }
 
 fn too_many_running(max: u32) -> String {
@@ -319,17 +354,20 @@ pub struct JobsConfig {
     /// identity's jobs run as the executor's default account. Ignored when the
     /// executor does not contain jobs.
     pub accounts: HashMap<Identity, Account>,
+    /// When finished jobs are removed.
+    pub retention: Retention,
 }
 
 impl JobsConfig {
     /// Output logs in `output_dir`, [`DEFAULT_GRACE`], no ceilings, every
-    /// job as the executor's default account.
+    /// job as the executor's default account, [`Retention::default`].
     pub fn new(output_dir: PathBuf) -> Self {
         Self {
             output_dir,
             grace: DEFAULT_GRACE,
             ceiling: ResourceLimits::default(),
             accounts: HashMap::new(),
+            retention: Retention::default(),
         }
     }
 }
@@ -340,7 +378,8 @@ enum Phase {
     Running,
     Final {
         state: State,
-        exit: ExitInfo,
+        /// `None` only for [`State::Lost`].
+        exit: Option<ExitInfo>,
         ended_at: SystemTime,
         usage: Option<ResourceUsage>,
     },
@@ -375,7 +414,7 @@ impl Job {
                 exit,
                 ended_at,
                 usage,
-            } => (state, Some(exit), Some(ended_at), usage),
+            } => (state, exit, Some(ended_at), usage),
         };
         Status {
             id: self.id,
@@ -398,10 +437,46 @@ impl Job {
 pub struct Jobs {
     executor: Arc<dyn Executor>,
     config: JobsConfig,
-    jobs: Mutex<HashMap<JobId, Arc<Job>>>,
+    registry: Arc<Registry>,
+    store: Store,
     slots: Arc<RunningSlots>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// Every job the daemon knows, by id, and what wakes the retention task.
+#[derive(Default)]
+struct Registry {
+    jobs: Mutex<HashMap<JobId, Arc<Job>>>,
+    /// Notified when a job ends (its owner's total may now be over the cap).
+    ended: tokio::sync::Notify,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Job>>> {
+        // A panic while holding this lock leaves the map itself consistent
+        // (every operation on it is a single insert, remove or read), so
+        // poisoning is ignored rather than propagated to every later request.
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why [`Jobs::open`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The output directory could not be created or made owner-only.
+    #[error("cannot use the output directory {}", path.display())]
+    OutputDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store could not be read, or the lost jobs not recorded.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A job the caller may act on: their own, or (for an admin) anyone's. Only
@@ -411,24 +486,56 @@ pub struct Jobs {
 pub struct OwnedJob(Arc<Job>);
 
 impl Jobs {
-    /// A registry that starts jobs with `executor`.
+    /// The registry of the jobs in `store`, which starts new jobs with
+    /// `executor`; starts the retention task (so it must be called within a
+    /// tokio runtime).
+    ///
+    /// Every job the store has is listed again: finished ones with their
+    /// final status and output; ones a dead daemon left running become
+    /// [`State::Lost`], after [`Executor::reclaim`] killed what was left of
+    /// them and their output was cut after its last complete record
+    /// ([`output::recover`]). Output logs with no record (a crash between
+    /// creating a log and recording its job, or between removing a record
+    /// and its log) are deleted.
     ///
     /// # Errors
-    /// The OS error if the output directory cannot be created.
-    pub fn new(executor: Arc<dyn Executor>, config: JobsConfig) -> std::io::Result<Self> {
+    /// [`OpenError::OutputDir`] if the output directory cannot be created;
+    /// [`OpenError::Store`] if the store cannot be read or the lost jobs
+    /// cannot be recorded.
+    pub fn open(
+        executor: Arc<dyn Executor>,
+        config: JobsConfig,
+        store: Store,
+    ) -> Result<Self, OpenError> {
+        let dir_error = |source| OpenError::OutputDir {
+            path: config.output_dir.clone(),
+            source,
+        };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&config.output_dir)?;
-        restrict_to_owner(&config.output_dir)?;
-        Ok(Self {
+            .create(&config.output_dir)
+            .map_err(dir_error)?;
+        restrict_to_owner(&config.output_dir).map_err(dir_error)?;
+        let registry = Arc::new(Registry::default());
+        restore(&registry, executor.as_ref(), &config.output_dir, &store)?;
+        let jobs = Self {
             executor,
             config,
-            jobs: Mutex::new(HashMap::new()),
+            registry,
+            store,
             slots: Arc::default(),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
-        })
+        };
+        jobs.tracker.spawn(retention::run(retention::Task {
+            registry: jobs.registry.clone(),
+            store: jobs.store.clone(),
+            retention: jobs.config.retention,
+            output_dir: jobs.config.output_dir.clone(),
+            shutdown: jobs.shutdown.clone(),
+        }));
+        Ok(jobs)
     }
 
     /// The one access check: the job `id` if the grant's caller owns it, or
@@ -442,6 +549,7 @@ impl Jobs {
     pub fn authorize(&self, grant: &Grant, id: &str) -> Result<OwnedJob, AccessDenied> {
         let id: JobId = id.parse().map_err(|_| AccessDenied::MalformedId)?;
         let job = self
+            .registry
             .lock()
             .get(&id)
             .cloned()
@@ -462,6 +570,7 @@ impl Jobs {
             return Err(JobError::AdminOnly);
         }
         let mut jobs: Vec<Status> = self
+            .registry
             .lock()
             .values()
             .filter(|j| all_users || j.owner == grant.identity())
@@ -521,17 +630,22 @@ impl Jobs {
     }
 
     /// Starts `spec` on a reserved `ticket` and returns the running job,
-    /// which gets the ticket's id, limits and output quota.
+    /// which gets the ticket's id, limits and output quota. Returns only once
+    /// the job's record is in the store, so an acknowledged start survives a
+    /// crash of the daemon.
     ///
     /// # Errors
     /// [`JobError::ShuttingDown`] if [`Jobs::shutdown`] began since the
     /// reservation; [`JobError::Spawn`] when the program is missing or not
     /// executable or the job cannot be contained (no job is created, nothing
     /// runs, the ticket's id is never used); [`JobError::Output`] if the
-    /// output log cannot be made.
+    /// output log cannot be made; [`JobError::Store`] if the record cannot be
+    /// written (the job is killed; nothing of it is kept).
     ///
     /// # Cancel safety
-    /// Dropping the future before it resolves leaves no job and no process.
+    /// Dropping the future while the program is being started leaves no job
+    /// and no process. Once it has started, the job is recorded and
+    /// supervised whether or not the caller still waits.
     pub async fn launch(&self, ticket: StartTicket, spec: JobSpec) -> Result<OwnedJob, JobError> {
         if self.shutdown.is_cancelled() {
             return Err(JobError::ShuttingDown);
@@ -554,10 +668,12 @@ impl Jobs {
         // Dropping this future while the executor starts the job kills and
         // reaps what it started; nothing else exists yet.
         let spawned = self.executor.spawn(launch).await?;
-        // From here on nothing awaits, so the job is registered and supervised
-        // even if the caller goes away. Output waits in the pipes meanwhile.
-        // If the log cannot be made, dropping `spawned` kills the job.
-        let (writer, log) = output::create(&self.config.output_dir.join(format!("{id}.log")))?;
+        // From here on nothing awaits until the supervisor runs, so the job
+        // is supervised even if the caller goes away. Output waits in the
+        // pipes meanwhile. If the log cannot be made, dropping `spawned`
+        // kills the job.
+        let log_path = self.config.output_dir.join(id.log_name());
+        let (writer, log) = output::create(&log_path)?;
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
         let (stop_tx, stop_rx) = watch::channel(false);
         let job = Arc::new(Job {
@@ -572,10 +688,25 @@ impl Jobs {
             max_output_bytes,
             meter: spawned.meter.clone(),
         });
-        self.lock().insert(id, job.clone());
+        let record = JobRecord {
+            id,
+            owner,
+            command: job.command.clone(),
+            started_at: job.started_at,
+            limits,
+            max_output_bytes,
+            recovery: spawned.recovery.clone(),
+            end: None,
+        };
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         self.tracker
             .spawn(supervisor::supervise(supervisor::Supervisor {
-                id,
+                job,
+                record,
+                log_path,
+                started: started_tx,
+                registry: self.registry.clone(),
+                store: self.store.clone(),
                 spawned,
                 log: writer,
                 phase: phase_tx,
@@ -585,8 +716,44 @@ impl Jobs {
                 max_output_bytes,
                 slot,
             }));
-        tracing::info!(job = %id, %owner, command = ?job.command, "job started");
-        Ok(OwnedJob(job))
+        match started_rx.await {
+            Ok(started) => started.map(OwnedJob),
+            // The supervisor answers before anything else; it can only be
+            // gone unanswered if the runtime is shutting down.
+            Err(_) => Err(JobError::ShuttingDown),
+        }
+    }
+
+    /// Deletes a finished job: its record, then its output log. Followers
+    /// that have it open read on to the end; everyone else gets
+    /// [`JobError::NotFound`] from then on.
+    ///
+    /// # Errors
+    /// [`JobError::StillRunning`] if the job is not final;
+    /// [`JobError::NotFound`] if it was removed meanwhile (by another
+    /// request or by retention); [`JobError::Store`] if the record cannot be
+    /// deleted (the job stays as it was).
+    ///
+    /// # Cancel safety
+    /// The record's deletion completes even if the future is dropped; the
+    /// log file may then remain until the next start of the daemon.
+    pub async fn remove(&self, job: &OwnedJob) -> Result<(), JobError> {
+        if matches!(*job.0.phase.borrow(), Phase::Running) {
+            return Err(JobError::StillRunning);
+        }
+        let id = job.id();
+        // Out of the registry first, so that retention and a second remove
+        // cannot delete it twice.
+        let Some(entry) = self.registry.lock().remove(&id) else {
+            return Err(JobError::NotFound);
+        };
+        if let Err(e) = self.store.remove(vec![id]).await {
+            self.registry.lock().insert(id, entry);
+            return Err(e.into());
+        }
+        retention::delete_log(&self.config.output_dir, id);
+        tracing::info!(job = %id, owner = %entry.owner, "job removed");
+        Ok(())
     }
 
     /// Stops every running job (SIGTERM, grace period, SIGKILL) and waits until
@@ -604,18 +771,119 @@ impl Jobs {
 
     /// Number of jobs not yet final.
     pub fn running(&self) -> usize {
-        self.lock()
+        self.registry
+            .lock()
             .values()
             .filter(|j| matches!(*j.phase.borrow(), Phase::Running))
             .count()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Job>>> {
-        // A panic while holding this lock leaves the map itself consistent
-        // (every operation on it is a single insert or read), so poisoning is
-        // ignored rather than propagated to every later request.
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    /// Resolves once [`Jobs::shutdown`] has begun: open streams end then.
+    pub fn shutting_down(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.shutdown.clone().cancelled_owned()
     }
+}
+
+/// Fills `registry` from `store` for [`Jobs::open`].
+fn restore(
+    registry: &Registry,
+    executor: &dyn Executor,
+    output_dir: &std::path::Path,
+    store: &Store,
+) -> Result<(), OpenError> {
+    let records = store.load()?;
+    let now = SystemTime::now();
+    let mut lost = HashMap::new();
+    let mut jobs = registry.lock();
+    for record in &records {
+        let path = output_dir.join(record.id.log_name());
+        let (log, phase) = match &record.end {
+            Some(end) => {
+                let log = output::open_sealed(&path, end.output_bytes).or_else(|e| {
+                    // Its record says it ended with its output flushed, so
+                    // only someone else can have taken the file away.
+                    tracing::error!(job = %record.id, error = %e, "output log of a finished job is missing; it now reads as empty");
+                    output::recover(&path).map(|(log, _)| log)
+                });
+                (
+                    log,
+                    Phase::Final {
+                        state: end.state,
+                        exit: end.exit,
+                        ended_at: end.ended_at,
+                        usage: end.usage,
+                    },
+                )
+            }
+            None => {
+                // Left running by a dead daemon: kill what is left of it
+                // before anything else reads its state.
+                if let Some(token) = &record.recovery {
+                    match executor.reclaim(token) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::warn!(job = %record.id, killed = n, "killed what a dead daemon's job left running")
+                        }
+                        Err(e) => {
+                            tracing::error!(job = %record.id, error = %e, "cannot kill what a dead daemon's job left running")
+                        }
+                    }
+                }
+                let log = output::recover(&path).map(|(log, found)| {
+                    if found.cut > 0 {
+                        tracing::warn!(job = %record.id, cut = found.cut, "cut an unfinished record from the end of a lost job's output");
+                    }
+                    lost.insert(record.id, found.data);
+                    log
+                });
+                (
+                    log,
+                    Phase::Final {
+                        state: State::Lost,
+                        exit: None,
+                        ended_at: now,
+                        usage: None,
+                    },
+                )
+            }
+        };
+        let log = match log {
+            Ok(log) => log,
+            Err(e) => {
+                tracing::error!(job = %record.id, error = %e, "cannot open the job's output log; its output reads as empty");
+                output::sealed_empty(&path)
+            }
+        };
+        // The sender goes away at once: the phase is final for good.
+        let (_, phase) = watch::channel(phase);
+        let (stop, _) = watch::channel(false);
+        jobs.insert(
+            record.id,
+            Arc::new(Job {
+                id: record.id,
+                owner: record.owner,
+                command: record.command.clone(),
+                started_at: record.started_at,
+                phase,
+                stop,
+                log,
+                limits: record.limits,
+                max_output_bytes: record.max_output_bytes,
+                meter: None,
+            }),
+        );
+    }
+    drop(jobs);
+    if !lost.is_empty() {
+        let marked = store.mark_lost(now, |id| lost.get(&id).copied().unwrap_or(0))?;
+        tracing::warn!(
+            jobs = marked.len(),
+            "jobs were running when the previous daemon died; they are now marked lost"
+        );
+    }
+    retention::sweep_orphan_logs(output_dir, &registry.lock());
+    tracing::info!(jobs = records.len(), "job records loaded");
+    Ok(())
 }
 
 use std::os::unix::fs::DirBuilderExt;

@@ -1,32 +1,53 @@
 //! The one task per job that owns its processes and pipes.
 //!
-//! Order of events, which is what makes output complete and final states
-//! honest:
+//! Order of events, which is what makes output complete, final states
+//! honest and records durable:
+//! 0. The job's record goes into the store; only then is the start
+//!    acknowledged (and the job registered). If it cannot be written, the
+//!    job is killed and its log deleted: nothing unrecorded runs.
 //! 1. While the main process runs: copy both pipes into the log as data
 //!    arrives (whether or not anyone follows), and act on stop requests:
 //!    SIGTERM + SIGCONT to the job, SIGKILL when the grace period ends. A job
 //!    that reaches its output quota is stopped the same way; the log keeps
 //!    exactly the quota's bytes, and whatever the job writes later is read
-//!    (so it never blocks on a full pipe) and discarded.
+//!    (so it never blocks on a full pipe) and discarded. A job whose output
+//!    cannot be written (disk full) is stopped the same way.
 //! 2. The main process exits. The executor kills what is left of the job
 //!    (its cgroup, or its process group while the unreaped leader pins the
 //!    group id), waits until no process of it remains, and reaps it.
 //! 3. The pipes are drained to EOF (bounded by [`super::DRAIN_TIMEOUT`]).
-//! 4. The final state is published, then the log is sealed, so a follower that
-//!    reaches the end of the log always finds the job final.
+//! 4. The log is flushed to disk, then the end is recorded in the store (so
+//!    a record never says "ended" about output that a crash could lose),
+//!    then the final state is published and the log sealed, so a follower
+//!    that reaches the end of the log always finds the job final.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ended, ExitInfo, JobId, JobSignal, OutputPipe, Phase, RunningSlot, Spawned, State};
+use super::{
+    Ended, ExitInfo, Job, JobError, JobId, JobSignal, OutputPipe, Phase, Registry, RunningSlot,
+    Spawned, State,
+};
 use crate::output::{Fd, LogWriter, RecordBuf};
+use crate::store::{JobEnd, JobRecord, Store};
 
 pub(super) struct Supervisor {
-    pub id: JobId,
+    /// The job, registered once its record is stored.
+    pub job: Arc<Job>,
+    /// Its record as stored at the start.
+    pub record: JobRecord,
+    /// Its output log, deleted if the record cannot be stored.
+    pub log_path: PathBuf,
+    /// Where the start is answered: the job once recorded, or why not.
+    pub started: oneshot::Sender<Result<Arc<Job>, JobError>>,
+    pub registry: Arc<Registry>,
+    pub store: Store,
     pub spawned: Spawned,
     pub log: LogWriter,
     pub phase: watch::Sender<Phase>,
@@ -39,13 +60,15 @@ pub(super) struct Supervisor {
     pub slot: RunningSlot,
 }
 
-/// Where output goes: the log, up to the quota.
+/// Where output goes: the log, up to the quota, until a write fails.
 struct Sink {
     log: LogWriter,
     /// Bytes the log may still take; `None`: unlimited.
     room: Option<u64>,
     /// Bytes read after the quota was reached, and not recorded.
     discarded: u64,
+    /// A write to the log failed (disk full): nothing more is recorded.
+    failed: bool,
 }
 
 impl Sink {
@@ -98,10 +121,14 @@ impl Pipe {
                         keep
                     }
                 };
+                if sink.failed {
+                    return;
+                }
                 if let Err(e) = sink.log.append(self.fd, &mut self.buf, keep) {
-                    // The bytes are lost; say so loudly. Stopping the job on a
-                    // full disk is a later piece of work.
-                    tracing::error!(job = %job, error = %e, "cannot write job output");
+                    // The log keeps what it had; the job is stopped rather
+                    // than left running with its output thrown away.
+                    tracing::error!(job = %job, error = %e, "cannot write job output; stopping the job");
+                    sink.failed = true;
                 }
             }
             Err(e) => {
@@ -118,7 +145,12 @@ impl Pipe {
 
 pub(super) async fn supervise(s: Supervisor) {
     let Supervisor {
-        id,
+        job,
+        record,
+        log_path,
+        started,
+        registry,
+        store,
         spawned,
         log,
         phase,
@@ -128,21 +160,50 @@ pub(super) async fn supervise(s: Supervisor) {
         max_output_bytes,
         slot,
     } = s;
-    let mut sink = Sink {
-        log,
-        room: max_output_bytes,
-        discarded: 0,
-    };
+    let id = job.id;
     let Spawned {
         mut process,
         stdout,
         stderr,
         meter: _,
+        recovery: _,
     } = spawned;
+
+    // 0. Record the job before anyone is told it started.
+    if let Err(e) = store.insert(record).await {
+        tracing::error!(job = %id, error = %e, "cannot record the job; killing it");
+        if let Err(e) = process.signal(JobSignal::Kill) {
+            tracing::warn!(job = %id, error = %e, "cannot kill job");
+        }
+        if let Err(e) = process.exited().await {
+            tracing::error!(job = %id, error = %e, "cannot wait for job");
+        }
+        if let Err(e) = process.finish().await {
+            tracing::error!(job = %id, error = %e, "cannot reap job");
+        }
+        drop((log, process));
+        if let Err(e) = std::fs::remove_file(&log_path) {
+            tracing::warn!(job = %id, error = %e, "cannot delete the output log of an unrecorded job");
+        }
+        let _ = started.send(Err(e.into()));
+        return;
+    }
+    registry.lock().insert(id, job.clone());
+    tracing::info!(job = %id, owner = %job.owner, command = ?job.command, "job started");
+    // The caller may have gone away; the job runs on, recorded and listed.
+    let _ = started.send(Ok(job));
+
+    let mut sink = Sink {
+        log,
+        room: max_output_bytes,
+        discarded: 0,
+        failed: false,
+    };
     let mut out = Pipe::new(Fd::Stdout, stdout);
     let mut err = Pipe::new(Fd::Stderr, stderr);
     let mut stopping = false;
     let mut over_quota = false;
+    let mut write_failed = false;
     let mut kill_at: Option<Instant> = None;
 
     // 1. Until the main process exits.
@@ -157,13 +218,18 @@ pub(super) async fn supervise(s: Supervisor) {
             r = out.read() => out.store(id, r, &mut sink),
             r = err.read() => err.store(id, r, &mut sink),
             // A stop request, the daemon shutting down, or the output quota.
-            _ = stop_requested(&mut stop, &shutdown), if !stopping && !over_quota => {
+            _ = stop_requested(&mut stop, &shutdown), if !stopping && !over_quota && !write_failed => {
                 stopping = true;
                 kill_at = Some(Instant::now() + grace);
                 tracing::info!(job = %id, grace_ms = grace.as_millis() as u64, "stopping job");
                 terminate(id, process.as_mut());
             }
-            _ = std::future::ready(()), if sink.over() && !stopping && !over_quota => {
+            _ = std::future::ready(()), if sink.failed && !stopping && !over_quota && !write_failed => {
+                write_failed = true;
+                kill_at = Some(Instant::now() + grace);
+                terminate(id, process.as_mut());
+            }
+            _ = std::future::ready(()), if sink.over() && !stopping && !over_quota && !write_failed => {
                 over_quota = true;
                 kill_at = Some(Instant::now() + grace);
                 tracing::info!(job = %id, max_output_bytes = ?max_output_bytes, grace_ms = grace.as_millis() as u64, "output quota reached; stopping job");
@@ -211,29 +277,52 @@ pub(super) async fn supervise(s: Supervisor) {
     }
     drop((out, err));
 
-    // 4. Publish the final state, then seal the log.
+    // 4. Flush the log, record the end, publish the final state, seal.
     let oom = usage.is_some_and(|u| u.oom_kills > 0);
-    // Bytes beyond the quota may also arrive after the main process exited
-    // (still in the pipes): any discarded byte makes the state say so.
-    let state = match (over_quota || sink.over(), stopping, oom, exit) {
-        (true, _, _, _) => State::OutputLimit,
-        (false, true, _, _) => State::Stopped,
-        (false, false, true, _) => State::Oom,
-        (false, false, false, ExitInfo::Exited(_)) => State::Exited,
-        (false, false, false, ExitInfo::Signaled { .. }) => State::Killed,
+    // A failed write or bytes beyond the quota may also come after the main
+    // process exited (still in the pipes): they make the state say so.
+    let failed = write_failed || sink.failed;
+    let state = match (failed, over_quota || sink.over(), stopping, oom, exit) {
+        (true, _, _, _, _) => State::OutputFailed,
+        (false, true, _, _, _) => State::OutputLimit,
+        (false, false, true, _, _) => State::Stopped,
+        (false, false, false, true, _) => State::Oom,
+        (false, false, false, false, ExitInfo::Exited(_)) => State::Exited,
+        (false, false, false, false, ExitInfo::Signaled { .. }) => State::Killed,
     };
+    let ended_at = SystemTime::now();
     tracing::info!(job = %id, ?state, ?exit, ?usage, bytes = sink.log.data_len(), discarded = sink.discarded, "job final");
+    match sink.log.sync() {
+        Ok(()) => {
+            let end = JobEnd {
+                state,
+                exit: Some(exit),
+                ended_at,
+                usage,
+                output_bytes: sink.log.data_len(),
+            };
+            if let Err(e) = store.finish(id, end).await {
+                tracing::error!(job = %id, error = %e, "cannot record the job's end; after a restart it will show as lost");
+            }
+        }
+        // Recording the end now could leave a record of output a crash
+        // loses; left unrecorded, a restart shows the job as lost instead.
+        Err(e) => {
+            tracing::error!(job = %id, error = %e, "cannot flush the job's output; after a restart it will show as lost");
+        }
+    }
     // The job stops counting against its owner's running-jobs quota before
     // anyone can see it final, so a start right after a stop always finds
     // the slot free.
     drop(slot);
     phase.send_replace(Phase::Final {
         state,
-        exit,
-        ended_at: SystemTime::now(),
+        exit: Some(exit),
+        ended_at,
         usage,
     });
     sink.log.seal();
+    registry.ended.notify_one();
 }
 
 /// SIGTERM and SIGCONT (so a stopped job sees the SIGTERM) to the job.

@@ -151,6 +151,96 @@ pub fn create(path: &Path) -> Result<(LogWriter, Log), OutputError> {
     ))
 }
 
+/// Opens the complete log of a finished job at `path`: `data` output bytes
+/// (the count recorded when the job ended) in records filling the whole
+/// file. The log is sealed: readers stop at its end.
+///
+/// # Errors
+/// [`OutputError::Io`] if the file's length cannot be read (it is missing,
+/// for one).
+pub fn open_sealed(path: &Path, data: u64) -> Result<Log, OutputError> {
+    let committed = std::fs::metadata(path)?.len();
+    Ok(sealed(path, committed, data))
+}
+
+/// What [`recover`] found in a log whose writer died.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// Output bytes in the complete records kept.
+    pub data: u64,
+    /// Bytes cut from the end: a record the writer did not finish, or
+    /// anything after the first invalid record header.
+    pub cut: u64,
+}
+
+/// Opens the log at `path` after its writer died mid-write (a crash): keeps
+/// the complete records from the start, truncates the file after the last
+/// of them, and returns the sealed log. A missing file is created empty.
+/// Reads the record headers only (through one 64 KiB buffer), so its cost
+/// grows with the number of records, not with the bytes in them.
+///
+/// # Errors
+/// [`OutputError::Io`] if the file cannot be opened, read or truncated.
+pub fn recover(path: &Path) -> Result<(Log, Recovered), OutputError> {
+    use std::io::{BufReader, Read};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(MAX_CHUNK, &file);
+    let (mut committed, mut data) = (0u64, 0u64);
+    let mut header = [0u8; HEADER];
+    while committed + HEADER as u64 <= len {
+        reader.read_exact(&mut header)?;
+        let record = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as u64;
+        let valid = Fd::from_tag(header[0]).is_some() && (1..=MAX_CHUNK as u64).contains(&record);
+        if !valid || committed + HEADER as u64 + record > len {
+            break;
+        }
+        // `record <= MAX_CHUNK` fits in i64.
+        reader.seek_relative(record as i64)?;
+        committed += HEADER as u64 + record;
+        data += record;
+    }
+    drop(reader);
+    if committed < len {
+        file.set_len(committed)?;
+        file.sync_all()?;
+    }
+    Ok((
+        sealed(path, committed, data),
+        Recovered {
+            data,
+            cut: len - committed,
+        },
+    ))
+}
+
+/// An empty, sealed log at `path`, for a job whose log cannot be opened:
+/// readers get an I/O error if the file is not there, and nothing otherwise.
+pub fn sealed_empty(path: &Path) -> Log {
+    sealed(path, 0, 0)
+}
+
+/// A sealed log of `committed` bytes holding `data` output bytes.
+fn sealed(path: &Path, committed: u64, data: u64) -> Log {
+    // The sender goes away at once; readers still see the last value.
+    let (_, progress) = watch::channel(Progress {
+        committed,
+        data,
+        sealed: true,
+    });
+    Log {
+        path: path.to_owned(),
+        progress,
+    }
+}
+
 /// A buffer a pipe can be read into and then appended without a copy: the
 /// first 5 bytes are reserved for the record header.
 pub struct RecordBuf(Box<[u8]>);
@@ -219,6 +309,16 @@ impl LogWriter {
     /// reader of the whole log receives.
     pub fn data_len(&self) -> u64 {
         self.data
+    }
+
+    /// Flushes every appended record to the disk (fdatasync(2)), so that a
+    /// record saying the job ended never outlives its output in a crash.
+    ///
+    /// # Errors
+    /// [`OutputError::Io`] if the flush fails.
+    pub fn sync(&self) -> Result<(), OutputError> {
+        self.file.sync_data()?;
+        Ok(())
     }
 
     /// Marks the log complete (readers that reach its end stop waiting) and
@@ -512,5 +612,88 @@ mod tests {
             r.next().await,
             Err(OutputError::Corrupt { offset: 0 })
         ));
+    }
+
+    /// Bytes `[fd][len][data]` of one record, for building damaged files.
+    fn record(fd: u8, data: &[u8]) -> Vec<u8> {
+        let mut r = vec![fd];
+        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        r.extend_from_slice(data);
+        r
+    }
+
+    #[tokio::test]
+    async fn recover_keeps_complete_records_and_cuts_a_torn_tail() {
+        // Scenario: the daemon was killed in the middle of writing a record;
+        // the next one keeps every complete record and cuts the rest.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut bytes = record(1, b"hello ");
+        bytes.extend(record(2, b"E"));
+        let whole = bytes.len() as u64;
+        let torn = record(1, b"world, never finished");
+        bytes.extend(&torn[..9]);
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (log, found) = recover(&path).unwrap();
+        assert_eq!(found, Recovered { data: 7, cut: 9 });
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+        assert!(log.is_sealed());
+        assert_eq!(log.data_len(), 7);
+        assert_eq!(
+            drain(log.follow().unwrap()).await,
+            vec![
+                Chunk {
+                    fd: Fd::Stdout,
+                    data: b"hello ".to_vec()
+                },
+                Chunk {
+                    fd: Fd::Stderr,
+                    data: b"E".to_vec()
+                }
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn recover_stops_at_an_invalid_header_and_creates_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut bytes = record(1, b"ok");
+        bytes.extend(record(7, b"bad tag"));
+        std::fs::write(&path, &bytes).unwrap();
+        let (log, found) = recover(&path).unwrap();
+        assert_eq!(found, Recovered { data: 2, cut: 12 });
+        assert_eq!(std::fs::read(&path).unwrap(), record(1, b"ok"));
+        assert_eq!(drain(log.follow().unwrap()).await.len(), 1);
+
+        let missing = dir.path().join("missing");
+        let (log, found) = recover(&missing).unwrap();
+        assert_eq!(found, Recovered { data: 0, cut: 0 });
+        assert_eq!(std::fs::read(&missing).unwrap(), b"");
+        assert!(drain(log.follow().unwrap()).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_sealed_log_reopens_with_its_recorded_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let (mut w, _) = create(&path).unwrap();
+        write(&mut w, Fd::Stdout, b"abc");
+        w.sync().unwrap();
+        w.seal();
+        let log = open_sealed(&path, 3).unwrap();
+        assert_eq!(
+            (log.is_sealed(), log.data_len(), log.committed_len()),
+            (true, 3, 8)
+        );
+        assert_eq!(
+            drain(log.snapshot().unwrap()).await,
+            vec![Chunk {
+                fd: Fd::Stdout,
+                data: b"abc".to_vec()
+            }]
+        );
+        assert!(open_sealed(&dir.path().join("gone"), 0).is_err());
     }
 }

@@ -715,16 +715,21 @@ impl Check<'_> {
         min: u64,
         per: &str,
     ) -> Result<Override<u64>, Problem> {
+        // The job store keeps byte counts as SQLite integers (i64).
+        const MAX: u64 = i64::MAX as u64;
         let expected = || match min {
-            1 => format!("at least 1 byte{per}"),
-            _ => format!("at least {} ({min} bytes){per}", human_bytes(min)),
+            1 => format!("at least 1 byte and at most 8 EiB{per}"),
+            _ => format!(
+                "at least {} ({min} bytes) and at most 8 EiB{per}",
+                human_bytes(min)
+            ),
         };
         self.checked(field, key, expected, |s| {
             let bytes = match s {
                 Scalar::Bytes(b) => Some(b),
                 s => integer(s).and_then(|n| u64::try_from(n).ok()),
             };
-            bytes.filter(|&b| b >= min)
+            bytes.filter(|&b| (min..=MAX).contains(&b))
         })
     }
 

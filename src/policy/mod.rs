@@ -358,6 +358,8 @@ pub enum Rpc {
     Output,
     /// `Stream`.
     Stream,
+    /// `Remove`.
+    Remove,
 }
 
 impl Rpc {
@@ -370,6 +372,7 @@ impl Rpc {
             Rpc::List => "List",
             Rpc::Output => "Output",
             Rpc::Stream => "Stream",
+            Rpc::Remove => "Remove",
         }
     }
 }

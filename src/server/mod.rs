@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditLog;
 use crate::exec::LocalExecutor;
-use crate::job::{Executor, Jobs, JobsConfig};
+use crate::job::{Executor, Jobs, JobsConfig, OpenError};
 use crate::policy::{Gate, HandshakeLimiter, PolicyHandle};
 use crate::proto::job_service_server::JobServiceServer;
 
@@ -50,8 +50,9 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long open connections get to finish after every job is final during
-/// shutdown, before they are closed.
-pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+/// shutdown, before they are closed. Open streams have ended by then, so
+/// this only lets unary calls in flight finish.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 /// Verified connections waiting for the HTTP/2 server to take them; the
 /// server takes them as fast as they come, so this only smooths bursts.
@@ -76,6 +77,10 @@ pub enum ServerError {
         /// The directory.
         path: std::path::PathBuf,
     },
+    /// The job store (`jobs.db` in the state directory) cannot be opened or
+    /// read: not a jobs database, written by a newer jobsd, unreadable.
+    #[error("cannot use the job store")]
+    Store(#[from] crate::store::StoreError),
     /// The HTTP/2 server failed.
     #[error("gRPC server failed")]
     Transport(#[source] tonic::transport::Error),
@@ -165,19 +170,32 @@ impl ServerConfig {
 /// Bind the listener first (tests bind `127.0.0.1:0` and read the port) and
 /// pass it in; `serve` never binds.
 ///
+/// # Start
+/// Reads the state directory's job store and lists every job an
+/// earlier daemon recorded (see [`Jobs::open`]: jobs it left running are
+/// marked lost and what is left of them is killed) before it serves.
+///
 /// # Shutdown order
 /// 1. `shutdown` resolves: the listener is closed and handshakes in progress
-///    are abandoned. Open connections keep working, but starts get
-///    UNAVAILABLE.
-/// 2. Every running job is stopped (SIGTERM, the grace period, SIGKILL) and
-///    becomes final. Open Stream calls deliver the rest of the output and the
-///    final status, and end; status and output stay readable meanwhile.
+///    are abandoned; open Output and Stream calls end with UNAVAILABLE (the
+///    client may ask again after a restart: records and output are kept);
+///    starts get UNAVAILABLE. Unary calls on open connections keep working.
+/// 2. Every running job is stopped (SIGTERM, the grace period, SIGKILL),
+///    its output drained and flushed, and its final state recorded in the
+///    store.
 /// 3. Connections are told (HTTP/2 GOAWAY) to start no new calls and get
 ///    [`SHUTDOWN_DRAIN`] to finish; any still open are closed.
 /// 4. Every task the server started has ended; `serve` returns.
 ///
+/// So `serve` returns within the grace period (at most
+/// [`crate::job::MAX_GRACE`]) + [`crate::job::DRAIN_TIMEOUT`] +
+/// [`SHUTDOWN_DRAIN`] + the time the store takes to record the final states
+/// (milliseconds on a healthy disk) after `shutdown` resolves: 9 s with the
+/// default 5 s grace period.
+///
 /// # Errors
-/// [`ServerError::StateDir`] if the state directory cannot be created;
+/// [`ServerError::StateDir`] if the output directory cannot be created;
+/// [`ServerError::Store`] if the job store cannot be read;
 /// [`ServerError::Transport`] if the HTTP/2 server fails.
 ///
 /// # Cancel safety
@@ -189,12 +207,11 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let store = config.state.store().clone();
     let jobs = Arc::new(
-        Jobs::new(config.executor.clone(), config.jobs.clone()).map_err(|source| {
-            ServerError::StateDir {
-                path: config.jobs.output_dir.clone(),
-                source,
-            }
+        Jobs::open(config.executor.clone(), config.jobs.clone(), store).map_err(|e| match e {
+            OpenError::OutputDir { path, source } => ServerError::StateDir { path, source },
+            OpenError::Store(e) => ServerError::Store(e),
         })?,
     );
     let tracker = TaskTracker::new();

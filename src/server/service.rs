@@ -14,7 +14,8 @@
 //! fails the request (INTERNAL) before its action: nothing is done
 //! unrecorded. Open Output and Stream calls watch the policy and end with
 //! PERMISSION_DENIED (and an audit line) when a reload denylists their caller
-//! or takes away the admin rights they were opened with.
+//! or takes away the admin rights they were opened with, and end with
+//! UNAVAILABLE when the server begins to shut down.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use tonic::{Request, Response, Status};
 
 use super::accept::ConnInfo;
 use super::limits::{StreamLimits, StreamPermit};
-use super::status::{code_name, denial_status, internal, output_status, to_status};
+use super::status::{code_name, denial_status, error_chain, internal, output_status, to_status};
 use crate::audit::{AuditLog, Entry, Outcome};
 use crate::auth::Identity;
 use crate::job::{
@@ -188,6 +189,7 @@ impl Service {
         // seen: check the policy in force once, at the first poll.
         policy.mark_changed();
         let watch = Watch {
+            shutdown: Box::pin(self.jobs.shutting_down()),
             policy,
             conn: access.conn.clone(),
             rpc: access.rpc,
@@ -212,23 +214,14 @@ impl Service {
                             return Some((Err(status), None));
                         }
                     }
+                    () = &mut watch.shutdown => {
+                        return Some((Err(Status::unavailable(SHUTTING_DOWN)), None));
+                    }
                     item = stream.next() => return item.map(|item| (item, Some((stream, watch)))),
                 }
             }
         })
     }
-}
-
-/// `e` and its sources, `: `-separated (the OS error of an audit write).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Longest job id written to the audit log as sent. A real id is 36
@@ -249,8 +242,15 @@ fn shown_id(id: &str) -> String {
     format!("{}…({} bytes)", &id[..end], id.len())
 }
 
-/// What an open stream needs to check itself against a new policy.
+/// What an open stream is told when the server begins to shut down. The
+/// job's record and output are kept, so the caller can ask again later.
+const SHUTTING_DOWN: &str =
+    "the server is shutting down; the job's record and output are kept, ask again once it is back";
+
+/// What an open stream needs to check itself against a new policy, and the
+/// server's shutdown.
 struct Watch {
+    shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     policy: watch::Receiver<Arc<Policy>>,
     conn: ConnInfo,
     rpc: Rpc,
@@ -461,6 +461,15 @@ impl JobService for Service {
         let stream = output.chain(last);
         Ok(Response::new(Box::pin(self.guard(&access, stream))))
     }
+
+    async fn remove(
+        &self,
+        request: Request<proto::RemoveRequest>,
+    ) -> Result<Response<proto::RemoveResponse>, Status> {
+        let access = self.access(&request, Rpc::Remove, &request.get_ref().id)?;
+        self.jobs.remove(&access.job).await.map_err(to_status)?;
+        Ok(Response::new(proto::RemoveResponse {}))
+    }
 }
 
 /// The log's chunks as messages; ends after the last chunk or the first error.
@@ -509,6 +518,8 @@ pub(crate) fn status_message(s: &crate::job::Status) -> proto::JobStatus {
             State::Stopped => proto::State::Stopped,
             State::Oom => proto::State::Oom,
             State::OutputLimit => proto::State::OutputLimit,
+            State::Lost => proto::State::Lost,
+            State::OutputFailed => proto::State::OutputFailed,
         } as i32,
         exit_code,
         signal,

@@ -1,4 +1,5 @@
-//! The daemon's state directory, and the lock that makes it one daemon's.
+//! The daemon's state directory: the lock that makes it one daemon's, and
+//! the job store in it.
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -7,26 +8,32 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::ServerError;
+use crate::store::Store;
 
 /// Name of the lock file inside the state directory.
 const LOCK_FILE: &str = "jobsd.lock";
 
 /// A state directory, created if missing (mode 0700) and locked with an
 /// exclusive flock(2) on `jobsd.lock` for as long as this value lives, so that
-/// two daemons never write the same job files.
+/// two daemons never write the same job files; and its job store
+/// ([`crate::store::FILE_NAME`]).
 #[derive(Debug)]
 pub struct StateDir {
     path: PathBuf,
+    store: Store,
     _lock: Flock<File>,
 }
 
 impl StateDir {
-    /// Creates (if needed) and locks `path`.
+    /// Creates (if needed) and locks `path`, then opens (or creates) its
+    /// job store.
     ///
     /// # Errors
     /// [`ServerError::StateDir`] if the directory cannot be created or the
     /// lock file opened (e.g. the path is a file, or permission is denied);
-    /// [`ServerError::StateDirInUse`] if another process holds the lock.
+    /// [`ServerError::StateDirInUse`] if another process holds the lock;
+    /// [`ServerError::Store`] if the job store cannot be opened (not a jobs
+    /// database, written by a newer jobsd, unreadable).
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, ServerError> {
         let path = path.into();
         let err = |source| ServerError::StateDir {
@@ -53,12 +60,22 @@ impl StateDir {
             }
             Err((_, e)) => return Err(err(e.into())),
         };
-        Ok(Self { path, _lock: lock })
+        let store = Store::open(&path)?;
+        Ok(Self {
+            path,
+            store,
+            _lock: lock,
+        })
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Its job store.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 }
 

@@ -12,6 +12,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::job::{JobError, SpawnError};
 use crate::output::OutputError;
 use crate::policy::Denial;
+use crate::store::StoreError;
 
 /// Maps a job error to the gRPC status the peer sees.
 pub(crate) fn to_status(e: JobError) -> Status {
@@ -35,8 +36,53 @@ pub(crate) fn to_status(e: JobError) -> Status {
         JobError::ShuttingDown => Status::unavailable("the server is shutting down"),
         JobError::TooManyRunningJobs { .. } => Status::resource_exhausted(e.to_string()),
         JobError::AdminOnly => Status::permission_denied(e.to_string()),
+        JobError::StillRunning => Status::failed_precondition(e.to_string()),
+        JobError::Store(e) => store_status(e),
     }
 }
+
+/// A failure of the job store: a full disk is the operator's to fix and the
+/// caller's to retry later, as is a write the shutdown cut off; anything else
+/// is an internal error, detailed in the log only.
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Full => {
+            tracing::error!("the job store's disk is full");
+            Status::unavailable(STORE_FULL)
+        }
+        StoreError::NotRun => Status::unavailable("the server is shutting down"),
+        StoreError::CreateFile { .. }
+        | StoreError::Open { .. }
+        | StoreError::NotAJobsDatabase { .. }
+        | StoreError::SchemaTooNew { .. }
+        | StoreError::Migration { .. }
+        | StoreError::Write { .. }
+        | StoreError::Read { .. }
+        | StoreError::Corrupt { .. }
+        | StoreError::AlreadyExists { .. }
+        | StoreError::NotRunning { .. }
+        | StoreError::InsertedEnded { .. }
+        | StoreError::InvalidEnd { .. }
+        | StoreError::TimeOutOfRange { .. }
+        | StoreError::ValueTooLarge { .. } => internal("cannot record the job", &error_chain(&e)),
+    }
+}
+
+/// `e` and its sources, `: `-separated, for the log.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// What a caller is told when the server's disk is too full to record jobs.
+const STORE_FULL: &str =
+    "the server's disk is full, so it cannot record jobs now; retry later or ask its operator";
 
 fn spawn_status(e: SpawnError) -> Status {
     match e {

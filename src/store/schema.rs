@@ -1,0 +1,127 @@
+//! The schema of `jobs.db`: telling our database from anything else, its
+//! version (`PRAGMA user_version`), and the migrations between versions.
+
+use std::path::Path;
+
+use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
+
+use super::{SCHEMA_VERSION, StoreError};
+
+/// `PRAGMA application_id` of a jobs database: `jobs` in ASCII. SQLite keeps
+/// it in the file header (offset 68), so any database without it (or with
+/// another program's) is not ours.
+pub(super) const APPLICATION_ID: i32 = 0x6a6f_6273;
+
+/// One schema step, run inside the transaction that also sets the new
+/// `user_version`.
+type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
+
+/// Entry `i` takes a database from schema version `i` to `i + 1`. Append
+/// only: a released entry never changes, since databases out there ran it.
+const MIGRATIONS: &[Migration] = &[to_v1];
+
+// A new migration without a new SCHEMA_VERSION (or the reverse) does not build.
+const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
+
+/// Version 1: one row per job. Times are nanoseconds since the Unix epoch;
+/// byte counts are bytes. A running job has NULL in every end column
+/// (`ended_at_ns` .. `output_bytes`); an ended one has `ended_at_ns`,
+/// `state` and `output_bytes`, and `exit_code` or `signal` + `core_dumped`
+/// unless its state is `lost`. What is never queried (command, limits,
+/// usage) is JSON text.
+fn to_v1(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE jobs (
+            id               TEXT    NOT NULL PRIMARY KEY, -- canonical UUID v4
+            owner            TEXT    NOT NULL,             -- sha256:<64 hex>
+            command          TEXT    NOT NULL,             -- JSON array of strings
+            started_at_ns    INTEGER NOT NULL,
+            limits           TEXT,                         -- JSON object, NULL: none
+            max_output_bytes INTEGER,                      -- NULL: unlimited
+            recovery         TEXT,                         -- executor's token
+            ended_at_ns      INTEGER,                      -- NULL: running
+            state            TEXT,                         -- e.g. exited, lost
+            exit_code        INTEGER,
+            signal           INTEGER,
+            core_dumped      INTEGER,                      -- 0 or 1, with signal
+            usage            TEXT,                         -- JSON object, NULL: unknown
+            output_bytes     INTEGER
+        ) STRICT;
+        -- Retention: an owner's ended jobs, oldest first.
+        CREATE INDEX jobs_owner_ended ON jobs (owner, ended_at_ns);",
+    )
+}
+
+/// Checks that the freshly opened `conn` is an empty database or ours and
+/// not newer than [`SCHEMA_VERSION`] (writing nothing until then), sets the
+/// journal and sync modes, and migrates it to [`SCHEMA_VERSION`].
+pub(super) fn check_and_migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let open_err = |source: rusqlite::Error| match source.sqlite_error_code() {
+        // SQLite reads the header lazily, at the first statement.
+        Some(ErrorCode::NotADatabase) => StoreError::NotAJobsDatabase {
+            path: path.to_owned(),
+        },
+        _ => StoreError::Open {
+            path: path.to_owned(),
+            source,
+        },
+    };
+    let application_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(open_err)?;
+    // user_version is a signed 32-bit field; a negative one is simply a very
+    // large (too new) version.
+    let version = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i32>(0))
+        .map_err(open_err)? as u32;
+    let objects: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(open_err)?;
+    let empty = application_id == 0 && version == 0 && objects == 0;
+    if application_id != APPLICATION_ID && !empty {
+        return Err(StoreError::NotAJobsDatabase {
+            path: path.to_owned(),
+        });
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+
+    // A write-ahead log: a commit is one append and one fsync, and readers
+    // never see half a transaction. FULL syncs the log at every commit, so a
+    // write that returned survives a crash or power loss.
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(open_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        // E.g. a file system without shared memory for the WAL index. The
+        // rollback journal is as durable, only slower.
+        tracing::warn!(path = %path.display(), mode, "job database is not in WAL mode");
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_err)?;
+
+    for from in version..SCHEMA_VERSION {
+        let to = from + 1;
+        let migration_err = |source| StoreError::Migration {
+            path: path.to_owned(),
+            from,
+            to,
+            source,
+        };
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(migration_err)?;
+        MIGRATIONS[from as usize](&tx).map_err(migration_err)?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(migration_err)?;
+        tx.pragma_update(None, "user_version", to)
+            .map_err(migration_err)?;
+        tx.commit().map_err(migration_err)?;
+    }
+    Ok(())
+}
