@@ -1798,7 +1798,7 @@ memory = "unlimited"
         let max = u32::MAX;
         let rate = format!("an integer from 1 to {max}, or \"unlimited\"");
         let burst = format!("an integer from 1 to {max}");
-        let memory = "at least 4.0 MiB (4194304 bytes), or \"unlimited\"";
+        let memory = "at least 4.0 MiB (4194304 bytes) and at most 8 EiB, or \"unlimited\"";
         let cases: Vec<(String, &str, &str, String)> = vec![
             (
                 "[rate]\nrequests_per_second = 0".into(),
@@ -1846,13 +1846,13 @@ memory = "unlimited"
                 "[quota]\nmax_output_bytes = 0".into(),
                 "quota.max_output_bytes",
                 "0",
-                "at least 1 byte, or \"unlimited\"".into(),
+                "at least 1 byte and at most 8 EiB, or \"unlimited\"".into(),
             ),
             (
                 "[quota]\nmax_output_bytes = \"0M\"".into(),
                 "quota.max_output_bytes",
                 "\"0M\"",
-                "at least 1 byte, or \"unlimited\"".into(),
+                "at least 1 byte and at most 8 EiB, or \"unlimited\"".into(),
             ),
             (
                 "[limits]\nmemory = \"1M\"".into(),
@@ -1918,7 +1918,14 @@ memory = "unlimited"
                 "[limits]\nio_read = 0".into(),
                 "limits.io_read",
                 "0",
-                "at least 1 byte per second, or \"unlimited\"".into(),
+                "at least 1 byte and at most 8 EiB per second, or \"unlimited\"".into(),
+            ),
+            (
+                // Byte counts are stored as SQLite (signed 64-bit) integers.
+                "[quota]\nmax_output_bytes = \"8388608T\"".into(),
+                "quota.max_output_bytes",
+                "\"8388608T\"",
+                "at least 1 byte and at most 8 EiB, or \"unlimited\"".into(),
             ),
         ];
         for (text, key, value, expected) in &cases {
