@@ -448,7 +448,8 @@ type ContainChange = Box<dyn FnOnce(&mut jobs::exec::ContainConfig)>;
 /// down; [`TestServer::shutdown`] also waits until `serve` has returned.
 pub struct TestServer {
     addr: SocketAddr,
-    state: TempDir,
+    /// `None` only once [`TestServer::shutdown_keeping_state`] took it.
+    state: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
 }
@@ -496,7 +497,35 @@ impl TestServer {
         Self::start_full(tls, None, tweak).await
     }
 
+    /// A server on the state directory an earlier one left (see
+    /// [`TestServer::shutdown_keeping_state`]), with the standard server
+    /// certificate. With `contained`, jobs are contained as root exactly as
+    /// [`TestServer::start`] does; without, never (as
+    /// [`TestServer::start_uncontained`]).
+    pub async fn start_on(
+        state: TempDir,
+        contained: bool,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
+        let tls = server_pem().server_config().expect("server TLS config");
+        let contain: Option<ContainChange> = contained.then(|| Box::new(|_: &mut _| {}) as _);
+        Self::start_in(state, tls, contain, tweak).await
+    }
+
     async fn start_full(
+        tls: Arc<rustls::ServerConfig>,
+        contain: Option<ContainChange>,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
+        let state = tempfile::Builder::new()
+            .prefix("jobs-state-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("state dir");
+        Self::start_in(state, tls, contain, tweak).await
+    }
+
+    async fn start_in(
+        state: TempDir,
         tls: Arc<rustls::ServerConfig>,
         contain: Option<ContainChange>,
         tweak: impl FnOnce(&mut ServerConfig),
@@ -505,10 +534,6 @@ impl TestServer {
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
-        let state = tempfile::Builder::new()
-            .prefix("jobs-state-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("state dir");
         let state_dir = jobs::server::StateDir::open(state.path()).expect("lock state dir");
         let mut config = ServerConfig::new(tls, state_dir);
         if let (Some(change), Some(mut contain)) = (contain, contain_config(state.path())) {
@@ -524,7 +549,7 @@ impl TestServer {
         }));
         Self {
             addr,
-            state,
+            state: Some(state),
             stop: Some(stop),
             task: Some(task),
         }
@@ -542,7 +567,7 @@ impl TestServer {
 
     /// The server's state directory.
     pub fn state_dir(&self) -> &Path {
-        self.state.path()
+        self.state.as_ref().expect("the state directory").path()
     }
 
     /// Resolves the shutdown future and waits for `serve` to return.
@@ -552,6 +577,15 @@ impl TestServer {
         }
         let task = self.task.take().expect("server task");
         task.await.expect("the server task panicked")
+    }
+
+    /// As [`TestServer::shutdown`], but hands back the state directory
+    /// instead of deleting it, for [`TestServer::start_on`]. Once `serve` has
+    /// returned it has dropped its configuration, and with it the directory's
+    /// lock and job store, so the next server can open the directory.
+    pub async fn shutdown_keeping_state(mut self) -> (Result<(), ServerError>, TempDir) {
+        let state = self.state.take().expect("the state directory");
+        (self.shutdown().await, state)
     }
 }
 
