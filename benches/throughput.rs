@@ -205,7 +205,13 @@ async fn run() {
     let _ = stop_tx.send(());
     server.await.expect("server task").expect("server");
 
-    store_and_restart(&dir.path().join("state3"), &server_pem, &ca_path, dir.path()).await;
+    store_and_restart(
+        &dir.path().join("state3"),
+        &server_pem,
+        &ca_path,
+        dir.path(),
+    )
+    .await;
 }
 
 /// Writes 2000 finished job records through the store (one transaction
@@ -220,10 +226,9 @@ async fn store_and_restart(
     const RECORDS: usize = 2000;
     let state = jobs::server::StateDir::open(state_path).expect("state dir");
     let store = state.store().clone();
-    let owner = jobs::auth::Identity::from_certificate_der(
-        &rustls_pemfile_der(&dir.join("alice.crt")),
-    )
-    .expect("alice's identity");
+    let owner =
+        jobs::auth::Identity::from_certificate_der(&rustls_pemfile_der(&dir.join("alice.crt")))
+            .expect("alice's identity");
     std::fs::create_dir_all(state_path.join("output")).expect("output dir");
     let t = Instant::now();
     for i in 0..RECORDS {
@@ -289,7 +294,9 @@ async fn store_and_restart(
     let listed = client.list(false).await.expect("list").len();
     let took = t.elapsed();
     assert_eq!(listed, RECORDS, "a restart lost job records");
-    println!("restart: {listed} earlier jobs listed {took:.2?} after the state directory was opened (TLS connect included)");
+    println!(
+        "restart: {listed} earlier jobs listed {took:.2?} after the state directory was opened (TLS connect included)"
+    );
     let _ = stop_tx.send(());
     server.await.expect("server task").expect("server");
 }

@@ -54,7 +54,7 @@ pub use spec::{JobSpec, MAX_ARGS, MAX_ARGV_BYTES, MAX_PROGRAM_LEN};
 use crate::auth::Identity;
 use crate::output::{self, Log, LogReader};
 use crate::policy::Grant;
-use crate::store::{JobRecord, Store, StoreError};
+use crate::store::{JobEnd, JobRecord, Store, StoreError};
 
 /// Default time between SIGTERM and SIGKILL when a job is stopped.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -448,11 +448,44 @@ pub struct Jobs {
 #[derive(Default)]
 struct Registry {
     jobs: Mutex<HashMap<JobId, Arc<Job>>>,
-    /// Notified when a job ends (its owner's total may now be over the cap).
+    /// Notified when a job ends (its owner's total may now be over the cap)
+    /// or is removed (space was freed for ends not yet recorded).
     ended: tokio::sync::Notify,
+    /// Ends the store could not record when they happened (its disk was
+    /// full), retried by the retention task until they are written.
+    unrecorded: Mutex<Vec<(JobId, JobEnd)>>,
 }
 
 impl Registry {
+    /// Keeps `end` of job `id` to be recorded later, and wakes the retention
+    /// task.
+    fn defer_end(&self, id: JobId, end: JobEnd) {
+        self.unrecorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, end));
+        self.ended.notify_one();
+    }
+
+    /// Tries once to record every deferred end; keeps those that fail.
+    /// Returns how many are still unrecorded.
+    async fn record_deferred_ends(&self, store: &Store) -> usize {
+        let pending =
+            std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut failed = Vec::new();
+        for (id, end) in pending {
+            match store.finish(id, end.clone()).await {
+                Ok(()) => tracing::info!(job = %id, "recorded the job's end after all"),
+                // Removed meanwhile (`jobs rm`, retention): nothing to record.
+                Err(StoreError::NotRunning { .. }) => {}
+                Err(_) => failed.push((id, end)),
+            }
+        }
+        let mut unrecorded = self.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
+        unrecorded.extend(failed);
+        unrecorded.len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Job>>> {
         // A panic while holding this lock leaves the map itself consistent
         // (every operation on it is a single insert, remove or read), so
@@ -753,6 +786,8 @@ impl Jobs {
         }
         retention::delete_log(&self.config.output_dir, id);
         tracing::info!(job = %id, owner = %entry.owner, "job removed");
+        // Space was freed: ends that could not be recorded may fit now.
+        self.registry.ended.notify_one();
         Ok(())
     }
 
@@ -766,6 +801,13 @@ impl Jobs {
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+        let unrecorded = self.registry.record_deferred_ends(&self.store).await;
+        if unrecorded > 0 {
+            tracing::error!(
+                jobs = unrecorded,
+                "could not record how these jobs ended; the next daemon will show them as lost"
+            );
+        }
         self.executor.close();
     }
 

@@ -10,6 +10,9 @@
 //!
 //! The task sleeps until the next job is due or a job ends; it never polls
 //! (it wakes at least hourly, so that a change of the wall clock is noticed).
+//! It also records the job ends the store could not write when they happened
+//! (a full disk), whenever it wakes and every [`RETRY_UNRECORDED`] while any
+//! are left.
 //! A removal deletes the records from the store first, then the logs; a
 //! crash in between leaves logs without records, which [`super::Jobs::open`]
 //! deletes.
@@ -32,6 +35,10 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest the retention task sleeps without a job due, so that a wall-clock
 /// change (NTP, an operator) delays a removal by at most this.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+/// How often job ends the store could not record (its disk was full) are
+/// tried again, besides whenever a job ends or is removed.
+const RETRY_UNRECORDED: Duration = Duration::from_secs(10);
 
 /// When finished jobs are removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +145,7 @@ pub(super) struct Task {
 /// a job ends, or the registry shuts down.
 pub(super) async fn run(task: Task) {
     loop {
+        let unrecorded = task.registry.record_deferred_ends(&task.store).await;
         let entries: Vec<Entry> = task
             .registry
             .lock()
@@ -149,9 +157,12 @@ pub(super) async fn run(task: Task) {
         if !doomed.is_empty() {
             remove(&task, doomed).await;
         }
-        let sleep = next
+        let mut sleep = next
             .map_or(MAX_SLEEP, |at| at.duration_since(now).unwrap_or_default())
             .min(MAX_SLEEP);
+        if unrecorded > 0 {
+            sleep = sleep.min(RETRY_UNRECORDED);
+        }
         tokio::select! {
             _ = task.shutdown.cancelled() => return,
             _ = task.registry.ended.notified() => {}

@@ -301,8 +301,10 @@ pub(super) async fn supervise(s: Supervisor) {
                 usage,
                 output_bytes: sink.log.data_len(),
             };
-            if let Err(e) = store.finish(id, end).await {
-                tracing::error!(job = %id, error = %e, "cannot record the job's end; after a restart it will show as lost");
+            if let Err(e) = store.finish(id, end.clone()).await {
+                // Most likely a full disk: retried when space may be free.
+                tracing::error!(job = %id, error = %e, "cannot record the job's end now; will retry (until then, a restart shows it as lost)");
+                registry.defer_end(id, end);
             }
         }
         // Recording the end now could leave a record of output a crash

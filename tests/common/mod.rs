@@ -508,7 +508,11 @@ impl TestServer {
         tweak: impl FnOnce(&mut ServerConfig),
     ) -> Self {
         let tls = server_pem().server_config().expect("server TLS config");
-        let contain: Option<ContainChange> = contained.then(|| Box::new(|_: &mut _| {}) as _);
+        let contain: Option<ContainChange> = if contained {
+            Some(Box::new(|_| {}))
+        } else {
+            None
+        };
         Self::start_in(state, tls, contain, tweak).await
     }
 
@@ -1123,6 +1127,26 @@ pub async fn eventually(deadline: Duration, mut cond: impl FnMut() -> bool) -> b
     let end = tokio::time::Instant::now() + deadline;
     loop {
         if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// As [`eventually`], for a condition only a call to the server can observe
+/// (e.g. a removal by retention, which no event announces): awaits `cond`
+/// every 20 ms until it holds or `deadline` passes; returns whether it held.
+pub async fn eventually_async<F, Fut>(deadline: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if cond().await {
             return true;
         }
         if tokio::time::Instant::now() >= end {

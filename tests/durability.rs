@@ -1,0 +1,645 @@
+//! Jobs outlive the daemon: records and output survive a restart on the same
+//! state directory byte for byte; finished jobs go by age, by their owner's
+//! total output, or by Remove, and stay gone; a job store the daemon cannot
+//! read is refused without being touched.
+//!
+//! Jobs left running by a daemon that was killed (`kill -9`) cannot be made
+//! in-process without lying about it: an in-process server always stops its
+//! jobs as it returns. That case (`STATE_LOST`) is covered by the CLI tests,
+//! which kill a real `jobsd`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use jobs::client::Client;
+use jobs::job::Retention;
+use jobs::proto::{self, State};
+use jobs::server::{ServerError, StateDir};
+use jobs::store::{SCHEMA_VERSION, StoreError};
+
+/// A job's output as `(fd, bytes)` runs: adjacent chunks of the same fd
+/// merged, so that two reads of one log compare equal however the server cut
+/// it into chunks, while the order of stdout and stderr is kept.
+fn runs(chunks: &[(proto::Fd, Vec<u8>)]) -> Vec<(proto::Fd, Vec<u8>)> {
+    let mut out: Vec<(proto::Fd, Vec<u8>)> = Vec::new();
+    for (fd, data) in chunks {
+        match out.last_mut() {
+            Some((last, bytes)) if last == fd => bytes.extend_from_slice(data),
+            _ => out.push((*fd, data.clone())),
+        }
+    }
+    out
+}
+
+/// The bytes of `fd` in `runs`.
+fn of_fd(runs: &[(proto::Fd, Vec<u8>)], fd: proto::Fd) -> Vec<u8> {
+    runs.iter()
+        .filter(|(f, _)| *f == fd)
+        .flat_map(|(_, d)| d.iter().copied())
+        .collect()
+}
+
+/// What `seq 1 200000` prints.
+fn seq_reference() -> Vec<u8> {
+    (1..=200_000)
+        .map(|n| format!("{n}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// A proto timestamp as a `SystemTime`; panics when unset.
+fn time_of(ts: Option<prost_types::Timestamp>) -> SystemTime {
+    SystemTime::try_from(ts.expect("timestamp set")).expect("timestamp in range")
+}
+
+/// The names of the files in the server's output directory.
+fn log_files(state_dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(state_dir.join("output"))
+        .expect("list the output directory")
+        .flatten()
+        .map(|e| e.file_name().into_string().expect("UTF-8 file name"))
+        .collect()
+}
+
+/// `<id>.log` for each id.
+fn logs_of<'a>(ids: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    ids.into_iter().map(|id| format!("{id}.log")).collect()
+}
+
+/// True when `id`'s status is NOT_FOUND for `client`.
+async fn is_gone(client: &Client, id: &str) -> bool {
+    match client.status(id).await {
+        Ok(_) => false,
+        Err(e) => {
+            assert_eq!(
+                (code(&e), message(&e).as_str()),
+                (tonic::Code::NotFound, "no such job"),
+                "status of {id}"
+            );
+            true
+        }
+    }
+}
+
+/// Asserts that every call on `id` (stop, status, output, stream) and Remove
+/// answer NOT_FOUND "no such job", as for an id that never existed.
+async fn assert_no_such_job(client: &Client, id: &str) {
+    for (call, e) in every_job_call(client, id).await {
+        assert_eq!(
+            (code(&e), message(&e).as_str()),
+            (tonic::Code::NotFound, "no such job"),
+            "{call}({id})"
+        );
+    }
+    let e = client.remove(id).await.unwrap_err();
+    assert_eq!(
+        (code(&e), message(&e).as_str()),
+        (tonic::Code::NotFound, "no such job"),
+        "remove({id})"
+    );
+}
+
+/// Everything a finished job showed before the restart.
+struct Seen {
+    status: proto::JobStatus,
+    stream: Vec<(proto::Fd, Vec<u8>)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_graceful_shutdown_keeps_every_job_and_its_output() {
+    // Scenario: alice has finished jobs of every kind (1.3 MB of stdout,
+    // stdout and stderr interleaved, exit 3, killed by SIGKILL) and one that
+    // is still running when the server shuts down; bob has one. On the same
+    // state directory, the next server lists the same jobs in the same order
+    // with identical statuses, the running one as Stopped by SIGTERM, and
+    // serves every byte of their output on the right fd.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+
+    let seq = start(&alice, "seq", &["1", "200000"]).await;
+    let mixed = start(
+        &alice,
+        "sh",
+        &[
+            "-c",
+            "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done",
+        ],
+    )
+    .await;
+    let three = start(&alice, "sh", &["-c", "echo to-stderr >&2; exit 3"]).await;
+    let killed = start(&alice, "sh", &["-c", "echo before; kill -9 $$"]).await;
+    let bobs = start(&bob, "echo", &["bob's"]).await;
+
+    // (job, state, exit code, signal, stdout, stderr) as they must end.
+    let seq_out = seq_reference();
+    assert_eq!(
+        (seq_out.len(), seq_out.ends_with(b"\n200000\n")),
+        (1_288_895, true)
+    );
+    let expected: Vec<(
+        &proto::JobStatus,
+        State,
+        Option<i32>,
+        Option<i32>,
+        Vec<u8>,
+        Vec<u8>,
+    )> = vec![
+        (&seq, State::Exited, Some(0), None, seq_out, vec![]),
+        (
+            &mixed,
+            State::Exited,
+            Some(0),
+            None,
+            b"out1\nout2\nout3\nout4\nout5\n".to_vec(),
+            b"err1\nerr2\nerr3\nerr4\nerr5\n".to_vec(),
+        ),
+        (
+            &three,
+            State::Exited,
+            Some(3),
+            None,
+            vec![],
+            b"to-stderr\n".to_vec(),
+        ),
+        (
+            &killed,
+            State::Killed,
+            None,
+            Some(9),
+            b"before\n".to_vec(),
+            vec![],
+        ),
+    ];
+    let mut seen = Vec::new();
+    for (job, state, exit_code, signal, stdout, stderr) in &expected {
+        let f = follow(&alice, &job.id).await;
+        assert_eq!(
+            (f.status.state(), f.status.exit_code, f.status.signal),
+            (*state, *exit_code, *signal),
+            "{:?}",
+            job.command
+        );
+        assert_eq!(&f.stdout(), stdout, "stdout of {:?}", job.command);
+        assert_eq!(&f.stderr(), stderr, "stderr of {:?}", job.command);
+        assert_eq!(
+            f.status.output_bytes,
+            (stdout.len() + stderr.len()) as u64,
+            "{:?}",
+            job.command
+        );
+        seen.push(Seen {
+            status: f.status.clone(),
+            stream: runs(&f.chunks),
+        });
+    }
+    let bobs_final = wait_final(&bob, &bobs.id).await;
+
+    // Started last, so listed last; running when the server stops.
+    let sleeper = start(&alice, "sleep", &["600"]).await;
+    let before = alice.list(false).await.unwrap();
+    let order: Vec<&str> = [&seq, &mixed, &three, &killed, &sleeper]
+        .iter()
+        .map(|j| j.id.as_str())
+        .collect();
+    assert_eq!(
+        before.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        order
+    );
+    for (listed, seen) in before.iter().zip(&seen) {
+        assert_eq!(listed, &seen.status);
+    }
+    assert_eq!(before[4].state(), State::Running);
+    drop((alice, bob));
+
+    let (result, state) = server.shutdown_keeping_state().await;
+    result.expect("serve failed");
+    let server = TestServer::start_on(state, true, |_| {}).await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+
+    let after = alice.list(false).await.unwrap();
+    assert_eq!(
+        after.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        order,
+        "the same jobs in the same order"
+    );
+    for ((job, ..), (seen, now)) in expected.iter().zip(seen.iter().zip(&after)) {
+        assert_eq!(now, &seen.status, "status of {:?}", job.command);
+        assert_eq!(
+            &alice.status(&job.id).await.unwrap(),
+            now,
+            "status of {:?}",
+            job.command
+        );
+    }
+    // The running job was stopped by the shutdown, and that is what was
+    // recorded; it is otherwise the job it was.
+    let stopped = &after[4];
+    let mut want = before[4].clone();
+    want.state = State::Stopped as i32;
+    want.signal = Some(15);
+    want.ended_at = stopped.ended_at;
+    want.usage = stopped.usage;
+    assert_eq!(stopped, &want);
+    let (started, ended) = (time_of(stopped.started_at), time_of(stopped.ended_at));
+    assert!(
+        started <= ended && ended <= SystemTime::now(),
+        "ended_at {ended:?} outside [{started:?}, now]"
+    );
+
+    // Output, byte for byte and fd for fd, by Stream and by Output.
+    for ((job, _, _, _, stdout, stderr), seen) in expected.iter().zip(&seen) {
+        let f = follow(&alice, &job.id).await;
+        assert_eq!(&f.status, &seen.status, "final status of {:?}", job.command);
+        let streamed = runs(&f.chunks);
+        assert_eq!(
+            (
+                sha256(&of_fd(&streamed, proto::Fd::Stdout)),
+                sha256(&of_fd(&streamed, proto::Fd::Stderr))
+            ),
+            (sha256(stdout), sha256(stderr)),
+            "streamed output of {:?}",
+            job.command
+        );
+        assert!(streamed == seen.stream, "interleaving of {:?}", job.command);
+        let output = runs(&output_chunks(&alice, &job.id).await);
+        assert!(output == seen.stream, "Output of {:?}", job.command);
+    }
+    let f = follow(&alice, &sleeper.id).await;
+    assert_eq!((f.chunks.len(), &f.status), (0, stopped));
+    assert_eq!(output_chunks(&alice, &sleeper.id).await, vec![]);
+
+    // Bob's job is his alone, as before.
+    assert_eq!(bob.list(false).await.unwrap(), vec![bobs_final.clone()]);
+    let f = follow(&bob, &bobs.id).await;
+    assert_eq!(
+        (f.stdout(), f.stderr(), f.status),
+        (b"bob's\n".to_vec(), vec![], bobs_final)
+    );
+    assert_no_such_job(&bob, &seq.id).await;
+    assert_no_such_job(&alice, &bobs.id).await;
+    server.shutdown().await.expect("serve failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_removed_after_max_age_and_running_ones_never() {
+    // Scenario: with a 300 ms retention age, a finished job and its log file
+    // disappear on their own, but no earlier than 300 ms after it ended; a
+    // job that runs all the while stays, and goes the same way once stopped.
+    const AGE: Duration = Duration::from_millis(300);
+    let server = TestServer::start_with(|c| c.jobs.retention.max_age = Some(AGE)).await;
+    let alice = client(&server, "alice").await;
+    let state = server.state_dir().to_owned();
+    let long = start(&alice, "sleep", &["600"]).await;
+    let short = start(&alice, "echo", &["bye"]).await;
+    let ended = wait_final(&alice, &short.id).await;
+    assert_eq!(ended.state(), State::Exited);
+    assert_eq!(
+        log_files(&state),
+        logs_of([long.id.as_str(), short.id.as_str()])
+    );
+
+    assert!(
+        eventually_async(Duration::from_secs(10), || is_gone(&alice, &short.id)).await,
+        "the finished job was not removed within 10 s"
+    );
+    let seen_gone = SystemTime::now();
+    let due = time_of(ended.ended_at) + AGE;
+    assert!(
+        seen_gone >= due,
+        "removed {:?} before it was due",
+        due.duration_since(seen_gone).unwrap_or_default()
+    );
+    assert_no_such_job(&alice, &short.id).await;
+    assert!(
+        eventually(Duration::from_secs(5), || !state
+            .join("output")
+            .join(format!("{}.log", short.id))
+            .exists())
+        .await,
+        "the removed job's log file is still there"
+    );
+
+    // The long job has run for longer than the age by now, and stays.
+    let now = alice.status(&long.id).await.unwrap();
+    assert_eq!(now.state(), State::Running);
+    assert!(
+        SystemTime::now()
+            .duration_since(time_of(now.started_at))
+            .unwrap()
+            > AGE
+    );
+    assert_eq!(listed_ids(&alice).await, vec![long.id.clone()]);
+    assert_eq!(log_files(&state), logs_of([long.id.as_str()]));
+
+    let stopped = alice.stop(&long.id).await.unwrap();
+    assert_eq!(
+        (stopped.state(), stopped.signal),
+        (State::Stopped, Some(15))
+    );
+    assert!(
+        eventually_async(Duration::from_secs(10), || is_gone(&alice, &long.id)).await,
+        "the stopped job was not removed within 10 s"
+    );
+    let seen_gone = SystemTime::now();
+    assert!(
+        seen_gone >= time_of(stopped.ended_at) + AGE,
+        "removed before it was due"
+    );
+    assert_eq!(listed_ids(&alice).await, Vec::<String>::new());
+    assert!(
+        eventually(Duration::from_secs(5), || log_files(&state).is_empty()).await,
+        "log files left: {:?}",
+        log_files(&state)
+    );
+    server.shutdown().await.expect("serve failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_output_cap_an_identitys_oldest_finished_jobs_go_but_never_its_latest() {
+    // Scenario: with a 10 KiB cap per identity, alice runs 4 KiB jobs one
+    // after another: once a third ends, her oldest goes, and so on, so that
+    // she always keeps the two latest; a 12 KiB job alone over the cap is
+    // kept and takes the others with it. Bob's older jobs, 8 KiB in all, are
+    // never touched by alice's removals.
+    const CAP: u64 = 10 * 1024;
+    let server = TestServer::start_with(|c| {
+        c.jobs.retention = Retention {
+            max_age: None,
+            max_output_per_identity: Some(CAP),
+        }
+    })
+    .await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+    let state = server.state_dir().to_owned();
+
+    /// Runs `head -c BYTES /dev/zero` to its end and returns its id.
+    async fn run(client: &Client, bytes: u64) -> String {
+        let job = start(client, "head", &["-c", &bytes.to_string(), "/dev/zero"]).await;
+        let end = wait_final(client, &job.id).await;
+        assert_eq!(
+            (end.state(), end.exit_code, end.output_bytes),
+            (State::Exited, Some(0), bytes)
+        );
+        job.id
+    }
+
+    let bobs = vec![run(&bob, 4096).await, run(&bob, 4096).await];
+    let mut alices: Vec<String> = Vec::new();
+    // After the nth of alice's jobs ends: the ids she keeps.
+    for n in 1..=4 {
+        alices.push(run(&alice, 4096).await);
+        let keep: Vec<String> = alices[alices.len().saturating_sub(2)..].to_vec();
+        assert!(
+            eventually_async(Duration::from_secs(10), || async {
+                listed_ids(&alice).await == keep
+            })
+            .await,
+            "after job {n}: alice has {:?}, expected {keep:?} (all: {alices:?})",
+            listed_ids(&alice).await
+        );
+    }
+    let big = run(&alice, 12 * 1024).await;
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            listed_ids(&alice).await == [big.clone()]
+        })
+        .await,
+        "after the 12 KiB job: alice has {:?}, expected only it",
+        listed_ids(&alice).await
+    );
+    for gone in &alices {
+        assert_no_such_job(&alice, gone).await;
+    }
+    assert_eq!(listed_ids(&bob).await, bobs);
+    let kept = [big.as_str(), bobs[0].as_str(), bobs[1].as_str()];
+    assert!(
+        eventually(Duration::from_secs(5), || log_files(&state)
+            == logs_of(kept))
+        .await,
+        "log files {:?}, expected those of {kept:?}",
+        log_files(&state)
+    );
+    // The survivors' output is intact.
+    let (out, err) = collect_output(&alice, &big).await;
+    assert_eq!((out, err), (vec![0u8; 12 * 1024], vec![]));
+    server.shutdown().await.expect("serve failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_deletes_a_finished_job_for_good_and_nothing_else() {
+    // Scenario: alice removes her finished job: it is gone from every call
+    // and from the disk, also after a restart. A running job cannot be
+    // removed; bob cannot tell alice's job from a random id; a malformed id
+    // is INVALID_ARGUMENT; a follower that had the job open reads it to the
+    // end anyway.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+    let state = server.state_dir().to_owned();
+
+    let done = start(&alice, "echo", &["done"]).await;
+    wait_final(&alice, &done.id).await;
+    let kept = start(&alice, "echo", &["kept"]).await;
+    let kept_final = wait_final(&alice, &kept.id).await;
+    let running = start(&alice, "sleep", &["600"]).await;
+    assert!(log_files(&state).contains(&format!("{}.log", done.id)));
+
+    alice.remove(&done.id).await.expect("remove a finished job");
+    assert_no_such_job(&alice, &done.id).await;
+    assert_eq!(
+        listed_ids(&alice).await,
+        vec![kept.id.clone(), running.id.clone()]
+    );
+    assert_eq!(
+        log_files(&state),
+        logs_of([kept.id.as_str(), running.id.as_str()])
+    );
+
+    // A running job stays as it is.
+    let e = alice.remove(&running.id).await.unwrap_err();
+    assert_eq!(
+        (code(&e), message(&e).as_str()),
+        (
+            tonic::Code::FailedPrecondition,
+            "the job is still running; stop it first"
+        )
+    );
+    assert_eq!(
+        alice.status(&running.id).await.unwrap().state(),
+        State::Running
+    );
+
+    // Bob gets exactly what an unknown id gets, and alice's job stays.
+    let unknown = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+    let theirs = bob.remove(&kept.id).await.unwrap_err();
+    let nobodys = bob.remove(unknown).await.unwrap_err();
+    assert_eq!(
+        (code(&theirs), message(&theirs)),
+        (code(&nobodys), message(&nobodys))
+    );
+    assert_eq!(
+        (code(&theirs), message(&theirs).as_str()),
+        (tonic::Code::NotFound, "no such job")
+    );
+    assert_eq!(alice.status(&kept.id).await.unwrap(), kept_final);
+
+    for malformed in [
+        "",
+        "not-a-job",
+        "67E55044-10B1-426F-9247-BB680E5FE0C8",
+        "67e5504410b1426f9247bb680e5fe0c8",
+    ] {
+        let e = alice.remove(malformed).await.unwrap_err();
+        assert_eq!(
+            (code(&e), message(&e).as_str()),
+            (
+                tonic::Code::InvalidArgument,
+                "job id must be a UUID like 67e55044-10b1-426f-9247-bb680e5fe0c8"
+            ),
+            "{malformed:?}"
+        );
+    }
+
+    // Followers that opened the job before it was removed read all of it.
+    let big = start(&alice, "seq", &["1", "200000"]).await;
+    let big_final = wait_final(&alice, &big.id).await;
+    let mut stream = alice.stream(&big.id).await.unwrap();
+    let first = match stream.message().await.unwrap() {
+        Some(proto::StreamEvent {
+            event: Some(proto::stream_event::Event::Chunk(c)),
+        }) => c,
+        other => panic!("expected a first chunk, got {other:?}"),
+    };
+    let mut output = alice.output(&big.id).await.unwrap();
+    alice.remove(&big.id).await.expect("remove");
+    assert!(!log_files(&state).contains(&format!("{}.log", big.id)));
+    assert_no_such_job(&alice, &big.id).await;
+    let rest = tokio::time::timeout(STREAM_DEADLINE, follow_stream(stream))
+        .await
+        .expect("the follower did not finish");
+    let mut streamed = first.data;
+    streamed.extend(rest.stdout());
+    assert_eq!(
+        (sha256(&streamed), rest.stderr(), &rest.status),
+        (sha256(&seq_reference()), vec![], &big_final)
+    );
+    let mut read = Vec::new();
+    while let Some(c) = output.message().await.expect("output after remove") {
+        assert_eq!(check_chunk(&c), proto::Fd::Stdout);
+        read.extend(c.data);
+    }
+    assert_eq!(sha256(&read), sha256(&seq_reference()));
+
+    // Removed stays removed on the next server.
+    drop((alice, bob));
+    let (result, state) = server.shutdown_keeping_state().await;
+    result.expect("serve failed");
+    let server = TestServer::start_on(state, true, |_| {}).await;
+    let alice = client(&server, "alice").await;
+    assert_eq!(
+        listed_ids(&alice).await,
+        vec![kept.id.clone(), running.id.clone()]
+    );
+    assert_no_such_job(&alice, &done.id).await;
+    assert_no_such_job(&alice, &big.id).await;
+    assert_eq!(
+        log_files(server.state_dir()),
+        logs_of([kept.id.as_str(), running.id.as_str()])
+    );
+    // The job the shutdown stopped can be removed now.
+    alice
+        .remove(&running.id)
+        .await
+        .expect("remove the stopped job");
+    assert_eq!(listed_ids(&alice).await, vec![kept.id.clone()]);
+    server.shutdown().await.expect("serve failed");
+}
+
+/// A state directory to break, under Cargo's target tmp dir.
+fn scratch_state() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("jobs-store-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir");
+    let state = dir.path().join("state");
+    (dir, state)
+}
+
+#[test]
+fn a_store_written_by_a_newer_jobsd_is_refused_and_left_alone() {
+    // Scenario: the state directory's jobs.db says schema version 99 (a later
+    // jobsd wrote it); this one refuses to open it, says which versions, and
+    // changes nothing in the file.
+    let (_dir, state) = scratch_state();
+    drop(StateDir::open(&state).expect("a new state directory"));
+    let db = state.join(jobs::store::FILE_NAME);
+    {
+        let conn = rusqlite::Connection::open(&db).expect("open jobs.db");
+        conn.pragma_update(None, "user_version", 99)
+            .expect("set user_version");
+    }
+    let before = std::fs::read(&db).unwrap();
+    match StateDir::open(&state) {
+        Err(ServerError::Store(StoreError::SchemaTooNew {
+            path,
+            found,
+            supported,
+        })) => {
+            assert_eq!((path, found, supported), (db.clone(), 99, SCHEMA_VERSION));
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    assert!(std::fs::read(&db).unwrap() == before, "jobs.db was changed");
+    // Refused again, the same way: nothing was half-migrated.
+    assert!(matches!(
+        StateDir::open(&state),
+        Err(ServerError::Store(StoreError::SchemaTooNew {
+            found: 99,
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn a_jobs_db_that_is_not_ours_is_refused_and_left_alone() {
+    // Scenario: jobs.db is a text file, or another program's SQLite database;
+    // either is NotAJobsDatabase and stays exactly as it was.
+    let (_dir, state) = scratch_state();
+    std::fs::create_dir_all(&state).unwrap();
+    let db = state.join(jobs::store::FILE_NAME);
+    let text = b"not a database, just some text that is long enough to be a header\n".repeat(4);
+    std::fs::write(&db, &text).unwrap();
+    match StateDir::open(&state) {
+        Err(ServerError::Store(StoreError::NotAJobsDatabase { path })) => assert_eq!(path, db),
+        other => panic!("expected NotAJobsDatabase, got {other:?}"),
+    }
+    assert!(
+        std::fs::read(&db).unwrap() == text,
+        "the text file was changed"
+    );
+
+    let (_dir, state) = scratch_state();
+    std::fs::create_dir_all(&state).unwrap();
+    let db = state.join(jobs::store::FILE_NAME);
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+            .unwrap();
+    }
+    let before = std::fs::read(&db).unwrap();
+    match StateDir::open(&state) {
+        Err(ServerError::Store(StoreError::NotAJobsDatabase { path })) => assert_eq!(path, db),
+        other => panic!("expected NotAJobsDatabase, got {other:?}"),
+    }
+    assert!(
+        std::fs::read(&db).unwrap() == before,
+        "the other database was changed"
+    );
+}
