@@ -200,3 +200,84 @@ impl Drop for GroupProcess {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `sleep 600` leading its own process group, as jobs are started.
+    fn group_leader() -> Child {
+        Command::new("sleep")
+            .arg("600")
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn reclaim_kills_the_recorded_group_and_only_that() {
+        // Scenario: a dead daemon left an uncontained job running; the next
+        // one kills its group from the recorded token, but not a process that
+        // merely has the same pid with another start time.
+        let mut job = group_leader();
+        let token = recovery_token(job.id()).expect("token of a live process");
+        assert_eq!(
+            token,
+            format!("pgid={},start={}", job.id(), start_time(job.id()).unwrap())
+        );
+
+        let mut other = group_leader();
+        let pid = other.id();
+        let stale = format!("pgid={pid},start={}", start_time(pid).unwrap() + 1);
+        assert_eq!(reclaim(&stale).unwrap(), 0);
+        assert_eq!(other.try_wait().unwrap(), None, "a reused pid was killed");
+
+        assert_eq!(reclaim(&token).unwrap(), 1);
+        assert_eq!(job.wait().unwrap().signal(), Some(libc::SIGKILL));
+        // Gone: nothing left to kill.
+        assert_eq!(reclaim(&token).unwrap(), 0);
+
+        other.kill().unwrap();
+        other.wait().unwrap();
+    }
+
+    #[test]
+    fn reclaim_refuses_tokens_it_did_not_write() {
+        for bad in [
+            "",
+            "pgid=",
+            "pgid=12",
+            "pgid=x,start=1",
+            "pgid=1,start=5",
+            "pgid=0,start=5",
+            "cgroup=abc",
+        ] {
+            let e = reclaim(bad).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn start_time_reads_past_a_command_name_with_spaces_and_parentheses() {
+        // Scenario: a job's program is named `x) 1 2 3`; a naive split of
+        // /proc/PID/stat would read a field of the name as the start time.
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("x) 1 2 3");
+        std::os::unix::fs::symlink("/bin/sleep", &odd).unwrap();
+        let mut child = Command::new(&odd).arg("600").spawn().unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+        assert!(stat.contains("(x) 1 2 3)"), "{stat}");
+        let ours = start_time(std::process::id()).unwrap();
+        let mut later = group_leader();
+        let after = start_time(later.id()).unwrap();
+        let started = start_time(child.id()).expect("a start time");
+        assert!(
+            ours <= started && started <= after,
+            "start time {started} not between ours ({ours}) and a later child's ({after})"
+        );
+        later.kill().unwrap();
+        later.wait().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

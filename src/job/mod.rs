@@ -24,6 +24,7 @@
 
 mod executor;
 mod limits;
+mod restore;
 mod retention;
 mod spec;
 mod supervisor;
@@ -551,7 +552,7 @@ impl Jobs {
             .map_err(dir_error)?;
         restrict_to_owner(&config.output_dir).map_err(dir_error)?;
         let registry = Arc::new(Registry::default());
-        restore(&registry, executor.as_ref(), &config.output_dir, &store)?;
+        restore::restore(&registry, executor.as_ref(), &config.output_dir, &store)?;
         let jobs = Self {
             executor,
             config,
@@ -824,108 +825,6 @@ impl Jobs {
     pub fn shutting_down(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
         self.shutdown.clone().cancelled_owned()
     }
-}
-
-/// Fills `registry` from `store` for [`Jobs::open`].
-fn restore(
-    registry: &Registry,
-    executor: &dyn Executor,
-    output_dir: &std::path::Path,
-    store: &Store,
-) -> Result<(), OpenError> {
-    let records = store.load()?;
-    let now = SystemTime::now();
-    let mut lost = HashMap::new();
-    let mut jobs = registry.lock();
-    for record in &records {
-        let path = output_dir.join(record.id.log_name());
-        let (log, phase) = match &record.end {
-            Some(end) => {
-                let log = output::open_sealed(&path, end.output_bytes).or_else(|e| {
-                    // Its record says it ended with its output flushed, so
-                    // only someone else can have taken the file away.
-                    tracing::error!(job = %record.id, error = %e, "output log of a finished job is missing; it now reads as empty");
-                    output::recover(&path).map(|(log, _)| log)
-                });
-                (
-                    log,
-                    Phase::Final {
-                        state: end.state,
-                        exit: end.exit,
-                        ended_at: end.ended_at,
-                        usage: end.usage,
-                    },
-                )
-            }
-            None => {
-                // Left running by a dead daemon: kill what is left of it
-                // before anything else reads its state.
-                if let Some(token) = &record.recovery {
-                    match executor.reclaim(token) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::warn!(job = %record.id, killed = n, "killed what a dead daemon's job left running")
-                        }
-                        Err(e) => {
-                            tracing::error!(job = %record.id, error = %e, "cannot kill what a dead daemon's job left running")
-                        }
-                    }
-                }
-                let log = output::recover(&path).map(|(log, found)| {
-                    if found.cut > 0 {
-                        tracing::warn!(job = %record.id, cut = found.cut, "cut an unfinished record from the end of a lost job's output");
-                    }
-                    lost.insert(record.id, found.data);
-                    log
-                });
-                (
-                    log,
-                    Phase::Final {
-                        state: State::Lost,
-                        exit: None,
-                        ended_at: now,
-                        usage: None,
-                    },
-                )
-            }
-        };
-        let log = match log {
-            Ok(log) => log,
-            Err(e) => {
-                tracing::error!(job = %record.id, error = %e, "cannot open the job's output log; its output reads as empty");
-                output::sealed_empty(&path)
-            }
-        };
-        // The sender goes away at once: the phase is final for good.
-        let (_, phase) = watch::channel(phase);
-        let (stop, _) = watch::channel(false);
-        jobs.insert(
-            record.id,
-            Arc::new(Job {
-                id: record.id,
-                owner: record.owner,
-                command: record.command.clone(),
-                started_at: record.started_at,
-                phase,
-                stop,
-                log,
-                limits: record.limits,
-                max_output_bytes: record.max_output_bytes,
-                meter: None,
-            }),
-        );
-    }
-    drop(jobs);
-    if !lost.is_empty() {
-        let marked = store.mark_lost(now, |id| lost.get(&id).copied().unwrap_or(0))?;
-        tracing::warn!(
-            jobs = marked.len(),
-            "jobs were running when the previous daemon died; they are now marked lost"
-        );
-    }
-    retention::sweep_orphan_logs(output_dir, &registry.lock());
-    tracing::info!(jobs = records.len(), "job records loaded");
-    Ok(())
 }
 
 use std::os::unix::fs::DirBuilderExt;
