@@ -2,7 +2,9 @@
 # The whole product on real input, on loopback, in a temporary directory:
 # certificates issued, jobsd started with a policy and an audit log, a real
 # job run and followed as alice, bob refused, an admin stopping alice's job,
-# bob denylisted by a policy reload, an output quota, everything shut down.
+# bob denylisted by a policy reload, an output quota, jobsd killed and
+# restarted with every job still listed (a running one lost), everything
+# shut down.
 # Usage: bash scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -158,6 +160,7 @@ say "The audit log: one JSON line per decision (last 4 of $(wc -l <"$tmp/audit.j
 tail -n 4 "$tmp/audit.jsonl"
 
 say "Durable state: jobsd is killed (SIGKILL) while one of alice's jobs runs"
+policy "\"$bob\""   # the operator fixes the broken file before the restart
 finished=$(as_alice start -- /bin/sh -c 'echo "kept across restarts"')
 as_alice stream "$finished" >/dev/null
 running=$(as_alice start -- /bin/sh -c 'echo "written before the crash"; exec sleep 600')
