@@ -387,7 +387,7 @@ async fn follow(client: &Client, id: &str, mut interrupts: Interrupts) -> anyhow
                     Some(Event::Chunk(chunk)) => write_chunk(chunk).await.with_context(incomplete)?,
                     Some(Event::FinalStatus(status)) => {
                         if status.state == proto::State::Lost as i32 {
-                            eprint_line(&format!("jobs: job {id} was lost: {}", format::describe(&status)));
+                            eprint_line(&format!("jobs: job {id}: {}", format::describe(&status)));
                         }
                         return format::exit_code(&status)
                             .ok_or_else(|| anyhow!("the server sent a final status that is not final"))

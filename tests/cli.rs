@@ -247,10 +247,54 @@ impl Daemon {
         let id = String::from_utf8(out.stdout).unwrap();
         id.trim_end().to_owned()
     }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).unwrap())
+    }
+
+    /// SIGKILLs jobsd (it gets no chance to record anything more) and returns
+    /// its sandbox, state directory included, for a successor.
+    fn crash(mut self) -> Sandbox {
+        kill(self.pid(), Signal::SIGKILL).unwrap();
+        self.child.wait().unwrap();
+        std::mem::replace(&mut self.sandbox, Sandbox::new())
+    }
+
+    /// SIGTERMs jobsd, checks that it exits 0 within [`DEADLINE`], and
+    /// returns its sandbox for a successor.
+    fn terminate(mut self) -> Sandbox {
+        kill(self.pid(), Signal::SIGTERM).unwrap();
+        let status = wait_until(&mut self.child, Instant::now() + DEADLINE)
+            .expect("jobsd did not exit after SIGTERM");
+        assert!(status.success(), "jobsd ended with {status}");
+        std::mem::replace(&mut self.sandbox, Sandbox::new())
+    }
+
+    /// `jobs ARGS` as `user` with its stdout and stderr on one file, so that
+    /// the order in which the CLI wrote them is kept; returns the exit code
+    /// and what the file holds.
+    fn jobs_merged(&self, user: &User, args: &[&str]) -> (i32, Vec<u8>) {
+        let path = self
+            .dir
+            .path()
+            .join(format!("merged-{}", uuid::Uuid::new_v4()));
+        let file = fs::File::create_new(&path).unwrap();
+        let mut cmd = self.command(user, args);
+        cmd.stdout(file.try_clone().unwrap()).stderr(file);
+        let out = finish(cmd.spawn().unwrap());
+        let merged = fs::read(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        (out.code, merged)
+    }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A daemon a test already reaped is left alone: its pid may be
+        // another process's by now.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap());
         // ESRCH if a test killed it already; it is reaped below either way.
         let _ = kill(pid, Signal::SIGTERM);
@@ -1568,4 +1612,831 @@ fn a_job_over_its_output_quota_is_stopped_and_says_so() {
             &Value::from(1000)
         )
     );
+}
+
+// ---------------------------------------------------------------------------
+// Durable state: crashes and restarts, `jobs rm`, foreign databases, a full
+// disk, shutdown with open streams.
+
+/// How the daemon under test runs its jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Containment {
+    /// In a cgroup and namespaces, as `nobody`: jobsd's default as root.
+    On,
+    /// In a process group of jobsd's own user.
+    Off,
+}
+
+impl Containment {
+    /// jobsd's options for this mode.
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Containment::On => &[],
+            // As root, running jobs as root needs the operator's consent.
+            Containment::Off if common::is_root() => &["--containment", "off", "--allow-root"],
+            Containment::Off => &["--containment", "off"],
+        }
+    }
+
+    /// Prints why `test` cannot run in this mode here and returns true
+    /// (containing jobs needs root).
+    fn skip(self, test: &str) -> bool {
+        self == Containment::On && skip_unless_root(test)
+    }
+
+    /// Host pids of the live processes of job `id`, whose first process
+    /// printed `leader` as its `$$`: for a contained job those in its cgroup,
+    /// for an uncontained one those in the process group `leader` leads.
+    fn processes(self, id: &str, leader: i32) -> Vec<i32> {
+        match self {
+            Containment::On => common::job_processes(id),
+            Containment::Off => group_members(leader),
+        }
+    }
+}
+
+/// The process group of `pid` (field 5 of `/proc/PID/stat`, proc(5)).
+fn process_group(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields resume after
+    // the last ')', at field 3.
+    stat[stat.rfind(')')? + 2..].split(' ').nth(2)?.parse().ok()
+}
+
+fn host_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
+/// Live (not zombie) processes in process group `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    host_pids()
+        .into_iter()
+        .filter(|&pid| process_group(pid) == Some(pgid) && common::alive(pid))
+        .collect()
+}
+
+/// Live processes whose argv is `sleep ARG` (not, say, a `jobs-init` whose
+/// own argv ends in those words).
+fn sleeping(arg: &str) -> Vec<i32> {
+    let cmdline = format!("sleep\0{arg}\0");
+    host_pids()
+        .into_iter()
+        .filter(|&pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == cmdline.as_bytes())
+                && common::alive(pid)
+        })
+        .collect()
+}
+
+/// A `sleep` argument no other test uses (GNU sleep takes fractions), so
+/// that the job's process can be told apart in `/proc` from everyone else's.
+fn unique_sleep() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("600.{}{n:04}", std::process::id())
+}
+
+/// Polls `cond` every 20 ms until it holds, for up to 2 s; returns whether
+/// it held. Only for `/proc` conditions, which have no event to wait on:
+/// SIGKILL takes effect when its target next runs, so a process killed a
+/// moment ago may still show as running.
+fn settles(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Where `text` first differs from "1\n2\n3\n…" (what `seq 1 N` prints),
+/// `None` if it is a prefix of that.
+fn counting_mismatch(text: &[u8]) -> Option<usize> {
+    let mut expected = Vec::with_capacity(text.len() + 24);
+    let mut i = 1u64;
+    while expected.len() < text.len() {
+        writeln!(expected, "{i}").unwrap();
+        i += 1;
+    }
+    text.iter().zip(&expected).position(|(a, b)| a != b)
+}
+
+/// What a job's status line says of a job that ran when jobsd died.
+const LOST: &str = "lost: the server stopped while it ran";
+
+/// Jobs that count "1\n2\n3\n…" forever after printing their `$$` on a line
+/// of its own, with a `sleep` beside them that writes nothing (so it
+/// outlives a dead daemon's pipes: only a restart's clean-up ends it). One
+/// writes a few bytes per `write`, one a few KiB (`seq` in blocks).
+const COUNTERS: [&str; 2] = [
+    "sleep 600 & echo $$; i=0; while :; do i=$((i+1)); echo $i; done",
+    "sleep 600 & echo $$; i=0; while :; do seq $((i*1000+1)) $((i*1000+1000)); i=$((i+1)); done",
+];
+
+/// A job that ran when jobsd was SIGKILLed, as its follower saw it.
+struct Crashed {
+    id: String,
+    /// The `sh -c` script.
+    script: &'static str,
+    /// The `$$` the job printed (a host pid only without containment).
+    leader: i32,
+    /// Host pids of its processes, alive just before the kill.
+    processes: Vec<i32>,
+    /// Everything `jobs stream` printed before it was cut off.
+    seen: Vec<u8>,
+}
+
+/// Starts `script` (one of [`COUNTERS`]) on `d`, follows it until at least
+/// `offset` bytes have arrived, SIGKILLs jobsd and returns its sandbox and
+/// the job. The follower must be cut off with exit 255.
+fn crash_mid_output(
+    d: Daemon,
+    mode: Containment,
+    script: &'static str,
+    offset: usize,
+) -> (Sandbox, Crashed) {
+    let id = d.start_job(&d.alice, &["sh", "-c", script]);
+    let mut follower = d
+        .command(&d.alice, &["stream", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = follower.stdout.take().unwrap();
+    let (reached, at_offset) = std::sync::mpsc::channel();
+    // Reads to the end; tells once `offset` bytes (and the pid line) are in.
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut told = false;
+        loop {
+            let n = stdout.read(&mut buf).unwrap();
+            if n == 0 {
+                return seen;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if !told && seen.len() >= offset && seen.contains(&b'\n') {
+                told = true;
+                let line = seen.split(|&b| b == b'\n').next().unwrap().to_vec();
+                let _ = reached.send(line);
+            }
+        }
+    });
+    let line = at_offset
+        .recv_timeout(DEADLINE)
+        .unwrap_or_else(|e| panic!("job {id} did not print {offset} bytes: {e}"));
+    let leader: i32 = std::str::from_utf8(&line).unwrap().parse().unwrap();
+    let processes = mode.processes(&id, leader);
+    assert!(
+        processes.len() >= 2,
+        "job {id}: the counter and its sleep should be running: {processes:?}"
+    );
+    let sandbox = d.crash();
+    let cut = finish(follower);
+    assert_eq!(cut.code, 255, "{cut:?}");
+    assert!(
+        cut.stderr.starts_with(&format!(
+            "jobs: error: lost track of job {id} before it ended; its output may be incomplete: "
+        )),
+        "{}",
+        cut.stderr
+    );
+    let seen = reader.join().unwrap();
+    (
+        sandbox,
+        Crashed {
+            id,
+            script,
+            leader,
+            processes,
+            seen,
+        },
+    )
+}
+
+/// Checks, on the daemon that followed a crash, that `job` is `lost`, that
+/// nothing of it runs any more, and that its kept output is a byte-exact
+/// prefix of what it printed, holding everything its follower saw; returns
+/// that output.
+fn check_lost(d: &Daemon, mode: Containment, job: &Crashed) -> Vec<u8> {
+    let id = job.id.as_str();
+    let left = || mode.processes(id, job.leader);
+    assert!(settles(|| left().is_empty()), "job {id} left {:?}", left());
+    for &pid in &job.processes {
+        assert!(!common::alive(pid), "process {pid} of job {id} survived");
+    }
+    let out = headline(d.jobs(&d.alice, &["status", id]));
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (
+            0,
+            format!("{id}  {LOST}  sh -c '{}'\n", job.script).as_str(),
+            ""
+        ),
+    );
+    let out = d.jobs(&d.alice, &["output", id]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""), "jobs output {id}");
+    let kept = out.stdout;
+    assert!(
+        kept.starts_with(&job.seen),
+        "job {id}: kept {} bytes, not a continuation of the {} its follower saw",
+        kept.len(),
+        job.seen.len()
+    );
+    let pid_line = format!("{}\n", job.leader);
+    assert!(kept.starts_with(pid_line.as_bytes()), "job {id}");
+    let counted = &kept[pid_line.len()..];
+    assert_eq!(
+        counting_mismatch(counted),
+        None,
+        "job {id}: kept output differs from the count ({} bytes)",
+        counted.len()
+    );
+    let v = json(&d.jobs(&d.alice, &["status", "--json", id]));
+    assert_eq!(
+        (
+            &v["state"],
+            &v["exit_code"],
+            &v["signal"],
+            &v["output_bytes"]
+        ),
+        (
+            &Value::from("lost"),
+            &Value::Null,
+            &Value::Null,
+            &Value::from(kept.len())
+        ),
+        "job {id}"
+    );
+    // A follower gets all of it, then is told the job was lost.
+    let out = d.jobs(&d.alice, &["stream", id]);
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (255, format!("jobs: job {id}: {LOST}\n").as_str()),
+    );
+    assert!(
+        out.stdout == kept,
+        "jobs stream {id} differs from jobs output"
+    );
+    kept
+}
+
+/// The body of [`kill_9_mid_output_repeatedly_contained`] and
+/// [`kill_9_mid_output_repeatedly_uncontained`].
+fn kill_9_mid_output_repeatedly(mode: Containment) {
+    let mut d = Daemon::start_in(Sandbox::new(), mode.args());
+    let finished = d.start_job(&d.alice, &["sh", "-c", "echo done; exit 3"]);
+    assert_eq!(d.jobs(&d.alice, &["stream", &finished]).code, 3);
+    let finished_line = format!("{finished}  exited with code 3  sh -c 'echo done; exit 3'\n");
+    // Every job so far: its status line and output, which no later crash
+    // may change.
+    let mut earlier: Vec<(String, String, Vec<u8>)> =
+        vec![(finished.clone(), finished_line, b"done\n".to_vec())];
+    for (round, offset) in [1, 256 << 10, 2 << 20].into_iter().enumerate() {
+        let script = COUNTERS[round % COUNTERS.len()];
+        let (sandbox, job) = crash_mid_output(d, mode, script, offset);
+        d = Daemon::start_in(sandbox, mode.args());
+        let kept = check_lost(&d, mode, &job);
+        for (id, line, output) in &earlier {
+            let status = headline(d.jobs(&d.alice, &["status", id]));
+            assert_eq!(status.stdout_str(), line, "round {round}");
+            let out = d.jobs(&d.alice, &["output", id]);
+            assert!(
+                (out.code, out.stderr.as_str()) == (0, "") && out.stdout == *output,
+                "round {round}: the output of job {id} changed ({} bytes now, {} before)",
+                out.stdout.len(),
+                output.len()
+            );
+        }
+        let line = format!("{}  {LOST}  sh -c '{script}'\n", job.id);
+        earlier.push((job.id, line, kept));
+        // `jobs list`: every job, oldest first, none running.
+        let out = d.jobs(&d.alice, &["list", "--json"]);
+        let listed: Vec<(String, String)> = json(&out)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| {
+                (
+                    j["id"].as_str().unwrap().to_owned(),
+                    j["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let mut expected = vec![(finished.clone(), "exited".to_owned())];
+        expected.extend(
+            earlier[1..]
+                .iter()
+                .map(|(id, ..)| (id.clone(), "lost".to_owned())),
+        );
+        assert_eq!(listed, expected, "round {round}");
+    }
+}
+
+#[test]
+fn kill_9_mid_output_repeatedly_contained() {
+    // Scenario: jobsd is SIGKILLed three times on one state directory, each
+    // time while a contained job is writing (after its first line, 256 KiB,
+    // 2 MiB). After each restart the job is `lost`, nothing of it runs, its
+    // output is a byte-exact prefix of what it wrote holding all its follower
+    // saw, and every earlier job keeps its state and output.
+    if Containment::On.skip("kill_9_mid_output_repeatedly_contained") {
+        return;
+    }
+    kill_9_mid_output_repeatedly(Containment::On);
+}
+
+#[test]
+fn kill_9_mid_output_repeatedly_uncontained() {
+    // Scenario: as kill_9_mid_output_repeatedly_contained, with containment
+    // off: the restart finds what is left of each job by its process group.
+    kill_9_mid_output_repeatedly(Containment::Off);
+}
+
+/// The body of [`kill_9_after_a_burst_of_starts_contained`] and its
+/// uncontained twin.
+fn kill_9_after_a_burst_of_starts(mode: Containment) {
+    let d = Daemon::start_in(Sandbox::new(), mode.args());
+    let sleep = unique_sleep();
+    let ids: Vec<String> = (0..20)
+        .map(|_| d.start_job(&d.alice, &["sleep", &sleep]))
+        .collect();
+    let sandbox = d.crash();
+    // Orphaned, the jobs run on until a successor cleans up.
+    assert!(
+        settles(|| sleeping(&sleep).len() == ids.len()),
+        "{:?}",
+        sleeping(&sleep)
+    );
+    let d = Daemon::start_in(sandbox, mode.args());
+    assert!(
+        settles(|| sleeping(&sleep).is_empty()),
+        "{:?}",
+        sleeping(&sleep)
+    );
+    if mode == Containment::On {
+        for id in &ids {
+            let left = common::job_processes(id);
+            assert!(left.is_empty(), "job {id} left {left:?} in its cgroup");
+        }
+    }
+    let expected: String = ids
+        .iter()
+        .map(|id| format!("{id}  {LOST}  sleep {sleep}\n"))
+        .collect();
+    let out = d.jobs(&d.alice, &["list"]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (0, expected.as_str(), "")
+    );
+}
+
+#[test]
+fn kill_9_after_a_burst_of_starts_contained() {
+    // Scenario: 20 `jobs start` in a row, jobsd SIGKILLed the moment the
+    // last id is printed: every acknowledged job is listed after the
+    // restart, as lost, and none of them still runs.
+    if Containment::On.skip("kill_9_after_a_burst_of_starts_contained") {
+        return;
+    }
+    kill_9_after_a_burst_of_starts(Containment::On);
+}
+
+#[test]
+fn kill_9_after_a_burst_of_starts_uncontained() {
+    // Scenario: as kill_9_after_a_burst_of_starts_contained, containment off.
+    kill_9_after_a_burst_of_starts(Containment::Off);
+}
+
+/// The body of [`finished_jobs_survive_kill_9_contained`] and its twin.
+fn finished_jobs_survive_kill_9(mode: Containment) {
+    let d = Daemon::start_in(Sandbox::new(), mode.args());
+    let blob = random_bytes((1 << 20) + 7);
+    let path = d.dir.path().join("blob");
+    fs::write(&path, &blob).unwrap();
+    let interleaved = "echo out1; echo err1 >&2; printf out2; printf err2 >&2; exit 0";
+    let jobs: [(Vec<&str>, i32, &str); 4] = [
+        (
+            vec!["sh", "-c", "exit 3"],
+            3,
+            "exited with code 3  sh -c 'exit 3'",
+        ),
+        (
+            vec!["sh", "-c", "kill -9 $$"],
+            137,
+            "killed by signal 9 (SIGKILL)  sh -c 'kill -9 $$'",
+        ),
+        (vec!["sh", "-c", interleaved], 0, ""),
+        (vec!["cat", path.to_str().unwrap()], 0, ""),
+    ];
+    // Per job: id, full status text, JSON status, merged and split output.
+    let mut before = Vec::new();
+    for (argv, code, line) in &jobs {
+        let id = d.start_job(&d.alice, argv);
+        assert_eq!(d.jobs(&d.alice, &["stream", &id]).code, *code, "{argv:?}");
+        if !line.is_empty() {
+            let out = headline(d.jobs(&d.alice, &["status", &id]));
+            assert_eq!(out.stdout_str(), format!("{id}  {line}\n"));
+        }
+        let status = d.jobs(&d.alice, &["status", &id]).stdout;
+        let v = json(&d.jobs(&d.alice, &["status", "--json", &id]));
+        let merged = d.jobs_merged(&d.alice, &["output", &id]);
+        let out = d.jobs(&d.alice, &["output", &id]);
+        before.push((id, status, v, merged, out.stdout, out.stderr));
+    }
+    assert!(before[3].4 == blob, "cat's output differs before the crash");
+    assert_eq!(
+        (before[2].4.as_slice(), before[2].5.as_str()),
+        (&b"out1\nout2"[..], "err1\nerr2")
+    );
+    let sandbox = d.crash();
+    let d = Daemon::start_in(sandbox, mode.args());
+    for (id, status, v, merged, stdout, stderr) in &before {
+        let out = d.jobs(&d.alice, &["status", id]);
+        assert_eq!(
+            (out.code, out.stdout_str(), out.stderr.as_str()),
+            (0, std::str::from_utf8(status).unwrap(), "")
+        );
+        assert_eq!(&json(&d.jobs(&d.alice, &["status", "--json", id])), v);
+        assert!(
+            d.jobs_merged(&d.alice, &["output", id]) == *merged,
+            "the interleaving of job {id}'s output changed"
+        );
+        let out = d.jobs(&d.alice, &["output", id]);
+        assert!(
+            out.code == 0 && out.stdout == *stdout && out.stderr == *stderr,
+            "job {id}'s output changed: {} bytes of stdout, stderr {:?}",
+            out.stdout.len(),
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn finished_jobs_survive_kill_9_contained() {
+    // Scenario: jobs that exited 3, died of SIGKILL, interleaved stdout and
+    // stderr, or wrote 1 MiB of random bytes have ended when jobsd is
+    // SIGKILLed: after the restart each has the same status (text and JSON)
+    // and byte-exact output, stdout and stderr still in their order.
+    if Containment::On.skip("finished_jobs_survive_kill_9_contained") {
+        return;
+    }
+    finished_jobs_survive_kill_9(Containment::On);
+}
+
+#[test]
+fn finished_jobs_survive_kill_9_uncontained() {
+    // Scenario: as finished_jobs_survive_kill_9_contained, containment off.
+    finished_jobs_survive_kill_9(Containment::Off);
+}
+
+#[test]
+fn rm_deletes_finished_jobs_and_refuses_running_ones() {
+    // Scenario: `jobs rm` deletes a finished job's record and output file
+    // for good (a restart does not bring it back), refuses a running job
+    // (which keeps running), and takes each of several ids on its own: one
+    // unknown, malformed or other user's id fails the command but not the
+    // others.
+    let d = Daemon::start();
+    let output_dir = d.dir.path().join("state/output");
+    let log = |id: &str| output_dir.join(format!("{id}.log"));
+    let finished = |argv: &[&str]| {
+        let id = d.start_job(&d.alice, argv);
+        assert_eq!(d.jobs(&d.alice, &["stream", &id]).code, 0);
+        assert!(log(&id).is_file(), "no {}", log(&id).display());
+        id
+    };
+    let gone = "jobs: error: not found: no such job\n";
+
+    let a = finished(&["echo", "a"]);
+    let out = d.jobs(&d.alice, &["rm", &a]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (0, "", "")
+    );
+    let out = d.jobs(&d.alice, &["status", &a]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (1, "", gone)
+    );
+    assert!(!log(&a).exists());
+
+    let sleep = unique_sleep();
+    let running = d.start_job(&d.alice, &["sleep", &sleep]);
+    let out = d.jobs(&d.alice, &["rm", &running]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (
+            1,
+            "",
+            format!(
+                "jobs: error: cannot remove job {running}: not possible now: the job is still running; stop it first\n"
+            )
+            .as_str()
+        )
+    );
+    let out = headline(d.jobs(&d.alice, &["status", &running]));
+    assert_eq!(
+        out.stdout_str(),
+        format!("{running}  running  sleep {sleep}\n")
+    );
+    assert_eq!(sleeping(&sleep).len(), 1);
+
+    let b = finished(&["echo", "b"]);
+    let c = finished(&["echo", "c"]);
+    let bobs = d.start_job(&d.bob, &["true"]);
+    assert_eq!(d.jobs(&d.bob, &["stream", &bobs]).code, 0);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let out = d.jobs(&d.alice, &["rm", &b, &unknown, &bobs, "not-a-uuid", &c]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (
+            1,
+            "",
+            format!(
+                "jobs: error: cannot remove job {unknown}: not found: no such job\n\
+                 jobs: error: cannot remove job {bobs}: not found: no such job\n\
+                 jobs: error: cannot remove job not-a-uuid: invalid request: job id must be a UUID like 67e55044-10b1-426f-9247-bb680e5fe0c8\n"
+            )
+            .as_str()
+        )
+    );
+    for id in [&b, &c] {
+        assert_eq!(d.jobs(&d.alice, &["status", id]).stderr, gone);
+        assert!(!log(id).exists());
+    }
+    assert_eq!(
+        d.jobs(&d.bob, &["status", &bobs]).code,
+        0,
+        "bob's job was removed"
+    );
+    assert!(log(&bobs).is_file());
+
+    // Removed stays removed; what was not removed is still there.
+    let sandbox = d.terminate();
+    let d = Daemon::start_in(sandbox, &[]);
+    for id in [&a, &b, &c] {
+        assert_eq!(d.jobs(&d.alice, &["status", id]).stderr, gone);
+    }
+    let out = d.jobs(&d.alice, &["list"]);
+    assert_eq!(
+        out.stdout_str(),
+        format!("{running}  stopped: killed by signal 15 (SIGTERM)  sleep {sleep}\n")
+    );
+    assert_eq!(d.jobs(&d.alice, &["rm", &running]).code, 0);
+    assert_eq!(d.jobs(&d.alice, &["list"]).stdout_str(), "");
+    let out = d.jobs(&d.bob, &["output", &bobs]);
+    assert_eq!((out.code, out.stdout_str()), (0, ""));
+}
+
+/// Runs jobsd on `sb`'s state directory, expecting it to refuse to start
+/// before it prints `listening on`; checks that `jobs.db` is byte for byte
+/// what it was and returns jobsd's stderr.
+fn refused_with_db_unchanged(sb: &Sandbox) -> String {
+    let state = sb.dir.path().join("state");
+    let db = state.join("jobs.db");
+    let before = fs::read(&db).unwrap();
+    let out = jobsd_refusing(sb, &state);
+    assert_eq!((out.code, out.stdout_str()), (1, ""), "{}", out.stderr);
+    assert!(
+        fs::read(&db).unwrap() == before,
+        "jobsd changed {}",
+        db.display()
+    );
+    out.stderr
+}
+
+#[test]
+fn jobsd_refuses_a_database_of_a_newer_schema_and_leaves_it_alone() {
+    // Scenario: an operator downgrades jobsd after a newer one migrated the
+    // state directory; the old one must not start (nor touch the file), and
+    // must say why.
+    let d = Daemon::start();
+    let id = d.start_job(&d.alice, &["echo", "kept"]);
+    assert_eq!(d.jobs(&d.alice, &["stream", &id]).code, 0);
+    let sb = d.terminate();
+    let db = sb.dir.path().join("state/jobs.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, jobs::store::SCHEMA_VERSION);
+        conn.pragma_update(None, "user_version", 99).unwrap();
+    }
+    let stderr = refused_with_db_unchanged(&sb);
+    assert!(
+        stderr.ends_with(&format!(
+            "{} was written by a newer jobsd (schema version 99, this one supports up to 1); \
+             run that jobsd, or use another state directory\n",
+            db.display()
+        )),
+        "{stderr}"
+    );
+    // Put back, the same file serves again, its job intact.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.pragma_update(None, "user_version", jobs::store::SCHEMA_VERSION)
+            .unwrap();
+    }
+    let d = Daemon::start_in(sb, &[]);
+    assert_eq!(d.jobs(&d.alice, &["output", &id]).stdout_str(), "kept\n");
+}
+
+#[test]
+fn jobsd_refuses_a_file_that_is_not_a_job_database_and_leaves_it_alone() {
+    // Scenario: the state directory's jobs.db is something else (a text
+    // file, another program's SQLite database); jobsd refuses to start
+    // before it listens and does not write to the file.
+    let sb = Sandbox::new();
+    let state = sb.dir.path().join("state");
+    fs::create_dir(&state).unwrap();
+    let db = state.join("jobs.db");
+    let message = format!(
+        "{} is not a jobsd job database (not SQLite, or a database of another program); \
+         move it away or use another state directory\n",
+        db.display()
+    );
+    fs::write(&db, "not a database, just text\n".repeat(200)).unwrap();
+    let stderr = refused_with_db_unchanged(&sb);
+    assert!(stderr.ends_with(&message), "text file: {stderr}");
+
+    fs::remove_file(&db).unwrap();
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+            .unwrap();
+    }
+    let stderr = refused_with_db_unchanged(&sb);
+    assert!(stderr.ends_with(&message), "another program's: {stderr}");
+}
+
+/// A tmpfs mounted for one test; unmounted (even if the test panics) when
+/// dropped, which then removes `cleanup`, the directory it was mounted in.
+struct Tmpfs {
+    at: PathBuf,
+    cleanup: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str, cleanup: &Path) -> Self {
+        use nix::mount::{MsFlags, mount};
+        fs::create_dir(at).unwrap();
+        let data = format!("size={size},mode=0700");
+        mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(data.as_str()),
+        )
+        .unwrap();
+        Self {
+            at: at.to_owned(),
+            cleanup: cleanup.to_owned(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.at, nix::mount::MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir_all(&self.cleanup);
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_job_not_the_daemon() {
+    // Scenario: the state directory is on a 2 MiB file system and a job
+    // writes 10 MiB. The job is stopped in state output_failed keeping what
+    // was written; the daemon keeps answering; once the job is removed the
+    // space is back and a new job runs with exact output.
+    if skip_unless_root("a_full_disk_fails_the_job_not_the_daemon") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let _tmpfs = Tmpfs::mount(&sb.dir.path().join("state"), "2m", sb.dir.path());
+    let d = Daemon::start_in(sb, &[]);
+    let small = d.start_job(&d.alice, &["echo", "small"]);
+    assert_eq!(d.jobs(&d.alice, &["stream", &small]).code, 0);
+
+    let out = d.jobs(&d.alice, &["run", "--", "head", "-c", "10M", "/dev/zero"]);
+    let v = json(&d.jobs(&d.alice, &["list", "--json"]));
+    let big = v[1]["id"].as_str().unwrap().to_owned();
+    assert_eq!((out.code, out.stderr.as_str()), (143, ""), "jobs run");
+    let v = json(&d.jobs(&d.alice, &["status", "--json", &big]));
+    assert_eq!(v["state"], "output_failed");
+    let kept = v["output_bytes"].as_u64().unwrap();
+    assert!(kept > 0 && kept < 10 << 20, "{kept}");
+    assert_eq!(out.stdout.len() as u64, kept);
+    let out = headline(d.jobs(&d.alice, &["status", &big]));
+    assert_eq!(
+        out.stdout_str(),
+        format!(
+            "{big}  stopped: the server could not store its output (disk full or write error): \
+             killed by signal 15 (SIGTERM)  head -c 10M /dev/zero\n"
+        )
+    );
+    let out = d.jobs(&d.alice, &["output", &big]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+    assert!(
+        out.stdout.len() as u64 == kept && out.stdout.iter().all(|&b| b == 0),
+        "jobs output: {} bytes, status says {kept}",
+        out.stdout.len()
+    );
+    // Other calls are answered.
+    let out = headline(d.jobs(&d.alice, &["status", &small]));
+    assert_eq!(
+        out.stdout_str(),
+        format!("{small}  exited with code 0  echo small\n")
+    );
+    assert_eq!(
+        d.jobs(&d.alice, &["output", &small]).stdout_str(),
+        "small\n"
+    );
+
+    // With the disk full, starting is refused and nothing runs.
+    let out = d.jobs(&d.alice, &["start", "--", "true"]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (
+            1,
+            "",
+            "jobs: error: server unavailable: the server's disk is full, so it cannot record jobs now; retry later or ask its operator\n"
+        )
+    );
+    assert_eq!(
+        json(&d.jobs(&d.alice, &["list", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let out = d.jobs(&d.alice, &["rm", &big]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+    let out = d.jobs(
+        &d.alice,
+        &["run", "--", "sh", "-c", "echo out; echo err >&2"],
+    );
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (0, "out\n", "err\n")
+    );
+}
+
+#[test]
+fn sigterm_ends_open_streams_and_records_the_stopped_job() {
+    // Scenario: jobsd gets SIGTERM while `jobs stream` follows a long job;
+    // the follower exits 255 at once saying the server is shutting down,
+    // and after a restart the job shows as stopped, its output kept.
+    let d = Daemon::start();
+    let id = d.start_job(&d.alice, &["sh", "-c", "echo ready; exec sleep 600"]);
+    let mut follower = d
+        .command(&d.alice, &["stream", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(follower.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    follower.stdout = Some(stdout.into_inner());
+    let began = Instant::now();
+    kill(d.pid(), Signal::SIGTERM).unwrap();
+    let out = finish(follower);
+    let took = began.elapsed();
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (
+            255,
+            "",
+            format!(
+                "jobs: error: lost track of job {id} before it ended; its output may be incomplete: \
+                 server unavailable: the server is shutting down; the job's record and output are \
+                 kept, ask again once it is back\n"
+            )
+            .as_str()
+        )
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let sandbox = d.terminate();
+    let d = Daemon::start_in(sandbox, &[]);
+    let out = headline(d.jobs(&d.alice, &["status", &id]));
+    assert_eq!(
+        out.stdout_str(),
+        format!(
+            "{id}  stopped: killed by signal 15 (SIGTERM)  sh -c 'echo ready; exec sleep 600'\n"
+        )
+    );
+    assert_eq!(d.jobs(&d.alice, &["output", &id]).stdout_str(), "ready\n");
 }

@@ -758,7 +758,8 @@ impl Jobs {
         }
     }
 
-    /// Deletes a finished job: its record, then its output log. Followers
+    /// Deletes a finished job: its record, then its output log (the other
+    /// way round when the disk is too full to record the deletion). Followers
     /// that have it open read on to the end; everyone else gets
     /// [`JobError::NotFound`] from then on.
     ///
@@ -781,11 +782,10 @@ impl Jobs {
         let Some(entry) = self.registry.lock().remove(&id) else {
             return Err(JobError::NotFound);
         };
-        if let Err(e) = self.store.remove(vec![id]).await {
+        if let Err(e) = retention::delete_jobs(&self.store, &self.config.output_dir, &[id]).await {
             self.registry.lock().insert(id, entry);
             return Err(e.into());
         }
-        retention::delete_log(&self.config.output_dir, id);
         tracing::info!(job = %id, owner = %entry.owner, "job removed");
         // Space was freed: ends that could not be recorded may fit now.
         self.registry.ended.notify_one();

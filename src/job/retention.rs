@@ -178,7 +178,7 @@ async fn remove(task: &Task, ids: Vec<JobId>) {
         ids.iter().filter_map(|id| jobs.remove(id)).collect()
     };
     let ids: Vec<JobId> = taken.iter().map(|j| j.id).collect();
-    if let Err(e) = task.store.remove(ids.clone()).await {
+    if let Err(e) = delete_jobs(&task.store, &task.output_dir, &ids).await {
         // Put them back: they are tried again at the next wake-up.
         tracing::error!(error = %e, jobs = ids.len(), "cannot remove expired jobs from the store");
         let mut jobs = task.registry.lock();
@@ -187,10 +187,40 @@ async fn remove(task: &Task, ids: Vec<JobId>) {
         }
         return;
     }
-    for job in &taken {
-        delete_log(&task.output_dir, job.id);
-    }
     tracing::info!(jobs = ids.len(), "removed finished jobs by retention");
+}
+
+/// Deletes the records of `ids` from the store, then their output logs, so
+/// that a crash in between leaves only logs without records (deleted at the
+/// next start). On a full disk the store cannot even record a deletion: the
+/// logs then go first, to make room, and the records are deleted again.
+///
+/// # Errors
+/// The store's error when the records cannot be deleted (after the retry,
+/// on a full disk: then the logs are gone, the records stay).
+pub(super) async fn delete_jobs(
+    store: &Store,
+    output_dir: &Path,
+    ids: &[JobId],
+) -> Result<(), crate::store::StoreError> {
+    match store.remove(ids.to_vec()).await {
+        Ok(_) => {}
+        Err(crate::store::StoreError::Full) => {
+            tracing::warn!(
+                jobs = ids.len(),
+                "disk full: deleting the jobs' output before their records, to make room"
+            );
+            for id in ids {
+                delete_log(output_dir, *id);
+            }
+            store.remove(ids.to_vec()).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    for id in ids {
+        delete_log(output_dir, *id);
+    }
+    Ok(())
 }
 
 /// Deletes the output log of job `id`; a log already gone is fine.
