@@ -185,17 +185,7 @@ async fn run() {
     let server = tokio::spawn(serve(listener, config, async {
         let _ = stop_rx.await;
     }));
-    let client = Client::connect(&ConnectOptions {
-        addr: addr.to_string(),
-        pem: PemFiles {
-            ca: ca_path.clone(),
-            cert: dir.path().join("alice.crt"),
-            key: dir.path().join("alice.key"),
-        },
-        timeout: DEFAULT_TIMEOUT,
-    })
-    .await
-    .expect("connect");
+    let client = connect_alice(addr, &ca_path, dir.path()).await;
     let job = client.start("true", &[]).await.expect("start");
     let gated = status_latency(&client, &job.id).await;
     println!(
@@ -280,7 +270,24 @@ async fn store_and_restart(
     let server = tokio::spawn(serve(listener, config, async {
         let _ = stop_rx.await;
     }));
-    let client = Client::connect(&ConnectOptions {
+    let client = connect_alice(addr, ca_path, dir).await;
+    let listed = client.list(false).await.expect("list").len();
+    let took = t.elapsed();
+    assert_eq!(listed, RECORDS, "a restart lost job records");
+    println!(
+        "restart: {listed} earlier jobs listed {took:.2?} after the state directory was opened (TLS connect included)"
+    );
+    let _ = stop_tx.send(());
+    server.await.expect("server task").expect("server");
+}
+
+/// alice's client (her certificate and key in `dir`) to `addr`.
+async fn connect_alice(
+    addr: std::net::SocketAddr,
+    ca_path: &std::path::Path,
+    dir: &std::path::Path,
+) -> Client {
+    Client::connect(&ConnectOptions {
         addr: addr.to_string(),
         pem: PemFiles {
             ca: ca_path.to_owned(),
@@ -290,15 +297,7 @@ async fn store_and_restart(
         timeout: DEFAULT_TIMEOUT,
     })
     .await
-    .expect("connect");
-    let listed = client.list(false).await.expect("list").len();
-    let took = t.elapsed();
-    assert_eq!(listed, RECORDS, "a restart lost job records");
-    println!(
-        "restart: {listed} earlier jobs listed {took:.2?} after the state directory was opened (TLS connect included)"
-    );
-    let _ = stop_tx.send(());
-    server.await.expect("server task").expect("server");
+    .expect("connect")
 }
 
 /// The DER of the first certificate in a PEM file.

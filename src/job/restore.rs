@@ -128,6 +128,7 @@ mod tests {
     };
     use super::*;
     use crate::auth::{Caller, Identity};
+    use crate::output::testing::{drain, record as log_record};
     use crate::output::{Chunk, Fd};
     use crate::policy::{Gate, PolicyHandle, Rpc};
     use crate::store::{JobEnd, JobRecord};
@@ -164,22 +165,6 @@ mod tests {
             recovery: recovery.map(str::to_owned),
             end: None,
         }
-    }
-
-    /// `[fd][len][data]`, the log's record format.
-    fn log_record(fd: u8, data: &[u8]) -> Vec<u8> {
-        let mut r = vec![fd];
-        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        r.extend_from_slice(data);
-        r
-    }
-
-    async fn drain(mut r: output::LogReader) -> Vec<Chunk> {
-        let mut out = Vec::new();
-        while let Some(c) = r.next().await.unwrap() {
-            out.push(c);
-        }
-        out
     }
 
     #[tokio::test]

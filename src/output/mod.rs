@@ -477,22 +477,38 @@ impl LogReader {
     }
 }
 
+/// Helpers for tests of code that reads or damages logs.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Chunk, LogReader};
+
+    /// Every chunk `r` returns, to its end.
+    pub(crate) async fn drain(mut r: LogReader) -> Vec<Chunk> {
+        let mut out = Vec::new();
+        while let Some(c) = r.next().await.unwrap() {
+            out.push(c);
+        }
+        out
+    }
+
+    /// Bytes `[fd][len][data]` of one record, for building damaged files.
+    pub(crate) fn record(fd: u8, data: &[u8]) -> Vec<u8> {
+        let mut r = vec![fd];
+        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        r.extend_from_slice(data);
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{drain, record};
     use super::*;
 
     fn write(w: &mut LogWriter, fd: Fd, bytes: &[u8]) {
         let mut buf = RecordBuf::new();
         buf.data_mut()[..bytes.len()].copy_from_slice(bytes);
         w.append(fd, &mut buf, bytes.len()).unwrap();
-    }
-
-    async fn drain(mut r: LogReader) -> Vec<Chunk> {
-        let mut out = Vec::new();
-        while let Some(c) = r.next().await.unwrap() {
-            out.push(c);
-        }
-        out
     }
 
     #[tokio::test]
@@ -612,14 +628,6 @@ mod tests {
             r.next().await,
             Err(OutputError::Corrupt { offset: 0 })
         ));
-    }
-
-    /// Bytes `[fd][len][data]` of one record, for building damaged files.
-    fn record(fd: u8, data: &[u8]) -> Vec<u8> {
-        let mut r = vec![fd];
-        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        r.extend_from_slice(data);
-        r
     }
 
     #[tokio::test]
