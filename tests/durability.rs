@@ -3,15 +3,16 @@
 //! total output, or by Remove, and stay gone; a job store the daemon cannot
 //! read is refused without being touched.
 //!
-//! Jobs left running by a daemon that was killed (`kill -9`) cannot be made
-//! in-process without lying about it: an in-process server always stops its
-//! jobs as it returns. That case (`STATE_LOST`) is covered by the CLI tests,
-//! which kill a real `jobsd`.
+//! A daemon killed with SIGKILL cannot be in-process (the test would die
+//! with it): [`a_job_left_running_by_a_killed_daemon_comes_back_lost`] runs
+//! the server in a child process (this test binary again, running only
+//! [`doomed_daemon`]) and kills that.
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::*;
@@ -103,6 +104,30 @@ async fn assert_no_such_job(client: &Client, id: &str) {
     );
 }
 
+/// How a job must end: state, exit code or signal, and its output.
+struct Ending<'a> {
+    job: &'a proto::JobStatus,
+    state: State,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    stdout: &'a [u8],
+    stderr: &'a [u8],
+}
+
+impl<'a> Ending<'a> {
+    /// Exits with `code` after writing `stdout` and `stderr`.
+    fn exit(job: &'a proto::JobStatus, code: i32, stdout: &'a [u8], stderr: &'a [u8]) -> Self {
+        Self {
+            job,
+            state: State::Exited,
+            exit_code: Some(code),
+            signal: None,
+            stdout,
+            stderr,
+        }
+    }
+}
+
 /// Everything a finished job showed before the restart.
 struct Seen {
     status: proto::JobStatus,
@@ -135,57 +160,41 @@ async fn a_restart_after_graceful_shutdown_keeps_every_job_and_its_output() {
     let killed = start(&alice, "sh", &["-c", "echo before; kill -9 $$"]).await;
     let bobs = start(&bob, "echo", &["bob's"]).await;
 
-    // (job, state, exit code, signal, stdout, stderr) as they must end.
     let seq_out = seq_reference();
     assert_eq!(
         (seq_out.len(), seq_out.ends_with(b"\n200000\n")),
         (1_288_895, true)
     );
-    let expected: Vec<(
-        &proto::JobStatus,
-        State,
-        Option<i32>,
-        Option<i32>,
-        Vec<u8>,
-        Vec<u8>,
-    )> = vec![
-        (&seq, State::Exited, Some(0), None, seq_out, vec![]),
-        (
+    let expected = [
+        Ending::exit(&seq, 0, &seq_out, b""),
+        Ending::exit(
             &mixed,
-            State::Exited,
-            Some(0),
-            None,
-            b"out1\nout2\nout3\nout4\nout5\n".to_vec(),
-            b"err1\nerr2\nerr3\nerr4\nerr5\n".to_vec(),
+            0,
+            b"out1\nout2\nout3\nout4\nout5\n",
+            b"err1\nerr2\nerr3\nerr4\nerr5\n",
         ),
-        (
-            &three,
-            State::Exited,
-            Some(3),
-            None,
-            vec![],
-            b"to-stderr\n".to_vec(),
-        ),
-        (
-            &killed,
-            State::Killed,
-            None,
-            Some(9),
-            b"before\n".to_vec(),
-            vec![],
-        ),
+        Ending::exit(&three, 3, b"", b"to-stderr\n"),
+        Ending {
+            job: &killed,
+            state: State::Killed,
+            exit_code: None,
+            signal: Some(9),
+            stdout: b"before\n",
+            stderr: b"",
+        },
     ];
     let mut seen = Vec::new();
-    for (job, state, exit_code, signal, stdout, stderr) in &expected {
+    for e in &expected {
+        let (job, stdout, stderr) = (e.job, e.stdout, e.stderr);
         let f = follow(&alice, &job.id).await;
         assert_eq!(
             (f.status.state(), f.status.exit_code, f.status.signal),
-            (*state, *exit_code, *signal),
+            (e.state, e.exit_code, e.signal),
             "{:?}",
             job.command
         );
-        assert_eq!(&f.stdout(), stdout, "stdout of {:?}", job.command);
-        assert_eq!(&f.stderr(), stderr, "stderr of {:?}", job.command);
+        assert_eq!(f.stdout(), stdout, "stdout of {:?}", job.command);
+        assert_eq!(f.stderr(), stderr, "stderr of {:?}", job.command);
         assert_eq!(
             f.status.output_bytes,
             (stdout.len() + stderr.len()) as u64,
@@ -228,7 +237,8 @@ async fn a_restart_after_graceful_shutdown_keeps_every_job_and_its_output() {
         order,
         "the same jobs in the same order"
     );
-    for ((job, ..), (seen, now)) in expected.iter().zip(seen.iter().zip(&after)) {
+    for (e, (seen, now)) in expected.iter().zip(seen.iter().zip(&after)) {
+        let job = e.job;
         assert_eq!(now, &seen.status, "status of {:?}", job.command);
         assert_eq!(
             &alice.status(&job.id).await.unwrap(),
@@ -253,7 +263,8 @@ async fn a_restart_after_graceful_shutdown_keeps_every_job_and_its_output() {
     );
 
     // Output, byte for byte and fd for fd, by Stream and by Output.
-    for ((job, _, _, _, stdout, stderr), seen) in expected.iter().zip(&seen) {
+    for (e, seen) in expected.iter().zip(&seen) {
+        let (job, stdout, stderr) = (e.job, e.stdout, e.stderr);
         let f = follow(&alice, &job.id).await;
         assert_eq!(&f.status, &seen.status, "final status of {:?}", job.command);
         let streamed = runs(&f.chunks);
@@ -642,4 +653,189 @@ fn a_jobs_db_that_is_not_ours_is_refused_and_left_alone() {
         std::fs::read(&db).unwrap() == before,
         "the other database was changed"
     );
+}
+
+/// Environment of [`doomed_daemon`]: the state directory, then the PEM files
+/// of the server and of alice (the parent's PKI, so that alice is the same
+/// identity on both sides).
+const DOOMED_ENV: [&str; 6] = [
+    "JOBS_TEST_DOOMED_STATE",
+    "JOBS_TEST_DOOMED_CA",
+    "JOBS_TEST_DOOMED_SERVER_CERT",
+    "JOBS_TEST_DOOMED_SERVER_KEY",
+    "JOBS_TEST_DOOMED_ALICE_CERT",
+    "JOBS_TEST_DOOMED_ALICE_KEY",
+];
+
+/// What [`doomed_daemon`] prints once its job has written its line:
+/// `PREFIX <job id> <pid as the job sees it>`.
+const DOOMED_LINE: &str = "doomed-daemon-job";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a helper: runs only as the child process of a_job_left_running_by_a_killed_daemon_comes_back_lost"]
+async fn doomed_daemon() {
+    // Scenario: none of its own. Serves on the given state directory (jobs
+    // contained as root, as TestServer does), has alice start a job that
+    // prints its pid and a line and then sleeps, prints the job's id and
+    // pid, and waits to be killed.
+    let Ok(state) = std::env::var(DOOMED_ENV[0]) else {
+        eprintln!("doomed_daemon: nothing to do outside its parent test");
+        return;
+    };
+    let var = |i: usize| PathBuf::from(std::env::var(DOOMED_ENV[i]).expect(DOOMED_ENV[i]));
+    let server_pem = jobs::tls::PemFiles {
+        ca: var(1),
+        cert: var(2),
+        key: var(3),
+    };
+    let alice_pem = jobs::tls::PemFiles {
+        ca: var(1),
+        cert: var(4),
+        key: var(5),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = PathBuf::from(state);
+    let mut config = jobs::server::ServerConfig::new(
+        server_pem.server_config().unwrap(),
+        StateDir::open(&state).unwrap(),
+    );
+    if let Some(contain) = contain_config(&state) {
+        config.executor =
+            std::sync::Arc::new(jobs::exec::LocalExecutor::contained(contain).unwrap());
+    }
+    tokio::spawn(jobs::server::serve(
+        listener,
+        config,
+        std::future::pending(),
+    ));
+    let alice = Client::connect(&jobs::client::ConnectOptions {
+        addr: addr.to_string(),
+        pem: alice_pem,
+        timeout: TIMEOUT,
+    })
+    .await
+    .unwrap();
+    let job = start(&alice, "sh", &["-c", "echo $$; echo line; exec sleep 600"]).await;
+    let mut stream = alice.stream(&job.id).await.unwrap();
+    let out = read_lines(&mut stream, 2).await;
+    let pid = std::str::from_utf8(&out)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    println!("{DOOMED_LINE} {} {pid}", job.id);
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_left_running_by_a_killed_daemon_comes_back_lost() {
+    // Scenario: a daemon (in a child process) is killed with SIGKILL while
+    // alice's job runs; the job's process outlives it. The next daemon on the
+    // same state directory kills that process and lists the job as Lost: no
+    // exit code or signal, ended when it was found, with the output it had
+    // written; it can be followed, read and removed like any finished job.
+    let state = tempfile::Builder::new()
+        .prefix("jobs-state-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("state dir");
+    let (server_pem, alice_pem) = (server_pem(), pem("alice"));
+    let paths = [
+        state.path(),
+        &server_pem.ca,
+        &server_pem.cert,
+        &server_pem.key,
+        &alice_pem.cert,
+        &alice_pem.key,
+    ];
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "doomed_daemon",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .envs(DOOMED_ENV.iter().zip(paths))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the doomed daemon");
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::time::timeout(
+        STREAM_DEADLINE,
+        tokio::task::spawn_blocking(move || {
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                // libtest may have printed "test doomed_daemon ... " first.
+                .find_map(|l| Some(l[l.find(DOOMED_LINE)?..].to_owned()))
+        }),
+    )
+    .await;
+    let Ok(Ok(Some(line))) = line else {
+        let _ = child.kill();
+        let _ = child.wait();
+        // A server on the directory kills whatever job the child started.
+        let server = TestServer::start_on(state, true, |_| {}).await;
+        let _ = server.shutdown().await;
+        panic!("the doomed daemon did not report its job: {line:?}");
+    };
+    let fields: Vec<&str> = line.split(' ').collect();
+    let (id, inner) = (fields[1].to_owned(), fields[2].parse::<i32>().unwrap());
+    let pid = host_pid(&id, inner).expect("the job's process on the host");
+
+    child.kill().expect("SIGKILL the daemon");
+    let killed = SystemTime::now();
+    child.wait().unwrap();
+    assert!(alive(pid), "the job's process died with its daemon");
+
+    let server = TestServer::start_on(state, true, |_| {}).await;
+    assert!(
+        dies(pid).await,
+        "the next daemon left the lost job's process running: {:?}",
+        proc_state(pid)
+    );
+    let alice = client(&server, "alice").await;
+    let listed = alice.list(false).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let lost = &listed[0];
+    let output = format!("{inner}\nline\n").into_bytes();
+    assert_eq!(
+        (
+            lost.id.as_str(),
+            lost.state(),
+            lost.exit_code,
+            lost.signal,
+            lost.command.as_slice(),
+            lost.owner.clone(),
+            lost.output_bytes,
+        ),
+        (
+            id.as_str(),
+            State::Lost,
+            None,
+            None,
+            &args(&["sh", "-c", "echo $$; echo line; exec sleep 600"])[..],
+            identity("alice").to_string(),
+            output.len() as u64,
+        )
+    );
+    let ended = time_of(lost.ended_at);
+    assert!(
+        ended >= killed && ended <= SystemTime::now(),
+        "ended_at {ended:?} is not the time the job was found (killed at {killed:?})"
+    );
+    assert!(time_of(lost.started_at) < killed);
+
+    let f = follow(&alice, &id).await;
+    assert_eq!(
+        (f.stdout(), f.stderr(), &f.status),
+        (output.clone(), vec![], lost)
+    );
+    assert_eq!(collect_output(&alice, &id).await, (output, vec![]));
+    alice.remove(&id).await.expect("remove the lost job");
+    assert_no_such_job(&alice, &id).await;
+    assert_eq!(log_files(server.state_dir()), BTreeSet::new());
+    server.shutdown().await.expect("serve failed");
 }
