@@ -207,6 +207,11 @@ const BLOCKING_SHUTDOWN: Duration = Duration::from_secs(1);
 
 async fn daemon(args: Args) -> anyhow::Result<()> {
     jobs::exec::protect_daemon_process().context("cannot mark jobsd non-dumpable")?;
+    let retention = jobs::job::Retention {
+        max_age: retention(&args.retention).context("--retention")?,
+        max_output_per_identity: optional(&args.max_stored_output, units::parse_size)
+            .context("--max-stored-output")?,
+    };
     let policy = match &args.policy {
         Some(path) => {
             let policy = Policy::load(path).map_err(|e| anyhow::anyhow!("invalid policy: {e}"))?;
@@ -239,11 +244,7 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
     let cgroup_name = jobs::exec::cgroup_name_for(state.path());
     let mut config = jobs::server::ServerConfig::new(tls, state);
     config.jobs.grace = Duration::from_secs(args.grace_secs);
-    config.jobs.retention = jobs::job::Retention {
-        max_age: retention(&args.retention).context("--retention")?,
-        max_output_per_identity: optional(&args.max_stored_output, units::parse_size)
-            .context("--max-stored-output")?,
-    };
+    config.jobs.retention = retention;
     config.policy = policy;
     config.audit = audit;
     if let Some(executor) = contain(&args.contain, cgroup_name, &mut config.jobs)? {

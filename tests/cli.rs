@@ -1183,6 +1183,37 @@ fn containment_off_is_loud() {
 }
 
 #[test]
+fn jobsd_refuses_bad_retention_settings_before_anything_else() {
+    // Scenario: an operator writes `--retention 0`, a typo, or an unknown
+    // size suffix; jobsd names the option and the value, creates no state
+    // directory and never listens.
+    let sb = Sandbox::new();
+    let state = sb.dir.path().join("state");
+    for (extra, message) in [
+        (
+            ["--retention", "0"],
+            "jobsd: error: --retention: '0' would delete jobs as they end; use a positive duration or `never`\n",
+        ),
+        (
+            ["--retention", "7 dayz"],
+            "jobsd: error: --retention: '7 dayz' is not a duration such as 7d, 12h or 30m: unknown time unit \"dayz\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)\n",
+        ),
+        (
+            ["--max-stored-output", "5Q"],
+            "jobsd: error: --max-stored-output: '5Q' is not a size: use a number of bytes with an optional K, M, G or T suffix (powers of 1024), e.g. 256M\n",
+        ),
+    ] {
+        let out = jobsd_refusing_with(&sb, &state, &extra);
+        assert_eq!(
+            (out.code, out.stdout_str(), out.stderr.as_str()),
+            (1, "", message),
+            "{extra:?}"
+        );
+        assert!(!state.exists(), "{extra:?} created the state directory");
+    }
+}
+
+#[test]
 fn jobsd_refuses_root_or_unknown_job_accounts() {
     // Scenario: an operator maps jobs to root by mistake, or misspells an
     // account; jobsd refuses to start and says which option is wrong.
