@@ -20,7 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const UNKNOWN_ID: &str = "0b5fa4f4-9f0f-4d59-b0a8-3c86d7a4e7a1";
 
 /// The message every malformed id gets.
-const INVALID_ID_MESSAGE: &str = "job id must be a UUID like 67e55044-10b1-426f-9247-bb680e5fe0c8";
+const INVALID_ID_MESSAGE: &str =
+    "job id must be a UUID in canonical lower-case form, like 67e55044-10b1-426f-9247-bb680e5fe0c8";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_users_job_looks_exactly_like_no_job() {

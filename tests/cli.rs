@@ -686,7 +686,7 @@ fn malformed_job_id_is_refused() {
         (
             1,
             "",
-            "jobs: error: invalid request: job id must be a UUID like 67e55044-10b1-426f-9247-bb680e5fe0c8\n"
+            "jobs: error: invalid request: job id must be a UUID in canonical lower-case form, like 67e55044-10b1-426f-9247-bb680e5fe0c8\n"
         )
     );
 }
@@ -2001,12 +2001,21 @@ fn kill_9_after_a_burst_of_starts(mode: Containment) {
         .map(|_| d.start_job(&d.alice, &["sleep", &sleep]))
         .collect();
     let sandbox = d.crash();
-    // Orphaned, the jobs run on until a successor cleans up.
-    assert!(
-        settles(|| sleeping(&sleep).len() == ids.len()),
-        "{:?}",
-        sleeping(&sleep)
-    );
+    match mode {
+        // Orphaned, contained jobs run on until a successor cleans up.
+        Containment::On => assert!(
+            settles(|| sleeping(&sleep).len() == ids.len()),
+            "{:?}",
+            sleeping(&sleep)
+        ),
+        // An uncontained job's main process dies with its daemon
+        // (PR_SET_PDEATHSIG), recorded or not.
+        Containment::Off => assert!(
+            settles(|| sleeping(&sleep).is_empty()),
+            "{:?}",
+            sleeping(&sleep)
+        ),
+    }
     let d = Daemon::start_in(sandbox, mode.args());
     assert!(
         settles(|| sleeping(&sleep).is_empty()),
@@ -2195,7 +2204,7 @@ fn rm_deletes_finished_jobs_and_refuses_running_ones() {
             format!(
                 "jobs: error: cannot remove job {unknown}: not found: no such job\n\
                  jobs: error: cannot remove job {bobs}: not found: no such job\n\
-                 jobs: error: cannot remove job not-a-uuid: invalid request: job id must be a UUID like 67e55044-10b1-426f-9247-bb680e5fe0c8\n"
+                 jobs: error: cannot remove job not-a-uuid: invalid request: job id must be a UUID in canonical lower-case form, like 67e55044-10b1-426f-9247-bb680e5fe0c8\n"
             )
             .as_str()
         )
@@ -2422,6 +2431,72 @@ fn a_full_disk_fails_the_job_not_the_daemon() {
         (out.code, out.stdout_str(), out.stderr.as_str()),
         (0, "out\n", "err\n")
     );
+}
+
+#[test]
+fn a_daemon_killed_on_a_full_disk_comes_back_and_removal_frees_space() {
+    // Scenario: while a job runs, something else fills the state
+    // directory's 4 MiB disk, and jobsd is killed. The next jobsd starts all
+    // the same and lists both jobs (the running one lost); `jobs rm` of the
+    // finished one works and deletes its output; after the disk has room
+    // again, a restart shows the lost mark and the removal were recorded,
+    // and jobs run. (Starts refused on a full disk: the test above.)
+    if skip_unless_root("a_daemon_killed_on_a_full_disk_comes_back_and_removal_frees_space") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let state = sb.dir.path().join("state");
+    let _tmpfs = Tmpfs::mount(&state, "4m", sb.dir.path());
+    let d = Daemon::start_in(sb, &[]);
+    let done = d.start_job(&d.alice, &["head", "-c", "100000", "/dev/zero"]);
+    assert_eq!(d.jobs(&d.alice, &["stream", &done]).code, 0);
+    let running = d.start_job(&d.alice, &["sleep", "600"]);
+    let filler = state.join("filler");
+    fill(&filler);
+    let sandbox = d.crash();
+
+    let d = Daemon::start_in(sandbox, &[]);
+    let out = d.jobs(&d.alice, &["list"]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (
+            0,
+            format!(
+                "{done}  {:<w$}  head -c 100000 /dev/zero\n{running}  {LOST}  sleep 600\n",
+                "exited with code 0",
+                w = LOST.len()
+            )
+            .as_str(),
+            ""
+        )
+    );
+    let out = d.jobs(&d.alice, &["rm", &done]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+    assert!(!state.join("output").join(format!("{done}.log")).exists());
+
+    let sandbox = d.terminate();
+    fs::remove_file(&filler).unwrap();
+    let d = Daemon::start_in(sandbox, &[]);
+    let out = d.jobs(&d.alice, &["list"]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (0, format!("{running}  {LOST}  sleep 600\n").as_str(), "")
+    );
+    let out = d.jobs(&d.alice, &["run", "--", "echo", "room again"]);
+    assert_eq!((out.code, out.stdout_str()), (0, "room again\n"));
+}
+
+/// Writes zeros to `path` until its file system is full.
+fn fill(path: &Path) {
+    let mut file = fs::File::create(path).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    loop {
+        match file.write_all(&block) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
 }
 
 #[test]

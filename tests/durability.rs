@@ -512,7 +512,7 @@ async fn remove_deletes_a_finished_job_for_good_and_nothing_else() {
             (code(&e), message(&e).as_str()),
             (
                 tonic::Code::InvalidArgument,
-                "job id must be a UUID like 67e55044-10b1-426f-9247-bb680e5fe0c8"
+                "job id must be a UUID in canonical lower-case form, like 67e55044-10b1-426f-9247-bb680e5fe0c8"
             ),
             "{malformed:?}"
         );
@@ -788,7 +788,16 @@ async fn a_job_left_running_by_a_killed_daemon_comes_back_lost() {
     child.kill().expect("SIGKILL the daemon");
     let killed = SystemTime::now();
     child.wait().unwrap();
-    assert!(alive(pid), "the job's process died with its daemon");
+    if is_root() {
+        // Contained: the job's init is nobody's child; it runs on until the
+        // next daemon removes the dead one's cgroups.
+        assert!(alive(pid), "the job's process died with its daemon");
+    } else {
+        // Uncontained: the main process dies with its daemon
+        // (PR_SET_PDEATHSIG); what it forked is the next daemon's to kill
+        // (tests/cli.rs, kill_9_mid_output_repeatedly_uncontained).
+        assert!(dies(pid).await, "an uncontained job outlived its daemon");
+    }
 
     let server = TestServer::start_on(state, true, |_| {}).await;
     assert!(

@@ -614,10 +614,112 @@ async fn state_and_output_are_owner_only_even_in_a_loose_directory() {
         std::sync::Arc::new(jobs::exec::LocalExecutor::uncontained()),
         jobs::job::JobsConfig::new(output.clone()),
         state_dir.store().clone(),
+        state_dir.records().unwrap(),
     )
     .unwrap();
     assert_eq!(mode(&output), 0o700);
     let log = output.join("x.log");
     let _ = jobs::output::create(&log).unwrap();
     assert_eq!(mode(&log), 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_returns_more_than_four_mib_of_jobs_in_pages() {
+    // Scenario: alice's five jobs have ~1 MB command lines each (5 MB of
+    // records in all, past gRPC's 4 MiB message limit); list still returns
+    // all five, in start order, with their exact commands.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let mut started = Vec::new();
+    for letter in ['a', 'b', 'c', 'd', 'e'] {
+        let word = letter.to_string().repeat(100_000);
+        let words = vec![word.as_str(); 10];
+        let job = start(&alice, "/bin/true", &words).await;
+        let mut command = vec!["/bin/true".to_string()];
+        command.extend(args(&words));
+        assert_eq!(job.command, command);
+        started.push((job.id, command));
+    }
+    let listed: Vec<(String, Vec<String>)> = alice
+        .list(false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| (j.id, j.command))
+        .collect();
+    assert_eq!(listed.len(), 5);
+    assert!(
+        listed == started,
+        "list differs from the jobs started, in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_return_every_job_once_while_jobs_come_and_go() {
+    // Scenario: alice pages through her jobs two at a time; between the
+    // pages a job of a later page is removed and a new job is started. Every
+    // job still there is returned exactly once, in start order, and the last
+    // page has no next token.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(start(&alice, "/bin/true", &[]).await.id);
+    }
+    let first = alice.list_page(false, 2, "").await.unwrap();
+    let page_ids = |page: &proto::ListResponse| -> Vec<String> {
+        page.jobs.iter().map(|j| j.id.clone()).collect()
+    };
+    assert_eq!(page_ids(&first), ids[..2]);
+    assert!(!first.next_page_token.is_empty());
+    wait_final(&alice, &ids[2]).await;
+    alice.remove(&ids[2]).await.unwrap();
+    let late = start(&alice, "/bin/true", &[]).await.id;
+    let mut seen = page_ids(&first);
+    let mut token = first.next_page_token;
+    let mut pages = 1;
+    while !token.is_empty() {
+        let page = alice.list_page(false, 2, &token).await.unwrap();
+        assert!(page.jobs.len() <= 2, "page of {}", page.jobs.len());
+        seen.extend(page_ids(&page));
+        token = page.next_page_token;
+        pages += 1;
+    }
+    let expected = vec![
+        ids[0].clone(),
+        ids[1].clone(),
+        ids[3].clone(),
+        ids[4].clone(),
+        late,
+    ];
+    assert_eq!(seen, expected);
+    assert_eq!(pages, 3);
+    // Without a page size, one page holds them all.
+    let all = alice.list_page(false, 0, "").await.unwrap();
+    assert_eq!(page_ids(&all), expected);
+    assert_eq!(all.next_page_token, "");
+}
+
+#[tokio::test]
+async fn malformed_list_paging_is_invalid_argument() {
+    // Scenario: a page token the server never issued and a negative page
+    // size are each refused with INVALID_ARGUMENT and a fixed message.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let bad_token = "page_token is not one this server issued; list again from an empty page_token";
+    for token in [
+        "garbage",
+        "12:not-a-uuid",
+        "12:67e55044-10b1-426f-9247-bb680e5fe0c8x",
+    ] {
+        let e = alice.list_page(false, 0, token).await.unwrap_err();
+        assert_eq!(code(&e), tonic::Code::InvalidArgument, "{token}");
+        assert_eq!(message(&e), bad_token, "{token}");
+    }
+    let e = alice.list_page(false, -1, "").await.unwrap_err();
+    assert_eq!(code(&e), tonic::Code::InvalidArgument);
+    assert_eq!(
+        message(&e),
+        "page_size must not be negative (0 means the server's default)"
+    );
 }

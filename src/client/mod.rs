@@ -134,6 +134,12 @@ fn transport_status(s: tonic::Status) -> tonic::Status {
     }
 }
 
+/// Most pages [`Client::list`] follows before giving up on the server. A
+/// page holds at least one job and, with ordinary commands, hundreds; a
+/// million pages is far past any real listing, and only stops a server that
+/// issues fresh tokens forever.
+pub const MAX_LIST_PAGES: usize = 1_000_000;
+
 /// A connection to `jobsd`. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Client {
@@ -288,17 +294,60 @@ impl Client {
     }
 
     /// The caller's jobs, oldest first; with `all_users`, every user's jobs
-    /// (the server's policy must name the caller an admin).
+    /// (the server's policy must name the caller an admin). Follows the
+    /// server's pages ([`Client::list_page`]) to the last one; each page is a
+    /// separate call under the timeout. Jobs started while it pages are
+    /// included, jobs removed meanwhile may be.
     ///
     /// # Errors
     /// [`ClientError::Rpc`] (PERMISSION_DENIED for `all_users` from a
-    /// non-admin), [`ClientError::Timeout`].
+    /// non-admin; INTERNAL when the server repeats a page token or sends
+    /// more than [`MAX_LIST_PAGES`] pages), [`ClientError::Timeout`].
     pub async fn list(&self, all_users: bool) -> Result<Vec<proto::JobStatus>, ClientError> {
+        let mut jobs = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut token = String::new();
+        for _ in 0..MAX_LIST_PAGES {
+            let page = self.list_page(all_users, 0, &token).await?;
+            jobs.extend(page.jobs);
+            if page.next_page_token.is_empty() {
+                return Ok(jobs);
+            }
+            // A server that sends a token twice would loop forever.
+            if !seen.insert(page.next_page_token.clone()) {
+                return Err(ClientError::Rpc(tonic::Status::internal(
+                    "server repeated a List page token",
+                )));
+            }
+            token = page.next_page_token;
+        }
+        Err(ClientError::Rpc(tonic::Status::internal(format!(
+            "server sent more than {MAX_LIST_PAGES} List pages"
+        ))))
+    }
+
+    /// One page of the caller's jobs (with `all_users`, every user's),
+    /// oldest first: at most `page_size` jobs (0: the server's default), after
+    /// the job `page_token` names (empty: from the first). The response's
+    /// `next_page_token` asks for the next page; empty means this was the
+    /// last. See `ListRequest` in the protocol for the server's limits.
+    ///
+    /// # Errors
+    /// As [`Client::list`], and INVALID_ARGUMENT for a negative `page_size`
+    /// or a `page_token` the server did not issue.
+    pub async fn list_page(
+        &self,
+        all_users: bool,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<proto::ListResponse, ClientError> {
         let mut rpc = self.rpc.clone();
-        Ok(self
-            .unary(rpc.list(proto::ListRequest { all_users }))
-            .await?
-            .jobs)
+        self.unary(rpc.list(proto::ListRequest {
+            all_users,
+            page_size,
+            page_token: page_token.to_owned(),
+        }))
+        .await
     }
 
     /// Deletes the finished job `id`: its record and output, for good.

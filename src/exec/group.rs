@@ -2,7 +2,9 @@
 //!
 //! Used when `jobsd` cannot contain jobs (it does not run as root). A process
 //! that calls `setsid` leaves the group and survives a stop; there are no
-//! limits. The main process is reaped only after its exit has been seen
+//! limits. If the daemon dies, each job's main process gets SIGKILL
+//! (`PR_SET_PDEATHSIG`); the rest of its group is killed by the next daemon,
+//! from the recovery token recorded with the job. The main process is reaped only after its exit has been seen
 //! through its pidfd *and* its process group has been sent SIGKILL: while it
 //! is an unreaped zombie neither its pid nor its group id can be reused, so
 //! every signal sent here reaches the job and nothing else.
@@ -22,7 +24,13 @@ use crate::job::{BoxFuture, Ended, ExitInfo, JobSignal, JobSpec, Process, SpawnE
 /// Starts `spec` as the leader of a new process group.
 pub(super) fn spawn(spec: &JobSpec) -> Result<Spawned, SpawnError> {
     let path = resolve(spec.program())?;
-    let mut child = Command::new(&path)
+    let mut command = Command::new(&path);
+    // A daemon killed between this spawn and the job's record would leave
+    // the job unknown to the next one: its main process dies with the
+    // daemon instead. (Spawned from a runtime worker thread, which lives as
+    // long as the daemon; see `kill_with_daemon`.)
+    sys::kill_with_daemon(&mut command);
+    let mut child = command
         .arg0(spec.program())
         .args(spec.args())
         .env_clear()

@@ -96,3 +96,31 @@ pub(super) fn enter_cgroup_before_exec(
         });
     }
 }
+
+/// Makes the child of `cmd` get SIGKILL when the thread that forks it ends
+/// (prctl(2) `PR_SET_PDEATHSIG`), so that an uncontained job's main process
+/// dies with a daemon that is killed before it could record the job. If the
+/// daemon is already gone by the time the child asks (getppid(2) is no longer
+/// `daemon`), exec does not happen and `Command::spawn` returns ESRCH.
+///
+/// The death signal follows the forking *thread*, not the process: call
+/// `spawn` only from threads that live as long as the daemon serves (the
+/// runtime's worker threads), never from a short-lived one.
+pub(super) fn kill_with_daemon(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let daemon = libc::pid_t::try_from(std::process::id()).unwrap_or(libc::pid_t::MAX);
+    // SAFETY: the hook runs in the forked child of a multi-threaded process,
+    // where only async-signal-safe calls are allowed; prctl(2) and getppid(2)
+    // are system calls that touch no memory, and the error is built in place.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != daemon {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}

@@ -194,7 +194,9 @@ pub struct Status {
 #[non_exhaustive]
 pub enum JobError {
     /// A job id is not a UUID in canonical form.
-    #[error("job id must be a UUID like 67e55044-10b1-426f-9247-bb680e5fe0c8")]
+    #[error(
+        "job id must be a UUID in canonical lower-case form, like 67e55044-10b1-426f-9247-bb680e5fe0c8"
+    )]
     InvalidId,
     /// No such job, or it belongs to someone else (deliberately one answer).
     #[error("no such job")]
@@ -520,9 +522,9 @@ pub enum OpenError {
 pub struct OwnedJob(Arc<Job>);
 
 impl Jobs {
-    /// The registry of the jobs in `store`, which starts new jobs with
-    /// `executor`; starts the retention task (so it must be called within a
-    /// tokio runtime).
+    /// The registry of the jobs in `store` (`records`, as [`Store::load`]
+    /// read them), which starts new jobs with `executor`; starts the
+    /// retention task (so it must be called within a tokio runtime).
     ///
     /// Every job the store has is listed again: finished ones with their
     /// final status and output; ones a dead daemon left running become
@@ -533,13 +535,14 @@ impl Jobs {
     /// and its log) are deleted.
     ///
     /// # Errors
-    /// [`OpenError::OutputDir`] if the output directory cannot be created;
-    /// [`OpenError::Store`] if the store cannot be read or the lost jobs
-    /// cannot be recorded.
+    /// [`OpenError::OutputDir`] if the output directory cannot be created.
+    /// (Lost jobs that cannot be recorded as lost now, on a full disk, are
+    /// recorded later, as ends are.)
     pub fn open(
         executor: Arc<dyn Executor>,
         config: JobsConfig,
         store: Store,
+        records: Vec<JobRecord>,
     ) -> Result<Self, OpenError> {
         let dir_error = |source| OpenError::OutputDir {
             path: config.output_dir.clone(),
@@ -552,7 +555,13 @@ impl Jobs {
             .map_err(dir_error)?;
         restrict_to_owner(&config.output_dir).map_err(dir_error)?;
         let registry = Arc::new(Registry::default());
-        restore::restore(&registry, executor.as_ref(), &config.output_dir, &store)?;
+        restore::restore(
+            &registry,
+            executor.as_ref(),
+            &config.output_dir,
+            &store,
+            records,
+        );
         let jobs = Self {
             executor,
             config,

@@ -12,9 +12,9 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use super::{Executor, Job, OpenError, Phase, Registry, State, retention};
+use super::{Executor, Job, Phase, Registry, State, retention};
 use crate::output;
-use crate::store::Store;
+use crate::store::{JobEnd, JobRecord, Store};
 
 /// Fills `registry` from `store` for [`Jobs::open`].
 pub(super) fn restore(
@@ -22,8 +22,8 @@ pub(super) fn restore(
     executor: &dyn Executor,
     output_dir: &std::path::Path,
     store: &Store,
-) -> Result<(), OpenError> {
-    let records = store.load()?;
+    records: Vec<JobRecord>,
+) {
     let now = SystemTime::now();
     let mut lost = HashMap::new();
     let mut jobs = registry.lock();
@@ -31,12 +31,10 @@ pub(super) fn restore(
         let path = output_dir.join(record.id.log_name());
         let (log, phase) = match &record.end {
             Some(end) => {
-                let log = output::open_sealed(&path, end.output_bytes).or_else(|e| {
-                    // Its record says it ended with its output flushed, so
-                    // only someone else can have taken the file away.
-                    tracing::error!(job = %record.id, error = %e, "output log of a finished job is missing; it now reads as empty");
-                    output::recover(&path).map(|(log, _)| log)
-                });
+                // Its record says it ended with its output flushed, so only
+                // someone else can have taken the file away: reading it
+                // then fails (INTERNAL), rather than look empty.
+                let log = output::open_sealed(&path, end.output_bytes);
                 (
                     log,
                     Phase::Final {
@@ -82,7 +80,7 @@ pub(super) fn restore(
         let log = match log {
             Ok(log) => log,
             Err(e) => {
-                tracing::error!(job = %record.id, error = %e, "cannot open the job's output log; its output reads as empty");
+                tracing::error!(job = %record.id, error = %e, "cannot open the job's output log; reading its output will fail");
                 output::sealed_empty(&path)
             }
         };
@@ -107,15 +105,32 @@ pub(super) fn restore(
     }
     drop(jobs);
     if !lost.is_empty() {
-        let marked = store.mark_lost(now, |id| lost.get(&id).copied().unwrap_or(0))?;
-        tracing::warn!(
-            jobs = marked.len(),
-            "jobs were running when the previous daemon died; they are now marked lost"
-        );
+        match store.mark_lost(now, |id| lost.get(&id).copied().unwrap_or(0)) {
+            Ok(marked) => tracing::warn!(
+                jobs = marked.len(),
+                "jobs were running when the previous daemon died; they are now marked lost"
+            ),
+            // The daemon serves all the same (the jobs are lost in memory);
+            // the ends are recorded once the store can be written.
+            Err(e) => {
+                tracing::error!(error = %e, jobs = lost.len(), "cannot record the jobs of the previous daemon as lost now; will retry");
+                for (id, bytes) in &lost {
+                    registry.defer_end(
+                        *id,
+                        JobEnd {
+                            state: State::Lost,
+                            exit: None,
+                            ended_at: now,
+                            usage: None,
+                            output_bytes: *bytes,
+                        },
+                    );
+                }
+            }
+        }
     }
     retention::sweep_orphan_logs(output_dir, &registry.lock());
     tracing::info!(jobs = records.len(), "job records loaded");
-    Ok(())
 }
 
 #[cfg(test)]
@@ -212,7 +227,8 @@ mod tests {
         let executor = Arc::new(Reclaimer::default());
         let mut config = JobsConfig::new(output_dir.clone());
         config.retention.max_age = None;
-        let jobs = Jobs::open(executor.clone(), config, store.clone()).unwrap();
+        let records = store.load().unwrap();
+        let jobs = Jobs::open(executor.clone(), config, store.clone(), records).unwrap();
 
         assert_eq!(*executor.reclaimed.lock().unwrap(), ["pgid=4242,start=7"]);
         let grant = Gate::new(PolicyHandle::default())

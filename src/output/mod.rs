@@ -221,8 +221,10 @@ pub fn recover(path: &Path) -> Result<(Log, Recovered), OutputError> {
     ))
 }
 
-/// An empty, sealed log at `path`, for a job whose log cannot be opened:
-/// readers get an I/O error if the file is not there, and nothing otherwise.
+/// A sealed log at `path` that claims no bytes, for a job whose log cannot
+/// be opened: readers get an I/O error while the file is not there (the
+/// output is missing, which must not look like no output), and nothing
+/// otherwise.
 pub fn sealed_empty(path: &Path) -> Log {
     sealed(path, 0, 0)
 }

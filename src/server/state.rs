@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::ServerError;
-use crate::store::Store;
+use crate::store::{JobRecord, Store, StoreError};
 
 /// Name of the lock file inside the state directory.
 const LOCK_FILE: &str = "jobsd.lock";
@@ -21,19 +21,22 @@ const LOCK_FILE: &str = "jobsd.lock";
 pub struct StateDir {
     path: PathBuf,
     store: Store,
+    /// The records read at open, until the server takes them.
+    records: std::sync::Mutex<Option<Vec<JobRecord>>>,
     _lock: Flock<File>,
 }
 
 impl StateDir {
     /// Creates (if needed) and locks `path`, then opens (or creates) its
-    /// job store.
+    /// job store and reads every record in it, so that a store the daemon
+    /// cannot use is found before it says it is ready.
     ///
     /// # Errors
     /// [`ServerError::StateDir`] if the directory cannot be created or the
     /// lock file opened (e.g. the path is a file, or permission is denied);
     /// [`ServerError::StateDirInUse`] if another process holds the lock;
-    /// [`ServerError::Store`] if the job store cannot be opened (not a jobs
-    /// database, written by a newer jobsd, unreadable).
+    /// [`ServerError::Store`] if the job store cannot be opened or read (not
+    /// a jobs database, written by a newer jobsd, a corrupt record).
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, ServerError> {
         let path = path.into();
         let err = |source| ServerError::StateDir {
@@ -61,9 +64,11 @@ impl StateDir {
             Err((_, e)) => return Err(err(e.into())),
         };
         let store = Store::open(&path)?;
+        let records = store.load()?;
         Ok(Self {
             path,
             store,
+            records: std::sync::Mutex::new(Some(records)),
             _lock: lock,
         })
     }
@@ -76,6 +81,23 @@ impl StateDir {
     /// Its job store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The records read when the directory was opened (the first call), or
+    /// read again from the store (later calls).
+    ///
+    /// # Errors
+    /// [`StoreError`] if the store must be read again and cannot be.
+    pub fn records(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let cached = self
+            .records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match cached {
+            Some(records) => Ok(records),
+            None => self.store.load(),
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::service::paging::PageError;
 use crate::job::{JobError, SpawnError};
 use crate::output::OutputError;
 use crate::policy::Denial;
@@ -136,6 +137,16 @@ pub(crate) fn output_status(e: OutputError) -> Status {
         OutputError::Io(io) => internal("output log I/O failed", &io),
         OutputError::Corrupt { offset } => {
             internal("output log is corrupt", &format!("at byte {offset}"))
+        }
+    }
+}
+
+/// Maps a refusal of a List request's paging fields: the caller's own
+/// input, so INVALID_ARGUMENT with a fixed message.
+pub(crate) fn page_status(e: PageError) -> Status {
+    match e {
+        PageError::InvalidToken | PageError::NegativeSize => {
+            Status::invalid_argument(e.to_string())
         }
     }
 }

@@ -14,10 +14,15 @@
 //!
 //! Writes are serialised by one connection behind a mutex; the async methods
 //! run on tokio's blocking pool so that a disk that stalls does not stall the
-//! runtime, and so that a dropped caller cannot cut a write in half.
+//! runtime, and so that a dropped caller cannot cut a write in half. A
+//! reserve of disk space (`reserve.rs`) keeps removals, job ends and lost
+//! marks possible on a full disk.
 
+mod reserve;
 mod row;
 mod schema;
+
+pub use reserve::{RESERVE_BYTES, RESERVE_FILE};
 
 use std::fs::OpenOptions;
 use std::io;
@@ -262,6 +267,7 @@ impl StoreError {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: Arc<Path>,
+    reserve: Arc<reserve::Reserve>,
 }
 
 impl fmt::Debug for Store {
@@ -303,9 +309,14 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(&path, flags).map_err(open_err)?;
         schema::check_and_migrate(&mut conn, &path)?;
+        let reserve = reserve::Reserve::new(dir);
+        if let Err(e) = reserve.ensure() {
+            tracing::warn!(error = %e, "cannot reserve space for the job store; on a full disk, jobs can then not be removed or recorded as ended");
+        }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.into(),
+            reserve: Arc::new(reserve),
         })
     }
 
@@ -347,24 +358,26 @@ impl Store {
         bytes: impl Fn(JobId) -> u64,
     ) -> Result<Vec<JobId>, StoreError> {
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::write)?;
-        let ids = row::running_ids(&tx)?;
-        for &id in &ids {
-            let end = JobEnd {
-                state: State::Lost,
-                exit: None,
-                ended_at: at,
-                usage: None,
-                output_bytes: bytes(id),
-            };
-            let updated = row::finish(&tx, id, &end)?;
-            // It was selected as running in this very transaction.
-            debug_assert!(updated, "running record {id} vanished inside a transaction");
-        }
-        tx.commit().map_err(StoreError::write)?;
-        Ok(ids)
+        self.spending_reserve(&mut conn, |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::write)?;
+            let ids = row::running_ids(&tx)?;
+            for &id in &ids {
+                let end = JobEnd {
+                    state: State::Lost,
+                    exit: None,
+                    ended_at: at,
+                    usage: None,
+                    output_bytes: bytes(id),
+                };
+                let updated = row::finish(&tx, id, &end)?;
+                // It was selected as running in this very transaction.
+                debug_assert!(updated, "running record {id} vanished inside a transaction");
+            }
+            tx.commit().map_err(StoreError::write)?;
+            Ok(ids)
+        })
     }
 
     /// Inserts a new record of a running job (`record.end` must be `None`),
@@ -375,7 +388,9 @@ impl Store {
     /// [`StoreError::AlreadyExists`] if its id is stored already;
     /// [`StoreError::TimeOutOfRange`] / [`StoreError::ValueTooLarge`] for
     /// values the database cannot hold; [`StoreError::Full`] if the disk is
-    /// full; [`StoreError::Write`] for other SQLite errors;
+    /// full, or has no room left to hold back the store's reserve (see
+    /// `reserve.rs`): new jobs wait until removing them is possible;
+    /// [`StoreError::Write`] for other SQLite errors;
     /// [`StoreError::NotRun`] if the runtime shuts down first. On any error
     /// nothing was written.
     ///
@@ -387,7 +402,15 @@ impl Store {
     /// write can prevent it (tokio drops queued blocking tasks at shutdown);
     /// then nothing was written.
     pub async fn insert(&self, record: JobRecord) -> Result<(), StoreError> {
+        let reserve = self.reserve.clone();
         self.blocking(move |conn| {
+            // A new job only while the space to remove it is held back.
+            if let Err(e) = reserve.ensure() {
+                if reserve::is_full(&e) {
+                    return Err(StoreError::Full);
+                }
+                tracing::warn!(error = %e, "cannot reserve space for the job store");
+            }
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(StoreError::write)?;
@@ -414,14 +437,17 @@ impl Store {
     /// all. Only a runtime shutting down before the pool started the write
     /// can prevent it; then nothing was written.
     pub async fn finish(&self, id: JobId, end: JobEnd) -> Result<(), StoreError> {
+        let store = self.clone();
         self.blocking(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(StoreError::write)?;
-            if !row::finish(&tx, id, &end)? {
-                return Err(StoreError::NotRunning { id });
-            }
-            tx.commit().map_err(StoreError::write)
+            store.spending_reserve(conn, |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(StoreError::write)?;
+                if !row::finish(&tx, id, &end)? {
+                    return Err(StoreError::NotRunning { id });
+                }
+                tx.commit().map_err(StoreError::write)
+            })
         })
         .await
     }
@@ -442,25 +468,41 @@ impl Store {
     /// Only a runtime shutting down before the pool started the delete can
     /// prevent it; then nothing was deleted.
     pub async fn remove(&self, ids: Vec<JobId>) -> Result<usize, StoreError> {
+        let store = self.clone();
         self.blocking(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(StoreError::write)?;
-            let mut removed = 0;
-            {
-                let mut delete = tx
-                    .prepare("DELETE FROM jobs WHERE id = ?1")
+            store.spending_reserve(conn, |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(StoreError::write)?;
-                for id in &ids {
-                    removed += delete
-                        .execute(params![id.to_string()])
+                let mut removed = 0;
+                {
+                    let mut delete = tx
+                        .prepare("DELETE FROM jobs WHERE id = ?1")
                         .map_err(StoreError::write)?;
+                    for id in &ids {
+                        removed += delete
+                            .execute(params![id.to_string()])
+                            .map_err(StoreError::write)?;
+                    }
                 }
-            }
-            tx.commit().map_err(StoreError::write)?;
-            Ok(removed)
+                tx.commit().map_err(StoreError::write)?;
+                Ok(removed)
+            })
         })
         .await
+    }
+
+    /// Runs the write `work`; if it fails because the disk is full, gives
+    /// back the reserve (see `reserve.rs`) and runs it once more.
+    fn spending_reserve<T>(
+        &self,
+        conn: &mut Connection,
+        mut work: impl FnMut(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match work(conn) {
+            Err(StoreError::Full) if self.reserve.release() => work(conn),
+            result => result,
+        }
     }
 
     /// The connection, whoever held it before.

@@ -104,6 +104,12 @@ pub(super) fn check_and_migrate(conn: &mut Connection, path: &Path) -> Result<()
     }
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(open_err)?;
+    // Checkpoint every 64 pages (256 KiB) rather than SQLite's 1000, so the
+    // log file stays small and, once it has that size, is written over from
+    // its start instead of growing: on a full disk, the space the store's
+    // reserve gives back is enough for every later removal and job end.
+    conn.pragma_update(None, "wal_autocheckpoint", 64)
+        .map_err(open_err)?;
 
     for from in version..SCHEMA_VERSION {
         let to = from + 1;
