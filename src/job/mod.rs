@@ -767,8 +767,7 @@ impl Jobs {
         }
     }
 
-    /// Deletes a finished job: its record, then its output log (the other
-    /// way round when the disk is too full to record the deletion). Followers
+    /// Deletes a finished job: its record, then its output log. Followers
     /// that have it open read on to the end; everyone else gets
     /// [`JobError::NotFound`] from then on.
     ///
@@ -776,7 +775,8 @@ impl Jobs {
     /// [`JobError::StillRunning`] if the job is not final;
     /// [`JobError::NotFound`] if it was removed meanwhile (by another
     /// request or by retention); [`JobError::Store`] if the record cannot be
-    /// deleted (the job stays as it was).
+    /// deleted, e.g. on a disk full beyond the store's reserve (the job
+    /// stays as it was, output included).
     ///
     /// # Cancel safety
     /// The record's deletion completes even if the future is dropped; the

@@ -36,8 +36,9 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// change (NTP, an operator) delays a removal by at most this.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
-/// How often job ends the store could not record (its disk was full) are
-/// tried again, besides whenever a job ends or is removed.
+/// How often job ends the store could not record, and removals it refused
+/// (its disk was full), are tried again, besides whenever a job ends or is
+/// removed.
 const RETRY_UNRECORDED: Duration = Duration::from_secs(10);
 
 /// When finished jobs are removed.
@@ -154,13 +155,11 @@ pub(super) async fn run(task: Task) {
             .collect();
         let now = SystemTime::now();
         let (doomed, next) = due(&entries, now, &task.retention);
-        if !doomed.is_empty() {
-            remove(&task, doomed).await;
-        }
+        let refused = !doomed.is_empty() && !remove(&task, doomed).await;
         let mut sleep = next
             .map_or(MAX_SLEEP, |at| at.duration_since(now).unwrap_or_default())
             .min(MAX_SLEEP);
-        if unrecorded > 0 {
+        if unrecorded > 0 || refused {
             sleep = sleep.min(RETRY_UNRECORDED);
         }
         tokio::select! {
@@ -171,8 +170,9 @@ pub(super) async fn run(task: Task) {
     }
 }
 
-/// Removes `ids` from the registry, the store and the disk.
-async fn remove(task: &Task, ids: Vec<JobId>) {
+/// Removes `ids` from the registry, the store and the disk. Returns false
+/// if the store refused (they are back in the registry, to be tried again).
+async fn remove(task: &Task, ids: Vec<JobId>) -> bool {
     let taken: Vec<Arc<Job>> = {
         let mut jobs = task.registry.lock();
         ids.iter().filter_map(|id| jobs.remove(id)).collect()
@@ -185,41 +185,32 @@ async fn remove(task: &Task, ids: Vec<JobId>) {
         for job in taken {
             jobs.insert(job.id, job);
         }
-        return;
+        return false;
     }
     tracing::info!(jobs = ids.len(), "removed finished jobs by retention");
+    true
 }
 
 /// Deletes the records of `ids` from the store, then their output logs, so
 /// that a crash in between leaves only logs without records (deleted at the
-/// next start). On a full disk the store cannot even record a deletion: the
-/// logs then go first, to make room, and the records are deleted again.
+/// next start), and a deletion the store refuses changes nothing. On a full
+/// disk the store spends its reserve to record the deletion; the space the
+/// logs free then makes the reserve again.
 ///
 /// # Errors
-/// The store's error when the records cannot be deleted (after the retry,
-/// on a full disk: then the logs are gone, the records stay).
+/// The store's error when the records cannot be deleted (on a disk full
+/// beyond the reserve: [`crate::store::StoreError::Full`]); nothing was
+/// deleted then.
 pub(super) async fn delete_jobs(
     store: &Store,
     output_dir: &Path,
     ids: &[JobId],
 ) -> Result<(), crate::store::StoreError> {
-    match store.remove(ids.to_vec()).await {
-        Ok(_) => {}
-        Err(crate::store::StoreError::Full) => {
-            tracing::warn!(
-                jobs = ids.len(),
-                "disk full: deleting the jobs' output before their records, to make room"
-            );
-            for id in ids {
-                delete_log(output_dir, *id);
-            }
-            store.remove(ids.to_vec()).await?;
-        }
-        Err(e) => return Err(e),
-    }
+    store.remove(ids.to_vec()).await?;
     for id in ids {
         delete_log(output_dir, *id);
     }
+    store.replenish_reserve().await;
     Ok(())
 }
 

@@ -150,7 +150,7 @@ impl ServerConfig {
     pub fn new(tls: Arc<rustls::ServerConfig>, state: StateDir) -> Self {
         Self {
             tls,
-            jobs: JobsConfig::new(state.path().join("output")),
+            jobs: JobsConfig::new(state.path().join(state::OUTPUT_DIR)),
             executor: Arc::new(LocalExecutor::uncontained()),
             policy: PolicyHandle::default(),
             audit: None,

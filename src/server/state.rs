@@ -13,6 +13,9 @@ use crate::store::{JobRecord, Store, StoreError};
 /// Name of the lock file inside the state directory.
 const LOCK_FILE: &str = "jobsd.lock";
 
+/// Name of the directory of output logs inside the state directory.
+pub const OUTPUT_DIR: &str = "output";
+
 /// A state directory, created if missing (mode 0700) and locked with an
 /// exclusive flock(2) on `jobsd.lock` for as long as this value lives, so that
 /// two daemons never write the same job files; and its job store
@@ -63,6 +66,13 @@ impl StateDir {
             }
             Err((_, e)) => return Err(err(e.into())),
         };
+        // The default output directory: made here, so that a path that
+        // cannot be one is found before the daemon says it is ready.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path.join(OUTPUT_DIR))
+            .map_err(err)?;
         let store = Store::open(&path)?;
         let records = store.load()?;
         Ok(Self {

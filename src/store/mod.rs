@@ -492,6 +492,24 @@ impl Store {
         .await
     }
 
+    /// Makes the reserve again if it was spent and there is room (after
+    /// output was deleted, say). Best effort: a disk still full leaves it
+    /// spent, and new jobs wait.
+    ///
+    /// # Cancel safety
+    /// Runs on the blocking pool to its end even if dropped.
+    pub async fn replenish_reserve(&self) {
+        let reserve = self.reserve.clone();
+        let _ = self
+            .blocking(move |_| {
+                if let Err(e) = reserve.ensure() {
+                    tracing::debug!(error = %e, "cannot make the job store's reserve again yet");
+                }
+                Ok(())
+            })
+            .await;
+    }
+
     /// Runs the write `work`; if it fails because the disk is full, gives
     /// back the reserve (see `reserve.rs`) and runs it once more.
     fn spending_reserve<T>(
