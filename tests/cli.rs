@@ -1028,6 +1028,21 @@ fn jobsd_refuses_an_unusable_state_directory_before_saying_it_listens() {
         "{}",
         out.stderr
     );
+
+    // The same when the directory is fine but its `output` is a file.
+    let state = sb.dir.path().join("state");
+    fs::create_dir(&state).unwrap();
+    write_file(&state.join("output"), b"x");
+    let out = jobsd_refusing(&sb, &state);
+    assert_eq!((out.code, out.stdout_str()), (1, ""), "{}", out.stderr);
+    assert!(
+        out.stderr.ends_with(&format!(
+            "jobsd: error: cannot use the state directory {}: File exists (os error 17)\n",
+            state.join("output").display()
+        )),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

@@ -72,7 +72,10 @@ impl StateDir {
             .recursive(true)
             .mode(0o700)
             .create(path.join(OUTPUT_DIR))
-            .map_err(err)?;
+            .map_err(|source| ServerError::StateDir {
+                path: path.join(OUTPUT_DIR),
+                source,
+            })?;
         let store = Store::open(&path)?;
         let records = store.load()?;
         Ok(Self {
