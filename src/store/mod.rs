@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 use std::{fmt, panic};
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior, params};
 
 use crate::auth::Identity;
 use crate::job::{ExitInfo, JobId, ResourceLimits, ResourceUsage, State};
@@ -437,17 +437,9 @@ impl Store {
     /// all. Only a runtime shutting down before the pool started the write
     /// can prevent it; then nothing was written.
     pub async fn finish(&self, id: JobId, end: JobEnd) -> Result<(), StoreError> {
-        let store = self.clone();
-        self.blocking(move |conn| {
-            store.spending_reserve(conn, |conn| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(StoreError::write)?;
-                if !row::finish(&tx, id, &end)? {
-                    return Err(StoreError::NotRunning { id });
-                }
-                tx.commit().map_err(StoreError::write)
-            })
+        self.write_spending_reserve(move |tx| match row::finish(tx, id, &end)? {
+            true => Ok(()),
+            false => Err(StoreError::NotRunning { id }),
         })
         .await
     }
@@ -468,25 +460,36 @@ impl Store {
     /// Only a runtime shutting down before the pool started the delete can
     /// prevent it; then nothing was deleted.
     pub async fn remove(&self, ids: Vec<JobId>) -> Result<usize, StoreError> {
+        self.write_spending_reserve(move |tx| {
+            let mut delete = tx
+                .prepare("DELETE FROM jobs WHERE id = ?1")
+                .map_err(StoreError::write)?;
+            let mut removed = 0;
+            for id in &ids {
+                removed += delete
+                    .execute(params![id.to_string()])
+                    .map_err(StoreError::write)?;
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    /// Runs `work` in one immediate transaction on the blocking pool and
+    /// commits it; on a full disk, spends the reserve and runs it again.
+    async fn write_spending_reserve<T: Send + 'static>(
+        &self,
+        work: impl Fn(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let store = self.clone();
         self.blocking(move |conn| {
             store.spending_reserve(conn, |conn| {
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(StoreError::write)?;
-                let mut removed = 0;
-                {
-                    let mut delete = tx
-                        .prepare("DELETE FROM jobs WHERE id = ?1")
-                        .map_err(StoreError::write)?;
-                    for id in &ids {
-                        removed += delete
-                            .execute(params![id.to_string()])
-                            .map_err(StoreError::write)?;
-                    }
-                }
+                let done = work(&tx)?;
                 tx.commit().map_err(StoreError::write)?;
-                Ok(removed)
+                Ok(done)
             })
         })
         .await
