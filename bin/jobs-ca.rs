@@ -1,4 +1,5 @@
-//! `jobs-ca`: make the CA, server and user certificates for `jobs`.
+//! `jobs-ca`: make the CA, server and user certificates for `jobs`; make and
+//! sign certificate requests; list what a CA issued.
 //!
 //! A thin front end over [`jobs::ca`]: parse the arguments, call the library,
 //! print the result. Exit status: 0 on success, 1 on error (the cause chain goes
@@ -52,19 +53,69 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 825)]
         days: u32,
     },
-    /// Issue a user certificate: write DIR/NAME.crt and DIR/NAME.key, print the
-    /// user's fingerprint (the identity the server knows them by) alone on stdout.
+    /// Issue user certificates with keys made here: write DIR/NAME.crt and
+    /// DIR/NAME.key for each NAME (keys made in parallel on all cores). Prints
+    /// the fingerprint (the identity the server knows the user by) alone on
+    /// stdout for one NAME, or "FINGERPRINT NAME" lines, in order, for several.
     Client {
-        /// The user's name: 1-64 of A-Z a-z 0-9 . _ -, not starting with . or -,
-        /// not "ca" or "server". Becomes the certificate's common name and the file names.
-        #[arg(value_name = "NAME")]
-        name: String,
+        /// The users' names: 1-64 of A-Z a-z 0-9 . _ -, not starting with . or -,
+        /// not "ca" or "server". Each becomes a certificate's common name and file names.
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
         /// CA directory holding ca.crt and ca.key.
         #[arg(long, value_name = "DIR", default_value = "certs")]
         dir: PathBuf,
         /// How long the certificate is valid, in days (1..=3650, and not past the CA's expiry).
         #[arg(long, value_name = "N", default_value_t = 365)]
         days: u32,
+    },
+    /// User side: make a private key DIR/NAME.key (RSA-4096, mode 0600) and a
+    /// certificate request DIR/NAME.csr for the CA admin; print the fingerprint
+    /// the certificate will have. The key never leaves this machine.
+    Request {
+        /// Your user name (rules as for `client`): the request's common name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Where to write the key and request; created with mode 0700 if missing.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Renewal: reuse the existing DIR/NAME.key (same key, same identity and
+        /// jobs) and write a new DIR/NAME.csr.
+        #[arg(long)]
+        renew: bool,
+    },
+    /// Admin side: sign a certificate request (PKCS#10 PEM) as a user
+    /// certificate, after checking its signature and key (RSA, 4096-8192 bits).
+    /// Only its public key and name are used. Re-signing a key for the same
+    /// name renews it (same fingerprint); a key already issued under another
+    /// name is refused. Prints the fingerprint alone on stdout.
+    Sign {
+        /// The request file, e.g. alice.csr.
+        #[arg(value_name = "REQUEST")]
+        request: PathBuf,
+        /// CA directory holding ca.crt and ca.key.
+        #[arg(long, value_name = "DIR", default_value = "certs")]
+        dir: PathBuf,
+        /// The user's name [default: the request's common name].
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// How long the certificate is valid, in days (1..=3650, and not past the CA's expiry).
+        #[arg(long, value_name = "N", default_value_t = 365)]
+        days: u32,
+        /// Where to write the certificate [default: REQUEST with the extension .crt].
+        /// An existing file is replaced only by a renewal of the same key.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// List the certificates a CA issued (from DIR/issued.json): name, kind,
+    /// serial, expiry, days left, status and fingerprint, in issue order.
+    List {
+        /// CA directory.
+        #[arg(long, value_name = "DIR", default_value = "certs")]
+        dir: PathBuf,
+        /// One JSON array of objects instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the fingerprint (sha256:<64 hex>) of a PEM certificate: the SHA-256
     /// of its DER SubjectPublicKeyInfo.
@@ -126,17 +177,125 @@ fn run(command: Command) -> anyhow::Result<()> {
                 &format!("server certificate for {}", names.join(", ")),
             )?;
         }
-        Command::Client { name, dir, days } => {
+        Command::Client { names, dir, days } => {
             let validity = Validity::days(days).context("invalid --days")?;
-            let files = ca::write_client(&dir, &name, validity)
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let all = ca::write_clients(&dir, &names, validity)
                 .map_err(|e| with_init_hint(e, &dir))
                 .with_context(|| {
                     format!(
-                        "issuing a certificate for {name:?} from the CA in {}",
+                        "issuing certificates for {} from the CA in {}",
+                        names.join(", "),
                         dir.display()
                     )
                 })?;
-            report(&files, &format!("user certificate, CN={name}"))?;
+            if let [files] = all.as_slice() {
+                report(
+                    files,
+                    &format!("user certificate, CN={}", files.record.name),
+                )?;
+            } else {
+                let mut out = io::stdout().lock();
+                for files in &all {
+                    report_paths(
+                        files,
+                        &format!("user certificate, CN={}", files.record.name),
+                    );
+                    writeln!(out, "{} {}", files.identity, files.record.name)?;
+                }
+            }
+        }
+        Command::Request { name, dir, renew } => {
+            let files = ca::request_files(&dir, &name, renew).with_context(|| {
+                if renew {
+                    format!("making a renewal request for {name:?} in {}", dir.display())
+                } else {
+                    format!("making a key and request for {name:?} in {}", dir.display())
+                }
+            })?;
+            if files.renewal {
+                eprintln!(
+                    "reused {} (your existing key: the renewed certificate keeps your identity)",
+                    files.key_path.display()
+                );
+            } else {
+                eprintln!(
+                    "wrote {} (private key, mode 0600: keep it secret, never send or commit it)",
+                    files.key_path.display()
+                );
+            }
+            eprintln!(
+                "wrote {} (certificate request: send it to your CA admin, who runs `jobs-ca sign {}`)",
+                files.csr_path.display(),
+                files
+                    .csr_path
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            );
+            writeln!(io::stdout(), "{}", files.identity)?;
+        }
+        Command::Sign {
+            request,
+            dir,
+            name,
+            days,
+            out,
+        } => {
+            let validity = Validity::days(days).context("invalid --days")?;
+            let signed =
+                ca::sign_request_file(&dir, &request, name.as_deref(), validity, out.as_deref())
+                    .map_err(|e| {
+                        if name.is_none() && matches!(e, CaError::InvalidClientName { .. }) {
+                            anyhow::Error::new(e).context(
+                                "the request's common name cannot be a user name; \
+                                 give one with --name NAME",
+                            )
+                        } else {
+                            with_init_hint(e, &dir)
+                        }
+                    })
+                    .with_context(|| {
+                        format!(
+                            "signing {} with the CA in {}",
+                            request.display(),
+                            dir.display()
+                        )
+                    })?;
+            for item in &signed.ignored {
+                eprintln!("ignored from the request (not granted): {item}");
+            }
+            let record = &signed.record;
+            match &signed.renewed {
+                Some(previous) => eprintln!(
+                    "wrote {} (renewal for {:?}: serial {}, replaces serial {}, same identity; valid until {})",
+                    signed.cert_path.display(),
+                    record.name,
+                    record.serial,
+                    previous.serial,
+                    rfc3339(record.not_after)
+                ),
+                None => eprintln!(
+                    "wrote {} (user certificate, CN={}, serial {}, valid until {}); give it and ca.crt to the user",
+                    signed.cert_path.display(),
+                    record.name,
+                    record.serial,
+                    rfc3339(record.not_after)
+                ),
+            }
+            writeln!(io::stdout(), "{}", record.fingerprint)?;
+        }
+        Command::List { dir, json } => {
+            let records = ca::issued(&dir)
+                .map_err(|e| with_init_hint(e, &dir))
+                .with_context(|| format!("reading what the CA in {} issued", dir.display()))?;
+            let listed = ca::registry::listing(&records, time::OffsetDateTime::now_utc());
+            let mut out = io::stdout().lock();
+            if json {
+                let rows: Vec<ListedJson<'_>> = listed.iter().map(ListedJson::from).collect();
+                writeln!(out, "{}", serde_json::to_string(&rows)?)?;
+            } else {
+                write_table(&mut out, &listed)?;
+            }
         }
         Command::Fingerprint { cert } => {
             let identity = ca::fingerprint_file(&cert)?;
@@ -149,13 +308,118 @@ fn run(command: Command) -> anyhow::Result<()> {
 /// Details of what was written go to stderr; the fingerprint alone goes to
 /// stdout, so that `ID=$(jobs-ca client alice)` captures just the identity.
 fn report(files: &IssuedFiles, what: &str) -> anyhow::Result<()> {
+    report_paths(files, what);
+    writeln!(io::stdout(), "{}", files.identity)?;
+    Ok(())
+}
+
+fn report_paths(files: &IssuedFiles, what: &str) {
     eprintln!("wrote {} ({what})", files.cert_path.display());
     eprintln!(
         "wrote {} (private key, mode 0600: keep it secret, never commit it)",
         files.key_path.display()
     );
-    writeln!(io::stdout(), "{}", files.identity)?;
+}
+
+/// One row of `jobs-ca list --json`.
+#[derive(serde::Serialize)]
+struct ListedJson<'a> {
+    name: &'a str,
+    kind: &'static str,
+    serial: &'a str,
+    fingerprint: String,
+    not_before: String,
+    not_after: String,
+    issued_at: String,
+    days_left: i64,
+    status: ca::registry::CertStatus,
+}
+
+impl<'a> From<&'a ca::registry::Listed> for ListedJson<'a> {
+    fn from(listed: &'a ca::registry::Listed) -> Self {
+        let r = &listed.record;
+        Self {
+            name: &r.name,
+            kind: r.kind.as_str(),
+            serial: &r.serial,
+            fingerprint: r.fingerprint.to_string(),
+            not_before: rfc3339(r.not_before),
+            not_after: rfc3339(r.not_after),
+            issued_at: rfc3339(r.issued_at),
+            days_left: listed.days_left,
+            status: listed.status,
+        }
+    }
+}
+
+/// The text form of `jobs-ca list`: a header and one aligned row per
+/// certificate; days left is "-" once expired.
+fn write_table(out: &mut impl Write, listed: &[ca::registry::Listed]) -> io::Result<()> {
+    let rows: Vec<[String; 7]> = listed
+        .iter()
+        .map(|l| {
+            let r = &l.record;
+            [
+                r.name.clone(),
+                r.kind.as_str().to_owned(),
+                r.serial.clone(),
+                rfc3339(r.not_after),
+                if l.days_left < 0 {
+                    "-".to_owned()
+                } else {
+                    l.days_left.to_string()
+                },
+                status_text(l.status).to_owned(),
+                r.fingerprint.to_string(),
+            ]
+        })
+        .collect();
+    let header = [
+        "NAME",
+        "KIND",
+        "SERIAL",
+        "NOT AFTER",
+        "DAYS LEFT",
+        "STATUS",
+        "FINGERPRINT",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        text
+    };
+    writeln!(out, "{}", line(&header))?;
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        writeln!(out, "{}", line(&cells))?;
+    }
     Ok(())
+}
+
+fn status_text(status: ca::registry::CertStatus) -> &'static str {
+    match status {
+        ca::registry::CertStatus::Valid => "valid",
+        ca::registry::CertStatus::NotYetValid => "not yet valid",
+        ca::registry::CertStatus::Expired => "expired",
+        ca::registry::CertStatus::Renewed => "renewed",
+    }
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 /// A missing `ca.crt` most likely means the CA was never made (or `--dir`

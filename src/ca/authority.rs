@@ -3,6 +3,7 @@
 use std::fmt;
 use std::fs;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -13,6 +14,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
 use super::files::{CA_CERT_FILE, CA_KEY_FILE};
+use super::registry::CertKind;
+use super::request::CertRequest;
 use super::{CaError, San, Validity, validate_client_name};
 use crate::auth::{AuthError, Identity};
 
@@ -221,20 +224,93 @@ impl CertAuthority {
     /// [`CaError::KeyGeneration`] or [`CaError::Sign`] if the cryptography fails.
     pub fn issue_client(&self, name: &str, validity: Validity) -> Result<IssuedCert, CaError> {
         validate_client_name(name)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = common_name(name);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue_leaf(params, validity)
+        self.issue_leaf(client_params(name), validity)
     }
 
-    /// Fills in what every leaf shares, makes its key and signs it. Checks come
-    /// before key generation so that a refused request costs nothing.
-    fn issue_leaf(
+    /// Issues client certificates for every name in `names` at once, the
+    /// RSA-4096 keys made in parallel on all available cores (one thread
+    /// per core, at most one per name). Results are in the order of `names`.
+    ///
+    /// Every name is checked before any key is made: one bad name refuses
+    /// the whole batch.
+    ///
+    /// # Errors
+    /// As [`CertAuthority::issue_client`], for the first failing name.
+    pub fn issue_clients(
         &self,
-        mut params: CertificateParams,
+        names: &[&str],
         validity: Validity,
-    ) -> Result<IssuedCert, CaError> {
+    ) -> Result<Vec<IssuedCert>, CaError> {
+        for name in names {
+            validate_client_name(name)?;
+        }
+        self.check_validity(validity)?;
+        let workers = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(names.len());
+        let next = AtomicUsize::new(0);
+        let mut done: Vec<(usize, Result<IssuedCert, CaError>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(name) = names.get(i) else { break };
+                            done.push((i, self.issue_client(name, validity)));
+                        }
+                        done
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                // A worker only panics if issuing panicked: pass it on.
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, result)| result).collect()
+    }
+
+    /// Signs a client certificate for the key of a verified request, with
+    /// the same shape as [`CertAuthority::issue_client`] and the common name
+    /// `name`. Only the request's public key is used: its subject, requested
+    /// extensions and attributes are not (see [`CertRequest::ignored`]).
+    ///
+    /// The result has no private key: the user holds it.
+    ///
+    /// # Errors
+    /// [`CaError::InvalidClientName`]; [`CaError::KeyAlreadyIssued`] if the
+    /// request holds the CA's own key; [`CaError::EmptyValidity`] or
+    /// [`CaError::OutlivesCa`]; [`CaError::Random`] or [`CaError::Sign`].
+    pub fn sign_request(
+        &self,
+        request: &CertRequest,
+        name: &str,
+        validity: Validity,
+    ) -> Result<SignedCert, CaError> {
+        validate_client_name(name)?;
+        if request.identity() == self.identity {
+            return Err(CaError::KeyAlreadyIssued {
+                identity: self.identity,
+                name: CA_COMMON_NAME.to_owned(),
+                kind: CertKind::Ca,
+            });
+        }
+        let public_key =
+            rcgen::SubjectPublicKeyInfo::from_der(request.spki_der()).map_err(CaError::Sign)?;
+        let signed = self.sign_leaf(client_params(name), &public_key, validity)?;
+        // The identity is the request's key: check the certificate says so.
+        if signed.identity != request.identity() {
+            return Err(CaError::Sign(rcgen::Error::X509(
+                "the signed certificate does not carry the request's key".to_owned(),
+            )));
+        }
+        Ok(signed)
+    }
+
+    fn check_validity(&self, validity: Validity) -> Result<Validity, CaError> {
         let validity = validity.normalized()?;
         if validity.not_after > self.not_after {
             return Err(CaError::OutlivesCa {
@@ -242,21 +318,53 @@ impl CertAuthority {
                 ca_not_after: self.not_after,
             });
         }
+        Ok(validity)
+    }
+
+    /// Fills in what every leaf shares, makes its key and signs it. Checks come
+    /// before key generation so that a refused request costs nothing.
+    fn issue_leaf(
+        &self,
+        params: CertificateParams,
+        validity: Validity,
+    ) -> Result<IssuedCert, CaError> {
+        self.check_validity(validity)?;
+        let key = generate_key()?;
+        let signed = self.sign_leaf(params, &key, validity)?;
+        Ok(IssuedCert {
+            key_pem: PrivateKeyPem::from_key_pair(&key),
+            cert_pem: signed.cert_pem,
+            cert_der: signed.cert_der,
+            identity: signed.identity,
+            serial: signed.serial,
+            validity: signed.validity,
+        })
+    }
+
+    /// Signs a leaf for `public_key`: validity, a random serial,
+    /// `basicConstraints` critical `cA:FALSE`, the authority key identifier.
+    fn sign_leaf(
+        &self,
+        mut params: CertificateParams,
+        public_key: &impl PublicKeyData,
+        validity: Validity,
+    ) -> Result<SignedCert, CaError> {
+        let validity = self.check_validity(validity)?;
         params.not_before = validity.not_before;
         params.not_after = validity.not_after;
-        params.serial_number = Some(random_serial()?);
+        let serial = random_serial()?;
+        params.serial_number = Some(serial.clone());
         params.is_ca = IsCa::ExplicitNoCa;
         params.use_authority_key_identifier_extension = true;
-
-        let key = generate_key()?;
         let cert = params
-            .signed_by(&key, &self.issuer)
+            .signed_by(public_key, &self.issuer)
             .map_err(CaError::Sign)?;
-        Ok(IssuedCert {
+        Ok(SignedCert {
             cert_pem: cert.pem(),
             cert_der: cert.der().clone(),
-            key_pem: PrivateKeyPem::from_key_pair(&key),
-            identity: Identity::from_spki_der(&key.subject_public_key_info()),
+            identity: Identity::from_spki_der(&public_key.subject_public_key_info()),
+            serial: hex(serial.as_ref()),
+            validity,
         })
     }
 }
@@ -284,6 +392,26 @@ pub struct IssuedCert {
     pub key_pem: PrivateKeyPem,
     /// The certificate's SPKI fingerprint: how the daemon names this user.
     pub identity: Identity,
+    /// The serial number, lower-case hex of its DER INTEGER bytes.
+    pub serial: String,
+    /// The validity written, UTC, whole seconds.
+    pub validity: Validity,
+}
+
+/// A leaf certificate signed for a key the CA never saw the private half
+/// of (see [`CertAuthority::sign_request`]).
+#[derive(Clone, Debug)]
+pub struct SignedCert {
+    /// The certificate in PEM.
+    pub cert_pem: String,
+    /// The same certificate in DER.
+    pub cert_der: CertificateDer<'static>,
+    /// The certificate's SPKI fingerprint: how the daemon names this user.
+    pub identity: Identity,
+    /// The serial number, lower-case hex of its DER INTEGER bytes.
+    pub serial: String,
+    /// The validity written, UTC, whole seconds.
+    pub validity: Validity,
 }
 
 /// An RSA private key in PKCS#8 PEM (a PEM block labelled `PRIVATE KEY`).
@@ -297,7 +425,7 @@ pub struct PrivateKeyPem {
 }
 
 impl PrivateKeyPem {
-    fn from_key_pair(key: &KeyPair) -> Self {
+    pub(super) fn from_key_pair(key: &KeyPair) -> Self {
         Self {
             pem: key.serialize_pem(),
             pkcs8_der: key.serialize_der(),
@@ -321,13 +449,35 @@ impl fmt::Debug for PrivateKeyPem {
     }
 }
 
+/// The parameters every client certificate has: `CN=name`, key usage
+/// `digitalSignature`, extended key usage `clientAuth` only.
+fn client_params(name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
+}
+
+/// Lower-case hex of `bytes`.
+pub(super) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            // Writing to a String cannot fail.
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 /// A new RSA-4096 key. `KeyPair::generate_for` would silently make 2048 bits.
-fn generate_key() -> Result<KeyPair, CaError> {
+pub(super) fn generate_key() -> Result<KeyPair, CaError> {
     KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_4096).map_err(CaError::KeyGeneration)
 }
 
 /// A distinguished name holding only a common name.
-fn common_name(cn: &str) -> DistinguishedName {
+pub(super) fn common_name(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
     dn

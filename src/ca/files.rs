@@ -1,17 +1,28 @@
 //! The CA directory: which file holds what, and writing them safely.
 //!
-//! Every file is created with `O_CREAT | O_EXCL` (`create_new`): an existing
+//! Every file is written atomically: into a temporary file in the same
+//! directory, fsynced, then renamed into place (`renameat2(RENAME_NOREPLACE)`
+//! where nothing may be overwritten) and the directory fsynced. A crash
+//! leaves the old file or the whole new one, never half a key; an existing
 //! file, or a symlink planted where a key will go, is never written through.
+//!
+//! Issuing also updates the CA's record ([`super::registry`]) under its lock:
+//! the record is written first and rolled back if the certificate files
+//! cannot be, so a certificate on disk is always in the record.
 
-use std::fs::{self, DirBuilder, OpenOptions, Permissions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder, File, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use time::OffsetDateTime;
 
-use super::{CaError, CertAuthority, IssuedCert, San, Validity, validate_client_name};
+use super::authority::hex;
+use super::registry::{self, CertKind, ClientCheck, IssuedRecord, LockedRegistry};
+use super::request::{self, CertRequest, MAX_REQUEST_BYTES};
+use super::{CaError, CertAuthority, San, Validity, validate_client_name};
 use crate::auth::Identity;
 
 /// The CA certificate, in PEM. Give it to servers and clients.
@@ -25,9 +36,9 @@ pub const SERVER_KEY_FILE: &str = "server.key";
 
 /// Mode of private key files: owner read/write only.
 const KEY_MODE: u32 = 0o600;
-/// Mode of certificate files: public, readable by all.
+/// Mode of certificate and request files: public, readable by all.
 const CERT_MODE: u32 = 0o644;
-/// Mode of a CA directory we create: it holds `ca.key`, so owner only.
+/// Mode of a CA or key directory we create: it holds private keys, so owner only.
 const DIR_MODE: u32 = 0o700;
 
 /// The files one issuing operation wrote.
@@ -39,73 +50,336 @@ pub struct IssuedFiles {
     pub key_path: PathBuf,
     /// The new certificate's SPKI fingerprint.
     pub identity: Identity,
+    /// What the CA's record says about it (name, serial, validity).
+    pub record: IssuedRecord,
 }
 
-/// Creates a CA in `dir`: writes `ca.crt` (mode 0644) and `ca.key` (mode 0600).
-/// Creates `dir` (mode 0700, and missing parents) if it does not exist.
+/// The files a certificate request wrote (see [`request_files`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestFiles {
+    /// The private key (PEM, mode 0600): new, or the existing one reused.
+    pub key_path: PathBuf,
+    /// The request (PEM, mode 0644): send it to the CA admin.
+    pub csr_path: PathBuf,
+    /// The key's SPKI fingerprint: the identity the certificate will have.
+    pub identity: Identity,
+    /// Whether an existing key was reused (a renewal request).
+    pub renewal: bool,
+}
+
+/// What signing a request wrote (see [`sign_request_file`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedFiles {
+    /// The new certificate (PEM, mode 0644).
+    pub cert_path: PathBuf,
+    /// The CA's record of it: name, serial, fingerprint, validity.
+    pub record: IssuedRecord,
+    /// The previous certificate for the same key and name, if this was a
+    /// renewal.
+    pub renewed: Option<IssuedRecord>,
+    /// What the request asked for and did not get (see
+    /// [`CertRequest::ignored`]).
+    pub ignored: Vec<String>,
+}
+
+/// Creates a CA in `dir`: writes `ca.crt` (mode 0644), `ca.key` (mode 0600)
+/// and the record `issued.json` with the CA in it. Creates `dir` (mode 0700,
+/// and missing parents) if it does not exist.
 ///
 /// Returns the paths written and the CA's identity. Takes about a second.
 ///
 /// # Errors
-/// [`CaError::AlreadyExists`] if `ca.key` or `ca.crt` exists (checked before
-/// the key is made; nothing is overwritten); [`CaError::CreateDir`] or
-/// [`CaError::Write`] on I/O failure; the errors of [`CertAuthority::generate`].
+/// [`CaError::AlreadyExists`] if `ca.key`, `ca.crt` or `issued.json` exists
+/// (checked before the key is made; nothing is overwritten);
+/// [`CaError::CreateDir`] or [`CaError::Write`] on I/O failure; the errors of
+/// [`CertAuthority::generate`].
 pub fn init_dir(dir: &Path, validity: Validity) -> Result<IssuedFiles, CaError> {
     let cert_path = dir.join(CA_CERT_FILE);
     let key_path = dir.join(CA_KEY_FILE);
-    refuse_existing(&[&key_path, &cert_path])?;
-    DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .map_err(|source| CaError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+    let record_path = dir.join(registry::REGISTRY_FILE);
+    refuse_existing(&[&key_path, &cert_path, &record_path])?;
+    create_dir(dir)?;
     let ca = CertAuthority::generate(validity)?;
+    let mut registry = LockedRegistry::open(dir)?;
+    refuse_existing(&[&key_path, &cert_path, &record_path])?;
+    let record = record_of(ca.cert_der(), "ca", CertKind::Ca)?;
     write_pair(
         &cert_path,
         ca.cert_pem(),
         &key_path,
         ca.private_key().as_str(),
     )?;
+    if let Err(e) = registry.append([record.clone()]) {
+        remove_quietly(&[&cert_path, &key_path]);
+        return Err(e);
+    }
     Ok(IssuedFiles {
         cert_path,
         key_path,
         identity: ca.identity(),
+        record,
     })
 }
 
 /// Issues a server certificate from the CA in `dir` (see
-/// [`CertAuthority::issue_server`]) and writes `server.crt` and `server.key`.
+/// [`CertAuthority::issue_server`]), writes `server.crt` and `server.key`
+/// and records it under the name `server`.
 ///
 /// # Errors
 /// [`CaError::AlreadyExists`] if either file exists (nothing is overwritten);
 /// the errors of [`CertAuthority::load`] and [`CertAuthority::issue_server`];
-/// [`CaError::Write`] on I/O failure.
+/// [`CaError::Registry`] for a malformed record; [`CaError::Write`] on I/O
+/// failure.
 pub fn write_server(dir: &Path, sans: &[San], validity: Validity) -> Result<IssuedFiles, CaError> {
     let cert_path = dir.join(SERVER_CERT_FILE);
     let key_path = dir.join(SERVER_KEY_FILE);
     refuse_existing(&[&key_path, &cert_path])?;
     let issued = CertAuthority::load(dir)?.issue_server(sans, validity)?;
-    write_issued(cert_path, key_path, issued)
+    let mut registry = LockedRegistry::open(dir)?;
+    let files = Pending {
+        cert_path,
+        key_path,
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem.as_str().to_owned(),
+        identity: issued.identity,
+        record: record_of(&issued.cert_der, "server", CertKind::Server)?,
+    };
+    Ok(commit(&mut registry, vec![files])?.remove(0))
 }
 
-/// Issues a client certificate for `name` from the CA in `dir` (see
-/// [`CertAuthority::issue_client`]) and writes `NAME.crt` and `NAME.key`.
+/// Issues a client certificate for `name` from the CA in `dir` and writes
+/// `NAME.crt` and `NAME.key`: [`write_clients`] with one name.
 ///
 /// # Errors
-/// [`CaError::InvalidClientName`] (checked first, so a bad name never reaches
-/// the file system); [`CaError::AlreadyExists`] if either file exists; the
-/// errors of [`CertAuthority::load`] and [`CertAuthority::issue_client`];
-/// [`CaError::Write`] on I/O failure.
+/// As [`write_clients`].
 pub fn write_client(dir: &Path, name: &str, validity: Validity) -> Result<IssuedFiles, CaError> {
+    Ok(write_clients(dir, &[name], validity)?.remove(0))
+}
+
+/// Issues client certificates for every name from the CA in `dir` (see
+/// [`CertAuthority::issue_clients`]: keys made in parallel on all cores),
+/// writes `NAME.crt` and `NAME.key` for each and records them. Results are in
+/// the order of `names`.
+///
+/// All or nothing: every name is checked (valid, given once, no file of that
+/// name, not in the record) before any key is made, and again under the
+/// record's lock before anything is written; if a file cannot be written,
+/// what this call wrote is removed and the record restored.
+///
+/// # Errors
+/// [`CaError::InvalidClientName`] or [`CaError::DuplicateName`] (checked
+/// first, so a bad name never reaches the file system);
+/// [`CaError::AlreadyExists`] if a file exists; [`CaError::NameTaken`] if a
+/// name is in the record; the errors of [`CertAuthority::load`] and
+/// [`CertAuthority::issue_clients`]; [`CaError::Registry`];
+/// [`CaError::Write`].
+pub fn write_clients(
+    dir: &Path,
+    names: &[&str],
+    validity: Validity,
+) -> Result<Vec<IssuedFiles>, CaError> {
+    for (i, name) in names.iter().enumerate() {
+        validate_client_name(name)?;
+        if names[..i].contains(name) {
+            return Err(CaError::DuplicateName {
+                name: (*name).to_owned(),
+            });
+        }
+    }
+    let paths: Vec<(PathBuf, PathBuf)> = names
+        .iter()
+        .map(|name| {
+            (
+                dir.join(format!("{name}.crt")),
+                dir.join(format!("{name}.key")),
+            )
+        })
+        .collect();
+    let refuse_files = || {
+        paths
+            .iter()
+            .try_for_each(|(cert, key)| refuse_existing(&[key, cert]))
+    };
+    refuse_files()?;
+    let ca = CertAuthority::load(dir)?;
+    // Fail fast on names already issued, before a second of key generation
+    // per name; checked again under the lock below.
+    let issued = registry::read(dir)?;
+    if let Some(taken) = issued
+        .iter()
+        .find(|r| r.kind == CertKind::Client && names.contains(&r.name.as_str()))
+    {
+        return Err(CaError::NameTaken {
+            name: taken.name.clone(),
+            identity: taken.fingerprint,
+        });
+    }
+    let certs = ca.issue_clients(names, validity)?;
+
+    let mut registry = LockedRegistry::open(dir)?;
+    refuse_files()?;
+    let mut pending = Vec::with_capacity(names.len());
+    for ((name, (cert_path, key_path)), issued) in names.iter().zip(paths).zip(certs) {
+        match registry.check_client(name, issued.identity)? {
+            ClientCheck::New => {}
+            // A fresh key cannot have been issued before.
+            ClientCheck::Renewal(previous) => {
+                return Err(CaError::KeyAlreadyIssued {
+                    identity: previous.fingerprint,
+                    name: previous.name,
+                    kind: previous.kind,
+                });
+            }
+        }
+        pending.push(Pending {
+            cert_path,
+            key_path,
+            record: record_of(&issued.cert_der, name, CertKind::Client)?,
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem.as_str().to_owned(),
+            identity: issued.identity,
+        });
+    }
+    commit(&mut registry, pending)
+}
+
+/// The user's side of a signed certificate: writes `DIR/NAME.key` (a new
+/// RSA-4096 key, mode 0600) and `DIR/NAME.csr` (a PKCS#10 request for
+/// `CN=NAME`, mode 0644), creating `DIR` (mode 0700) if missing.
+///
+/// With `renew`, the existing `DIR/NAME.key` is reused and only a new
+/// `NAME.csr` is written (replacing an old one): signed for the same name it
+/// renews the certificate and keeps the identity.
+///
+/// # Errors
+/// [`CaError::InvalidClientName`]; [`CaError::AlreadyExists`] if, without
+/// `renew`, either file exists; [`CaError::Read`] (a missing key with
+/// `renew`) or [`CaError::BadKey`] if the key cannot be used;
+/// [`CaError::UnsuitableKey`] if it is one the CA would refuse (not RSA of
+/// 4096-8192 bits); [`CaError::CreateDir`], [`CaError::Write`].
+pub fn request_files(dir: &Path, name: &str, renew: bool) -> Result<RequestFiles, CaError> {
     validate_client_name(name)?;
-    let cert_path = dir.join(format!("{name}.crt"));
     let key_path = dir.join(format!("{name}.key"));
-    refuse_existing(&[&key_path, &cert_path])?;
-    let issued = CertAuthority::load(dir)?.issue_client(name, validity)?;
-    write_issued(cert_path, key_path, issued)
+    let csr_path = dir.join(format!("{name}.csr"));
+    if renew {
+        let pem = read_limited(&key_path, MAX_REQUEST_BYTES)?;
+        let pem = String::from_utf8(pem).map_err(|_| CaError::BadKey {
+            path: key_path.clone(),
+            source: rcgen::Error::CouldNotParseKeyPair,
+        })?;
+        let key = request::key_from_pem(&pem).map_err(|source| CaError::BadKey {
+            path: key_path.clone(),
+            source,
+        })?;
+        let made = request::make_request(name, Some(key))?;
+        write_atomic(
+            &csr_path,
+            made.csr_pem.as_bytes(),
+            CERT_MODE,
+            Clobber::Replace,
+        )?;
+        return Ok(RequestFiles {
+            key_path,
+            csr_path,
+            identity: made.identity,
+            renewal: true,
+        });
+    }
+    refuse_existing(&[&key_path, &csr_path])?;
+    create_dir(dir)?;
+    let made = request::make_request(name, None)?;
+    write_pair(&csr_path, &made.csr_pem, &key_path, made.key_pem.as_str())?;
+    Ok(RequestFiles {
+        key_path,
+        csr_path,
+        identity: made.identity,
+        renewal: false,
+    })
+}
+
+/// The CA admin's side: reads the PKCS#10 request at `csr_path`, checks it
+/// ([`CertRequest::from_pem`]), and signs a client certificate for its key
+/// with the CA in `ca_dir` (see [`CertAuthority::sign_request`]).
+///
+/// The name is `name` if given, else the request's common name; either must
+/// pass the client name rules. The record decides what this is: a new
+/// identity, or a renewal when this key was issued under this name before
+/// (new serial and validity, same fingerprint); a key issued under another
+/// name, or a name held by another key, is refused.
+///
+/// The certificate goes to `out`, by default the request's path with the
+/// extension `.crt`. An existing `out` is replaced only when it holds a
+/// certificate for the same key (the one being renewed); anything else is
+/// refused before signing.
+///
+/// # Errors
+/// [`CaError::Read`] for an unreadable request (or one over 64 KiB);
+/// [`CaError::Request`] for a request that fails the checks;
+/// [`CaError::InvalidClientName`], [`CaError::KeyAlreadyIssued`],
+/// [`CaError::NameTaken`], [`CaError::AlreadyExists`]; the errors of
+/// [`CertAuthority::load`] and [`CertAuthority::sign_request`];
+/// [`CaError::Registry`]; [`CaError::Write`].
+pub fn sign_request_file(
+    ca_dir: &Path,
+    csr_path: &Path,
+    name: Option<&str>,
+    validity: Validity,
+    out: Option<&Path>,
+) -> Result<SignedFiles, CaError> {
+    let bytes = read_limited(csr_path, MAX_REQUEST_BYTES)?;
+    let request = CertRequest::from_pem(&bytes).map_err(|source| CaError::Request {
+        path: csr_path.to_path_buf(),
+        source,
+    })?;
+    let name = match name.or(request.common_name()) {
+        Some(name) => name.to_owned(),
+        None => {
+            return Err(CaError::Request {
+                path: csr_path.to_path_buf(),
+                source: request::RequestError::NoName,
+            });
+        }
+    };
+    validate_client_name(&name)?;
+    let cert_path = out.map_or_else(|| csr_path.with_extension("crt"), Path::to_path_buf);
+    let clobber = replaceable(&cert_path, request.identity())?;
+    let ca = CertAuthority::load(ca_dir)?;
+
+    let mut registry = LockedRegistry::open(ca_dir)?;
+    let renewed = match registry.check_client(&name, request.identity())? {
+        ClientCheck::New => None,
+        ClientCheck::Renewal(previous) => Some(previous),
+    };
+    let signed = ca.sign_request(&request, &name, validity)?;
+    let record = record_of(&signed.cert_der, &name, CertKind::Client)?;
+    let before = registry.records().to_vec();
+    registry.append([record.clone()])?;
+    if let Err(e) = write_atomic(&cert_path, signed.cert_pem.as_bytes(), CERT_MODE, clobber) {
+        restore(&mut registry, before);
+        return Err(e);
+    }
+    Ok(SignedFiles {
+        cert_path,
+        record,
+        renewed,
+        ignored: request.ignored().to_vec(),
+    })
+}
+
+/// The record of the CA in `dir`, in issue order.
+///
+/// # Errors
+/// [`CaError::Read`] if `dir` holds no `ca.crt` (not a CA directory) or the
+/// record cannot be read; [`CaError::Registry`] if it is malformed.
+pub fn issued(dir: &Path) -> Result<Vec<IssuedRecord>, CaError> {
+    let ca_cert = dir.join(CA_CERT_FILE);
+    if let Err(source) = fs::metadata(&ca_cert) {
+        return Err(CaError::Read {
+            path: ca_cert,
+            source,
+        });
+    }
+    registry::read(dir)
 }
 
 /// The identity of the first certificate in a PEM file: the SHA-256 of its
@@ -126,22 +400,139 @@ pub fn fingerprint_file(cert_pem_path: &Path) -> Result<Identity, CaError> {
     Identity::from_certificate_der(&der).map_err(|source| CaError::BadCertificate { path, source })
 }
 
-fn write_issued(
+/// A certificate and key made but not yet written.
+struct Pending {
     cert_path: PathBuf,
     key_path: PathBuf,
-    issued: IssuedCert,
-) -> Result<IssuedFiles, CaError> {
-    write_pair(
-        &cert_path,
-        &issued.cert_pem,
-        &key_path,
-        issued.key_pem.as_str(),
-    )?;
-    Ok(IssuedFiles {
-        cert_path,
-        key_path,
-        identity: issued.identity,
+    cert_pem: String,
+    key_pem: String,
+    identity: Identity,
+    record: IssuedRecord,
+}
+
+/// Records every pending certificate, then writes their files; if a file
+/// cannot be written, removes what was written and restores the record.
+fn commit(
+    registry: &mut LockedRegistry,
+    pending: Vec<Pending>,
+) -> Result<Vec<IssuedFiles>, CaError> {
+    let before = registry.records().to_vec();
+    registry.append(pending.iter().map(|p| p.record.clone()))?;
+    let mut written: Vec<&Pending> = Vec::with_capacity(pending.len());
+    for files in &pending {
+        if let Err(e) = write_pair(
+            &files.cert_path,
+            &files.cert_pem,
+            &files.key_path,
+            &files.key_pem,
+        ) {
+            for done in written {
+                remove_quietly(&[&done.cert_path, &done.key_path]);
+            }
+            restore(registry, before);
+            return Err(e);
+        }
+        written.push(files);
+    }
+    Ok(pending
+        .into_iter()
+        .map(|p| IssuedFiles {
+            cert_path: p.cert_path,
+            key_path: p.key_path,
+            identity: p.identity,
+            record: p.record,
+        })
+        .collect())
+}
+
+/// Puts the record back as it was after a failed write. Best effort: the
+/// error being reported is the write failure, and an entry left behind names
+/// a certificate no one holds, which refuses nothing but that name.
+fn restore(registry: &mut LockedRegistry, before: Vec<IssuedRecord>) {
+    let _ = registry.replace(before);
+}
+
+/// The record entry for a certificate, read from the certificate itself so
+/// the record cannot say something the certificate does not.
+fn record_of(cert_der: &[u8], name: &str, kind: CertKind) -> Result<IssuedRecord, CaError> {
+    let parse_error = |e: String| CaError::Sign(rcgen::Error::X509(e));
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert_der).map_err(|e| parse_error(e.to_string()))?;
+    Ok(IssuedRecord {
+        serial: hex(cert.raw_serial()),
+        name: name.to_owned(),
+        kind,
+        fingerprint: Identity::from_spki_der(cert.public_key().raw),
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+        issued_at: whole_seconds_now(),
     })
+}
+
+fn whole_seconds_now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now - time::Duration::nanoseconds(i64::from(now.nanosecond()))
+}
+
+/// Whether a signed certificate may go to `path`: [`Clobber::Refuse`] if
+/// nothing is there, [`Clobber::Replace`] if a certificate for the same key
+/// is (a renewal replaces it), else [`CaError::AlreadyExists`].
+fn replaceable(path: &Path, identity: Identity) -> Result<Clobber, CaError> {
+    let meta = match path.symlink_metadata() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Clobber::Refuse),
+        Err(source) => {
+            return Err(CaError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+        Ok(meta) => meta,
+    };
+    let same_key = meta.is_file()
+        && read_limited(path, MAX_REQUEST_BYTES)
+            .ok()
+            .and_then(|pem| CertificateDer::from_pem_slice(&pem).ok())
+            .and_then(|der| Identity::from_certificate_der(&der).ok())
+            == Some(identity);
+    if same_key {
+        Ok(Clobber::Replace)
+    } else {
+        Err(CaError::AlreadyExists {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Reads a regular file of at most `limit` bytes.
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, CaError> {
+    let read_error = |source| CaError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    if !meta.is_file() || meta.len() > limit {
+        return Err(read_error(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a regular file of at most {limit} bytes"),
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    Ok(bytes)
+}
+
+fn create_dir(dir: &Path) -> Result<(), CaError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(|source| CaError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Fails with [`CaError::AlreadyExists`] for the first path that exists, so
@@ -156,56 +547,84 @@ fn refuse_existing(paths: &[&Path]) -> Result<(), CaError> {
     }
 }
 
-/// Writes the key, then the certificate. If the certificate cannot be
-/// written the key is removed again: a key without its certificate is useless,
-/// and its file would make every retry fail with `AlreadyExists`.
+fn remove_quietly(paths: &[&Path]) {
+    for path in paths {
+        // Best effort: only called to undo our own writes on a failure that
+        // is being reported.
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// Writes the key, then the certificate (or request). If the second cannot
+/// be written the key is removed again: a key without its certificate is
+/// useless, and its file would make every retry fail with `AlreadyExists`.
 fn write_pair(
     cert_path: &Path,
     cert_pem: &str,
     key_path: &Path,
     key_pem: &str,
 ) -> Result<(), CaError> {
-    write_new(key_path, key_pem, KEY_MODE)?;
-    if let Err(e) = write_new(cert_path, cert_pem, CERT_MODE) {
-        // Best effort: the error being reported is the write failure.
-        let _ = fs::remove_file(key_path);
+    write_atomic(key_path, key_pem.as_bytes(), KEY_MODE, Clobber::Refuse)?;
+    if let Err(e) = write_atomic(cert_path, cert_pem.as_bytes(), CERT_MODE, Clobber::Refuse) {
+        remove_quietly(&[key_path]);
         return Err(e);
     }
     Ok(())
 }
 
-/// Creates `path` (which must not exist) with `mode` and writes `contents`.
+/// Whether [`write_atomic`] may replace an existing file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Clobber {
+    /// Fail with [`CaError::AlreadyExists`] if anything (even a dangling
+    /// symlink) is at the path.
+    Refuse,
+    /// Replace what is there (a symlink itself, never its target).
+    Replace,
+}
+
+/// Writes `contents` to `path` atomically with `mode`: a temporary file in
+/// the same directory (created with `mode`, so a key is never readable by
+/// others even for an instant, and set to `mode` again since the umask may
+/// have narrowed it), fsynced, renamed into place, then the directory fsynced.
 ///
-/// The mode is given at `open` so that a key is never readable by others, even
-/// for an instant, and set again afterwards because the umask may have
-/// narrowed it (a 0644 certificate under umask 077). A partly written file is
-/// removed.
-fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
+/// # Errors
+/// [`CaError::AlreadyExists`] under [`Clobber::Refuse`]; [`CaError::Write`].
+pub(super) fn write_atomic(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    clobber: Clobber,
+) -> Result<(), CaError> {
     let write_error = |source| CaError::Write {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::AlreadyExists => CaError::AlreadyExists {
-                path: path.to_path_buf(),
-            },
-            _ => write_error(source),
-        })?;
-    let written = file
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let mut temp = tempfile::Builder::new()
+        .prefix(".jobs-ca-")
+        .suffix(".tmp")
+        .permissions(Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(write_error)?;
+    temp.as_file()
         .set_permissions(Permissions::from_mode(mode))
-        .and_then(|()| file.write_all(contents.as_bytes()))
-        .and_then(|()| file.sync_all());
-    if let Err(source) = written {
-        drop(file);
-        // Best effort: we created this file a moment ago; the error being
-        // reported is the write failure.
-        let _ = fs::remove_file(path);
-        return Err(write_error(source));
-    }
-    Ok(())
+        .and_then(|()| temp.write_all(contents))
+        .and_then(|()| temp.as_file().sync_all())
+        .map_err(write_error)?;
+    let persisted = match clobber {
+        Clobber::Refuse => temp.persist_noclobber(path),
+        Clobber::Replace => temp.persist(path),
+    };
+    persisted.map_err(|e| match e.error.kind() {
+        io::ErrorKind::AlreadyExists => CaError::AlreadyExists {
+            path: path.to_path_buf(),
+        },
+        _ => write_error(e.error),
+    })?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(write_error)
 }

@@ -10,10 +10,19 @@
 //!   user's name in the common name. The daemon identifies a user by the SHA-256
 //!   of the certificate's public key ([`crate::auth::Identity`]), never by that name.
 //!
+//! Users may keep their keys to themselves: [`request_files`] makes a key and
+//! a PKCS#10 request on the user's machine ([`request`]), and
+//! [`sign_request_file`] signs the request on the CA's, trusting nothing in
+//! it but its public key and name. Testers get many identities at once from
+//! [`write_clients`], which makes the keys in parallel.
+//!
 //! It also owns the layout of a CA directory (`ca.crt`, `ca.key`, `server.crt`,
-//! `server.key`, `NAME.crt`, `NAME.key`; see [`init_dir`], [`write_server`],
-//! [`write_client`]): private keys are created mode 0600 and no file is ever
-//! overwritten.
+//! `server.key`, `NAME.crt`, `NAME.key`, and the record `issued.json`; see
+//! [`init_dir`], [`write_server`], [`write_clients`]): private keys are
+//! created mode 0600, every file is written atomically, and nothing is
+//! overwritten except a renewed certificate. The record ([`registry`]) keeps
+//! one key to one name: re-signing a key for its name is a renewal that keeps
+//! the identity, and a key cannot become a second identity.
 //!
 //! It must not verify certificates or decide who may do what (that is
 //! [`crate::auth`] and the TLS layer), must not talk to the network, and must not
@@ -24,6 +33,8 @@
 
 mod authority;
 mod files;
+pub mod registry;
+pub mod request;
 
 use std::fmt;
 use std::io;
@@ -33,12 +44,16 @@ use std::str::FromStr;
 
 use time::{Duration, OffsetDateTime, UtcOffset};
 
-use crate::auth::AuthError;
-pub use authority::{CertAuthority, IssuedCert, PrivateKeyPem};
+use crate::auth::{AuthError, Identity};
+pub use authority::{CertAuthority, IssuedCert, PrivateKeyPem, SignedCert};
+use authority::{common_name, generate_key};
 pub use files::{
-    CA_CERT_FILE, CA_KEY_FILE, IssuedFiles, SERVER_CERT_FILE, SERVER_KEY_FILE, fingerprint_file,
-    init_dir, write_client, write_server,
+    CA_CERT_FILE, CA_KEY_FILE, IssuedFiles, RequestFiles, SERVER_CERT_FILE, SERVER_KEY_FILE,
+    SignedFiles, fingerprint_file, init_dir, issued, request_files, sign_request_file,
+    write_client, write_clients, write_server,
 };
+use registry::CertKind;
+use request::RequestError;
 
 /// How far before "now" every certificate's `notBefore` is set: 1 hour.
 ///
@@ -196,6 +211,61 @@ pub enum CaError {
     /// Building or signing the certificate failed.
     #[error("signing the certificate failed")]
     Sign(#[source] rcgen::Error),
+    /// A certificate signing request was refused: malformed, a bad
+    /// signature, a key that is not RSA of 4096-8192 bits, or no name.
+    #[error("the request {} is refused", path.display())]
+    Request {
+        /// The request file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: RequestError,
+    },
+    /// A key given to make a request from is one the CA would refuse.
+    #[error("this key cannot be used for a jobs certificate")]
+    UnsuitableKey(#[source] RequestError),
+    /// The key already has a certificate under another name (or is the CA's
+    /// or a server's key): one key is one identity, so it cannot get a
+    /// second name.
+    #[error(
+        "key {identity} was already issued as {kind} {name:?}; one key is one identity, so it \
+         cannot be issued under another name (renew it under {name:?}, or make a new key)",
+        kind = kind.as_str()
+    )]
+    KeyAlreadyIssued {
+        /// The key's fingerprint.
+        identity: Identity,
+        /// The name it was issued under.
+        name: String,
+        /// What it was issued as.
+        kind: CertKind,
+    },
+    /// The client name belongs to another key.
+    #[error(
+        "the name {name:?} already belongs to key {identity}; a new key would be a different identity under the same name, so choose another name (or renew the existing key)"
+    )]
+    NameTaken {
+        /// The name asked for.
+        name: String,
+        /// The key that holds it.
+        identity: Identity,
+    },
+    /// The same name was given twice in one batch.
+    #[error("the name {name:?} is given more than once")]
+    DuplicateName {
+        /// The repeated name.
+        name: String,
+    },
+    /// The CA's record (`issued.json`) is malformed or of a newer format.
+    /// Nothing is issued until it is fixed: without it, one key could
+    /// become two identities.
+    #[error("the CA's record {} is unreadable: {reason}", path.display())]
+    Registry {
+        /// The record file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// When a certificate is valid: from `not_before` to `not_after`, inclusive, UTC.

@@ -104,11 +104,11 @@ fn days(n: u32) -> Validity {
 }
 
 static CA: LazyLock<IssuedFiles> =
-    LazyLock::new(|| init_dir(&main_dir(), days(30)).expect("make the CA"));
+    LazyLock::new(|| init_dir(&main_dir(), days(60)).expect("make the CA"));
 
 static SERVER: LazyLock<IssuedFiles> = LazyLock::new(|| {
     LazyLock::force(&CA);
-    write_server(&main_dir(), &default_server_sans(), days(7)).expect("issue the server cert")
+    write_server(&main_dir(), &default_server_sans(), days(30)).expect("issue the server cert")
 });
 
 fn client_cert(name: &str, validity: Validity) -> IssuedFiles {
@@ -116,11 +116,11 @@ fn client_cert(name: &str, validity: Validity) -> IssuedFiles {
     write_client(&main_dir(), name, validity).expect("issue a client cert")
 }
 
-static ALICE: LazyLock<IssuedFiles> = LazyLock::new(|| client_cert("alice", days(7)));
-static BOB: LazyLock<IssuedFiles> = LazyLock::new(|| client_cert("bob", days(7)));
+static ALICE: LazyLock<IssuedFiles> = LazyLock::new(|| client_cert("alice", days(30)));
+static BOB: LazyLock<IssuedFiles> = LazyLock::new(|| client_cert("bob", days(30)));
 /// A third user, made only by the binaries that name her (policy tests make
 /// her an admin).
-static CAROL: LazyLock<IssuedFiles> = LazyLock::new(|| client_cert("carol", days(7)));
+static CAROL: LazyLock<IssuedFiles> = LazyLock::new(|| client_cert("carol", days(30)));
 
 static EXPIRED: LazyLock<IssuedFiles> = LazyLock::new(|| {
     let now = time::OffsetDateTime::now_utc();
@@ -146,16 +146,16 @@ static NOT_YET_VALID: LazyLock<IssuedFiles> = LazyLock::new(|| {
 
 /// A second, unrelated CA, made the same way as ours.
 static FOREIGN_CA: LazyLock<IssuedFiles> =
-    LazyLock::new(|| init_dir(&foreign_dir(), days(30)).expect("make the foreign CA"));
+    LazyLock::new(|| init_dir(&foreign_dir(), days(60)).expect("make the foreign CA"));
 
 static FOREIGN_CLIENT: LazyLock<IssuedFiles> = LazyLock::new(|| {
     LazyLock::force(&FOREIGN_CA);
-    write_client(&foreign_dir(), "mallory", days(7)).expect("issue the foreign client cert")
+    write_client(&foreign_dir(), "mallory", days(30)).expect("issue the foreign client cert")
 });
 
 static FOREIGN_SERVER: LazyLock<IssuedFiles> = LazyLock::new(|| {
     LazyLock::force(&FOREIGN_CA);
-    write_server(&foreign_dir(), &default_server_sans(), days(7))
+    write_server(&foreign_dir(), &default_server_sans(), days(30))
         .expect("issue the foreign server cert")
 });
 
@@ -185,7 +185,7 @@ fn leaf_params(cn: &str, serial: u8) -> CertificateParams {
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, cn);
     params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(7);
+    params.not_after = now + time::Duration::days(30);
     params.serial_number = Some(SerialNumber::from_slice(&[0x51, serial, 0x0d, 0xd5]));
     params.use_authority_key_identifier_extension = true;
     params
@@ -291,7 +291,7 @@ static V1_CLIENT: LazyLock<PathBuf> = LazyLock::new(|| {
         0x30,
         &[
             utc(now - time::Duration::hours(1)),
-            utc(now + time::Duration::days(7)),
+            utc(now + time::Duration::days(30)),
         ]
         .concat(),
     );
@@ -372,6 +372,13 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
+}
+
+/// The directory of our PKI's CA (`ca.crt`, `ca.key`, `issued.json`, …), as
+/// `jobs-ca --dir` takes it.
+pub fn ca_dir() -> PathBuf {
+    LazyLock::force(&CA);
+    main_dir()
 }
 
 /// The CA certificate path of our PKI.

@@ -1,0 +1,530 @@
+//! Certificate lifecycle through `jobs-ca` against a running server: a user
+//! makes their own key and request, the admin signs it, the user works;
+//! renewal keeps the identity and the jobs; one key never becomes two
+//! identities; testers get many identities at once.
+//!
+//! Every test signs with the shared test CA (so the test server trusts what
+//! it issues) from a private copy of its directory, so each has a record of
+//! its own: tests run in parallel and compare records exactly.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use jobs::auth::Identity;
+use jobs::tls::PemFiles;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use x509_parser::prelude::parse_x509_certificate;
+
+use common::TestServer;
+
+const JOBS_CA: &str = env!("CARGO_BIN_EXE_jobs-ca");
+
+fn jobs_ca(args: &[&str]) -> Output {
+    Command::new(JOBS_CA)
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("run jobs-ca")
+}
+
+/// Runs `jobs-ca` expecting success; returns (stdout, stderr).
+fn ok(args: &[&str]) -> (String, String) {
+    let out = jobs_ca(args);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "jobs-ca {args:?} failed: {stderr}"
+    );
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+/// Runs `jobs-ca` expecting exit 1, nothing on stdout and `message` on stderr.
+fn refused(args: &[&str], message: &str) {
+    let out = jobs_ca(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "jobs-ca {args:?}: {stderr}");
+    assert!(
+        stderr.contains(message),
+        "jobs-ca {args:?}: stderr {stderr:?} lacks {message:?}"
+    );
+    assert!(out.stdout.is_empty(), "jobs-ca {args:?} printed on stdout");
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+fn cert_der(path: &Path) -> Vec<u8> {
+    CertificateDer::from_pem_file(path).unwrap().to_vec()
+}
+
+/// (serial hex, notAfter unix seconds, identity, EKU client_auth only, is CA)
+fn shape(path: &Path) -> (String, i64, Identity, bool, bool) {
+    let der = cert_der(path);
+    let (_, cert) = parse_x509_certificate(&der).unwrap();
+    let serial: String = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    let client_only = eku.client_auth && !eku.server_auth && !eku.any && eku.other.is_empty();
+    (
+        serial,
+        cert.validity().not_after.timestamp(),
+        Identity::from_certificate_der(&der).unwrap(),
+        client_only,
+        cert.is_ca(),
+    )
+}
+
+fn user_pem(dir: &Path, name: &str) -> PemFiles {
+    PemFiles {
+        ca: common::ca_cert(),
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+    }
+}
+
+/// A CA directory of this test's own: the shared test CA's certificate and
+/// key, and no record yet.
+fn private_ca() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    fs::create_dir(&dir).unwrap();
+    for file in ["ca.crt", "ca.key"] {
+        fs::copy(common::ca_dir().join(file), dir.join(file)).unwrap();
+    }
+    (tmp, dir)
+}
+
+/// The bytes of the CA's record; `None` before anything was issued.
+fn record(ca: &Path) -> Option<Vec<u8>> {
+    fs::read(ca.join("issued.json")).ok()
+}
+
+/// `jobs-ca list --json` rows for `name`.
+fn listed(ca: &Path, name: &str) -> Vec<serde_json::Value> {
+    let (out, _) = ok(&["list", "--dir", s(ca), "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    rows.into_iter().filter(|r| r["name"] == name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_sign_use_then_renew_keeps_the_identity_and_the_jobs() {
+    // Scenario: dora makes her key at home, the admin signs her request, she
+    // runs a job; later she renews with the same key and still sees the job.
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path().join("dora-home");
+    let (_ca_dir, ca) = private_ca();
+
+    let (fingerprint, said) = ok(&["request", "dora", "--dir", s(&home)]);
+    let identity: Identity = fingerprint.trim_end().parse().unwrap();
+    assert_eq!(fingerprint, format!("{identity}\n"));
+    assert_eq!(names_in(&home), ["dora.csr", "dora.key"]);
+    assert_eq!(mode(&home), 0o700);
+    assert_eq!(mode(&home.join("dora.key")), 0o600);
+    assert_eq!(mode(&home.join("dora.csr")), 0o644);
+    assert!(!said.contains("PRIVATE KEY"), "{said}");
+    let key_before = fs::read(home.join("dora.key")).unwrap();
+
+    // The admin sees only the request and prints the same fingerprint.
+    let (signed, said) = ok(&[
+        "sign",
+        s(&home.join("dora.csr")),
+        "--dir",
+        s(&ca),
+        "--days",
+        "20",
+    ]);
+    assert_eq!(signed, fingerprint);
+    assert!(said.contains("user certificate, CN=dora"), "{said}");
+    assert_eq!(names_in(&home), ["dora.crt", "dora.csr", "dora.key"]);
+    assert_eq!(mode(&home.join("dora.crt")), 0o644);
+    let (serial1, not_after1, cert_identity, client_only, is_ca) = shape(&home.join("dora.crt"));
+    assert_eq!(cert_identity, identity);
+    assert!(client_only && !is_ca);
+
+    let server = TestServer::start().await;
+    let dora = common::connect(&server, user_pem(&home, "dora"))
+        .await
+        .expect("the signed certificate is accepted");
+    let job = common::start(&dora, "echo", &["before renewal"]).await;
+    assert_eq!(job.owner, identity.to_string());
+    let ended = common::wait_final(&dora, &job.id).await;
+    assert_eq!(ended.exit_code, Some(0));
+    // Another user is refused dora's job like an unknown one.
+    let bob = common::client(&server, "bob").await;
+    assert_eq!(
+        common::code(&bob.status(&job.id).await.unwrap_err()),
+        tonic::Code::NotFound
+    );
+
+    // Renewal: a new request for the same key, signed for the same name.
+    let (renewal, said) = ok(&["request", "dora", "--dir", s(&home), "--renew"]);
+    assert_eq!(renewal, fingerprint);
+    assert!(said.contains("reused"), "{said}");
+    assert_eq!(fs::read(home.join("dora.key")).unwrap(), key_before);
+    let (renewed, said) = ok(&[
+        "sign",
+        s(&home.join("dora.csr")),
+        "--dir",
+        s(&ca),
+        "--days",
+        "40",
+    ]);
+    assert_eq!(renewed, fingerprint);
+    assert!(
+        said.contains(&format!("replaces serial {serial1}, same identity")),
+        "{said}"
+    );
+    let (serial2, not_after2, renewed_identity, _, _) = shape(&home.join("dora.crt"));
+    assert_ne!(serial2, serial1);
+    assert_eq!(renewed_identity, identity);
+    // Valid 40 days from the second signing, a few seconds after the first.
+    assert!(
+        (20 * 86_400..20 * 86_400 + 60).contains(&(not_after2 - not_after1)),
+        "{not_after1} -> {not_after2}"
+    );
+    assert_eq!(names_in(&home), ["dora.crt", "dora.csr", "dora.key"]);
+
+    // With the renewed certificate dora still sees and reads her job.
+    let dora = common::connect(&server, user_pem(&home, "dora"))
+        .await
+        .expect("the renewed certificate is accepted");
+    assert_eq!(common::listed_ids(&dora).await, [job.id.clone()]);
+    let (stdout, stderr) = common::collect_output(&dora, &job.id).await;
+    assert_eq!(stdout, b"before renewal\n");
+    assert_eq!(stderr, b"");
+
+    // The CA's record has both certificates: the first renewed, the second valid.
+    let rows = listed(&ca, "dora");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["serial"], serial1.as_str());
+    assert_eq!(rows[0]["status"], "renewed");
+    assert_eq!(rows[0]["days_left"], 19);
+    assert_eq!(rows[1]["serial"], serial2.as_str());
+    assert_eq!(rows[1]["status"], "valid");
+    assert_eq!(rows[1]["days_left"], 39);
+    for row in &rows {
+        assert_eq!(row["fingerprint"], identity.to_string().as_str());
+        assert_eq!(row["kind"], "client");
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_key_is_one_identity_and_a_name_belongs_to_one_key() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let (_ca_dir, ca) = private_ca();
+    let erin_csr = home.join("erin.csr");
+    let (erin, _) = ok(&["request", "erin", "--dir", s(home)]);
+    assert_eq!(
+        ok(&["sign", s(&erin_csr), "--dir", s(&ca), "--days", "10"]).0,
+        erin,
+        "first signing"
+    );
+    let before = record(&ca);
+
+    // Scenario: erin's key sent again under another name is refused.
+    let frank = home.join("frank.crt");
+    refused(
+        &[
+            "sign",
+            s(&erin_csr),
+            "--dir",
+            s(&ca),
+            "--name",
+            "frank",
+            "--out",
+            s(&frank),
+        ],
+        &format!(
+            "key {} was already issued as client \"erin\"; one key is one identity",
+            erin.trim_end()
+        ),
+    );
+    assert!(!frank.exists());
+    assert_eq!(record(&ca), before, "a refused signing changed the record");
+
+    // Scenario: someone else's new key asking for the name "erin" is refused.
+    let other = home.join("other");
+    ok(&["request", "erin", "--dir", s(&other)]);
+    refused(
+        &[
+            "sign",
+            s(&other.join("erin.csr")),
+            "--dir",
+            s(&ca),
+            "--days",
+            "10",
+        ],
+        &format!(
+            "the name \"erin\" already belongs to key {}",
+            erin.trim_end()
+        ),
+    );
+    assert!(!other.join("erin.crt").exists());
+    assert_eq!(record(&ca), before);
+
+    // Scenario: the output file holds another key's certificate: not replaced.
+    let erin_crt = fs::read(home.join("erin.crt")).unwrap();
+    refused(
+        &[
+            "sign",
+            s(&other.join("erin.csr")),
+            "--dir",
+            s(&ca),
+            "--name",
+            "gina",
+            "--out",
+            s(&home.join("erin.crt")),
+        ],
+        &format!(
+            "{} already exists; refusing to overwrite it",
+            home.join("erin.crt").display()
+        ),
+    );
+    assert_eq!(fs::read(home.join("erin.crt")).unwrap(), erin_crt);
+    assert_eq!(record(&ca), before);
+
+    // Scenario: a user asks twice for a new key under one name: the second is refused.
+    refused(
+        &["request", "erin", "--dir", s(home)],
+        &format!(
+            "{} already exists; refusing to overwrite it",
+            home.join("erin.key").display()
+        ),
+    );
+    // Scenario: --renew with no key to reuse says so.
+    refused(
+        &["request", "hana", "--dir", s(home), "--renew"],
+        &format!("cannot read {}", home.join("hana.key").display()),
+    );
+    assert_eq!(
+        names_in(home),
+        ["erin.crt", "erin.csr", "erin.key", "other"]
+    );
+}
+
+#[test]
+fn requests_that_prove_nothing_or_name_no_one_are_refused_by_the_cli() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let (_ca_dir, ca) = private_ca();
+    let before = record(&ca);
+    // Scenario: the admin is handed something that is not a request.
+    let junk = home.join("junk.csr");
+    fs::write(&junk, "hello\n").unwrap();
+    refused(
+        &["sign", s(&junk), "--dir", s(&ca)],
+        "no PEM CERTIFICATE REQUEST block found",
+    );
+    // Scenario: a request with a valid signature but no common name and no --name.
+    let key =
+        rcgen::KeyPair::from_pem(&fs::read_to_string(common::pem("bob").key).unwrap()).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let nameless = home.join("nameless.csr");
+    fs::write(
+        &nameless,
+        params.serialize_request(&key).unwrap().pem().unwrap(),
+    )
+    .unwrap();
+    refused(
+        &["sign", s(&nameless), "--dir", s(&ca)],
+        "the request has no common name; give the user's name",
+    );
+    // Scenario: the request's common name is not a usable user name.
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Bob Smith");
+    let spaced = home.join("spaced.csr");
+    fs::write(
+        &spaced,
+        params.serialize_request(&key).unwrap().pem().unwrap(),
+    )
+    .unwrap();
+    refused(
+        &["sign", s(&spaced), "--dir", s(&ca)],
+        "the request's common name cannot be a user name; give one with --name NAME",
+    );
+    // Scenario: a directory or a huge file given as the request.
+    refused(
+        &["sign", s(home), "--dir", s(&ca)],
+        &format!("cannot read {}", home.display()),
+    );
+    let huge = home.join("huge.csr");
+    fs::write(&huge, vec![b'A'; 65 * 1024]).unwrap();
+    refused(
+        &["sign", s(&huge), "--dir", s(&ca)],
+        "not a regular file of at most 65536 bytes",
+    );
+    assert_eq!(record(&ca), before);
+    assert_eq!(
+        names_in(home),
+        ["huge.csr", "junk.csr", "nameless.csr", "spaced.csr"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_issue_makes_distinct_valid_identities() {
+    // Scenario: a tester makes 8 identities in one command and uses each.
+    let (_ca_dir, ca) = private_ca();
+    let names: Vec<String> = (1..=8).map(|i| format!("tester-{i}")).collect();
+    let mut args = vec!["client", "--dir", s(&ca), "--days", "10"];
+    args.extend(names.iter().map(String::as_str));
+    let (out, said) = ok(&args);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 8, "{out}");
+
+    let server = TestServer::start().await;
+    let mut identities = Vec::new();
+    let mut serials = Vec::new();
+    for (line, name) in lines.iter().zip(&names) {
+        let (fingerprint, printed_name) = line.split_once(' ').unwrap();
+        assert_eq!(printed_name, name);
+        let crt = ca.join(format!("{name}.crt"));
+        let key = ca.join(format!("{name}.key"));
+        assert!(said.contains(&format!("wrote {}", crt.display())), "{said}");
+        assert_eq!(mode(&crt), 0o644);
+        assert_eq!(mode(&key), 0o600);
+        let (serial, _, identity, client_only, is_ca) = shape(&crt);
+        assert_eq!(fingerprint, identity.to_string());
+        assert!(client_only && !is_ca);
+        // The key is the certificate's: the server accepts the pair.
+        let client = common::connect(&server, user_pem(&ca, name))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(common::listed_ids(&client).await, Vec::<String>::new());
+        let job = common::start(&client, "true", &[]).await;
+        assert_eq!(job.owner, fingerprint);
+        identities.push(identity);
+        serials.push(serial);
+        let rows = listed(&ca, name);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["fingerprint"], fingerprint);
+        assert_eq!(rows[0]["serial"], serials.last().unwrap().as_str());
+    }
+    identities.sort_by_key(|i| *i.as_bytes());
+    identities.dedup();
+    serials.sort();
+    serials.dedup();
+    assert_eq!((identities.len(), serials.len()), (8, 8));
+    server.shutdown().await.unwrap();
+
+    // Scenario: a batch with one bad, repeated or existing name makes nothing.
+    let before = record(&ca);
+    let files = names_in(&ca);
+    for (args, message) in [
+        (
+            vec!["client", "ivan", "../x"],
+            "invalid client name \"../x\"",
+        ),
+        (
+            vec!["client", "ivan", "judy", "ivan"],
+            "the name \"ivan\" is given more than once",
+        ),
+        (
+            vec!["client", "ivan", "tester-3"],
+            "tester-3.key already exists; refusing to overwrite it",
+        ),
+    ] {
+        let mut args = args;
+        args.splice(1..1, ["--dir", s(&ca)]);
+        refused(&args, message);
+    }
+    assert_eq!(record(&ca), before);
+    assert_eq!(names_in(&ca), files);
+}
+
+#[test]
+fn two_admins_issuing_one_name_at_once_make_one_certificate() {
+    // Scenario: two `jobs-ca client kim` race; the record lock lets one win.
+    let (_ca_dir, ca) = private_ca();
+    let run = || {
+        let ca = ca.clone();
+        std::thread::spawn(move || jobs_ca(&["client", "kim", "--dir", s(&ca), "--days", "10"]))
+    };
+    let (a, b) = (run(), run());
+    let outs = [a.join().unwrap(), b.join().unwrap()];
+    let codes: Vec<Option<i32>> = outs.iter().map(|o| o.status.code()).collect();
+    assert!(
+        codes == [Some(0), Some(1)] || codes == [Some(1), Some(0)],
+        "{codes:?}"
+    );
+    let loser = outs.iter().find(|o| o.status.code() == Some(1)).unwrap();
+    let said = String::from_utf8_lossy(&loser.stderr);
+    assert!(
+        said.contains("already exists; refusing to overwrite it")
+            || said.contains("the name \"kim\" already belongs to key"),
+        "{said}"
+    );
+    let winner = outs.iter().find(|o| o.status.code() == Some(0)).unwrap();
+    let rows = listed(&ca, "kim");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        format!("{}\n", rows[0]["fingerprint"].as_str().unwrap()),
+        String::from_utf8_lossy(&winner.stdout)
+    );
+    assert_eq!(
+        shape(&ca.join("kim.crt")).2.to_string(),
+        rows[0]["fingerprint"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn a_broken_record_stops_issuing_and_is_left_as_it_is() {
+    // Scenario: issued.json was damaged by hand; without it one key could
+    // become two identities, so nothing is issued until it is fixed.
+    let (tmp, dir) = private_ca();
+    for (broken, reason) in [
+        (
+            &b"{\"version\": 1, \"certificates\": ["[..],
+            "EOF while parsing",
+        ),
+        (
+            &b"{\"version\": 2, \"certificates\": []}"[..],
+            "format version 2",
+        ),
+    ] {
+        fs::write(dir.join("issued.json"), broken).unwrap();
+        let message = format!(
+            "the CA's record {} is unreadable: ",
+            dir.join("issued.json").display()
+        );
+        refused(&["client", "lena", "--dir", s(&dir)], &message);
+        refused(&["list", "--dir", s(&dir)], reason);
+        assert_eq!(fs::read(dir.join("issued.json")).unwrap(), broken);
+        assert_eq!(names_in(&dir), ["ca.crt", "ca.key", "issued.json"]);
+    }
+    // Scenario: `list` on a directory without a CA says so.
+    refused(
+        &["list", "--dir", s(tmp.path())],
+        &format!(
+            "no CA in {}; create one with `jobs-ca init",
+            tmp.path().display()
+        ),
+    );
+}
