@@ -208,6 +208,12 @@ struct Incomplete {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let options = connect_options(&cli);
+    // On stderr, so that stdout (`--json` included) stays machine-readable.
+    if let Some(warning) =
+        jobs::client::expiry_warning(&options.pem.cert, time::OffsetDateTime::now_utc())
+    {
+        eprint_line(&format!("jobs: warning: {warning}"));
+    }
     match run(cli.command, options) {
         Ok(code) => ExitCode::from(code),
         Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,

@@ -238,6 +238,10 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
     let tls = pem
         .server_config()
         .context("cannot load the TLS configuration")?;
+    if let Some(warning) = jobs::client::expiry_warning(&pem.cert, time::OffsetDateTime::now_utc())
+    {
+        tracing::warn!("server {warning}");
+    }
     // Everything that can fail is checked before the "listening on" line, so
     // that a script waiting for it knows the daemon is really serving.
     let state = jobs::server::StateDir::open(&args.state_dir)?;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole product on real input, on loopback, in a temporary directory:
-# certificates issued, jobsd started with a policy and an audit log, a real
-# job run and followed as alice, bob refused, an admin stopping alice's job,
+# certificates issued (a batch by the admin; bob's from his own key and
+# request, then renewed with the same key), jobsd started with a policy and an
+# audit log, a real job run and followed as alice, bob refused, an admin stopping alice's job,
 # bob denylisted by a policy reload, an output quota, jobsd killed and
 # restarted with every job still listed (a running one lost), everything
 # shut down.
@@ -26,15 +27,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "Issuing a CA, a server certificate and certificates for alice, bob and carol (RSA-4096)"
+say "The admin issues a CA, the server certificate, and alice's and carol's in one batch (RSA-4096)"
 "$bin/jobs-ca" init --dir "$tmp/certs"
 "$bin/jobs-ca" server --dir "$tmp/certs"
-alice=$("$bin/jobs-ca" client alice --dir "$tmp/certs")
-bob=$("$bin/jobs-ca" client bob --dir "$tmp/certs")
-carol=$("$bin/jobs-ca" client carol --dir "$tmp/certs")
+ids=$("$bin/jobs-ca" client alice carol --dir "$tmp/certs")   # keys made in parallel
+alice=$(awk '$2 == "alice" { print $1 }' <<<"$ids")
+carol=$(awk '$2 == "carol" { print $1 }' <<<"$ids")
+
+say "bob makes his own key and request; the admin signs the request (bob's key never leaves his directory)"
+bob=$("$bin/jobs-ca" request bob --dir "$tmp/bob")
+"$bin/jobs-ca" sign "$tmp/bob/bob.csr" --dir "$tmp/certs" >/dev/null
+ls "$tmp/bob"
 echo "alice is $alice"
 echo "bob   is $bob"
 echo "carol is $carol (an admin in the policy below)"
+"$bin/jobs-ca" list --dir "$tmp/certs"
 
 say "The policy: carol is an admin; 5 running jobs and 1 MiB of output per job for everyone"
 policy() {  # policy DENYLIST
@@ -78,7 +85,7 @@ start_jobsd
 
 export JOBS_ADDR="$addr" JOBS_CA="$tmp/certs/ca.crt"
 as_alice() { JOBS_CERT="$tmp/certs/alice.crt" JOBS_KEY="$tmp/certs/alice.key" "$bin/jobs" "$@"; }
-as_bob() { JOBS_CERT="$tmp/certs/bob.crt" JOBS_KEY="$tmp/certs/bob.key" "$bin/jobs" "$@"; }
+as_bob() { JOBS_CERT="$tmp/bob/bob.crt" JOBS_KEY="$tmp/bob/bob.key" "$bin/jobs" "$@"; }
 as_carol() { JOBS_CERT="$tmp/certs/carol.crt" JOBS_KEY="$tmp/certs/carol.key" "$bin/jobs" "$@"; }
 
 say "alice starts a job and follows its output live"
@@ -97,6 +104,19 @@ for cmd in status output stream stop; do
 done
 echo "$ jobs list   (as bob; alice's job is not there)"
 as_bob list
+
+say "bob renews his certificate with the same key: same identity, his jobs stay his"
+bob_job=$(as_bob start -- echo "bob was here")
+"$bin/jobs-ca" request bob --dir "$tmp/bob" --renew >/dev/null
+"$bin/jobs-ca" sign "$tmp/bob/bob.csr" --dir "$tmp/certs" >/dev/null
+"$bin/jobs-ca" list --dir "$tmp/certs" | awk 'NR == 1 || $1 == "bob"'
+echo "$ jobs stream $bob_job   (as bob, with the renewed certificate)"
+as_bob stream "$bob_job"
+echo "$ jobs-ca sign bob.csr --name mallory   (the same key under a second name)"
+if "$bin/jobs-ca" sign "$tmp/bob/bob.csr" --dir "$tmp/certs" --name mallory --out "$tmp/mallory.crt"; then
+  echo "UNEXPECTED: bob's key was issued a second identity" >&2
+  exit 1
+fi
 
 if [ "$(id -u)" = 0 ]; then
   say "Containment: each job has its own cgroup, account and namespaces"

@@ -13,11 +13,16 @@ use std::process::{Command, Output};
 use std::sync::LazyLock;
 
 use jobs::auth::Identity;
+use jobs::ca::request::{CertRequest, RequestError, make_request};
 use jobs::ca::{
     BACKDATE, CaError, CertAuthority, IssuedCert, MAX_DAYS, San, Validity, default_server_sans,
     init_dir,
 };
-use rcgen::{KeyPair, PublicKeyData};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, PublicKeyData, RsaKeySize,
+    SanType, SignatureAlgorithm, SigningKey,
+};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use time::{Duration, OffsetDateTime};
@@ -809,4 +814,240 @@ fn cli_help_states_units_and_defaults_and_usage_errors_exit_2() {
         assert_eq!(out.status.code(), Some(2), "jobs-ca {args:?}");
     }
     assert!(listing(cwd).is_empty(), "a usage error wrote a file");
+}
+
+// ---------------------------------------------------------------------------
+// Certificate signing requests
+
+/// A 4096-bit key made once: alice's, from [`CLIENT`].
+fn alice_key() -> KeyPair {
+    KeyPair::from_pem(CLIENT.value.key_pem.as_str()).unwrap()
+}
+
+fn request_der(params: &CertificateParams, key: &impl SigningKey) -> Vec<u8> {
+    params.serialize_request(key).unwrap().der().to_vec()
+}
+
+fn named(cn: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params
+}
+
+/// A DER length.
+fn der_len(n: usize) -> Vec<u8> {
+    match n {
+        0..=0x7f => vec![n as u8],
+        0x80..=0xff => vec![0x81, n as u8],
+        _ => vec![0x82, (n >> 8) as u8, n as u8],
+    }
+}
+
+fn der_tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+    [vec![tag], der_len(body.len()), body.to_vec()].concat()
+}
+
+/// A public key rcgen can put in a request without holding its private half:
+/// an RSA modulus of `bits` bits and exponent `e`, and a signature of junk.
+struct FakeRsa {
+    rsa_public_key: Vec<u8>,
+}
+
+impl FakeRsa {
+    fn new(bits: usize, e: &[u8]) -> Self {
+        let mut modulus = vec![0xc5; bits.div_ceil(8)];
+        modulus[0] = 0x80 >> ((8 - bits % 8) % 8);
+        // A DER INTEGER is signed: a leading zero keeps a set top bit positive.
+        if modulus[0] & 0x80 != 0 {
+            modulus.insert(0, 0);
+        }
+        let body = [der_tlv(0x02, &modulus), der_tlv(0x02, e)].concat();
+        Self {
+            rsa_public_key: der_tlv(0x30, &body),
+        }
+    }
+}
+
+impl PublicKeyData for FakeRsa {
+    fn der_bytes(&self) -> &[u8] {
+        &self.rsa_public_key
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &PKCS_RSA_SHA256
+    }
+}
+
+impl SigningKey for FakeRsa {
+    fn sign(&self, _msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        Ok(vec![0x5a; 512])
+    }
+}
+
+const F4: &[u8] = &[0x01, 0x00, 0x01];
+
+#[test]
+fn a_request_asking_for_a_ca_server_auth_and_names_gets_a_plain_client_leaf() {
+    // Scenario: a request asks for cA:TRUE, serverAuth, extra SANs, key
+    // usages and an organisation; the CA grants only a clientAuth leaf.
+    let key = alice_key();
+    let mut params = named("mallory");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Evil Corp");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsagePurpose::CodeSigning,
+    ];
+    params.subject_alt_names = vec![
+        SanType::DnsName("evil.example".try_into().unwrap()),
+        SanType::IpAddress("10.0.0.1".parse().unwrap()),
+    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let request = CertRequest::from_der(&request_der(&params, &key)).unwrap();
+    assert_eq!(request.common_name(), Some("mallory"));
+    assert_eq!(request.key_bits(), 4096);
+    assert_eq!(request.identity(), CLIENT.value.identity);
+    assert_eq!(
+        request.ignored(),
+        [
+            "subject O=Evil Corp",
+            "keyUsage Key Cert Sign",
+            "subjectAltName DNS:evil.example",
+            "subjectAltName IP:10.0.0.1",
+            "extendedKeyUsage serverAuth",
+            "extendedKeyUsage codeSigning",
+            "basicConstraints CA:TRUE",
+        ]
+    );
+
+    let week = Validity::days(7).unwrap();
+    let signed = CA.value.sign_request(&request, "mallory", week).unwrap();
+    let leaf = parse(&signed.cert_der);
+    assert_eq!(leaf.subject().to_string(), "CN=mallory");
+    assert_eq!(eku(&leaf), ["clientAuth"]);
+    assert_eq!(basic_constraints(&leaf), (true, false, None));
+    assert_eq!(key_usage(&leaf), (true, 1));
+    assert!(sans(&leaf).is_empty(), "{:?}", sans(&leaf));
+    assert_eq!(leaf.public_key().raw, key.subject_public_key_info());
+    assert_eq!(signed.identity, request.identity());
+    assert_eq!(
+        Identity::from_certificate_der(&signed.cert_der).unwrap(),
+        request.identity()
+    );
+    assert_serial_shape(&leaf);
+    let ca = parse(CA.value.cert_der());
+    leaf.verify_signature(Some(ca.public_key()))
+        .expect("signed by the CA");
+    assert_eq!(authority_key_id(&leaf), subject_key_id(&ca));
+}
+
+#[test]
+fn requests_that_do_not_prove_a_strong_rsa_key_are_refused() {
+    let key = alice_key();
+    let good = request_der(&named("alice"), &key);
+    assert!(CertRequest::from_der(&good).is_ok());
+
+    // Scenario: the name was changed after signing (alice → alicf).
+    let at = good
+        .windows(5)
+        .position(|w| w == b"alice")
+        .expect("the CN in the DER");
+    let mut renamed = good.clone();
+    renamed[at + 4] = b'f';
+    assert!(matches!(
+        CertRequest::from_der(&renamed),
+        Err(RequestError::BadSignature)
+    ));
+    // Scenario: the signature itself was damaged.
+    let mut bad_signature = good.clone();
+    *bad_signature.last_mut().unwrap() ^= 1;
+    assert!(matches!(
+        CertRequest::from_der(&bad_signature),
+        Err(RequestError::BadSignature)
+    ));
+    // Scenario: a 2048-bit key, properly signed.
+    let small = KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_2048).unwrap();
+    assert!(matches!(
+        CertRequest::from_der(&request_der(&named("alice"), &small)),
+        Err(RequestError::KeyTooSmall { bits: 2048 })
+    ));
+    // Scenario: an elliptic-curve key.
+    let ec = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    match CertRequest::from_der(&request_der(&named("alice"), &ec)) {
+        Err(RequestError::NotRsa { algorithm }) => {
+            assert!(algorithm.contains("1.2.840.10045.2.1"), "{algorithm}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Scenario: keys the server could never verify, or with a weak exponent,
+    // are refused on their shape, before their (junk) signature is looked at.
+    let fake = |bits, e| request_der(&named("alice"), &FakeRsa::new(bits, e));
+    assert!(matches!(
+        CertRequest::from_der(&fake(8200, F4)),
+        Err(RequestError::KeyTooLarge { bits: 8200 })
+    ));
+    assert!(matches!(
+        CertRequest::from_der(&fake(4095, F4)),
+        Err(RequestError::KeyTooSmall { bits: 4095 })
+    ));
+    assert!(matches!(
+        CertRequest::from_der(&fake(4096, &[0x03])),
+        Err(RequestError::BadExponent)
+    ));
+    assert!(matches!(
+        CertRequest::from_der(&fake(4096, &[0x01, 0x00, 0x00])),
+        Err(RequestError::BadExponent)
+    ));
+    assert!(matches!(
+        CertRequest::from_der(&fake(4096, F4)),
+        Err(RequestError::BadSignature)
+    ));
+    // Scenario: bytes after the request.
+    let trailing = [good.as_slice(), &[0]].concat();
+    assert!(matches!(
+        CertRequest::from_der(&trailing),
+        Err(RequestError::Malformed(_))
+    ));
+    // Scenario: OpenSSL's older PEM label is read too.
+    let legacy = named("alice")
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap()
+        .replace("CERTIFICATE REQUEST-----", "NEW CERTIFICATE REQUEST-----");
+    assert!(legacy.starts_with("-----BEGIN NEW CERTIFICATE REQUEST-----\n"));
+    assert_eq!(
+        CertRequest::from_pem(legacy.as_bytes()).unwrap().identity(),
+        CLIENT.value.identity
+    );
+}
+
+#[test]
+fn a_request_is_made_for_the_given_key_and_refused_for_a_weak_one() {
+    // Scenario: a renewal request keeps the key, and so the identity.
+    let made = make_request("alice", Some(alice_key())).unwrap();
+    assert_eq!(made.identity, CLIENT.value.identity);
+    let parsed = CertRequest::from_pem(made.csr_pem.as_bytes()).unwrap();
+    assert_eq!(parsed.common_name(), Some("alice"));
+    assert!(parsed.ignored().is_empty(), "{:?}", parsed.ignored());
+    assert!(
+        format!("{made:?}").contains("[redacted]") && !format!("{made:?}").contains("PRIVATE"),
+        "{made:?}"
+    );
+    // Scenario: a user's 2048-bit key is refused before any request is written.
+    let small = KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_2048).unwrap();
+    assert!(matches!(
+        make_request("alice", Some(small)),
+        Err(CaError::UnsuitableKey(RequestError::KeyTooSmall {
+            bits: 2048
+        }))
+    ));
+    assert!(matches!(
+        make_request("../x", Some(alice_key())),
+        Err(CaError::InvalidClientName { .. })
+    ));
 }

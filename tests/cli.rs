@@ -32,7 +32,9 @@ const JOBSD: &str = env!("CARGO_BIN_EXE_jobsd");
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The test PKI, in memory: one CA, the server's certificate, alice and bob.
+/// The CA is kept, to issue certificates only some tests need.
 struct Pki {
+    authority: CertAuthority,
     ca: String,
     server: IssuedCert,
     alice: IssuedCert,
@@ -48,6 +50,7 @@ static PKI: LazyLock<Pki> = LazyLock::new(|| {
         alice: ca.issue_client("alice", leaf()).unwrap(),
         bob: ca.issue_client("bob", leaf()).unwrap(),
         ca: ca.cert_pem().to_owned(),
+        authority: ca,
     }
 });
 
@@ -2565,4 +2568,135 @@ fn sigterm_ends_open_streams_and_records_the_stopped_job() {
         )
     );
     assert_eq!(d.jobs(&d.alice, &["output", &id]).stdout_str(), "ready\n");
+}
+
+/// A validity from an hour ago to `days` days and one hour from now: the
+/// extra hour keeps the whole days a warning shows at `days` however long
+/// the test takes.
+fn days_left(days: i64) -> Validity {
+    let now = time::OffsetDateTime::now_utc();
+    Validity {
+        not_before: now - time::Duration::hours(1),
+        not_after: now + time::Duration::days(days) + time::Duration::hours(1),
+    }
+}
+
+/// A client certificate with three days left, shared by the tests that need one.
+static THREE_DAYS_LEFT: LazyLock<IssuedCert> = LazyLock::new(|| {
+    PKI.authority
+        .issue_client("expiring", days_left(3))
+        .unwrap()
+});
+
+/// The expiry warning for `cert`, issued with [`days_left`]`(3)` and written
+/// to `path`; its not-after time is read from the certificate.
+fn three_day_warning(path: &Path, cert: &IssuedCert) -> String {
+    let (_, x509) = x509_parser::parse_x509_certificate(&cert.cert_der).unwrap();
+    let not_after = x509
+        .validity()
+        .not_after
+        .to_datetime()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    format!(
+        "certificate {} expires in 3 days (not valid after {not_after}); ask your CA admin to \
+         renew it before then (jobs-ca request NAME --renew, then jobs-ca sign)",
+        path.display()
+    )
+}
+
+#[test]
+fn expiry_warning_on_stderr_when_the_client_certificate_has_3_days_left() {
+    // Scenario: a user's certificate expires in 3 days; each command warns
+    // once on stderr, and the server still accepts the certificate.
+    let d = Daemon::start();
+    let user = write_issued(d.dir.path(), "expiring", &THREE_DAYS_LEFT);
+    let warning = format!(
+        "jobs: warning: {}\n",
+        three_day_warning(&user.cert, &THREE_DAYS_LEFT)
+    );
+    let start = d.jobs(&user, &["start", "--", "sleep", "600"]);
+    assert_eq!((start.code, start.stderr.as_str()), (0, warning.as_str()));
+    let id = start.stdout_str().strip_suffix('\n').unwrap();
+    assert!(is_canonical_uuid(id), "{:?}", start.stdout_str());
+    let list = d.jobs(&user, &["list"]);
+    assert_eq!(
+        (list.code, list.stdout_str(), list.stderr.as_str()),
+        (
+            0,
+            format!("{id}  running  sleep 600\n").as_str(),
+            warning.as_str()
+        )
+    );
+}
+
+#[test]
+fn expiry_warning_absent_with_15_days_left() {
+    // Scenario: a certificate outside the 14-day window gets no warning at all.
+    let d = Daemon::start();
+    let cert = PKI
+        .authority
+        .issue_client("renewed", days_left(15))
+        .unwrap();
+    let user = write_issued(d.dir.path(), "renewed", &cert);
+    let list = d.jobs(&user, &["list"]);
+    assert_eq!(
+        (list.code, list.stdout_str(), list.stderr.as_str()),
+        (0, "", "")
+    );
+}
+
+#[test]
+fn expiry_warning_keeps_json_stdout_clean() {
+    // Scenario: a script parses `jobs list --json` while the certificate
+    // nears expiry; the warning goes to stderr only.
+    let d = Daemon::start();
+    let user = write_issued(d.dir.path(), "expiring", &THREE_DAYS_LEFT);
+    let warning = format!(
+        "jobs: warning: {}\n",
+        three_day_warning(&user.cert, &THREE_DAYS_LEFT)
+    );
+    let start = d.jobs(&user, &["start", "--", "sleep", "600"]);
+    assert_eq!(start.code, 0, "{}", start.stderr);
+    let id = start.stdout_str().trim_end();
+    let list = d.jobs(&user, &["list", "--json"]);
+    assert_eq!((list.code, list.stderr.as_str()), (0, warning.as_str()));
+    let jobs = json(&list);
+    let jobs = jobs.as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        (&jobs[0]["id"], &jobs[0]["state"], &jobs[0]["owner"]),
+        (
+            &Value::from(id),
+            &Value::from("running"),
+            &Value::from(THREE_DAYS_LEFT.identity.to_string())
+        )
+    );
+}
+
+#[test]
+fn expiry_warning_in_the_jobsd_log_when_its_certificate_has_3_days_left() {
+    // Scenario: the server's certificate has 3 days left; jobsd logs one
+    // warning at start-up and serves as usual.
+    let mut sandbox = Sandbox::new();
+    let server = PKI
+        .authority
+        .issue_server(&default_server_sans(), days_left(3))
+        .unwrap();
+    sandbox.server = write_issued(sandbox.dir.path(), "server-expiring", &server);
+    let expected = format!(
+        "WARN jobsd: server {}",
+        three_day_warning(&sandbox.server.cert, &server)
+    );
+    let d = Daemon::start_in(sandbox, &[]);
+    // Logged before "listening on", which `start_in` waited for.
+    let log = fs::read_to_string(d.dir.path().join("jobsd.log")).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("expires in")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].ends_with(&expected), "{log}");
+    let out = d.jobs(&d.alice, &["list"]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (0, "", "")
+    );
 }

@@ -211,7 +211,7 @@ async fn request_sign_use_then_renew_keeps_the_identity_and_the_jobs() {
     let dora = common::connect(&server, user_pem(&home, "dora"))
         .await
         .expect("the renewed certificate is accepted");
-    assert_eq!(common::listed_ids(&dora).await, [job.id.clone()]);
+    assert_eq!(common::listed_ids(&dora).await, vec![job.id.clone()]);
     let (stdout, stderr) = common::collect_output(&dora, &job.id).await;
     assert_eq!(stdout, b"before renewal\n");
     assert_eq!(stderr, b"");
@@ -307,6 +307,19 @@ fn a_key_is_one_identity_and_a_name_belongs_to_one_key() {
     );
     assert_eq!(fs::read(home.join("erin.crt")).unwrap(), erin_crt);
     assert_eq!(record(&ca), before);
+
+    // Scenario: the CA's own key, sent as a request, does not become a user.
+    let stolen = home.join("stolen");
+    fs::create_dir(&stolen).unwrap();
+    fs::copy(ca.join("ca.key"), stolen.join("evil.key")).unwrap();
+    ok(&["request", "evil", "--dir", s(&stolen), "--renew"]);
+    refused(
+        &["sign", s(&stolen.join("evil.csr")), "--dir", s(&ca)],
+        "was already issued as ca \"jobs CA\"; one key is one identity",
+    );
+    assert!(!stolen.join("evil.crt").exists());
+    assert_eq!(record(&ca), before);
+    fs::remove_dir_all(&stolen).unwrap();
 
     // Scenario: a user asks twice for a new key under one name: the second is refused.
     refused(

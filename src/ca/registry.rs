@@ -327,3 +327,121 @@ mod fingerprint {
         text.parse().map_err(serde::de::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use time::Duration;
+
+    use super::*;
+
+    fn id(byte: u8) -> Identity {
+        format!("sha256:{}", format!("{byte:02x}").repeat(32))
+            .parse()
+            .unwrap()
+    }
+
+    fn entry(
+        name: &str,
+        kind: CertKind,
+        key: u8,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> IssuedRecord {
+        IssuedRecord {
+            serial: format!("{key:02x}{}", name.len()),
+            name: name.to_owned(),
+            kind,
+            fingerprint: id(key),
+            not_before: from,
+            not_after: to,
+            issued_at: from,
+        }
+    }
+
+    #[test]
+    fn listing_rounds_days_down_and_tells_renewed_from_valid() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let day = Duration::days(1);
+        let records = [
+            entry("a", CertKind::Client, 1, now - day, now + day * 1.5),
+            entry(
+                "a",
+                CertKind::Client,
+                1,
+                now - day,
+                now + Duration::hours(23),
+            ),
+            entry(
+                "b",
+                CertKind::Client,
+                2,
+                now - day * 3,
+                now - Duration::hours(1),
+            ),
+            entry("c", CertKind::Client, 3, now + day, now + day * 9),
+            entry("server", CertKind::Server, 4, now - day, now + day * 30),
+        ];
+        let listed = listing(&records, now);
+        let got: Vec<(i64, CertStatus)> = listed.iter().map(|l| (l.days_left, l.status)).collect();
+        assert_eq!(
+            got,
+            [
+                (1, CertStatus::Renewed),
+                (0, CertStatus::Valid),
+                (-1, CertStatus::Expired),
+                (9, CertStatus::NotYetValid),
+                (30, CertStatus::Valid),
+            ]
+        );
+    }
+
+    #[test]
+    fn one_key_one_name_and_renewal_is_the_same_key_and_name() {
+        // Scenario: the rules `sign` enforces, on a record written and read back.
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let later = now + Duration::days(10);
+        let mut registry = LockedRegistry::open(dir.path()).unwrap();
+        assert!(registry.records().is_empty());
+        registry
+            .append([
+                entry("server", CertKind::Server, 9, now, later),
+                entry("alice", CertKind::Client, 1, now, later),
+            ])
+            .unwrap();
+        drop(registry);
+        assert_eq!(read(dir.path()).unwrap().len(), 2);
+
+        let registry = LockedRegistry::open(dir.path()).unwrap();
+        assert_eq!(
+            registry.check_client("bob", id(2)).unwrap(),
+            ClientCheck::New
+        );
+        assert!(matches!(
+            registry.check_client("alice", id(1)).unwrap(),
+            ClientCheck::Renewal(r) if r.fingerprint == id(1) && r.name == "alice"
+        ));
+        assert!(matches!(
+            registry.check_client("bob", id(1)),
+            Err(CaError::KeyAlreadyIssued { name, kind: CertKind::Client, .. }) if name == "alice"
+        ));
+        assert!(matches!(
+            registry.check_client("alice", id(2)),
+            Err(CaError::NameTaken { name, identity }) if name == "alice" && identity == id(1)
+        ));
+        assert!(matches!(
+            registry.check_client("web", id(9)),
+            Err(CaError::KeyAlreadyIssued {
+                kind: CertKind::Server,
+                ..
+            })
+        ));
+        // A file in the record's format survives a round trip exactly.
+        let text = std::fs::read_to_string(dir.path().join(REGISTRY_FILE)).unwrap();
+        assert!(text.contains("\"fingerprint\": \"sha256:0101"), "{text}");
+        assert!(
+            text.contains("\"not_before\": \"2027-01-15T08:00:00Z\""),
+            "{text}"
+        );
+    }
+}

@@ -11,8 +11,13 @@
 //! not, since a job may stay quiet for hours. HTTP/2 keepalive PINGs
 //! ([`KEEPALIVE_INTERVAL`]) keep such streams alive through idle periods and
 //! detect a vanished server.
+//!
+//! [`expiry_warning`] finds a certificate that expires within
+//! [`EXPIRY_WARNING`], so that the binaries can say so while there is still
+//! time to renew it.
 
 mod connect;
+mod expiry;
 pub mod format;
 pub mod units;
 
@@ -27,6 +32,7 @@ use crate::proto::job_service_client::JobServiceClient;
 use crate::tls::{PemFiles, TlsError};
 
 pub use connect::ConnectError;
+pub use expiry::{EXPIRY_WARNING, ExpiryWarning, expiry_warning};
 
 /// Default deadline for connecting and for each unary call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

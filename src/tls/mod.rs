@@ -316,13 +316,15 @@ fn check_leaf(role: Role, path: &Path, der: &CertificateDer<'_>) -> Result<(), T
     Ok(())
 }
 
-fn rfc3339(t: time::OffsetDateTime) -> String {
+/// `t` as RFC 3339 (`2030-06-15T12:00:00Z` for UTC).
+pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
 }
 
-/// "3 days", "5 hours", "12 minutes", "40 seconds".
-fn human(d: time::Duration) -> String {
+/// "3 days", "5 hours", "12 minutes", "40 seconds": the largest whole unit,
+/// rounded down; negative durations read as "0 seconds".
+pub(crate) fn human(d: time::Duration) -> String {
     let s = d.whole_seconds().max(0);
     let (n, unit) = if s >= 86_400 {
         (s / 86_400, "day")
