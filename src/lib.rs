@@ -37,7 +37,9 @@
 //! - [`client`]: connecting with mutual TLS and explaining failures.
 //! - [`tls`]: rustls configurations (TLS 1.3 only, client certificates
 //!   required, no resumption) from PEM files.
-//! - [`ca`]: issuing the CA, server and client certificates (RSA-4096).
+//! - [`ca`]: issuing the CA, server and client certificates (RSA-4096), signing
+//!   users' own certificate requests (PKCS#10), and the record of what was
+//!   issued that keeps one key to one identity (renewals keep it).
 //! - [`proto`]: the generated gRPC types of `proto/jobs/v1/jobs.proto`.
 //!
 //! # Security boundary
