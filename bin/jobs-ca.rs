@@ -143,6 +143,20 @@ fn main() -> ExitCode {
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
+    // Settle what a killed run left in the CA directory, and say what was done.
+    match &command {
+        Command::Server { dir, .. }
+        | Command::Client { dir, .. }
+        | Command::Sign { dir, .. }
+        | Command::List { dir, .. } => {
+            if dir.join(ca::CA_CERT_FILE).exists() {
+                let repairs = ca::recover(dir)
+                    .with_context(|| format!("opening the CA's record in {}", dir.display()))?;
+                report_repairs(&repairs, dir);
+            }
+        }
+        Command::Init { .. } | Command::Request { .. } | Command::Fingerprint { .. } => {}
+    }
     match command {
         Command::Init { dir, days } => {
             let validity = Validity::days(days).context("invalid --days")?;
@@ -206,7 +220,22 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Request { name, dir, renew } => {
-            let files = ca::request_files(&dir, &name, renew).with_context(|| {
+            let files = ca::request_files(&dir, &name, renew)
+                .map_err(|e| {
+                    let key_exists = !renew
+                        && matches!(&e, CaError::AlreadyExists { path } if path.extension().is_some_and(|x| x == "key"));
+                    let e = anyhow::Error::new(e);
+                    if key_exists {
+                        e.context(format!(
+                            "you already have a key for {name:?}; to renew its certificate, \
+                             `jobs-ca request {name} --dir {} --renew` makes a new request for it",
+                            dir.display()
+                        ))
+                    } else {
+                        e
+                    }
+                })
+                .with_context(|| {
                 if renew {
                     format!("making a renewal request for {name:?} in {}", dir.display())
                 } else {
@@ -311,6 +340,36 @@ fn report(files: &IssuedFiles, what: &str) -> anyhow::Result<()> {
     report_paths(files, what);
     writeln!(io::stdout(), "{}", files.identity)?;
     Ok(())
+}
+
+fn report_repairs(repairs: &ca::registry::Repairs, dir: &Path) {
+    if let Some(n) = repairs.rebuilt_from {
+        eprintln!(
+            "note: {} was missing; rebuilt it from the {n} certificates this CA signed in {} \
+             (certificates written elsewhere are not in it)",
+            dir.join(ca::registry::REGISTRY_FILE).display(),
+            dir.display()
+        );
+    }
+    for record in &repairs.completed {
+        eprintln!(
+            "note: an interrupted jobs-ca run had written the certificate for {:?} (serial {}): now recorded",
+            record.name, record.serial
+        );
+    }
+    for record in &repairs.dropped {
+        eprintln!(
+            "note: an interrupted jobs-ca run never wrote the certificate for {:?} (serial {}): dropped from the record",
+            record.name, record.serial
+        );
+    }
+    if repairs.temp_files_removed > 0 {
+        eprintln!(
+            "note: removed {} temporary file(s) an interrupted jobs-ca run left in {}",
+            repairs.temp_files_removed,
+            dir.display()
+        );
+    }
 }
 
 fn report_paths(files: &IssuedFiles, what: &str) {

@@ -240,7 +240,7 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
         .context("cannot load the TLS configuration")?;
     if let Some(warning) = jobs::client::expiry_warning(&pem.cert, time::OffsetDateTime::now_utc())
     {
-        tracing::warn!("server {warning}");
+        tracing::warn!("{}", warning.server_text());
     }
     // Everything that can fail is checked before the "listening on" line, so
     // that a script waiting for it knows the daemon is really serving.

@@ -236,7 +236,7 @@ async fn the_server_certificate_is_refused_as_a_client_certificate() {
     let server = TestServer::start().await;
     assert_refused_locally(
         connect(&server, pem("server")).await,
-        "is not made for client authentication (its extended key usage lacks clientAuth): issue one with `jobs-ca client NAME`",
+        "is not made for client authentication (its extended key usage lacks clientAuth): issue one with `jobs-ca sign` (on a request from `jobs-ca request NAME`) or `jobs-ca client NAME`",
     );
     assert_alert(
         raw_tls(&server, raw_client_config(Some(&pem("server")))).await,
@@ -267,7 +267,7 @@ async fn a_client_leaf_with_ca_true_is_refused() {
     let server = TestServer::start().await;
     assert_refused_locally(
         connect(&server, pem("ca-leaf")).await,
-        "is a CA certificate (basicConstraints cA:TRUE), not an end-entity certificate: issue one with `jobs-ca client NAME`",
+        "is a CA certificate (basicConstraints cA:TRUE), not an end-entity certificate: issue one with `jobs-ca sign` (on a request from `jobs-ca request NAME`) or `jobs-ca client NAME`",
     );
     assert_alert(
         raw_tls(&server, raw_client_config(Some(&pem("ca-leaf")))).await,
@@ -283,7 +283,7 @@ async fn an_x509_v1_client_certificate_is_refused() {
     let server = TestServer::start().await;
     assert_refused_locally(
         connect(&server, pem("v1-client")).await,
-        "is an X.509 v1 certificate; TLS needs v3 with extensions: issue one with `jobs-ca client NAME`",
+        "is an X.509 v1 certificate; TLS needs v3 with extensions: issue one with `jobs-ca sign` (on a request from `jobs-ca request NAME`) or `jobs-ca client NAME`",
     );
     assert_alert(
         raw_tls(&server, raw_client_config(Some(&pem("v1-client")))).await,

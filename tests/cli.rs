@@ -2684,9 +2684,14 @@ fn expiry_warning_in_the_jobsd_log_when_its_certificate_has_3_days_left() {
         .issue_server(&default_server_sans(), days_left(3))
         .unwrap();
     sandbox.server = write_issued(sandbox.dir.path(), "server-expiring", &server);
+    let user_text = three_day_warning(&sandbox.server.cert, &server);
     let expected = format!(
-        "WARN jobsd: server {}",
-        three_day_warning(&sandbox.server.cert, &server)
+        "WARN jobsd: server {}; before then, move server.crt and server.key aside, run \
+         `jobs-ca server` again (with the same --san names) and restart jobsd",
+        user_text
+            .split_once("; ask your CA admin")
+            .expect("the user's advice")
+            .0
     );
     let d = Daemon::start_in(sandbox, &[]);
     // Logged before "listening on", which `start_in` waited for.

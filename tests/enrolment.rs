@@ -106,7 +106,7 @@ fn user_pem(dir: &Path, name: &str) -> PemFiles {
 }
 
 /// A CA directory of this test's own: the shared test CA's certificate and
-/// key, and no record yet.
+/// key, and a record holding only the CA.
 fn private_ca() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ca");
@@ -114,6 +114,12 @@ fn private_ca() -> (tempfile::TempDir, PathBuf) {
     for file in ["ca.crt", "ca.key"] {
         fs::copy(common::ca_dir().join(file), dir.join(file)).unwrap();
     }
+    // The first run gives it a record holding the CA alone.
+    let (_, said) = ok(&["list", "--dir", s(&dir)]);
+    assert!(
+        said.contains("was missing; rebuilt it from the 1 certificates"),
+        "{said}"
+    );
     (tmp, dir)
 }
 
@@ -315,17 +321,21 @@ fn a_key_is_one_identity_and_a_name_belongs_to_one_key() {
     ok(&["request", "evil", "--dir", s(&stolen), "--renew"]);
     refused(
         &["sign", s(&stolen.join("evil.csr")), "--dir", s(&ca)],
-        "was already issued as ca \"jobs CA\"; one key is one identity",
+        "is the CA's own key; it can never be a user's",
     );
     assert!(!stolen.join("evil.crt").exists());
     assert_eq!(record(&ca), before);
     fs::remove_dir_all(&stolen).unwrap();
 
-    // Scenario: a user asks twice for a new key under one name: the second is refused.
+    // Scenario: a user asks twice for a new key under one name: the second
+    // is refused, and the message says how to renew instead.
     refused(
         &["request", "erin", "--dir", s(home)],
         &format!(
-            "{} already exists; refusing to overwrite it",
+            "you already have a key for \"erin\"; to renew its certificate, \
+             `jobs-ca request erin --dir {} --renew` makes a new request for it\n  \
+             caused by: {} already exists; refusing to overwrite it",
+            home.display(),
             home.join("erin.key").display()
         ),
     );
@@ -540,4 +550,280 @@ fn a_broken_record_stops_issuing_and_is_left_as_it_is() {
             tmp.path().display()
         ),
     );
+}
+
+/// The record as JSON.
+fn record_json(ca: &Path) -> serde_json::Value {
+    serde_json::from_slice(&record(ca).expect("a record")).unwrap()
+}
+
+#[test]
+fn what_a_killed_run_left_is_settled_by_the_next_run() {
+    // Scenario: `jobs-ca client p1 p2` was killed after writing p1's files
+    // and p2's key but not p2's certificate; the record still says pending.
+    let (_tmp, ca) = private_ca();
+    ok(&["client", "p1", "p2", "--dir", s(&ca), "--days", "10"]);
+    let mut json = record_json(&ca);
+    let certificates = json["certificates"].as_array_mut().unwrap();
+    let entries: Vec<serde_json::Value> = certificates.drain(1..).collect();
+    json["pending"] = entries
+        .into_iter()
+        .map(|record| {
+            let name = record["name"].as_str().unwrap().to_owned();
+            serde_json::json!({
+                "record": record,
+                "cert_path": ca.join(format!("{name}.crt")),
+                "key_path": ca.join(format!("{name}.key")),
+            })
+        })
+        .collect();
+    let p1_serial = json["pending"][0]["record"]["serial"].clone();
+    let p2_serial = json["pending"][1]["record"]["serial"].clone();
+    fs::write(ca.join("issued.json"), serde_json::to_vec(&json).unwrap()).unwrap();
+    fs::remove_file(ca.join("p2.crt")).unwrap();
+    fs::write(ca.join(".jobs-ca-issuing-AbC123.tmp"), "half a key").unwrap();
+
+    let (out, said) = ok(&["list", "--dir", s(&ca), "--json"]);
+    assert_eq!(
+        said,
+        format!(
+            "note: an interrupted jobs-ca run had written the certificate for \"p1\" (serial {}): now recorded\n\
+             note: an interrupted jobs-ca run never wrote the certificate for \"p2\" (serial {}): dropped from the record\n\
+             note: removed 1 temporary file(s) an interrupted jobs-ca run left in {}\n",
+            p1_serial.as_str().unwrap(),
+            p2_serial.as_str().unwrap(),
+            ca.display()
+        )
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ca", "p1"]);
+    assert_eq!(rows[1]["serial"], p1_serial);
+    assert_eq!(
+        names_in(&ca),
+        ["ca.crt", "ca.key", "issued.json", "p1.crt", "p1.key"]
+    );
+    assert!(record_json(&ca).get("pending").is_none());
+    // The name is free again, and a second run finds nothing to settle.
+    let (_, said) = ok(&["client", "p2", "--dir", s(&ca), "--days", "10"]);
+    assert!(!said.contains("note:"), "{said}");
+}
+
+#[test]
+fn a_batch_killed_at_any_moment_leaves_the_record_matching_the_files() {
+    // Scenario: `jobs-ca client` is killed with SIGKILL as soon as its first
+    // key file appears; whatever it had done, the next run's record lists
+    // exactly the certificates on disk, and no temporary file remains.
+    let (_tmp, ca) = private_ca();
+    let mut args = vec!["client", "--dir", s(&ca), "--days", "10"];
+    let names: Vec<String> = (1..=8).map(|i| format!("q{i}")).collect();
+    args.extend(names.iter().map(String::as_str));
+    let mut child = Command::new(JOBS_CA)
+        .args(&args)
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !names_in(&ca).iter().any(|n| n.starts_with('q')) {
+        if child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (out, _) = ok(&["list", "--dir", s(&ca), "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let mut listed: Vec<String> = rows
+        .iter()
+        .filter(|r| r["kind"] == "client")
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    let mut on_disk: Vec<String> = names_in(&ca)
+        .iter()
+        .filter_map(|n| n.strip_suffix(".crt"))
+        .filter(|n| *n != "ca")
+        .map(str::to_owned)
+        .collect();
+    on_disk.sort();
+    assert_eq!(listed, on_disk);
+    for name in &on_disk {
+        assert!(ca.join(format!("{name}.key")).exists(), "{name}.key");
+        let row = rows.iter().find(|r| r["name"] == name.as_str()).unwrap();
+        assert_eq!(
+            row["serial"],
+            shape(&ca.join(format!("{name}.crt"))).0.as_str()
+        );
+    }
+    let keys = names_in(&ca).iter().filter(|n| n.ends_with(".key")).count();
+    assert_eq!(keys, on_disk.len() + 1, "a key without its certificate");
+    assert!(
+        !names_in(&ca).iter().any(|n| n.ends_with(".tmp")),
+        "{:?}",
+        names_in(&ca)
+    );
+    assert!(record_json(&ca).get("pending").is_none());
+}
+
+#[test]
+fn a_lost_record_is_rebuilt_and_still_keeps_one_key_one_identity() {
+    // Scenario: issued.json was deleted; the next run rebuilds it from the
+    // certificates this CA signed, so alice's and the server's keys still
+    // cannot become new identities.
+    let (_tmp, ca) = private_ca();
+    ok(&["server", "--dir", s(&ca), "--days", "10"]);
+    ok(&[
+        "client",
+        "r-alice",
+        "r-bob",
+        "--dir",
+        s(&ca),
+        "--days",
+        "10",
+    ]);
+    // A certificate from another CA in the directory is not this CA's.
+    fs::copy(common::pem("mallory").cert, ca.join("stray.crt")).unwrap();
+    let before: Vec<serde_json::Value> =
+        record_json(&ca)["certificates"].as_array().unwrap().clone();
+    fs::remove_file(ca.join("issued.json")).unwrap();
+
+    let (out, said) = ok(&["list", "--dir", s(&ca), "--json"]);
+    assert_eq!(
+        said,
+        format!(
+            "note: {} was missing; rebuilt it from the 4 certificates this CA signed in {} \
+             (certificates written elsewhere are not in it)\n",
+            ca.join("issued.json").display(),
+            ca.display()
+        )
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let rebuilt = record_json(&ca)["certificates"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 4);
+    for (old, new) in before.iter().zip(&rebuilt) {
+        for field in [
+            "serial",
+            "name",
+            "kind",
+            "fingerprint",
+            "not_before",
+            "not_after",
+        ] {
+            assert_eq!(old[field], new[field], "{field}");
+        }
+    }
+
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    for (key, name, message) in [
+        (
+            "server.key",
+            "web",
+            "is the server's key; it can never be a user's",
+        ),
+        (
+            "r-alice.key",
+            "r-alice2",
+            "was already issued as client \"r-alice\"; one key is one identity",
+        ),
+    ] {
+        fs::copy(ca.join(key), home.join(format!("{name}.key"))).unwrap();
+        ok(&["request", name, "--dir", s(home), "--renew"]);
+        refused(
+            &[
+                "sign",
+                s(&home.join(format!("{name}.csr"))),
+                "--dir",
+                s(&ca),
+                "--days",
+                "10",
+            ],
+            message,
+        );
+    }
+}
+
+#[test]
+fn request_files_that_are_fifos_hold_keys_or_hide_escapes_are_handled() {
+    let (_tmp, ca) = private_ca();
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let bob_key = fs::read_to_string(common::pem("bob").key).unwrap();
+    let key = rcgen::KeyPair::from_pem(&bob_key).unwrap();
+    let request = |params: &rcgen::CertificateParams| params.serialize_request(&key).unwrap();
+
+    // Scenario: a FIFO given as the request or certificate is refused at once.
+    let fifo = home.join("fifo.csr");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    refused(
+        &["sign", s(&fifo), "--dir", s(&ca)],
+        "not a regular file of at most 65536 bytes",
+    );
+    refused(
+        &["fingerprint", s(&fifo)],
+        "not a regular file of at most 1048576 bytes",
+    );
+
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "esc");
+    // Scenario: the request file also holds the user's private key.
+    let leaked = home.join("leaked.csr");
+    fs::write(
+        &leaked,
+        format!("{}{bob_key}", request(&params).pem().unwrap()),
+    )
+    .unwrap();
+    refused(
+        &["sign", s(&leaked), "--dir", s(&ca)],
+        "the file also holds a PRIVATE KEY; a private key must never leave its owner",
+    );
+    // Scenario: two requests in one file.
+    let two = home.join("two.csr");
+    let pem = request(&params).pem().unwrap();
+    fs::write(&two, format!("{pem}{pem}")).unwrap();
+    refused(
+        &["sign", s(&two), "--dir", s(&ca)],
+        "the file holds 2 certificate requests; give one request per file",
+    );
+    // Scenario: an organisation with terminal escapes reaches the admin's
+    // screen only escaped.
+    params.distinguished_name.push(
+        rcgen::DnType::OrganizationName,
+        "x\u{1b}]0;pwned\u{7}\u{1b}[2K\rFAKE",
+    );
+    // A DER request is read as well as a PEM one.
+    let der = home.join("esc.der");
+    fs::write(&der, request(&params).der().as_ref()).unwrap();
+    let out = jobs_ca(&[
+        "sign",
+        s(&der),
+        "--dir",
+        s(&ca),
+        "--days",
+        "10",
+        "--out",
+        s(&home.join("esc.crt")),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let said = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        said.starts_with(
+            "ignored from the request (not granted): subject O=x\\u{1b}]0;pwned\\u{7}\\u{1b}[2K\\rFAKE\n"
+        ),
+        "{said:?}"
+    );
+    assert!(!said.contains('\u{1b}') && !said.contains('\r'), "{said:?}");
 }

@@ -7,20 +7,23 @@
 //! file, or a symlink planted where a key will go, is never written through.
 //!
 //! Issuing also updates the CA's record ([`super::registry`]) under its lock:
-//! the record is written first and rolled back if the certificate files
-//! cannot be, so a certificate on disk is always in the record.
+//! certificates are recorded as pending before their files are written and
+//! as issued after, and a failed write is undone, so a certificate on disk is
+//! always in the record; what a killed run left pending is settled by the
+//! next one.
 
 use std::fs::{self, DirBuilder, File, Permissions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use time::OffsetDateTime;
 
-use super::authority::hex;
-use super::registry::{self, CertKind, ClientCheck, IssuedRecord, LockedRegistry};
+use super::registry::{
+    self, CertKind, ClientCheck, IssuedRecord, LockedRegistry, PendingIssue, Repairs,
+};
 use super::request::{self, CertRequest, MAX_REQUEST_BYTES};
 use super::{CaError, CertAuthority, San, Validity, validate_client_name};
 use crate::auth::Identity;
@@ -40,6 +43,17 @@ const KEY_MODE: u32 = 0o600;
 const CERT_MODE: u32 = 0o644;
 /// Mode of a CA or key directory we create: it holds private keys, so owner only.
 const DIR_MODE: u32 = 0o700;
+
+/// Prefix of the temporary files written under the CA directory's lock. A
+/// run that holds the lock removes those it finds: their writer was killed.
+pub(super) const LOCKED_TEMP_PREFIX: &str = ".jobs-ca-issuing-";
+
+/// Prefix of the temporary files `request` writes (without the CA's lock,
+/// often not in a CA directory): never removed by another run.
+const REQUEST_TEMP_PREFIX: &str = ".jobs-ca-request-";
+
+/// The largest certificate file read: 1 MiB (a long chain is a few KiB).
+const MAX_CERT_BYTES: u64 = 1024 * 1024;
 
 /// The files one issuing operation wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,24 +115,27 @@ pub fn init_dir(dir: &Path, validity: Validity) -> Result<IssuedFiles, CaError> 
     create_dir(dir)?;
     let ca = CertAuthority::generate(validity)?;
     let mut registry = LockedRegistry::open(dir)?;
-    refuse_existing(&[&key_path, &cert_path, &record_path])?;
-    let record = record_of(ca.cert_der(), "ca", CertKind::Ca)?;
-    write_pair(
-        &cert_path,
-        ca.cert_pem(),
-        &key_path,
-        ca.private_key().as_str(),
-    )?;
-    if let Err(e) = registry.append([record.clone()]) {
-        remove_quietly(&[&cert_path, &key_path]);
-        return Err(e);
-    }
-    Ok(IssuedFiles {
+    refuse_existing(&[&key_path, &cert_path])?;
+    let files = Pending {
+        record: record_for(ca.cert_der(), "ca", CertKind::Ca)?,
         cert_path,
         key_path,
+        cert_pem: ca.cert_pem().to_owned(),
+        key_pem: ca.private_key().as_str().to_owned(),
         identity: ca.identity(),
-        record,
-    })
+    };
+    Ok(commit(&mut registry, vec![files])?.remove(0))
+}
+
+/// Settles what an interrupted `jobs-ca` run left in the CA directory `dir`
+/// (see [`registry`]): rebuilds a missing record, records or drops pending
+/// certificates, removes temporary files. Every issuing function does this
+/// too; call it first to learn what was repaired.
+///
+/// # Errors
+/// As [`LockedRegistry::open`].
+pub fn recover(dir: &Path) -> Result<Repairs, CaError> {
+    Ok(LockedRegistry::open(dir)?.repairs().clone())
 }
 
 /// Issues a server certificate from the CA in `dir` (see
@@ -142,7 +159,7 @@ pub fn write_server(dir: &Path, sans: &[San], validity: Validity) -> Result<Issu
         cert_pem: issued.cert_pem,
         key_pem: issued.key_pem.as_str().to_owned(),
         identity: issued.identity,
-        record: record_of(&issued.cert_der, "server", CertKind::Server)?,
+        record: record_for(&issued.cert_der, "server", CertKind::Server)?,
     };
     Ok(commit(&mut registry, vec![files])?.remove(0))
 }
@@ -161,10 +178,11 @@ pub fn write_client(dir: &Path, name: &str, validity: Validity) -> Result<Issued
 /// writes `NAME.crt` and `NAME.key` for each and records them. Results are in
 /// the order of `names`.
 ///
-/// All or nothing: every name is checked (valid, given once, no file of that
-/// name, not in the record) before any key is made, and again under the
-/// record's lock before anything is written; if a file cannot be written,
-/// what this call wrote is removed and the record restored.
+/// Every name is checked (valid, given once, no file of that name, not in
+/// the record) before any key is made, and again under the record's lock
+/// before anything is written; if a file cannot be written, what this call
+/// wrote is removed and the record restored. A process killed while writing
+/// leaves pending entries that the next run settles (see [`registry`]).
 ///
 /// # Errors
 /// [`CaError::InvalidClientName`] or [`CaError::DuplicateName`] (checked
@@ -234,7 +252,7 @@ pub fn write_clients(
         pending.push(Pending {
             cert_path,
             key_path,
-            record: record_of(&issued.cert_der, name, CertKind::Client)?,
+            record: record_for(&issued.cert_der, name, CertKind::Client)?,
             cert_pem: issued.cert_pem,
             key_pem: issued.key_pem.as_str().to_owned(),
             identity: issued.identity,
@@ -272,7 +290,8 @@ pub fn request_files(dir: &Path, name: &str, renew: bool) -> Result<RequestFiles
             source,
         })?;
         let made = request::make_request(name, Some(key))?;
-        write_atomic(
+        write_atomic_as(
+            REQUEST_TEMP_PREFIX,
             &csr_path,
             made.csr_pem.as_bytes(),
             CERT_MODE,
@@ -288,7 +307,23 @@ pub fn request_files(dir: &Path, name: &str, renew: bool) -> Result<RequestFiles
     refuse_existing(&[&key_path, &csr_path])?;
     create_dir(dir)?;
     let made = request::make_request(name, None)?;
-    write_pair(&csr_path, &made.csr_pem, &key_path, made.key_pem.as_str())?;
+    write_atomic_as(
+        REQUEST_TEMP_PREFIX,
+        &key_path,
+        made.key_pem.as_str().as_bytes(),
+        KEY_MODE,
+        Clobber::Refuse,
+    )?;
+    if let Err(e) = write_atomic_as(
+        REQUEST_TEMP_PREFIX,
+        &csr_path,
+        made.csr_pem.as_bytes(),
+        CERT_MODE,
+        Clobber::Refuse,
+    ) {
+        remove_quietly(&[&key_path]);
+        return Err(e);
+    }
     Ok(RequestFiles {
         key_path,
         csr_path,
@@ -342,20 +377,31 @@ pub fn sign_request_file(
     };
     validate_client_name(&name)?;
     let cert_path = out.map_or_else(|| csr_path.with_extension("crt"), Path::to_path_buf);
-    let clobber = replaceable(&cert_path, request.identity())?;
+    // Fail fast; checked again under the lock.
+    replaceable(&cert_path, request.identity())?;
     let ca = CertAuthority::load(ca_dir)?;
+    refuse_server_key(ca_dir, request.identity())?;
 
     let mut registry = LockedRegistry::open(ca_dir)?;
     let renewed = match registry.check_client(&name, request.identity())? {
         ClientCheck::New => None,
         ClientCheck::Renewal(previous) => Some(previous),
     };
+    // Under the lock: a concurrent renewal may have written this file since.
+    let clobber = replaceable(&cert_path, request.identity())?;
     let signed = ca.sign_request(&request, &name, validity)?;
-    let record = record_of(&signed.cert_der, &name, CertKind::Client)?;
-    let before = registry.records().to_vec();
-    registry.append([record.clone()])?;
-    if let Err(e) = write_atomic(&cert_path, signed.cert_pem.as_bytes(), CERT_MODE, clobber) {
-        restore(&mut registry, before);
+    let record = record_for(&signed.cert_der, &name, CertKind::Client)?;
+    registry.begin(vec![PendingIssue {
+        record: record.clone(),
+        cert_path: absolute(&cert_path)?,
+        key_path: None,
+    }])?;
+    let written = write_atomic(&cert_path, signed.cert_pem.as_bytes(), CERT_MODE, clobber)
+        .and_then(|()| registry.finish());
+    if let Err(e) = written {
+        // Best effort: if the record cannot be settled now, the next run
+        // settles it against the disk.
+        let _ = registry.abort();
         return Err(e);
     }
     Ok(SignedFiles {
@@ -389,10 +435,7 @@ pub fn issued(dir: &Path) -> Result<Vec<IssuedRecord>, CaError> {
 /// [`CaError::Read`], [`CaError::BadPem`] or [`CaError::BadCertificate`].
 pub fn fingerprint_file(cert_pem_path: &Path) -> Result<Identity, CaError> {
     let path = cert_pem_path.to_path_buf();
-    let pem = fs::read(cert_pem_path).map_err(|source| CaError::Read {
-        path: path.clone(),
-        source,
-    })?;
+    let pem = read_limited(cert_pem_path, MAX_CERT_BYTES)?;
     let der = CertificateDer::from_pem_slice(&pem).map_err(|source| CaError::BadPem {
         path: path.clone(),
         source,
@@ -410,29 +453,47 @@ struct Pending {
     record: IssuedRecord,
 }
 
-/// Records every pending certificate, then writes their files; if a file
-/// cannot be written, removes what was written and restores the record.
+/// Records every certificate as pending, writes their files, then records
+/// them as issued; if a file cannot be written, removes what was written and
+/// drops them from the record.
 fn commit(
     registry: &mut LockedRegistry,
     pending: Vec<Pending>,
 ) -> Result<Vec<IssuedFiles>, CaError> {
-    let before = registry.records().to_vec();
-    registry.append(pending.iter().map(|p| p.record.clone()))?;
+    let entries = pending
+        .iter()
+        .map(|p| {
+            Ok(PendingIssue {
+                record: p.record.clone(),
+                cert_path: absolute(&p.cert_path)?,
+                key_path: Some(absolute(&p.key_path)?),
+            })
+        })
+        .collect::<Result<Vec<_>, CaError>>()?;
+    registry.begin(entries)?;
     let mut written: Vec<&Pending> = Vec::with_capacity(pending.len());
+    let mut result = Ok(());
     for files in &pending {
-        if let Err(e) = write_pair(
+        result = write_pair(
             &files.cert_path,
             &files.cert_pem,
             &files.key_path,
             &files.key_pem,
-        ) {
-            for done in written {
-                remove_quietly(&[&done.cert_path, &done.key_path]);
-            }
-            restore(registry, before);
-            return Err(e);
+        );
+        if result.is_err() {
+            break;
         }
         written.push(files);
+    }
+    let result = result.and_then(|()| registry.finish());
+    if let Err(e) = result {
+        for done in written {
+            remove_quietly(&[&done.cert_path, &done.key_path]);
+        }
+        // Best effort: if the record cannot be settled now, the next run
+        // finds no files and drops the entries.
+        let _ = registry.abort();
+        return Err(e);
     }
     Ok(pending
         .into_iter()
@@ -445,33 +506,39 @@ fn commit(
         .collect())
 }
 
-/// Puts the record back as it was after a failed write. Best effort: the
-/// error being reported is the write failure, and an entry left behind names
-/// a certificate no one holds, which refuses nothing but that name.
-fn restore(registry: &mut LockedRegistry, before: Vec<IssuedRecord>) {
-    let _ = registry.replace(before);
+/// The record entry for a certificate just made, issued now.
+fn record_for(cert_der: &[u8], name: &str, kind: CertKind) -> Result<IssuedRecord, CaError> {
+    let now = OffsetDateTime::now_utc();
+    let now = now - time::Duration::nanoseconds(i64::from(now.nanosecond()));
+    registry::record_of(cert_der, name, kind, now)
+        .map_err(|e| CaError::Sign(rcgen::Error::X509(e.to_string())))
 }
 
-/// The record entry for a certificate, read from the certificate itself so
-/// the record cannot say something the certificate does not.
-fn record_of(cert_der: &[u8], name: &str, kind: CertKind) -> Result<IssuedRecord, CaError> {
-    let parse_error = |e: String| CaError::Sign(rcgen::Error::X509(e));
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(cert_der).map_err(|e| parse_error(e.to_string()))?;
-    Ok(IssuedRecord {
-        serial: hex(cert.raw_serial()),
-        name: name.to_owned(),
-        kind,
-        fingerprint: Identity::from_spki_der(cert.public_key().raw),
-        not_before: cert.validity().not_before.to_datetime(),
-        not_after: cert.validity().not_after.to_datetime(),
-        issued_at: whole_seconds_now(),
+/// `path` made absolute against the working directory, so that a pending
+/// record names the same file for the next run wherever it is started.
+fn absolute(path: &Path) -> Result<PathBuf, CaError> {
+    std::path::absolute(path).map_err(|source| CaError::Write {
+        path: path.to_path_buf(),
+        source,
     })
 }
 
-fn whole_seconds_now() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now - time::Duration::nanoseconds(i64::from(now.nanosecond()))
+/// Refuses the key of the CA directory's own `server.crt` as a user's key,
+/// whatever the record says.
+fn refuse_server_key(ca_dir: &Path, identity: Identity) -> Result<(), CaError> {
+    let server = ca_dir.join(SERVER_CERT_FILE);
+    let server_identity = read_limited(&server, MAX_CERT_BYTES)
+        .ok()
+        .and_then(|pem| CertificateDer::from_pem_slice(&pem).ok())
+        .and_then(|der| Identity::from_certificate_der(&der).ok());
+    if server_identity == Some(identity) {
+        return Err(CaError::KeyAlreadyIssued {
+            identity,
+            name: "server".to_owned(),
+            kind: CertKind::Server,
+        });
+    }
+    Ok(())
 }
 
 /// Whether a signed certificate may go to `path`: [`Clobber::Refuse`] if
@@ -503,24 +570,38 @@ fn replaceable(path: &Path, identity: Identity) -> Result<Clobber, CaError> {
     }
 }
 
-/// Reads a regular file of at most `limit` bytes.
+/// Reads a regular file of at most `limit` bytes, as [`CaError::Read`].
 fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, CaError> {
-    let read_error = |source| CaError::Read {
+    read_regular(path, limit).map_err(|source| CaError::Read {
         path: path.to_path_buf(),
         source,
-    };
-    let file = File::open(path).map_err(read_error)?;
-    let meta = file.metadata().map_err(read_error)?;
-    if !meta.is_file() || meta.len() > limit {
-        return Err(read_error(io::Error::new(
+    })
+}
+
+/// Reads a regular file of at most `limit` bytes. Opened non-blocking, so a
+/// FIFO or a device given by mistake is refused rather than waited on;
+/// anything but a regular file, or a larger one, is an
+/// [`io::ErrorKind::InvalidData`] error.
+pub(super) fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let too_big = || {
+        io::Error::new(
             io::ErrorKind::InvalidData,
             format!("not a regular file of at most {limit} bytes"),
-        )));
+        )
+    };
+    if !meta.is_file() || meta.len() > limit {
+        return Err(too_big());
     }
     let mut bytes = Vec::new();
-    file.take(limit)
-        .read_to_end(&mut bytes)
-        .map_err(read_error)?;
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big());
+    }
     Ok(bytes)
 }
 
@@ -595,6 +676,17 @@ pub(super) fn write_atomic(
     mode: u32,
     clobber: Clobber,
 ) -> Result<(), CaError> {
+    write_atomic_as(LOCKED_TEMP_PREFIX, path, contents, mode, clobber)
+}
+
+/// [`write_atomic`] with temporary files named `PREFIX*.tmp`.
+fn write_atomic_as(
+    prefix: &str,
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    clobber: Clobber,
+) -> Result<(), CaError> {
     let write_error = |source| CaError::Write {
         path: path.to_path_buf(),
         source,
@@ -604,7 +696,7 @@ pub(super) fn write_atomic(
         _ => Path::new("."),
     };
     let mut temp = tempfile::Builder::new()
-        .prefix(".jobs-ca-")
+        .prefix(prefix)
         .suffix(".tmp")
         .permissions(Permissions::from_mode(mode))
         .tempfile_in(dir)

@@ -49,7 +49,7 @@ pub use authority::{CertAuthority, IssuedCert, PrivateKeyPem, SignedCert};
 use authority::{common_name, generate_key};
 pub use files::{
     CA_CERT_FILE, CA_KEY_FILE, IssuedFiles, RequestFiles, SERVER_CERT_FILE, SERVER_KEY_FILE,
-    SignedFiles, fingerprint_file, init_dir, issued, request_files, sign_request_file,
+    SignedFiles, fingerprint_file, init_dir, issued, recover, request_files, sign_request_file,
     write_client, write_clients, write_server,
 };
 use registry::CertKind;
@@ -227,11 +227,7 @@ pub enum CaError {
     /// The key already has a certificate under another name (or is the CA's
     /// or a server's key): one key is one identity, so it cannot get a
     /// second name.
-    #[error(
-        "key {identity} was already issued as {kind} {name:?}; one key is one identity, so it \
-         cannot be issued under another name (renew it under {name:?}, or make a new key)",
-        kind = kind.as_str()
-    )]
+    #[error("{}", key_already_issued(identity, name, *kind))]
     KeyAlreadyIssued {
         /// The key's fingerprint.
         identity: Identity,
@@ -266,6 +262,19 @@ pub enum CaError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+fn key_already_issued(identity: &Identity, name: &str, kind: CertKind) -> String {
+    match kind {
+        CertKind::Ca => format!("key {identity} is the CA's own key; it can never be a user's"),
+        CertKind::Server => {
+            format!("key {identity} is the server's key; it can never be a user's")
+        }
+        CertKind::Client => format!(
+            "key {identity} was already issued as client {name:?}; one key is one identity, so it \
+             cannot be issued under another name (renew it under {name:?}, or make a new key)"
+        ),
+    }
 }
 
 /// When a certificate is valid: from `not_before` to `not_after`, inclusive, UTC.

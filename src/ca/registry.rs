@@ -11,8 +11,18 @@
 //! replaced atomically (write a temporary file, fsync, rename, fsync the
 //! directory), so a crash leaves the old record or the new one, never half.
 //!
-//! A CA directory made before this record existed has none: the record starts
-//! empty and knows only what is issued from then on.
+//! Certificates are recorded as *pending* (with the paths of their files)
+//! before their files are written, and as issued once they are. A run that
+//! was killed in between leaves pending entries; the next run that locks the
+//! directory resolves them against the disk ([`Repairs`]): a certificate file
+//! that holds the pending serial is recorded as issued, anything else is
+//! dropped (with a key written for it alone), so the record never claims a
+//! certificate that does not exist nor misses one that does.
+//!
+//! A CA directory without a record (made before it existed, or the file was
+//! lost) gets one rebuilt from the certificates in the directory that this CA
+//! signed: the CA itself, `server.crt`, and every `NAME.crt`. Certificates
+//! written elsewhere (`sign --out`) cannot be found that way.
 
 use std::fs::File;
 use std::io;
@@ -22,8 +32,11 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use rustls::pki_types::pem::PemObject;
+
 use super::CaError;
-use super::files::{Clobber, write_atomic};
+use super::authority::hex;
+use super::files::{CA_CERT_FILE, Clobber, LOCKED_TEMP_PREFIX, read_regular, write_atomic};
 use crate::auth::Identity;
 
 /// The file name of the record inside a CA directory.
@@ -85,11 +98,49 @@ pub struct IssuedRecord {
     pub issued_at: OffsetDateTime,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegistryFile {
     version: u32,
     certificates: Vec<IssuedRecord>,
+    /// Certificates whose files are being written (see the module doc).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pending: Vec<PendingIssue>,
+}
+
+/// A certificate recorded before its files are written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PendingIssue {
+    /// The entry it becomes once its certificate is on disk.
+    pub record: IssuedRecord,
+    /// Where its certificate goes (absolute).
+    pub cert_path: PathBuf,
+    /// Where its private key goes (absolute), when the CA made the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_path: Option<PathBuf>,
+}
+
+/// What opening a CA's record had to put right after an earlier run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Repairs {
+    /// The record was missing and was rebuilt from this many certificates
+    /// found in the CA directory (the CA's own included).
+    pub rebuilt_from: Option<usize>,
+    /// Certificates an interrupted run wrote completely: now recorded.
+    pub completed: Vec<IssuedRecord>,
+    /// Certificates an interrupted run did not write: dropped from the
+    /// record (and their key files, if the run made the key, removed).
+    pub dropped: Vec<IssuedRecord>,
+    /// Temporary files of interrupted runs removed from the CA directory.
+    pub temp_files_removed: usize,
+}
+
+impl Repairs {
+    /// Whether anything was repaired.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// What the record says about issuing a client certificate for a key and name.
@@ -105,17 +156,21 @@ pub enum ClientCheck {
 /// until this value is dropped.
 pub struct LockedRegistry {
     dir: PathBuf,
-    records: Vec<IssuedRecord>,
+    file: RegistryFile,
+    repairs: Repairs,
     _lock: Flock<File>,
 }
 
 impl LockedRegistry {
-    /// Locks `dir` (waiting for another `jobs-ca` to finish) and reads its
-    /// record; a missing record is an empty one.
+    /// Locks `dir` (waiting for another `jobs-ca` to finish), reads its
+    /// record and repairs what an interrupted run left (see the module doc
+    /// and [`LockedRegistry::repairs`]). A directory with neither a record
+    /// nor a CA certificate has an empty record.
     ///
     /// # Errors
     /// [`CaError::Read`] if the directory cannot be opened or locked or the
-    /// record cannot be read; [`CaError::Registry`] if it is malformed.
+    /// record cannot be read; [`CaError::Registry`] if it is malformed;
+    /// [`CaError::Write`] if a repair cannot be written.
     pub fn open(dir: &Path) -> Result<Self, CaError> {
         let handle = File::open(dir).map_err(|source| CaError::Read {
             path: dir.to_path_buf(),
@@ -126,16 +181,51 @@ impl LockedRegistry {
                 path: dir.to_path_buf(),
                 source: io::Error::from(errno),
             })?;
-        Ok(Self {
+        // Under the lock no other run is writing: their temporary files are
+        // leftovers of a killed one.
+        let mut repairs = Repairs {
+            temp_files_removed: remove_stale_temp_files(dir),
+            ..Repairs::default()
+        };
+        let (mut file, found) = read_file(dir)?;
+        let mut changed = false;
+        if !found && dir.join(CA_CERT_FILE).exists() {
+            file.certificates = rebuild(dir)?;
+            repairs.rebuilt_from = Some(file.certificates.len());
+            changed = true;
+        }
+        for pending in std::mem::take(&mut file.pending) {
+            changed = true;
+            if holds_certificate(&pending.cert_path, &pending.record.serial) {
+                repairs.completed.push(pending.record.clone());
+                file.certificates.push(pending.record);
+            } else {
+                if let Some(key_path) = &pending.key_path {
+                    remove_key_if_for(key_path, pending.record.fingerprint);
+                }
+                repairs.dropped.push(pending.record);
+            }
+        }
+        let mut registry = Self {
             dir: dir.to_path_buf(),
-            records: read(dir)?,
+            file,
+            repairs,
             _lock: lock,
-        })
+        };
+        if changed {
+            registry.save(registry.file.clone())?;
+        }
+        Ok(registry)
+    }
+
+    /// What opening the record repaired.
+    pub fn repairs(&self) -> &Repairs {
+        &self.repairs
     }
 
     /// Every entry, in issue order.
     pub fn records(&self) -> &[IssuedRecord] {
-        &self.records
+        &self.file.certificates
     }
 
     /// Whether a client certificate may be issued for `identity` under `name`.
@@ -146,7 +236,7 @@ impl LockedRegistry {
     /// belongs to another key.
     pub fn check_client(&self, name: &str, identity: Identity) -> Result<ClientCheck, CaError> {
         let mut previous = None;
-        for record in &self.records {
+        for record in &self.file.certificates {
             let same_key = record.fingerprint == identity;
             let same_name = record.kind == CertKind::Client && record.name == name;
             match (same_key, same_name) {
@@ -170,36 +260,53 @@ impl LockedRegistry {
         Ok(previous.map_or(ClientCheck::New, |r| ClientCheck::Renewal(r.clone())))
     }
 
-    /// Appends `entries` and writes the record atomically.
+    /// Records `entries` as pending, atomically, before their files are
+    /// written; [`LockedRegistry::finish`] or [`LockedRegistry::abort`]
+    /// settles them.
     ///
     /// # Errors
     /// [`CaError::Write`]; on error the record on disk is unchanged.
-    pub fn append(
-        &mut self,
-        entries: impl IntoIterator<Item = IssuedRecord>,
-    ) -> Result<(), CaError> {
-        let mut records = self.records.clone();
-        records.extend(entries);
-        self.replace(records)
+    pub(super) fn begin(&mut self, entries: Vec<PendingIssue>) -> Result<(), CaError> {
+        let mut file = self.file.clone();
+        file.pending.extend(entries);
+        self.save(file)
     }
 
-    /// Writes `records` as the whole record, atomically: used to undo an
-    /// [`LockedRegistry::append`] whose certificates could not be written.
+    /// The pending entries' files are written: records them as issued.
     ///
     /// # Errors
-    /// [`CaError::Write`]; on error the record on disk is unchanged.
-    pub(super) fn replace(&mut self, records: Vec<IssuedRecord>) -> Result<(), CaError> {
-        let file = RegistryFile {
-            version: FORMAT_VERSION,
-            certificates: records,
-        };
+    /// [`CaError::Write`]; the entries stay pending on disk, and the next run
+    /// finds their files and records them.
+    pub(super) fn finish(&mut self) -> Result<(), CaError> {
+        let mut file = self.file.clone();
+        let done = std::mem::take(&mut file.pending);
+        file.certificates
+            .extend(done.into_iter().map(|pending| pending.record));
+        self.save(file)
+    }
+
+    /// The pending entries' files could not be written (and what was written
+    /// has been removed): drops them.
+    ///
+    /// # Errors
+    /// [`CaError::Write`]; the entries stay pending on disk, and the next run
+    /// finds no files and drops them.
+    pub(super) fn abort(&mut self) -> Result<(), CaError> {
+        let mut file = self.file.clone();
+        file.pending.clear();
+        self.save(file)
+    }
+
+    /// Writes `file` as the whole record, atomically, and keeps it.
+    fn save(&mut self, mut file: RegistryFile) -> Result<(), CaError> {
+        file.version = FORMAT_VERSION;
         let mut json = serde_json::to_vec_pretty(&file).map_err(|e| CaError::Write {
             path: self.path(),
             source: io::Error::other(e),
         })?;
         json.push(b'\n');
         write_atomic(&self.path(), &json, REGISTRY_MODE, Clobber::Replace)?;
-        self.records = file.certificates;
+        self.file = file;
         Ok(())
     }
 
@@ -209,37 +316,37 @@ impl LockedRegistry {
 }
 
 /// Reads the record of the CA in `dir` without locking it (a writer replaces
-/// it atomically, so a reader sees one whole version).
+/// it atomically, so a reader sees one whole version): the certificates
+/// issued, without pending ones.
 ///
 /// # Errors
 /// [`CaError::Read`]; [`CaError::Registry`] if it is malformed.
 pub fn read(dir: &Path) -> Result<Vec<IssuedRecord>, CaError> {
+    Ok(read_file(dir)?.0.certificates)
+}
+
+/// The record and whether it exists (a missing one reads as empty).
+fn read_file(dir: &Path) -> Result<(RegistryFile, bool), CaError> {
     let path = dir.join(REGISTRY_FILE);
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+    let bytes = match read_regular(&path, MAX_REGISTRY_BYTES) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok((
+                RegistryFile {
+                    version: FORMAT_VERSION,
+                    ..RegistryFile::default()
+                },
+                false,
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            return Err(CaError::Registry {
+                path,
+                reason: e.to_string(),
+            });
+        }
         Err(source) => return Err(CaError::Read { path, source }),
     };
-    let read_error = |source| CaError::Read {
-        path: path.clone(),
-        source,
-    };
-    let meta = file.metadata().map_err(read_error)?;
-    if !meta.is_file() {
-        return Err(CaError::Registry {
-            path,
-            reason: "not a regular file".into(),
-        });
-    }
-    if meta.len() > MAX_REGISTRY_BYTES {
-        return Err(CaError::Registry {
-            path,
-            reason: format!("larger than {MAX_REGISTRY_BYTES} bytes"),
-        });
-    }
-    let mut bytes = Vec::new();
-    io::Read::read_to_end(&mut io::Read::take(&file, MAX_REGISTRY_BYTES), &mut bytes)
-        .map_err(read_error)?;
     let parsed: RegistryFile = serde_json::from_slice(&bytes).map_err(|e| CaError::Registry {
         path: path.clone(),
         reason: e.to_string(),
@@ -253,7 +360,161 @@ pub fn read(dir: &Path) -> Result<Vec<IssuedRecord>, CaError> {
             ),
         });
     }
-    Ok(parsed.certificates)
+    Ok((parsed, true))
+}
+
+/// The record entry for a certificate, read from the certificate itself so
+/// the record cannot say something the certificate does not.
+pub(super) fn record_of(
+    cert_der: &[u8],
+    name: &str,
+    kind: CertKind,
+    issued_at: OffsetDateTime,
+) -> Result<IssuedRecord, x509_parser::nom::Err<x509_parser::error::X509Error>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)?;
+    Ok(IssuedRecord {
+        serial: hex(cert.raw_serial()),
+        name: name.to_owned(),
+        kind,
+        fingerprint: Identity::from_spki_der(cert.public_key().raw),
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+        issued_at,
+    })
+}
+
+/// Rebuilds a lost record from the certificates in the CA directory that the
+/// CA signed: `ca.crt` itself (`ca`), `server.crt` (`server`), and every
+/// other `*.crt` leaf (a client under its common name when that is a valid
+/// client name, else under its file name). Ordered by `notBefore`; the
+/// issue time is taken to be `notBefore` + [`super::BACKDATE`].
+fn rebuild(dir: &Path) -> Result<Vec<IssuedRecord>, CaError> {
+    let ca_path = dir.join(CA_CERT_FILE);
+    let ca_der = read_certificate(&ca_path).ok_or_else(|| CaError::Registry {
+        path: dir.join(REGISTRY_FILE),
+        reason: format!(
+            "it is missing, and {} cannot be read to rebuild it",
+            ca_path.display()
+        ),
+    })?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).map_err(|e| CaError::Registry {
+        path: dir.join(REGISTRY_FILE),
+        reason: format!(
+            "it is missing, and {} is not a certificate: {e}",
+            ca_path.display()
+        ),
+    })?;
+    let issued_at = |record: &IssuedRecord| record.not_before + super::BACKDATE;
+    let mut records = Vec::new();
+    if let Ok(mut record) = record_of(&ca_der, "ca", CertKind::Ca, OffsetDateTime::UNIX_EPOCH) {
+        record.issued_at = issued_at(&record);
+        records.push(record);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| CaError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".crt"))
+        else {
+            continue;
+        };
+        if path == ca_path {
+            continue;
+        }
+        let Some(der) = read_certificate(&path) else {
+            continue;
+        };
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+            continue;
+        };
+        if cert.verify_signature(Some(ca.public_key())).is_err() {
+            continue;
+        }
+        let eku = cert.extended_key_usage().ok().flatten().map(|e| e.value);
+        let (name, kind) = if eku.as_ref().is_some_and(|e| e.server_auth) {
+            ("server".to_owned(), CertKind::Server)
+        } else {
+            let cn = cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .filter(|cn| super::validate_client_name(cn).is_ok())
+                .unwrap_or(stem);
+            (cn.to_owned(), CertKind::Client)
+        };
+        if let Ok(mut record) = record_of(&der, &name, kind, OffsetDateTime::UNIX_EPOCH) {
+            record.issued_at = issued_at(&record);
+            records.push(record);
+        }
+    }
+    records.sort_by(|a, b| {
+        (a.kind != CertKind::Ca, a.not_before, &a.name).cmp(&(
+            b.kind != CertKind::Ca,
+            b.not_before,
+            &b.name,
+        ))
+    });
+    Ok(records)
+}
+
+/// Whether `path` holds a PEM certificate with the serial `serial` (hex).
+fn holds_certificate(path: &Path, serial: &str) -> bool {
+    read_certificate(path)
+        .and_then(|der| {
+            x509_parser::parse_x509_certificate(&der)
+                .ok()
+                .map(|(_, cert)| hex(cert.raw_serial()) == serial)
+        })
+        .unwrap_or(false)
+}
+
+/// The DER of the first PEM certificate in a regular file of at most 1 MiB.
+fn read_certificate(path: &Path) -> Option<Vec<u8>> {
+    let pem = read_regular(path, 1024 * 1024).ok()?;
+    rustls::pki_types::CertificateDer::from_pem_slice(&pem)
+        .ok()
+        .map(|der| der.to_vec())
+}
+
+/// Removes the key file at `path` if it holds the private key of `identity`:
+/// a key an interrupted run made for a certificate it never wrote.
+fn remove_key_if_for(path: &Path, identity: Identity) {
+    let matches = read_regular(path, 64 * 1024)
+        .ok()
+        .and_then(|pem| String::from_utf8(pem).ok())
+        .and_then(|pem| rcgen::KeyPair::from_pem(&pem).ok())
+        .is_some_and(|key| {
+            use rcgen::PublicKeyData as _;
+            Identity::from_spki_der(&key.subject_public_key_info()) == identity
+        });
+    if matches {
+        // Best effort: a leftover key file only makes a retry say it exists.
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Removes the temporary files of killed runs from `dir`; returns how many.
+fn remove_stale_temp_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(LOCKED_TEMP_PREFIX) && n.ends_with(".tmp"))
+                && entry.file_type().is_ok_and(|t| t.is_file())
+        })
+        .filter(|entry| std::fs::remove_file(entry.path()).is_ok())
+        .count()
 }
 
 /// How a listed certificate stands now.
@@ -403,12 +664,18 @@ mod tests {
         let later = now + Duration::days(10);
         let mut registry = LockedRegistry::open(dir.path()).unwrap();
         assert!(registry.records().is_empty());
+        let pending = |record| PendingIssue {
+            record,
+            cert_path: dir.path().join("never-written.crt"),
+            key_path: None,
+        };
         registry
-            .append([
-                entry("server", CertKind::Server, 9, now, later),
-                entry("alice", CertKind::Client, 1, now, later),
+            .begin(vec![
+                pending(entry("server", CertKind::Server, 9, now, later)),
+                pending(entry("alice", CertKind::Client, 1, now, later)),
             ])
             .unwrap();
+        registry.finish().unwrap();
         drop(registry);
         assert_eq!(read(dir.path()).unwrap().len(), 2);
 

@@ -42,9 +42,22 @@ pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 #[non_exhaustive]
 pub enum RequestError {
     /// The bytes hold no PEM `CERTIFICATE REQUEST` (or `NEW CERTIFICATE
-    /// REQUEST`) block.
-    #[error("no PEM CERTIFICATE REQUEST block found")]
+    /// REQUEST`) block and are not a DER request either.
+    #[error("no PEM CERTIFICATE REQUEST block found (nor a DER request)")]
     NoPem,
+    /// The file holds more than one request: which one is meant is not clear.
+    #[error("the file holds {count} certificate requests; give one request per file")]
+    SeveralRequests {
+        /// How many `CERTIFICATE REQUEST` blocks it holds.
+        count: usize,
+    },
+    /// The file holds a private key besides the request: the key has left
+    /// its owner, which a request exists to avoid.
+    #[error(
+        "the file also holds a PRIVATE KEY; a private key must never leave its owner: \
+         send only the request (NAME.csr), and make a new key if this one was shared"
+    )]
+    HoldsPrivateKey,
     /// The request is not valid DER PKCS#10.
     #[error("not a valid PKCS#10 request: {0}")]
     Malformed(String),
@@ -124,13 +137,39 @@ impl fmt::Debug for CertRequest {
 }
 
 impl CertRequest {
-    /// Reads the first `CERTIFICATE REQUEST` PEM block of `pem` (OpenSSL's
+    /// Reads the one `CERTIFICATE REQUEST` PEM block of `pem` (OpenSSL's
     /// older `NEW CERTIFICATE REQUEST` label too) and checks it as
-    /// [`CertRequest::from_der`] does.
+    /// [`CertRequest::from_der`] does; bytes that hold no PEM block but start
+    /// like DER are read as a DER request.
     ///
     /// # Errors
-    /// [`RequestError::NoPem`], or the errors of [`CertRequest::from_der`].
+    /// [`RequestError::HoldsPrivateKey`] if any `PRIVATE KEY` block is there
+    /// too; [`RequestError::SeveralRequests`]; [`RequestError::NoPem`]; or
+    /// the errors of [`CertRequest::from_der`].
     pub fn from_pem(pem: &[u8]) -> Result<Self, RequestError> {
+        let labels: Vec<&[u8]> = pem
+            .windows(b"-----BEGIN ".len())
+            .enumerate()
+            .filter(|(_, w)| *w == b"-----BEGIN ")
+            .map(|(i, _)| {
+                let rest = &pem[i + b"-----BEGIN ".len()..];
+                let end = rest.iter().position(|&b| b == b'-').unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        if labels.iter().any(|l| l.ends_with(b"PRIVATE KEY")) {
+            return Err(RequestError::HoldsPrivateKey);
+        }
+        let requests = labels
+            .iter()
+            .filter(|l| l.ends_with(b"CERTIFICATE REQUEST"))
+            .count();
+        if requests > 1 {
+            return Err(RequestError::SeveralRequests { count: requests });
+        }
+        if labels.is_empty() && pem.first() == Some(&0x30) {
+            return Self::from_der(pem);
+        }
         if let Ok(der) = CertificateSigningRequestDer::from_pem_slice(pem) {
             return Self::from_der(der.as_ref());
         }
@@ -217,11 +256,12 @@ impl CertRequest {
             let value = attribute
                 .as_str()
                 .map_or_else(|_| "<binary>".to_owned(), str::to_owned);
+            let shown = printable(&value);
             if *attribute.attr_type() == OID_X509_COMMON_NAME && common_name.is_none() {
                 common_name = Some(value);
             } else {
                 ignored.push(format!(
-                    "subject {}={value}",
+                    "subject {}={shown}",
                     attribute_name(attribute.attr_type())
                 ));
             }
@@ -390,15 +430,22 @@ fn describe_extension(extension: &ParsedExtension<'_>) -> Vec<String> {
             .collect(),
         ParsedExtension::KeyUsage(ku) => vec![format!("keyUsage {ku}")],
         ParsedExtension::UnsupportedExtension { oid } => vec![format!("extension {oid}")],
-        other => vec![format!("extension {other:?}")],
+        other => vec![printable(&format!("extension {other:?}"))],
     }
+}
+
+/// `text` with control characters, quotes and backslashes escaped (Rust's
+/// `escape_debug`), so that a requester cannot move the cursor, retitle the
+/// terminal or forge lines in the admin's output.
+fn printable(text: &str) -> String {
+    text.escape_debug().to_string()
 }
 
 fn general_name(name: &GeneralName<'_>) -> String {
     match name {
-        GeneralName::DNSName(dns) => format!("DNS:{dns}"),
-        GeneralName::RFC822Name(mail) => format!("email:{mail}"),
-        GeneralName::URI(uri) => format!("URI:{uri}"),
+        GeneralName::DNSName(dns) => format!("DNS:{}", printable(dns)),
+        GeneralName::RFC822Name(mail) => format!("email:{}", printable(mail)),
+        GeneralName::URI(uri) => format!("URI:{}", printable(uri)),
         GeneralName::IPAddress(bytes) => match bytes.len() {
             4 => format!(
                 "IP:{}",
@@ -410,7 +457,7 @@ fn general_name(name: &GeneralName<'_>) -> String {
             ),
             _ => "IP:<malformed>".to_owned(),
         },
-        other => format!("{other}"),
+        other => printable(&format!("{other}")),
     }
 }
 

@@ -22,7 +22,8 @@ use crate::tls::{human, rfc3339};
 pub const EXPIRY_WARNING: time::Duration = time::Duration::days(14);
 
 /// A certificate that expires within [`EXPIRY_WARNING`] and has not expired
-/// yet. Its `Display` is one line saying when, and how to renew.
+/// yet. Its `Display` is one line saying when, and how a user renews it;
+/// [`ExpiryWarning::server_text`] says how an operator replaces the server's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExpiryWarning {
     /// The certificate file, as given.
@@ -34,15 +35,36 @@ pub struct ExpiryWarning {
     pub remaining: time::Duration,
 }
 
+impl ExpiryWarning {
+    /// "certificate PATH expires in 3 days (not valid after RFC 3339 time)".
+    fn when(&self) -> String {
+        format!(
+            "certificate {} expires in {} (not valid after {})",
+            self.path.display(),
+            human(self.remaining),
+            rfc3339(self.not_after)
+        )
+    }
+
+    /// The warning for the server's own certificate, as `jobsd` logs it: the
+    /// server's key identifies no user, so renewing is making a new one.
+    pub fn server_text(&self) -> String {
+        format!(
+            "server {}; before then, move server.crt and server.key aside, run `jobs-ca server` \
+             again (with the same --san names) and restart jobsd",
+            self.when()
+        )
+    }
+}
+
+/// The warning for a user's certificate, as `jobs` prints it.
 impl fmt::Display for ExpiryWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "certificate {} expires in {} (not valid after {}); ask your CA admin to renew it \
-             before then (jobs-ca request NAME --renew, then jobs-ca sign)",
-            self.path.display(),
-            human(self.remaining),
-            rfc3339(self.not_after)
+            "{}; ask your CA admin to renew it before then \
+             (jobs-ca request NAME --renew, then jobs-ca sign)",
+            self.when()
         )
     }
 }
@@ -173,6 +195,15 @@ mod tests {
                 "certificate {} expires in 3 days (not valid after 2030-06-15T12:00:00Z); \
                  ask your CA admin to renew it before then \
                  (jobs-ca request NAME --renew, then jobs-ca sign)",
+                path.display()
+            )
+        );
+        assert_eq!(
+            warning.server_text(),
+            format!(
+                "server certificate {} expires in 3 days (not valid after 2030-06-15T12:00:00Z); \
+                 before then, move server.crt and server.key aside, run `jobs-ca server` again \
+                 (with the same --san names) and restart jobsd",
                 path.display()
             )
         );

@@ -263,8 +263,12 @@ enum Role {
 /// key usage §4.2.1.12, validity §4.1.2.5).
 fn check_leaf(role: Role, path: &Path, der: &CertificateDer<'_>) -> Result<(), TlsError> {
     let (name, purpose, command) = match role {
-        Role::Server => ("server", "serverAuth", "jobs-ca server"),
-        Role::Client => ("client", "clientAuth", "jobs-ca client NAME"),
+        Role::Server => ("server", "serverAuth", "`jobs-ca server`"),
+        Role::Client => (
+            "client",
+            "clientAuth",
+            "`jobs-ca sign` (on a request from `jobs-ca request NAME`) or `jobs-ca client NAME`",
+        ),
     };
     let unsuitable = |reason: String| TlsError::Unsuitable {
         role: name,
@@ -275,13 +279,13 @@ fn check_leaf(role: Role, path: &Path, der: &CertificateDer<'_>) -> Result<(), T
         .map_err(|e| unsuitable(format!("is not a valid X.509 certificate ({e})")))?;
     if cert.version() != x509_parser::x509::X509Version::V3 {
         return Err(unsuitable(format!(
-            "is an X.509 v{} certificate; TLS needs v3 with extensions: issue one with `{command}`",
+            "is an X.509 v{} certificate; TLS needs v3 with extensions: issue one with {command}",
             cert.version().0 + 1
         )));
     }
     if cert.is_ca() {
         return Err(unsuitable(format!(
-            "is a CA certificate (basicConstraints cA:TRUE), not an end-entity certificate: issue one with `{command}`"
+            "is a CA certificate (basicConstraints cA:TRUE), not an end-entity certificate: issue one with {command}"
         )));
     }
     if let Ok(Some(eku)) = cert.extended_key_usage() {
@@ -292,7 +296,7 @@ fn check_leaf(role: Role, path: &Path, der: &CertificateDer<'_>) -> Result<(), T
             };
         if !ok {
             return Err(unsuitable(format!(
-                "is not made for {name} authentication (its extended key usage lacks {purpose}): issue one with `{command}`"
+                "is not made for {name} authentication (its extended key usage lacks {purpose}): issue one with {command}"
             )));
         }
     }
@@ -300,8 +304,14 @@ fn check_leaf(role: Role, path: &Path, der: &CertificateDer<'_>) -> Result<(), T
     let not_before = cert.validity().not_before.to_datetime();
     let not_after = cert.validity().not_after.to_datetime();
     if now > not_after {
+        let renew = match role {
+            Role::Server => "make a new one with `jobs-ca server`",
+            Role::Client => {
+                "ask your CA admin for a new one (jobs-ca request NAME --renew, then jobs-ca sign)"
+            }
+        };
         return Err(unsuitable(format!(
-            "expired {} ago (not valid after {})",
+            "expired {} ago (not valid after {}); {renew}",
             human(now - not_after),
             rfc3339(not_after)
         )));
