@@ -579,6 +579,17 @@ fn what_a_killed_run_left_is_settled_by_the_next_run() {
         .collect();
     let p1_serial = json["pending"][0]["record"]["serial"].clone();
     let p2_serial = json["pending"][1]["record"]["serial"].clone();
+    // Scenario: a hand-edited entry points at a key outside the CA
+    // directory; the repair must never delete it.
+    let outside = tempfile::tempdir().unwrap();
+    let bobs_key = outside.path().join("bob.key");
+    fs::copy(common::pem("bob").key, &bobs_key).unwrap();
+    let mut forged = json["pending"][1].clone();
+    forged["record"]["name"] = "p3".into();
+    forged["record"]["fingerprint"] = common::identity("bob").to_string().into();
+    forged["cert_path"] = serde_json::json!(ca.join("p3.crt"));
+    forged["key_path"] = serde_json::json!(bobs_key);
+    json["pending"].as_array_mut().unwrap().push(forged);
     fs::write(ca.join("issued.json"), serde_json::to_vec(&json).unwrap()).unwrap();
     fs::remove_file(ca.join("p2.crt")).unwrap();
     fs::write(ca.join(".jobs-ca-issuing-AbC123.tmp"), "half a key").unwrap();
@@ -589,11 +600,17 @@ fn what_a_killed_run_left_is_settled_by_the_next_run() {
         format!(
             "note: an interrupted jobs-ca run had written the certificate for \"p1\" (serial {}): now recorded\n\
              note: an interrupted jobs-ca run never wrote the certificate for \"p2\" (serial {}): dropped from the record\n\
+             note: an interrupted jobs-ca run never wrote the certificate for \"p3\" (serial {}): dropped from the record\n\
              note: removed 1 temporary file(s) an interrupted jobs-ca run left in {}\n",
             p1_serial.as_str().unwrap(),
             p2_serial.as_str().unwrap(),
+            p2_serial.as_str().unwrap(),
             ca.display()
         )
+    );
+    assert_eq!(
+        fs::read(&bobs_key).unwrap(),
+        fs::read(common::pem("bob").key).unwrap()
     );
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();

@@ -201,7 +201,7 @@ impl LockedRegistry {
                 file.certificates.push(pending.record);
             } else {
                 if let Some(key_path) = &pending.key_path {
-                    remove_key_if_for(key_path, pending.record.fingerprint);
+                    remove_key_if_for(dir, key_path, pending.record.fingerprint);
                 }
                 repairs.dropped.push(pending.record);
             }
@@ -482,9 +482,22 @@ fn read_certificate(path: &Path) -> Option<Vec<u8>> {
         .map(|der| der.to_vec())
 }
 
-/// Removes the key file at `path` if it holds the private key of `identity`:
-/// a key an interrupted run made for a certificate it never wrote.
-fn remove_key_if_for(path: &Path, identity: Identity) {
+/// Removes the key file at `path` if it is a file directly in the CA
+/// directory `dir` (where issuing writes keys) and holds the private key of
+/// `identity`: a key an interrupted run made for a certificate it never
+/// wrote. A record naming any other path (edited by hand, say) never makes
+/// this touch a file elsewhere.
+fn remove_key_if_for(dir: &Path, path: &Path, identity: Identity) {
+    let in_ca_dir = match (std::path::absolute(dir), path.parent()) {
+        (Ok(dir), Some(parent)) => parent == dir,
+        _ => false,
+    };
+    let is_file = path
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_file());
+    if !in_ca_dir || !is_file {
+        return;
+    }
     let matches = read_regular(path, 64 * 1024)
         .ok()
         .and_then(|pem| String::from_utf8(pem).ok())
