@@ -126,6 +126,28 @@ enum Command {
     },
 }
 
+/// `eprintln!` with control characters escaped: file names and request
+/// contents come from users, and must not reach the admin's terminal as
+/// escape sequences (retitling it, erasing lines, faking output).
+macro_rules! note {
+    ($($arg:tt)*) => {
+        eprintln!("{}", printable(&format!($($arg)*)))
+    };
+}
+
+/// `text` with every control character shown as a `\u{..}` escape.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
@@ -133,9 +155,9 @@ fn main() -> ExitCode {
         // A closed stdout (`jobs-ca client alice | head -c0`) is not a failure.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("jobs-ca: error: {e}");
+            note!("jobs-ca: error: {e}");
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                note!("  caused by: {cause}");
             }
             ExitCode::FAILURE
         }
@@ -243,17 +265,17 @@ fn run(command: Command) -> anyhow::Result<()> {
                 }
             })?;
             if files.renewal {
-                eprintln!(
+                note!(
                     "reused {} (your existing key: the renewed certificate keeps your identity)",
                     files.key_path.display()
                 );
             } else {
-                eprintln!(
+                note!(
                     "wrote {} (private key, mode 0600: keep it secret, never send or commit it)",
                     files.key_path.display()
                 );
             }
-            eprintln!(
+            note!(
                 "wrote {} (certificate request: send it to your CA admin, who runs `jobs-ca sign {}`)",
                 files.csr_path.display(),
                 files
@@ -291,11 +313,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                         )
                     })?;
             for item in &signed.ignored {
-                eprintln!("ignored from the request (not granted): {item}");
+                note!("ignored from the request (not granted): {item}");
             }
             let record = &signed.record;
             match &signed.renewed {
-                Some(previous) => eprintln!(
+                Some(previous) => note!(
                     "wrote {} (renewal for {:?}: serial {}, replaces serial {}, same identity; valid until {})",
                     signed.cert_path.display(),
                     record.name,
@@ -303,7 +325,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     previous.serial,
                     rfc3339(record.not_after)
                 ),
-                None => eprintln!(
+                None => note!(
                     "wrote {} (user certificate, CN={}, serial {}, valid until {}); give it and ca.crt to the user",
                     signed.cert_path.display(),
                     record.name,
@@ -344,7 +366,7 @@ fn report(files: &IssuedFiles, what: &str) -> anyhow::Result<()> {
 
 fn report_repairs(repairs: &ca::registry::Repairs, dir: &Path) {
     if let Some(n) = repairs.rebuilt_from {
-        eprintln!(
+        note!(
             "note: {} was missing; rebuilt it from the {n} certificates this CA signed in {} \
              (certificates written elsewhere are not in it)",
             dir.join(ca::registry::REGISTRY_FILE).display(),
@@ -352,19 +374,21 @@ fn report_repairs(repairs: &ca::registry::Repairs, dir: &Path) {
         );
     }
     for record in &repairs.completed {
-        eprintln!(
+        note!(
             "note: an interrupted jobs-ca run had written the certificate for {:?} (serial {}): now recorded",
-            record.name, record.serial
+            record.name,
+            record.serial
         );
     }
     for record in &repairs.dropped {
-        eprintln!(
+        note!(
             "note: an interrupted jobs-ca run never wrote the certificate for {:?} (serial {}): dropped from the record",
-            record.name, record.serial
+            record.name,
+            record.serial
         );
     }
     if repairs.temp_files_removed > 0 {
-        eprintln!(
+        note!(
             "note: removed {} temporary file(s) an interrupted jobs-ca run left in {}",
             repairs.temp_files_removed,
             dir.display()
@@ -373,8 +397,8 @@ fn report_repairs(repairs: &ca::registry::Repairs, dir: &Path) {
 }
 
 fn report_paths(files: &IssuedFiles, what: &str) {
-    eprintln!("wrote {} ({what})", files.cert_path.display());
-    eprintln!(
+    note!("wrote {} ({what})", files.cert_path.display());
+    note!(
         "wrote {} (private key, mode 0600: keep it secret, never commit it)",
         files.key_path.display()
     );

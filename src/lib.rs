@@ -104,6 +104,7 @@
 
 pub mod audit;
 pub mod auth;
+mod bounded;
 pub mod ca;
 pub mod cgroup;
 pub mod client;

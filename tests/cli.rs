@@ -2705,3 +2705,36 @@ fn expiry_warning_in_the_jobsd_log_when_its_certificate_has_3_days_left() {
         (0, "", "")
     );
 }
+
+#[test]
+fn a_fifo_or_device_as_the_certificate_is_refused_without_hanging() {
+    // Scenario: JOBS_CERT names a FIFO with no writer, or /dev/zero; reading
+    // it must neither block for ever nor read without end.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("cert.pem");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for cert in [fifo.as_path(), Path::new("/dev/zero")] {
+        let out = Command::new(JOBS)
+            .args(["--addr", "127.0.0.1:1", "list"])
+            .env_clear()
+            .env("JOBS_CA", cert)
+            .env("JOBS_CERT", cert)
+            .env("JOBS_KEY", cert)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "jobs: error: cannot read CA certificate file {}: not a regular file\n",
+                cert.display()
+            )
+        );
+    }
+}

@@ -402,7 +402,10 @@ fn requests_that_prove_nothing_or_name_no_one_are_refused_by_the_cli() {
     fs::write(&huge, vec![b'A'; 65 * 1024]).unwrap();
     refused(
         &["sign", s(&huge), "--dir", s(&ca)],
-        "not a regular file of at most 65536 bytes",
+        &format!(
+            "cannot read {}\n  caused by: larger than 65536 bytes",
+            huge.display()
+        ),
     );
     assert_eq!(record(&ca), before);
     assert_eq!(
@@ -560,10 +563,20 @@ fn record_json(ca: &Path) -> serde_json::Value {
 #[test]
 fn what_a_killed_run_left_is_settled_by_the_next_run() {
     // Scenario: `jobs-ca client p1 p2` was killed after writing p1's files
-    // and p2's key but not p2's certificate; the record still says pending.
-    let (_tmp, ca) = private_ca();
-    ok(&["client", "p1", "p2", "--dir", s(&ca), "--days", "10"]);
-    let mut json = record_json(&ca);
+    // and p2's key but not p2's certificate; the record still says pending
+    // (with paths relative to the CA directory, which is then moved).
+    let (tmp, first_home) = private_ca();
+    let ca = tmp.path().join("moved-ca");
+    ok(&[
+        "client",
+        "p1",
+        "p2",
+        "--dir",
+        s(&first_home),
+        "--days",
+        "10",
+    ]);
+    let mut json = record_json(&first_home);
     let certificates = json["certificates"].as_array_mut().unwrap();
     let entries: Vec<serde_json::Value> = certificates.drain(1..).collect();
     json["pending"] = entries
@@ -572,8 +585,8 @@ fn what_a_killed_run_left_is_settled_by_the_next_run() {
             let name = record["name"].as_str().unwrap().to_owned();
             serde_json::json!({
                 "record": record,
-                "cert_path": ca.join(format!("{name}.crt")),
-                "key_path": ca.join(format!("{name}.key")),
+                "cert_path": format!("{name}.crt"),
+                "key_path": format!("{name}.key"),
             })
         })
         .collect();
@@ -590,7 +603,20 @@ fn what_a_killed_run_left_is_settled_by_the_next_run() {
     forged["cert_path"] = serde_json::json!(ca.join("p3.crt"));
     forged["key_path"] = serde_json::json!(bobs_key);
     json["pending"].as_array_mut().unwrap().push(forged);
-    fs::write(ca.join("issued.json"), serde_json::to_vec(&json).unwrap()).unwrap();
+    // Scenario: another forged entry names the CA's own key in its directory.
+    let mut forged = json["pending"][1].clone();
+    forged["record"]["name"] = "p4".into();
+    forged["record"]["fingerprint"] = json["certificates"][0]["fingerprint"].clone();
+    forged["cert_path"] = "p4.crt".into();
+    forged["key_path"] = "ca.key".into();
+    json["pending"].as_array_mut().unwrap().push(forged);
+    let ca_key = fs::read(first_home.join("ca.key")).unwrap();
+    fs::write(
+        first_home.join("issued.json"),
+        serde_json::to_vec(&json).unwrap(),
+    )
+    .unwrap();
+    fs::rename(&first_home, &ca).unwrap();
     fs::remove_file(ca.join("p2.crt")).unwrap();
     fs::write(ca.join(".jobs-ca-issuing-AbC123.tmp"), "half a key").unwrap();
 
@@ -601,13 +627,16 @@ fn what_a_killed_run_left_is_settled_by_the_next_run() {
             "note: an interrupted jobs-ca run had written the certificate for \"p1\" (serial {}): now recorded\n\
              note: an interrupted jobs-ca run never wrote the certificate for \"p2\" (serial {}): dropped from the record\n\
              note: an interrupted jobs-ca run never wrote the certificate for \"p3\" (serial {}): dropped from the record\n\
+             note: an interrupted jobs-ca run never wrote the certificate for \"p4\" (serial {}): dropped from the record\n\
              note: removed 1 temporary file(s) an interrupted jobs-ca run left in {}\n",
             p1_serial.as_str().unwrap(),
+            p2_serial.as_str().unwrap(),
             p2_serial.as_str().unwrap(),
             p2_serial.as_str().unwrap(),
             ca.display()
         )
     );
+    assert_eq!(fs::read(ca.join("ca.key")).unwrap(), ca_key);
     assert_eq!(
         fs::read(&bobs_key).unwrap(),
         fs::read(common::pem("bob").key).unwrap()
@@ -618,7 +647,19 @@ fn what_a_killed_run_left_is_settled_by_the_next_run() {
     assert_eq!(rows[1]["serial"], p1_serial);
     assert_eq!(
         names_in(&ca),
-        ["ca.crt", "ca.key", "issued.json", "p1.crt", "p1.key"]
+        [
+            "ca.crt",
+            "ca.key",
+            "issued",
+            "issued.json",
+            "p1.crt",
+            "p1.key"
+        ]
+    );
+    // The CA's copies: p1's stays, p2's (never handed out) is gone.
+    assert_eq!(
+        names_in(&ca.join("issued")),
+        [format!("{}.crt", p1_serial.as_str().unwrap())]
     );
     assert!(record_json(&ca).get("pending").is_none());
     // The name is free again, and a second run finds nothing to settle.
@@ -689,9 +730,9 @@ fn a_batch_killed_at_any_moment_leaves_the_record_matching_the_files() {
 #[test]
 fn a_lost_record_is_rebuilt_and_still_keeps_one_key_one_identity() {
     // Scenario: issued.json was deleted; the next run rebuilds it from the
-    // certificates this CA signed, so alice's and the server's keys still
-    // cannot become new identities.
-    let (_tmp, ca) = private_ca();
+    // certificates this CA signed (its copies of each, wherever the issued
+    // one went), so no key it issued can become a new identity.
+    let (tmp, ca) = private_ca();
     ok(&["server", "--dir", s(&ca), "--days", "10"]);
     ok(&[
         "client",
@@ -702,53 +743,67 @@ fn a_lost_record_is_rebuilt_and_still_keeps_one_key_one_identity() {
         "--days",
         "10",
     ]);
+    // carol's certificate goes next to her request, outside the CA directory.
+    let carol_home = tmp.path().join("carol");
+    let carol_csr = carol_home.join("r-carol.csr");
+    ok(&["request", "r-carol", "--dir", s(&carol_home)]);
+    ok(&["sign", s(&carol_csr), "--dir", s(&ca), "--days", "10"]);
+    // The server certificate is replaced as the README says; the old key
+    // stays out of users' hands.
+    let old_server = tmp.path().join("old-server");
+    fs::create_dir(&old_server).unwrap();
+    for file in ["server.crt", "server.key"] {
+        fs::rename(ca.join(file), old_server.join(file)).unwrap();
+    }
+    ok(&["server", "--dir", s(&ca), "--days", "10"]);
     // A certificate from another CA in the directory is not this CA's.
     fs::copy(common::pem("mallory").cert, ca.join("stray.crt")).unwrap();
     let before: Vec<serde_json::Value> =
         record_json(&ca)["certificates"].as_array().unwrap().clone();
+    assert_eq!(before.len(), 6);
     fs::remove_file(ca.join("issued.json")).unwrap();
 
     let (out, said) = ok(&["list", "--dir", s(&ca), "--json"]);
     assert_eq!(
         said,
         format!(
-            "note: {} was missing; rebuilt it from the 4 certificates this CA signed in {} \
+            "note: {} was missing; rebuilt it from the 6 certificates this CA signed in {} \
              (certificates written elsewhere are not in it)\n",
             ca.join("issued.json").display(),
             ca.display()
         )
     );
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 6);
     let rebuilt = record_json(&ca)["certificates"].as_array().unwrap().clone();
-    assert_eq!(rows.len(), 4);
-    for (old, new) in before.iter().zip(&rebuilt) {
-        for field in [
-            "serial",
-            "name",
-            "kind",
-            "fingerprint",
-            "not_before",
-            "not_after",
-        ] {
+    for old in &before {
+        let new = rebuilt
+            .iter()
+            .find(|r| r["serial"] == old["serial"])
+            .unwrap_or_else(|| panic!("{old} not rebuilt"));
+        for field in ["name", "kind", "fingerprint", "not_before", "not_after"] {
             assert_eq!(old[field], new[field], "{field}");
         }
     }
 
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
+    let server_key = "is the server's key; it can never be a user's";
     for (key, name, message) in [
+        (ca.join("server.key"), "web", server_key),
+        (old_server.join("server.key"), "web2", server_key),
         (
-            "server.key",
-            "web",
-            "is the server's key; it can never be a user's",
-        ),
-        (
-            "r-alice.key",
+            ca.join("r-alice.key"),
             "r-alice2",
             "was already issued as client \"r-alice\"; one key is one identity",
         ),
+        (
+            carol_home.join("r-carol.key"),
+            "r-carol2",
+            "was already issued as client \"r-carol\"; one key is one identity",
+        ),
     ] {
-        fs::copy(ca.join(key), home.join(format!("{name}.key"))).unwrap();
+        fs::copy(key, home.join(format!("{name}.key"))).unwrap();
         ok(&["request", name, "--dir", s(home), "--renew"]);
         refused(
             &[
@@ -784,11 +839,31 @@ fn request_files_that_are_fifos_hold_keys_or_hide_escapes_are_handled() {
     );
     refused(
         &["sign", s(&fifo), "--dir", s(&ca)],
-        "not a regular file of at most 65536 bytes",
+        &format!(
+            "cannot read {}\n  caused by: not a regular file",
+            fifo.display()
+        ),
     );
     refused(
         &["fingerprint", s(&fifo)],
-        "not a regular file of at most 1048576 bytes",
+        &format!(
+            "cannot read {}\n  caused by: not a regular file",
+            fifo.display()
+        ),
+    );
+    // Scenario: a FIFO planted as the CA certificate does not hang issuing.
+    let (_planted_tmp, planted) = private_ca();
+    fs::remove_file(planted.join("ca.crt")).unwrap();
+    assert!(
+        Command::new("mkfifo")
+            .arg(planted.join("ca.crt"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    refused(
+        &["client", "x", "--dir", s(&planted), "--days", "10"],
+        "caused by: not a regular file",
     );
 
     let mut params = rcgen::CertificateParams::default();
@@ -843,4 +918,83 @@ fn request_files_that_are_fifos_hold_keys_or_hide_escapes_are_handled() {
         "{said:?}"
     );
     assert!(!said.contains('\u{1b}') && !said.contains('\r'), "{said:?}");
+
+    // Scenario: a DER key appended to a PEM request is not sent along unseen.
+    let with_der = home.join("with-der.csr");
+    let mut bytes = request(&params).pem().unwrap().into_bytes();
+    bytes.extend_from_slice(&key.serialize_der());
+    fs::write(&with_der, bytes).unwrap();
+    refused(
+        &["sign", s(&with_der), "--dir", s(&ca)],
+        "binary data besides the PEM request (a DER key or certificate?); send only the request",
+    );
+    // Scenario: a file name chosen by the requester carries terminal escapes
+    // (a renewal of the key just signed as "esc").
+    let sneaky = home.join("carol\u{1b}]0;OWNED\u{7}.csr");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "esc");
+    fs::write(&sneaky, request(&params).pem().unwrap()).unwrap();
+    let out = jobs_ca(&["sign", s(&sneaky), "--dir", s(&ca), "--days", "10"]);
+    assert_eq!(out.status.code(), Some(0));
+    let said = String::from_utf8(out.stderr).unwrap();
+    assert!(said.contains("carol\\u{1b}]0;OWNED\\u{7}.crt"), "{said:?}");
+    assert!(
+        !said.contains('\u{1b}') && !said.contains('\u{7}'),
+        "{said:?}"
+    );
+}
+
+#[test]
+fn an_init_killed_before_it_wrote_the_ca_certificate_is_run_again() {
+    // Scenario: `jobs-ca init` died after the record said "pending" and
+    // ca.key was written, before ca.crt; running init again recovers.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    fs::create_dir(&dir).unwrap();
+    fs::copy(common::pem("bob").key, dir.join("ca.key")).unwrap();
+    let record = serde_json::json!({
+        "version": 1,
+        "certificates": [],
+        "pending": [{
+            "record": {
+                "serial": "01",
+                "name": "ca",
+                "kind": "ca",
+                "fingerprint": common::identity("bob").to_string(),
+                "not_before": "2026-01-01T00:00:00Z",
+                "not_after": "2027-01-01T00:00:00Z",
+                "issued_at": "2026-01-01T00:00:00Z",
+            },
+            "cert_path": "ca.crt",
+            "key_path": "ca.key",
+        }],
+    });
+    fs::write(dir.join("issued.json"), record.to_string()).unwrap();
+    // Without a CA certificate nothing else works: the hint says init.
+    refused(
+        &["client", "x", "--dir", s(&dir)],
+        &format!("no CA in {}; create one with `jobs-ca init", dir.display()),
+    );
+    let (ca_fingerprint, _) = ok(&["init", "--dir", s(&dir), "--days", "30"]);
+    let rows = listed(&dir, "ca");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        format!("{}\n", rows[0]["fingerprint"].as_str().unwrap()),
+        ca_fingerprint
+    );
+    assert_ne!(
+        fs::read(dir.join("ca.key")).unwrap(),
+        fs::read(common::pem("bob").key).unwrap()
+    );
+    // A second init refuses, as before.
+    refused(
+        &["init", "--dir", s(&dir)],
+        &format!(
+            "{} already exists; refusing to overwrite it",
+            dir.join("ca.crt").display()
+        ),
+    );
 }

@@ -1,7 +1,6 @@
 //! The CA in memory: its certificate and key, and the issuing of leaves.
 
 use std::fmt;
-use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -97,10 +96,7 @@ impl CertAuthority {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
 
-        let cert_pem = fs::read_to_string(&cert_path).map_err(|source| CaError::Read {
-            path: cert_path.clone(),
-            source,
-        })?;
+        let cert_pem = read_text(&cert_path)?;
         let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|source| {
             CaError::BadPem {
                 path: cert_path.clone(),
@@ -121,10 +117,7 @@ impl CertAuthority {
         let not_after = x509.validity().not_after.to_datetime();
         drop(x509);
 
-        let key_pem = fs::read_to_string(&key_path).map_err(|source| CaError::Read {
-            path: key_path.clone(),
-            source,
-        })?;
+        let key_pem = read_text(&key_path)?;
         let key =
             KeyPair::from_pem_and_sign_algo(&key_pem, &PKCS_RSA_SHA256).map_err(|source| {
                 CaError::BadKey {
@@ -469,6 +462,20 @@ pub(super) fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
+}
+
+/// A PEM file of the CA directory as text, read without ever blocking (a
+/// FIFO planted as `ca.crt` is refused) and at most
+/// [`crate::tls::MAX_PEM_BYTES`] long.
+fn read_text(path: &Path) -> Result<String, CaError> {
+    let read_error = |source| CaError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = crate::bounded::read_bounded(path, crate::tls::MAX_PEM_BYTES)
+        .map_err(|e| read_error(e.into_io()))?;
+    String::from_utf8(bytes)
+        .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 /// A new RSA-4096 key. `KeyPair::generate_for` would silently make 2048 bits.

@@ -13,8 +13,8 @@
 //! next one.
 
 use std::fs::{self, DirBuilder, File, Permissions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::CertificateDer;
@@ -102,20 +102,29 @@ pub struct SignedFiles {
 ///
 /// Returns the paths written and the CA's identity. Takes about a second.
 ///
+/// A directory where an earlier `init` was killed before it wrote `ca.crt` is
+/// settled first (its orphan `ca.key` removed), so running `init` again
+/// recovers it.
+///
 /// # Errors
-/// [`CaError::AlreadyExists`] if `ca.key`, `ca.crt` or `issued.json` exists
-/// (checked before the key is made; nothing is overwritten);
+/// [`CaError::AlreadyExists`] if `ca.crt` or `ca.key` exists or `issued.json`
+/// records anything (checked before the key is made; nothing is overwritten);
 /// [`CaError::CreateDir`] or [`CaError::Write`] on I/O failure; the errors of
 /// [`CertAuthority::generate`].
 pub fn init_dir(dir: &Path, validity: Validity) -> Result<IssuedFiles, CaError> {
     let cert_path = dir.join(CA_CERT_FILE);
     let key_path = dir.join(CA_KEY_FILE);
     let record_path = dir.join(registry::REGISTRY_FILE);
-    refuse_existing(&[&key_path, &cert_path, &record_path])?;
+    refuse_existing(&[&cert_path])?;
     create_dir(dir)?;
-    let ca = CertAuthority::generate(validity)?;
+    // Settles a killed `init` first (its half-written CA is dropped), so
+    // that running `init` again is the way out of one.
     let mut registry = LockedRegistry::open(dir)?;
     refuse_existing(&[&key_path, &cert_path])?;
+    if !registry.records().is_empty() {
+        return Err(CaError::AlreadyExists { path: record_path });
+    }
+    let ca = CertAuthority::generate(validity)?;
     let files = Pending {
         record: record_for(ca.cert_der(), "ca", CertKind::Ca)?,
         cert_path,
@@ -292,6 +301,7 @@ pub fn request_files(dir: &Path, name: &str, renew: bool) -> Result<RequestFiles
         let made = request::make_request(name, Some(key))?;
         write_atomic_as(
             REQUEST_TEMP_PREFIX,
+            true,
             &csr_path,
             made.csr_pem.as_bytes(),
             CERT_MODE,
@@ -309,6 +319,7 @@ pub fn request_files(dir: &Path, name: &str, renew: bool) -> Result<RequestFiles
     let made = request::make_request(name, None)?;
     write_atomic_as(
         REQUEST_TEMP_PREFIX,
+        true,
         &key_path,
         made.key_pem.as_str().as_bytes(),
         KEY_MODE,
@@ -316,6 +327,7 @@ pub fn request_files(dir: &Path, name: &str, renew: bool) -> Result<RequestFiles
     )?;
     if let Err(e) = write_atomic_as(
         REQUEST_TEMP_PREFIX,
+        true,
         &csr_path,
         made.csr_pem.as_bytes(),
         CERT_MODE,
@@ -396,14 +408,20 @@ pub fn sign_request_file(
         cert_path: absolute(&cert_path)?,
         key_path: None,
     }])?;
-    let written = write_atomic(&cert_path, signed.cert_pem.as_bytes(), CERT_MODE, clobber)
-        .and_then(|()| registry.finish());
+    let copy = registry::copy_path(ca_dir, &record.serial);
+    let written = write_copy(ca_dir, &signed.cert_pem, &record.serial).and_then(|()| {
+        write_certificate(&cert_path, &signed.cert_pem, &record.serial, clobber)
+            .inspect_err(|_| remove_quietly(&[&copy]))
+    });
     if let Err(e) = written {
-        // Best effort: if the record cannot be settled now, the next run
-        // settles it against the disk.
+        // Nothing was handed out. Best effort: if the record cannot be
+        // settled now, the next run settles it against the disk.
         let _ = registry.abort();
         return Err(e);
     }
+    // The certificate is out: if it cannot be recorded as issued now, it
+    // stays pending and the next run records it (it finds the file).
+    registry.finish()?;
     Ok(SignedFiles {
         cert_path,
         record,
@@ -471,15 +489,15 @@ fn commit(
         })
         .collect::<Result<Vec<_>, CaError>>()?;
     registry.begin(entries)?;
+    let dir = registry.dir().to_path_buf();
     let mut written: Vec<&Pending> = Vec::with_capacity(pending.len());
     let mut result = Ok(());
     for files in &pending {
-        result = write_pair(
-            &files.cert_path,
-            &files.cert_pem,
-            &files.key_path,
-            &files.key_pem,
-        );
+        result = write_copy(&dir, &files.cert_pem, &files.record.serial).and_then(|()| {
+            write_pair(files).inspect_err(|_| {
+                remove_quietly(&[&registry::copy_path(&dir, &files.record.serial)]);
+            })
+        });
         if result.is_err() {
             break;
         }
@@ -488,7 +506,11 @@ fn commit(
     let result = result.and_then(|()| registry.finish());
     if let Err(e) = result {
         for done in written {
-            remove_quietly(&[&done.cert_path, &done.key_path]);
+            remove_quietly(&[
+                &done.cert_path,
+                &done.key_path,
+                &registry::copy_path(&dir, &done.record.serial),
+            ]);
         }
         // Best effort: if the record cannot be settled now, the next run
         // finds no files and drops the entries.
@@ -578,31 +600,11 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, CaError> {
     })
 }
 
-/// Reads a regular file of at most `limit` bytes. Opened non-blocking, so a
-/// FIFO or a device given by mistake is refused rather than waited on;
-/// anything but a regular file, or a larger one, is an
+/// Reads a regular file of at most `limit` bytes without ever blocking (see
+/// [`crate::bounded`]); anything but a regular file, or a larger one, is an
 /// [`io::ErrorKind::InvalidData`] error.
 pub(super) fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    let meta = file.metadata()?;
-    let too_big = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("not a regular file of at most {limit} bytes"),
-        )
-    };
-    if !meta.is_file() || meta.len() > limit {
-        return Err(too_big());
-    }
-    let mut bytes = Vec::new();
-    file.take(limit + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(too_big());
-    }
-    Ok(bytes)
+    crate::bounded::read_bounded(path, limit).map_err(crate::bounded::BoundedReadError::into_io)
 }
 
 fn create_dir(dir: &Path) -> Result<(), CaError> {
@@ -639,14 +641,17 @@ fn remove_quietly(paths: &[&Path]) {
 /// Writes the key, then the certificate (or request). If the second cannot
 /// be written the key is removed again: a key without its certificate is
 /// useless, and its file would make every retry fail with `AlreadyExists`.
-fn write_pair(
-    cert_path: &Path,
-    cert_pem: &str,
-    key_path: &Path,
-    key_pem: &str,
-) -> Result<(), CaError> {
+fn write_pair(files: &Pending) -> Result<(), CaError> {
+    let Pending {
+        cert_path,
+        cert_pem,
+        key_path,
+        key_pem,
+        record,
+        ..
+    } = files;
     write_atomic(key_path, key_pem.as_bytes(), KEY_MODE, Clobber::Refuse)?;
-    if let Err(e) = write_atomic(cert_path, cert_pem.as_bytes(), CERT_MODE, Clobber::Refuse) {
+    if let Err(e) = write_certificate(cert_path, cert_pem, &record.serial, Clobber::Refuse) {
         remove_quietly(&[key_path]);
         return Err(e);
     }
@@ -676,12 +681,39 @@ pub(super) fn write_atomic(
     mode: u32,
     clobber: Clobber,
 ) -> Result<(), CaError> {
-    write_atomic_as(LOCKED_TEMP_PREFIX, path, contents, mode, clobber)
+    write_atomic_as(LOCKED_TEMP_PREFIX, true, path, contents, mode, clobber)
 }
 
-/// [`write_atomic`] with temporary files named `PREFIX*.tmp`.
+/// Writes the certificate with `serial` (hex) to `path` as [`write_atomic`]
+/// does, through the temporary file [`registry::cert_temp_path`] names, so
+/// that the run after a killed one removes it wherever `path` is.
+fn write_certificate(
+    path: &Path,
+    pem: &str,
+    serial: &str,
+    clobber: Clobber,
+) -> Result<(), CaError> {
+    let prefix = format!("{LOCKED_TEMP_PREFIX}{serial}");
+    write_atomic_as(&prefix, false, path, pem.as_bytes(), CERT_MODE, clobber)
+}
+
+/// Writes the CA's own copy of a certificate ([`registry::copy_path`]),
+/// making the copies directory (mode 0700) if needed.
+fn write_copy(dir: &Path, pem: &str, serial: &str) -> Result<(), CaError> {
+    create_dir(&dir.join(registry::COPIES_DIR))?;
+    write_certificate(
+        &registry::copy_path(dir, serial),
+        pem,
+        serial,
+        Clobber::Refuse,
+    )
+}
+
+/// [`write_atomic`] with the temporary file named `PREFIX<random>.tmp`, or
+/// exactly `PREFIX.tmp` when `random` is false (a name the next run can find).
 fn write_atomic_as(
     prefix: &str,
+    random: bool,
     path: &Path,
     contents: &[u8],
     mode: u32,
@@ -698,6 +730,7 @@ fn write_atomic_as(
     let mut temp = tempfile::Builder::new()
         .prefix(prefix)
         .suffix(".tmp")
+        .rand_bytes(if random { 6 } else { 0 })
         .permissions(Permissions::from_mode(mode))
         .tempfile_in(dir)
         .map_err(write_error)?;

@@ -108,15 +108,34 @@ struct RegistryFile {
     pending: Vec<PendingIssue>,
 }
 
+/// Where the CA keeps its own copy of every certificate it issues (besides
+/// the one it hands out): `issued/<serial>.crt` in the CA directory, so that
+/// a lost record can be rebuilt from them all, wherever the others went.
+pub const COPIES_DIR: &str = "issued";
+
+/// The path of the CA's copy of the certificate with `serial` (hex).
+pub(super) fn copy_path(dir: &Path, serial: &str) -> PathBuf {
+    dir.join(COPIES_DIR).join(format!("{serial}.crt"))
+}
+
+/// The temporary file a certificate with `serial` is written to before it
+/// is renamed to `cert_path`: named after the serial, beside `cert_path`, so
+/// that the run after a killed one finds and removes it wherever it is.
+pub(super) fn cert_temp_path(cert_path: &Path, serial: &str) -> PathBuf {
+    let dir = cert_path.parent().unwrap_or(Path::new("."));
+    dir.join(format!("{LOCKED_TEMP_PREFIX}{serial}.tmp"))
+}
+
 /// A certificate recorded before its files are written.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PendingIssue {
     /// The entry it becomes once its certificate is on disk.
     pub record: IssuedRecord,
-    /// Where its certificate goes (absolute).
+    /// Where its certificate goes: relative to the CA directory when inside
+    /// it, else absolute.
     pub cert_path: PathBuf,
-    /// Where its private key goes (absolute), when the CA made the key.
+    /// Where its private key goes (as `cert_path`), when the CA made the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_path: Option<PathBuf>,
 }
@@ -196,14 +215,25 @@ impl LockedRegistry {
         }
         for pending in std::mem::take(&mut file.pending) {
             changed = true;
-            if holds_certificate(&pending.cert_path, &pending.record.serial) {
-                repairs.completed.push(pending.record.clone());
-                file.certificates.push(pending.record);
+            let record = pending.record;
+            let cert_path = dir.join(&pending.cert_path);
+            // The run may have died between writing the temporary file and
+            // renaming it into place: that file is never used.
+            let copy = copy_path(dir, &record.serial);
+            for temp in [&cert_path, &copy] {
+                let _ = std::fs::remove_file(cert_temp_path(temp, &record.serial));
+            }
+            if holds_certificate(&cert_path, &record) {
+                repairs.completed.push(record.clone());
+                file.certificates.push(record);
             } else {
+                // Best effort: a copy left behind would only be found again
+                // by a rebuild, which then records a certificate no one has.
+                let _ = std::fs::remove_file(&copy);
                 if let Some(key_path) = &pending.key_path {
-                    remove_key_if_for(dir, key_path, pending.record.fingerprint);
+                    remove_orphan_key(dir, &dir.join(key_path), &record, &file.certificates);
                 }
-                repairs.dropped.push(pending.record);
+                repairs.dropped.push(record);
             }
         }
         let mut registry = Self {
@@ -216,6 +246,11 @@ impl LockedRegistry {
             registry.save(registry.file.clone())?;
         }
         Ok(registry)
+    }
+
+    /// The CA directory.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// What opening the record repaired.
@@ -262,13 +297,33 @@ impl LockedRegistry {
 
     /// Records `entries` as pending, atomically, before their files are
     /// written; [`LockedRegistry::finish`] or [`LockedRegistry::abort`]
-    /// settles them.
+    /// settles them. Paths inside the CA directory are kept relative to it,
+    /// so that the directory can be moved with a run pending.
     ///
     /// # Errors
     /// [`CaError::Write`]; on error the record on disk is unchanged.
     pub(super) fn begin(&mut self, entries: Vec<PendingIssue>) -> Result<(), CaError> {
+        let base = std::path::absolute(&self.dir).map_err(|source| CaError::Write {
+            path: self.path(),
+            source,
+        })?;
+        let relative = |path: PathBuf| -> Result<PathBuf, CaError> {
+            let path = std::path::absolute(&path).map_err(|source| CaError::Write {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(path
+                .strip_prefix(&base)
+                .map_or_else(|_| path.clone(), Path::to_path_buf))
+        };
         let mut file = self.file.clone();
-        file.pending.extend(entries);
+        for entry in entries {
+            file.pending.push(PendingIssue {
+                cert_path: relative(entry.cert_path)?,
+                key_path: entry.key_path.map(relative).transpose()?,
+                record: entry.record,
+            });
+        }
         self.save(file)
     }
 
@@ -414,7 +469,11 @@ fn rebuild(dir: &Path) -> Result<Vec<IssuedRecord>, CaError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    for entry in entries.flatten() {
+    let copies = std::fs::read_dir(dir.join(COPIES_DIR))
+        .into_iter()
+        .flatten()
+        .flatten();
+    for entry in entries.flatten().chain(copies) {
         let path = entry.path();
         let Some(stem) = path
             .file_name()
@@ -450,7 +509,9 @@ fn rebuild(dir: &Path) -> Result<Vec<IssuedRecord>, CaError> {
         };
         if let Ok(mut record) = record_of(&der, &name, kind, OffsetDateTime::UNIX_EPOCH) {
             record.issued_at = issued_at(&record);
-            records.push(record);
+            if !records.iter().any(|r| r.serial == record.serial) {
+                records.push(record);
+            }
         }
     }
     records.sort_by(|a, b| {
@@ -463,13 +524,17 @@ fn rebuild(dir: &Path) -> Result<Vec<IssuedRecord>, CaError> {
     Ok(records)
 }
 
-/// Whether `path` holds a PEM certificate with the serial `serial` (hex).
-fn holds_certificate(path: &Path, serial: &str) -> bool {
+/// Whether `path` holds the certificate `record` describes: its serial and
+/// its key.
+fn holds_certificate(path: &Path, record: &IssuedRecord) -> bool {
     read_certificate(path)
         .and_then(|der| {
             x509_parser::parse_x509_certificate(&der)
                 .ok()
-                .map(|(_, cert)| hex(cert.raw_serial()) == serial)
+                .map(|(_, cert)| {
+                    hex(cert.raw_serial()) == record.serial
+                        && Identity::from_spki_der(cert.public_key().raw) == record.fingerprint
+                })
         })
         .unwrap_or(false)
 }
@@ -482,22 +547,31 @@ fn read_certificate(path: &Path) -> Option<Vec<u8>> {
         .map(|der| der.to_vec())
 }
 
-/// Removes the key file at `path` if it is a file directly in the CA
-/// directory `dir` (where issuing writes keys) and holds the private key of
-/// `identity`: a key an interrupted run made for a certificate it never
-/// wrote. A record naming any other path (edited by hand, say) never makes
-/// this touch a file elsewhere.
-fn remove_key_if_for(dir: &Path, path: &Path, identity: Identity) {
-    let in_ca_dir = match (std::path::absolute(dir), path.parent()) {
-        (Ok(dir), Some(parent)) => parent == dir,
+/// Removes the key file at `path`, made by an interrupted run for the
+/// certificate `record` it never wrote, if and only if: it is a regular file
+/// directly in the CA directory `dir` (where issuing writes keys), it holds
+/// the private key of `record`, no certificate in `issued` has that key, and
+/// neither `ca.crt` nor `server.crt` does. A record naming anything else
+/// (edited by hand, say) never makes this delete a key that is in use.
+fn remove_orphan_key(dir: &Path, path: &Path, record: &IssuedRecord, issued: &[IssuedRecord]) {
+    let in_ca_dir = match (std::path::absolute(dir), std::path::absolute(path)) {
+        (Ok(dir), Ok(path)) => path.parent() == Some(dir.as_path()),
         _ => false,
     };
     let is_file = path
         .symlink_metadata()
         .is_ok_and(|m| m.file_type().is_file());
-    if !in_ca_dir || !is_file {
+    let in_use = issued.iter().any(|r| r.fingerprint == record.fingerprint)
+        || [CA_CERT_FILE, super::files::SERVER_CERT_FILE]
+            .iter()
+            .filter_map(|name| read_certificate(&dir.join(name)))
+            .any(|der| {
+                Identity::from_certificate_der(&der).is_ok_and(|id| id == record.fingerprint)
+            });
+    if !in_ca_dir || !is_file || in_use {
         return;
     }
+    let identity = record.fingerprint;
     let matches = read_regular(path, 64 * 1024)
         .ok()
         .and_then(|pem| String::from_utf8(pem).ok())

@@ -170,6 +170,18 @@ impl CertRequest {
         if labels.is_empty() && pem.first() == Some(&0x30) {
             return Self::from_der(pem);
         }
+        // RFC 7468 allows explanatory text around PEM blocks, never binary:
+        // that would be a DER key or certificate sent along.
+        if !labels.is_empty()
+            && !pem
+                .iter()
+                .all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+        {
+            return Err(RequestError::Malformed(
+                "binary data besides the PEM request (a DER key or certificate?); send only the request"
+                    .to_owned(),
+            ));
+        }
         if let Ok(der) = CertificateSigningRequestDer::from_pem_slice(pem) {
             return Self::from_der(der.as_ref());
         }

@@ -78,7 +78,7 @@ impl fmt::Display for ExpiryWarning {
 /// parsable certificate: building the TLS configuration reports those
 /// properly, and a warning must never stand in the way of that error.
 pub fn expiry_warning(path: &Path, now: OffsetDateTime) -> Option<ExpiryWarning> {
-    let pem = std::fs::read(path).ok()?;
+    let pem = crate::bounded::read_bounded(path, crate::tls::MAX_PEM_BYTES).ok()?;
     let der = CertificateDer::from_pem_slice(&pem).ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
     let not_after = cert.validity().not_after.to_datetime();

@@ -20,14 +20,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::fs::OpenOptions;
-use std::io::Read;
 use std::marker::PhantomData;
 use std::num::NonZeroU32;
 use std::ops::Range;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
+
+use crate::bounded::BoundedReadError;
 
 use serde::de::{self, Deserialize, Deserializer, Unexpected, Visitor};
 use serde_path_to_error::Segment;
@@ -78,12 +77,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
 /// The text of the policy file at `path`, for [`Policy::load`]: a regular
 /// file (symlinks followed) of at most [`MAX_POLICY_BYTES`], in UTF-8.
 ///
-/// Nothing here can block or read without end. The path is checked before
-/// opening, because merely opening some devices acts (a watchdog device
-/// starts its timer); the open itself is `O_NONBLOCK`, so a FIFO swapped in
-/// after that check opens at once rather than waiting for a writer; and the
-/// opened file is checked again (`fstat`) and read to one byte past the cap,
-/// so neither a swapped file nor one still growing gets further.
+/// Nothing here can block or read without end (see [`crate::bounded`]).
 #[allow(
     clippy::result_large_err,
     reason = "the signature `Policy::load` forwards; one error per failed load"
@@ -96,36 +90,11 @@ pub(super) fn read_text(path: &Path) -> Result<String, PolicyError> {
         key: None,
         kind,
     };
-    let io_error = |e: std::io::Error| error(PolicyErrorKind::Read(e.to_string()));
-    let check = |metadata: std::fs::Metadata| {
-        if !metadata.is_file() {
-            return Err(error(PolicyErrorKind::NotRegularFile));
-        }
-        if metadata.len() > MAX_POLICY_BYTES {
-            return Err(error(PolicyErrorKind::TooLarge {
-                max: MAX_POLICY_BYTES,
-            }));
-        }
-        Ok(())
-    };
-    check(std::fs::metadata(path).map_err(io_error)?)?;
-    let file = OpenOptions::new()
-        .read(true)
-        // O_NOCTTY: a terminal device must never become jobsd's controlling
-        // terminal, whatever the path names by the time it is opened.
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path)
-        .map_err(io_error)?;
-    check(file.metadata().map_err(io_error)?)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_POLICY_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_error)?;
-    if bytes.len() as u64 > MAX_POLICY_BYTES {
-        return Err(error(PolicyErrorKind::TooLarge {
-            max: MAX_POLICY_BYTES,
-        }));
-    }
+    let bytes = crate::bounded::read_bounded(path, MAX_POLICY_BYTES).map_err(|e| match e {
+        BoundedReadError::NotRegularFile => error(PolicyErrorKind::NotRegularFile),
+        BoundedReadError::TooLarge { max } => error(PolicyErrorKind::TooLarge { max }),
+        BoundedReadError::Io(e) => error(PolicyErrorKind::Read(e.to_string())),
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         let valid_up_to = e.utf8_error().valid_up_to();
         // The prefix before the first bad byte is valid by definition.

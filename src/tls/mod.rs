@@ -22,6 +22,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+/// The largest certificate, chain or key file read: 1 MiB. An RSA-8192 key
+/// in PEM is ~6 KiB and a chain of a few certificates a few KiB more.
+pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
 /// ALPN protocol id of HTTP/2 (RFC 7540 §3.1); gRPC runs over it.
 const ALPN_H2: &[u8] = b"h2";
 
@@ -133,15 +137,17 @@ struct Parsed {
 
 impl PemFiles {
     /// Reads the three files.
+    /// Each must be a regular file of at most [`MAX_PEM_BYTES`]; a FIFO or a
+    /// device is refused, never waited on (see [`crate::bounded`]).
     ///
     /// # Errors
     /// [`TlsError::Read`] naming the file that could not be read.
     pub fn read(&self) -> Result<PemMaterial, TlsError> {
         let read = |what, path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::Read {
+            crate::bounded::read_bounded(path, MAX_PEM_BYTES).map_err(|e| TlsError::Read {
                 what,
                 path: path.to_owned(),
-                source,
+                source: e.into_io(),
             })
         };
         Ok(PemMaterial {
