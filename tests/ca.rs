@@ -607,7 +607,7 @@ fn cli_init_server_clients_fingerprint_flow() {
         &["init", "--dir", d],
         &format!(
             "{} already exists; refusing to overwrite it",
-            file("ca.key").display()
+            file("ca.crt").display()
         ),
     );
     assert_eq!(fs::read(file("ca.key")).unwrap(), ca_key_before);
