@@ -367,8 +367,8 @@ fn report(files: &IssuedFiles, what: &str) -> anyhow::Result<()> {
 fn report_repairs(repairs: &ca::registry::Repairs, dir: &Path) {
     if let Some(n) = repairs.rebuilt_from {
         note!(
-            "note: {} was missing; rebuilt it from the {n} certificates this CA signed in {} \
-             (certificates written elsewhere are not in it)",
+            "note: {} was missing; rebuilt it from the {n} certificates this CA signed \
+             (ca.crt, the certificates in {} and the CA's copies in its issued/ directory)",
             dir.join(ca::registry::REGISTRY_FILE).display(),
             dir.display()
         );

@@ -767,8 +767,8 @@ fn a_lost_record_is_rebuilt_and_still_keeps_one_key_one_identity() {
     assert_eq!(
         said,
         format!(
-            "note: {} was missing; rebuilt it from the 6 certificates this CA signed in {} \
-             (certificates written elsewhere are not in it)\n",
+            "note: {} was missing; rebuilt it from the 6 certificates this CA signed \
+             (ca.crt, the certificates in {} and the CA's copies in its issued/ directory)\n",
             ca.join("issued.json").display(),
             ca.display()
         )
@@ -996,5 +996,124 @@ fn an_init_killed_before_it_wrote_the_ca_certificate_is_run_again() {
             "{} already exists; refusing to overwrite it",
             dir.join("ca.crt").display()
         ),
+    );
+}
+
+#[test]
+fn hand_edited_pending_entries_never_delete_what_is_in_use() {
+    // Scenario: someone edits issued.json by hand; settling its pending
+    // entries must not delete keys or copies still in use, nor anything
+    // named through a forged serial.
+    let (tmp, ca) = private_ca();
+    ok(&["client", "h-alice", "--dir", s(&ca), "--days", "10"]);
+    let home = tmp.path().join("home");
+    ok(&["request", "h-bob", "--dir", s(&home)]);
+    ok(&[
+        "sign",
+        s(&home.join("h-bob.csr")),
+        "--dir",
+        s(&ca),
+        "--days",
+        "10",
+    ]);
+    let clean = record_json(&ca);
+    let alice = clean["certificates"][1].clone();
+    let alice_key = fs::read(ca.join("h-alice.key")).unwrap();
+    let copies = names_in(&ca.join("issued"));
+    assert_eq!(copies.len(), 2, "{copies:?}");
+
+    // A serial that is a path is refused outright; nothing is touched.
+    let victim = tmp.path().join("victim.crt");
+    fs::write(&victim, "precious").unwrap();
+    let mut json = clean.clone();
+    let mut forged = alice.clone();
+    forged["serial"] = format!("../../{}", victim.with_extension("").display()).into();
+    json["pending"] = serde_json::json!([{ "record": forged, "cert_path": "nothere.crt" }]);
+    fs::write(ca.join("issued.json"), json.to_string()).unwrap();
+    refused(
+        &["list", "--dir", s(&ca)],
+        "is not 1 to 40 lower-case hex digits",
+    );
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+
+    // alice's key with a made-up serial, and alice's own serial again:
+    // dropped, but her key and the copy of her certificate stay.
+    let mut json = clean.clone();
+    let mut made_up = alice.clone();
+    made_up["serial"] = "deadbeef".into();
+    json["pending"] = serde_json::json!([
+        { "record": made_up, "cert_path": "nothere.crt", "key_path": "h-alice.key" },
+        { "record": alice.clone(), "cert_path": "nothere2.crt", "key_path": "h-alice.key" },
+    ]);
+    fs::write(ca.join("issued.json"), json.to_string()).unwrap();
+    let (_, said) = ok(&["list", "--dir", s(&ca)]);
+    assert_eq!(said.matches("dropped from the record").count(), 2, "{said}");
+    assert_eq!(fs::read(ca.join("h-alice.key")).unwrap(), alice_key);
+    assert_eq!(names_in(&ca.join("issued")), copies);
+    assert_eq!(record_json(&ca)["certificates"], clean["certificates"]);
+
+    // The CA's copies are not an output path.
+    let first_copy = ca.join("issued").join(&copies[0]);
+    refused(
+        &[
+            "sign",
+            s(&home.join("h-bob.csr")),
+            "--dir",
+            s(&ca),
+            "--out",
+            s(&first_copy),
+        ],
+        "is in the CA's own copies directory; write the certificate elsewhere",
+    );
+
+    // Scenario: a `sign` was killed after writing the CA's copy, and the
+    // certificate it handed out was moved away before the next run: the
+    // copy proves it may be out, so bob's key keeps its one name.
+    ok(&["request", "h-carol", "--dir", s(&home)]);
+    ok(&[
+        "sign",
+        s(&home.join("h-carol.csr")),
+        "--dir",
+        s(&ca),
+        "--days",
+        "10",
+    ]);
+    let mut json = record_json(&ca);
+    let carol = json["certificates"].as_array_mut().unwrap().pop().unwrap();
+    json["pending"] = serde_json::json!([{
+        "record": carol,
+        "cert_path": home.join("h-carol.crt"),
+    }]);
+    fs::write(ca.join("issued.json"), json.to_string()).unwrap();
+    fs::remove_file(home.join("h-carol.crt")).unwrap();
+    let (_, said) = ok(&["list", "--dir", s(&ca)]);
+    assert!(
+        said.contains("had written the certificate for \"h-carol\""),
+        "{said}"
+    );
+    refused(
+        &[
+            "sign",
+            s(&home.join("h-carol.csr")),
+            "--dir",
+            s(&ca),
+            "--name",
+            "h-carol2",
+            "--out",
+            s(&home.join("x.crt")),
+        ],
+        "was already issued as client \"h-carol\"",
+    );
+
+    // Scenario: `request` was killed while writing; the next one for the
+    // same name removes its leftover temporary key file.
+    let leftover = home.join(".jobs-ca-request-h-dave-key.tmp");
+    fs::write(&leftover, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    ok(&["request", "h-dave", "--dir", s(&home)]);
+    assert!(!leftover.exists());
+    assert!(
+        !names_in(&home).iter().any(|n| n.ends_with(".tmp")),
+        "{:?}",
+        names_in(&home)
     );
 }

@@ -48,8 +48,9 @@ const DIR_MODE: u32 = 0o700;
 /// run that holds the lock removes those it finds: their writer was killed.
 pub(super) const LOCKED_TEMP_PREFIX: &str = ".jobs-ca-issuing-";
 
-/// Prefix of the temporary files `request` writes (without the CA's lock,
-/// often not in a CA directory): never removed by another run.
+/// Prefix of the temporary files `request NAME` writes (without the CA's
+/// lock, often not in a CA directory): only the next `request NAME` in the
+/// same directory removes them.
 const REQUEST_TEMP_PREFIX: &str = ".jobs-ca-request-";
 
 /// The largest certificate file read: 1 MiB (a long chain is a few KiB).
@@ -288,6 +289,20 @@ pub fn request_files(dir: &Path, name: &str, renew: bool) -> Result<RequestFiles
     validate_client_name(name)?;
     let key_path = dir.join(format!("{name}.key"));
     let csr_path = dir.join(format!("{name}.csr"));
+    // Temporary files named after NAME, so that a `request NAME` killed
+    // midway leaves nothing the next one does not remove first (the key's
+    // may hold a whole private key).
+    let key_temp = format!("{REQUEST_TEMP_PREFIX}{name}-key");
+    let csr_temp = format!("{REQUEST_TEMP_PREFIX}{name}-csr");
+    for temp in [&key_temp, &csr_temp] {
+        let path = dir.join(format!("{temp}.tmp"));
+        if path
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_file())
+        {
+            remove_quietly(&[&path]);
+        }
+    }
     if renew {
         let pem = read_limited(&key_path, MAX_REQUEST_BYTES)?;
         let pem = String::from_utf8(pem).map_err(|_| CaError::BadKey {
@@ -300,8 +315,8 @@ pub fn request_files(dir: &Path, name: &str, renew: bool) -> Result<RequestFiles
         })?;
         let made = request::make_request(name, Some(key))?;
         write_atomic_as(
-            REQUEST_TEMP_PREFIX,
-            true,
+            &csr_temp,
+            false,
             &csr_path,
             made.csr_pem.as_bytes(),
             CERT_MODE,
@@ -318,16 +333,16 @@ pub fn request_files(dir: &Path, name: &str, renew: bool) -> Result<RequestFiles
     create_dir(dir)?;
     let made = request::make_request(name, None)?;
     write_atomic_as(
-        REQUEST_TEMP_PREFIX,
-        true,
+        &key_temp,
+        false,
         &key_path,
         made.key_pem.as_str().as_bytes(),
         KEY_MODE,
         Clobber::Refuse,
     )?;
     if let Err(e) = write_atomic_as(
-        REQUEST_TEMP_PREFIX,
-        true,
+        &csr_temp,
+        false,
         &csr_path,
         made.csr_pem.as_bytes(),
         CERT_MODE,
@@ -389,6 +404,10 @@ pub fn sign_request_file(
     };
     validate_client_name(&name)?;
     let cert_path = out.map_or_else(|| csr_path.with_extension("crt"), Path::to_path_buf);
+    let copies = absolute(&ca_dir.join(registry::COPIES_DIR))?;
+    if absolute(&cert_path)?.starts_with(&copies) {
+        return Err(CaError::ReservedPath { path: cert_path });
+    }
     // Fail fast; checked again under the lock.
     replaceable(&cert_path, request.identity())?;
     let ca = CertAuthority::load(ca_dir)?;
@@ -421,7 +440,10 @@ pub fn sign_request_file(
     }
     // The certificate is out: if it cannot be recorded as issued now, it
     // stays pending and the next run records it (it finds the file).
-    registry.finish()?;
+    registry.finish().map_err(|source| CaError::RecordPending {
+        path: cert_path.clone(),
+        source: Box::new(source),
+    })?;
     Ok(SignedFiles {
         cert_path,
         record,

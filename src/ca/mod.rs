@@ -246,6 +246,28 @@ pub enum CaError {
         /// The key that holds it.
         identity: Identity,
     },
+    /// A certificate was asked to be written into the CA's copies directory
+    /// (`issued/`), which only the CA writes.
+    #[error("{} is in the CA's own copies directory; write the certificate elsewhere", path.display())]
+    ReservedPath {
+        /// The path asked for.
+        path: PathBuf,
+    },
+    /// The certificate was written and handed out, but the record could not
+    /// be marked: it stays pending, and the next `jobs-ca` run on the CA
+    /// directory records it (once the cause, e.g. a full disk, is gone).
+    #[error(
+        "the certificate was written to {} but the CA's record could not be updated; \
+         the next jobs-ca run on this CA directory records it",
+        path.display()
+    )]
+    RecordPending {
+        /// The certificate written.
+        path: PathBuf,
+        /// Why the record could not be written.
+        #[source]
+        source: Box<CaError>,
+    },
     /// The same name was given twice in one batch.
     #[error("the name {name:?} is given more than once")]
     DuplicateName {

@@ -217,24 +217,33 @@ impl LockedRegistry {
             changed = true;
             let record = pending.record;
             let cert_path = dir.join(&pending.cert_path);
-            // The run may have died between writing the temporary file and
-            // renaming it into place: that file is never used.
             let copy = copy_path(dir, &record.serial);
-            for temp in [&cert_path, &copy] {
-                let _ = std::fs::remove_file(cert_temp_path(temp, &record.serial));
+            // The run may have died between writing a temporary file and
+            // renaming it into place: that file is never used.
+            for target in [&cert_path, &copy] {
+                let _ = std::fs::remove_file(cert_temp_path(target, &record.serial));
             }
-            if holds_certificate(&cert_path, &record) {
+            // A certificate for a key the CA made counts once it is where
+            // the key is; one for a user's own key counts as soon as it may
+            // have left (its file, or the CA's copy, which is written
+            // first), so that key can never be issued a second name.
+            let written = holds_certificate(&cert_path, &record)
+                || (pending.key_path.is_none() && holds_certificate(&copy, &record));
+            if written {
                 repairs.completed.push(record.clone());
                 file.certificates.push(record);
-            } else {
-                // Best effort: a copy left behind would only be found again
-                // by a rebuild, which then records a certificate no one has.
-                let _ = std::fs::remove_file(&copy);
-                if let Some(key_path) = &pending.key_path {
-                    remove_orphan_key(dir, &dir.join(key_path), &record, &file.certificates);
-                }
-                repairs.dropped.push(record);
+                continue;
             }
+            if !file.certificates.iter().any(|r| r.serial == record.serial) {
+                // Best effort: a copy left behind would only be found again
+                // by a rebuild, which would then record a certificate no
+                // one has.
+                let _ = std::fs::remove_file(&copy);
+            }
+            if let Some(key_path) = &pending.key_path {
+                remove_orphan_key(dir, &dir.join(key_path), &record, &file.certificates);
+            }
+            repairs.dropped.push(record);
         }
         let mut registry = Self {
             dir: dir.to_path_buf(),
@@ -312,9 +321,13 @@ impl LockedRegistry {
                 path: path.clone(),
                 source,
             })?;
-            Ok(path
-                .strip_prefix(&base)
-                .map_or_else(|_| path.clone(), Path::to_path_buf))
+            // `absolute` does not resolve `..`: a path that climbs out of
+            // the directory stays absolute.
+            let inside = path.strip_prefix(&base).ok().filter(|rest| {
+                rest.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+            });
+            Ok(inside.map_or_else(|| path.clone(), Path::to_path_buf))
         };
         let mut file = self.file.clone();
         for entry in entries {
@@ -415,6 +428,27 @@ fn read_file(dir: &Path) -> Result<(RegistryFile, bool), CaError> {
             ),
         });
     }
+    let serials = parsed
+        .certificates
+        .iter()
+        .chain(parsed.pending.iter().map(|p| &p.record))
+        .map(|r| &r.serial);
+    for serial in serials {
+        let hex = !serial.is_empty()
+            && serial.len() <= 40
+            && serial
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !hex {
+            return Err(CaError::Registry {
+                path,
+                reason: format!(
+                    "serial {:?} is not 1 to 40 lower-case hex digits",
+                    serial.escape_debug().to_string()
+                ),
+            });
+        }
+    }
     Ok((parsed, true))
 }
 
@@ -465,16 +499,7 @@ fn rebuild(dir: &Path) -> Result<Vec<IssuedRecord>, CaError> {
         record.issued_at = issued_at(&record);
         records.push(record);
     }
-    let entries = std::fs::read_dir(dir).map_err(|source| CaError::Read {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let copies = std::fs::read_dir(dir.join(COPIES_DIR))
-        .into_iter()
-        .flatten()
-        .flatten();
-    for entry in entries.flatten().chain(copies) {
-        let path = entry.path();
+    for path in certificate_files(dir) {
         let Some(stem) = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -524,6 +549,19 @@ fn rebuild(dir: &Path) -> Result<Vec<IssuedRecord>, CaError> {
     Ok(records)
 }
 
+/// Every `*.crt` in the CA directory `dir` and among its copies
+/// ([`COPIES_DIR`]).
+fn certificate_files(dir: &Path) -> Vec<PathBuf> {
+    [dir.to_path_buf(), dir.join(COPIES_DIR)]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|x| x == "crt"))
+        .collect()
+}
+
 /// Whether `path` holds the certificate `record` describes: its serial and
 /// its key.
 fn holds_certificate(path: &Path, record: &IssuedRecord) -> bool {
@@ -551,7 +589,8 @@ fn read_certificate(path: &Path) -> Option<Vec<u8>> {
 /// certificate `record` it never wrote, if and only if: it is a regular file
 /// directly in the CA directory `dir` (where issuing writes keys), it holds
 /// the private key of `record`, no certificate in `issued` has that key, and
-/// neither `ca.crt` nor `server.crt` does. A record naming anything else
+/// no certificate file in the directory or among the CA's copies does. A
+/// record naming anything else
 /// (edited by hand, say) never makes this delete a key that is in use.
 fn remove_orphan_key(dir: &Path, path: &Path, record: &IssuedRecord, issued: &[IssuedRecord]) {
     let in_ca_dir = match (std::path::absolute(dir), std::path::absolute(path)) {
@@ -562,12 +601,11 @@ fn remove_orphan_key(dir: &Path, path: &Path, record: &IssuedRecord, issued: &[I
         .symlink_metadata()
         .is_ok_and(|m| m.file_type().is_file());
     let in_use = issued.iter().any(|r| r.fingerprint == record.fingerprint)
-        || [CA_CERT_FILE, super::files::SERVER_CERT_FILE]
-            .iter()
-            .filter_map(|name| read_certificate(&dir.join(name)))
-            .any(|der| {
+        || certificate_files(dir).into_iter().any(|path| {
+            read_certificate(&path).is_some_and(|der| {
                 Identity::from_certificate_der(&der).is_ok_and(|id| id == record.fingerprint)
-            });
+            })
+        });
     if !in_ca_dir || !is_file || in_use {
         return;
     }
