@@ -164,6 +164,8 @@ async fn request_sign_use_then_renew_keeps_the_identity_and_the_jobs() {
     ]);
     assert_eq!(signed, fingerprint);
     assert!(said.contains("user certificate, CN=dora"), "{said}");
+    // The CA key is never printed (nor any key).
+    assert!(!said.contains("PRIVATE KEY"), "{said}");
     assert_eq!(names_in(&home), ["dora.crt", "dora.csr", "dora.key"]);
     assert_eq!(mode(&home.join("dora.crt")), 0o644);
     let (serial1, not_after1, cert_identity, client_only, is_ca) = shape(&home.join("dora.crt"));
@@ -424,6 +426,7 @@ async fn batch_issue_makes_distinct_valid_identities() {
     let (out, said) = ok(&args);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 8, "{out}");
+    assert!(!said.contains("PRIVATE KEY") && !out.contains("PRIVATE KEY"));
 
     let server = TestServer::start().await;
     let mut identities = Vec::new();
