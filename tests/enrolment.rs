@@ -1111,7 +1111,7 @@ fn hand_edited_pending_entries_never_delete_what_is_in_use() {
     // Scenario: `request` was killed while writing; the next one for the
     // same name removes its leftover temporary key file.
     let leftover = home.join(".jobs-ca-request-h-dave-key.tmp");
-    fs::write(&leftover, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    fs::write(&leftover, "half a key from a killed request").unwrap();
     ok(&["request", "h-dave", "--dir", s(&home)]);
     assert!(!leftover.exists());
     assert!(
