@@ -552,8 +552,7 @@ fn commit(
 
 /// The record entry for a certificate just made, issued now.
 fn record_for(cert_der: &[u8], name: &str, kind: CertKind) -> Result<IssuedRecord, CaError> {
-    let now = OffsetDateTime::now_utc();
-    let now = now - time::Duration::nanoseconds(i64::from(now.nanosecond()));
+    let now = super::whole_seconds(OffsetDateTime::now_utc());
     registry::record_of(cert_der, name, kind, now)
         .map_err(|e| CaError::Sign(rcgen::Error::X509(e.to_string())))
 }
