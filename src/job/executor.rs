@@ -12,7 +12,7 @@ use std::pin::Pin;
 
 use tokio::io::AsyncRead;
 
-use super::{Account, ExitInfo, JobSpec, ResourceLimits, ResourceUsage};
+use super::{Account, ExitInfo, JobPermits, JobSpec, ResourceLimits, ResourceUsage};
 
 /// A boxed future, as trait objects need.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -78,6 +78,12 @@ pub struct Launch<'a> {
     /// The account to run as instead of the executor's default one; ignored
     /// by an executor that does not contain jobs.
     pub account: Option<&'a Account>,
+    /// An opaque name for the job's owner, one path component, the same for
+    /// every job of one identity and different between identities;
+    /// executors group an owner's jobs by it (for example under one cgroup).
+    pub owner: &'a str,
+    /// What the job may do beyond the default sandbox.
+    pub permits: JobPermits,
 }
 
 /// What an executor can enforce.

@@ -247,6 +247,20 @@ pub struct JobQuota {
     pub max_output_bytes: Option<u64>,
     /// Changes to the daemon's ceilings for this identity's jobs.
     pub ceilings: CeilingOverrides,
+    /// What this identity's jobs may do beyond the default sandbox.
+    pub permits: JobPermits,
+}
+
+/// What a job may do beyond the default sandbox. Each is an explicit
+/// per-identity opt-in in the policy; the default (all `false`) is the
+/// strict sandbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobPermits {
+    /// May bind TCP ports, and so listen, on the host network.
+    pub listen: bool,
+    /// May create user namespaces and use the calls that make or enter
+    /// namespaces (`unshare`, `clone` with namespace flags, `setns`).
+    pub user_namespaces: bool,
 }
 
 /// What a job used, from its cgroup's counters.

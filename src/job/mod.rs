@@ -46,8 +46,8 @@ pub use executor::{
     SpawnError, Spawned,
 };
 pub use limits::{
-    Account, AccountError, CeilingOverrides, JobQuota, MAX_PIDS, MIN_CPU_MILLIS, MIN_MEMORY_BYTES,
-    MIN_PIDS, Override, Resource, ResourceLimits, ResourceUsage, human_bytes,
+    Account, AccountError, CeilingOverrides, JobPermits, JobQuota, MAX_PIDS, MIN_CPU_MILLIS,
+    MIN_MEMORY_BYTES, MIN_PIDS, Override, Resource, ResourceLimits, ResourceUsage, human_bytes,
 };
 pub use retention::{DEFAULT_MAX_AGE, Retention};
 pub use spec::{JobSpec, MAX_ARGS, MAX_ARGV_BYTES, MAX_PROGRAM_LEN};
@@ -667,6 +667,7 @@ impl Jobs {
             owner,
             limits,
             account,
+            permits: quota.permits,
             max_output_bytes: quota.max_output_bytes,
             slot,
         })
@@ -698,15 +699,19 @@ impl Jobs {
             owner,
             limits,
             account,
+            permits,
             max_output_bytes,
             slot,
         } = ticket;
         let name = id.to_string();
+        let owner_name = owner_group_name(&owner);
         let launch = Launch {
             name: &name,
             spec: &spec,
             limits: &limits.unwrap_or_default(),
             account: account.as_ref(),
+            owner: &owner_name,
+            permits,
         };
         // Dropping this future while the executor starts the job kills and
         // reaps what it started; nothing else exists yet.
@@ -903,6 +908,17 @@ impl OwnedJob {
     }
 }
 
+/// The opaque name executors group `owner`'s jobs under ([`Launch::owner`]):
+/// `id-` and the first 16 hex digits of the fingerprint (64 bits: distinct
+/// for any number of identities a daemon will see).
+fn owner_group_name(owner: &Identity) -> String {
+    let hex: String = owner.as_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("id-{hex}")
+}
+
 /// A reserved start: what [`Jobs::reserve`] decided, until [`Jobs::launch`]
 /// uses it. Dropping it unused frees its running-jobs slot; its id is then
 /// never used.
@@ -912,6 +928,7 @@ pub struct StartTicket {
     owner: Identity,
     limits: Option<ResourceLimits>,
     account: Option<Account>,
+    permits: JobPermits,
     max_output_bytes: Option<u64>,
     slot: RunningSlot,
 }

@@ -37,8 +37,8 @@ use super::{MAX_POLICY_BYTES, Policy, PolicyError, PolicyErrorKind, Rate, Rules}
 use crate::auth::Identity;
 use crate::client::units::{parse_cpus, parse_size};
 use crate::job::{
-    CeilingOverrides, JobQuota, MAX_PIDS, MIN_CPU_MILLIS, MIN_MEMORY_BYTES, MIN_PIDS, Override,
-    human_bytes,
+    CeilingOverrides, JobPermits, JobQuota, MAX_PIDS, MIN_CPU_MILLIS, MIN_MEMORY_BYTES, MIN_PIDS,
+    Override, human_bytes,
 };
 
 /// The period of `requests_per_second` and `[handshakes] per_second`.
@@ -387,6 +387,7 @@ impl Settings {
                 max_running_jobs: limit(self.max_running_jobs),
                 max_output_bytes: limit(self.max_output_bytes),
                 ceilings: self.ceilings,
+                permits: JobPermits::default(),
             },
         }
     }
@@ -1063,6 +1064,7 @@ mod tests {
                     io_read_bps: Override::Limit(100 << 20),
                     io_write_bps: Override::Limit(100 << 20),
                 },
+                permits: JobPermits::default(),
             },
         };
         assert_eq!(p.rules(&id("anyone")), &top);
@@ -1080,6 +1082,7 @@ mod tests {
                         cpu_millis: Override::Limit(4000),
                         ..top.jobs.ceilings
                     },
+                    permits: JobPermits::default(),
                 },
             }
         );
@@ -1161,6 +1164,7 @@ rate = {{ requests_per_second = 1 }}
                     io_read_bps: Override::Inherit,
                     io_write_bps: Override::Unlimited,
                 },
+                permits: JobPermits::default(),
             },
         };
         assert_eq!(p.rules(&id("carol")), &top);
@@ -1177,6 +1181,7 @@ rate = {{ requests_per_second = 1 }}
                         io_read_bps: Override::Limit(10 << 20),
                         ..top.jobs.ceilings
                     },
+                    permits: JobPermits::default(),
                 },
             }
         );
