@@ -285,6 +285,11 @@ pub struct Account {
     pub gid: u32,
     /// Its home directory, given to jobs as `HOME`.
     pub home: PathBuf,
+    /// True for an account made for one identity (a uid of the daemon's
+    /// range, no passwd(5) entry): each of its jobs gets a private, empty
+    /// home of its own, made by the job's init, instead of `home` on the
+    /// host.
+    pub private_home: bool,
 }
 
 /// Why an account cannot run jobs.
@@ -331,6 +336,7 @@ impl Account {
             uid: user.uid.as_raw(),
             gid: user.gid.as_raw(),
             home: user.dir,
+            private_home: false,
         })
     }
 }
