@@ -667,9 +667,79 @@ const DOOMED_ENV: [&str; 6] = [
     "JOBS_TEST_DOOMED_ALICE_KEY",
 ];
 
+/// Runs [`doomed_daemon`] in a child process on `state` (uncontained if
+/// asked) and waits until its job has written its line: the child, the
+/// job's id, and the pid the job printed (as the job sees it).
+async fn spawn_doomed(
+    state: &Path,
+    uncontained: bool,
+) -> Result<(std::process::Child, String, i32), String> {
+    let (server_pem, alice_pem) = (server_pem(), pem("alice"));
+    let paths = [
+        state,
+        &server_pem.ca,
+        &server_pem.cert,
+        &server_pem.key,
+        &alice_pem.cert,
+        &alice_pem.key,
+    ];
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "doomed_daemon",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .envs(DOOMED_ENV.iter().zip(paths))
+        .stdout(std::process::Stdio::piped());
+    if uncontained {
+        command.env(DOOMED_UNCONTAINED, "1");
+    }
+    let mut child = command.spawn().expect("run the doomed daemon");
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::time::timeout(
+        STREAM_DEADLINE,
+        tokio::task::spawn_blocking(move || {
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                // libtest may have printed "test doomed_daemon ... " first.
+                .find_map(|l| Some(l[l.find(DOOMED_LINE)?..].to_owned()))
+        }),
+    )
+    .await;
+    let Ok(Ok(Some(line))) = line else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{line:?}"));
+    };
+    let fields: Vec<&str> = line.split(' ').collect();
+    Ok((
+        child,
+        fields[1].to_owned(),
+        fields[2].parse::<i32>().unwrap(),
+    ))
+}
+
+/// Ends a test whose doomed daemon did not report: a server on the state
+/// directory kills whatever job the child started, then the test fails.
+async fn doomed_failed(state: tempfile::TempDir, why: String) -> ! {
+    let server = TestServer::start_on(state, true, |_| {}).await;
+    let _ = server.shutdown().await;
+    panic!("the doomed daemon did not report its job: {why}");
+}
+
 /// What [`doomed_daemon`] prints once its job has written its line:
 /// `PREFIX <job id> <pid as the job sees it>`.
 const DOOMED_LINE: &str = "doomed-daemon-job";
+
+/// Set in [`doomed_daemon`]'s environment when it is to run its job
+/// uncontained (as a daemon without root, or with `--containment off`,
+/// would), with a child left in the job's process group: the job prints that
+/// child's pid instead of its own.
+const DOOMED_UNCONTAINED: &str = "JOBS_TEST_DOOMED_UNCONTAINED";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a helper: runs only as the child process of a_job_left_running_by_a_killed_daemon_comes_back_lost"]
@@ -700,7 +770,8 @@ async fn doomed_daemon() {
         server_pem.server_config().unwrap(),
         StateDir::open(&state).unwrap(),
     );
-    if let Some(contain) = contain_config(&state) {
+    let uncontained = std::env::var_os(DOOMED_UNCONTAINED).is_some();
+    if let Some(contain) = contain_config(&state).filter(|_| !uncontained) {
         config.executor =
             std::sync::Arc::new(jobs::exec::LocalExecutor::contained(contain).unwrap());
     }
@@ -716,7 +787,14 @@ async fn doomed_daemon() {
     })
     .await
     .unwrap();
-    let job = start(&alice, "sh", &["-c", "echo $$; echo line; exec sleep 600"]).await;
+    let script = if uncontained {
+        // The main process dies with this daemon (PR_SET_PDEATHSIG); the
+        // sleep it forked stays in the job's process group.
+        "sleep 600 & echo $!; echo line; wait"
+    } else {
+        "echo $$; echo line; exec sleep 600"
+    };
+    let job = start(&alice, "sh", &["-c", script]).await;
     let mut stream = alice.stream(&job.id).await.unwrap();
     let out = read_lines(&mut stream, 2).await;
     let pid = std::str::from_utf8(&out)
@@ -740,49 +818,10 @@ async fn a_job_left_running_by_a_killed_daemon_comes_back_lost() {
         .prefix("jobs-state-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("state dir");
-    let (server_pem, alice_pem) = (server_pem(), pem("alice"));
-    let paths = [
-        state.path(),
-        &server_pem.ca,
-        &server_pem.cert,
-        &server_pem.key,
-        &alice_pem.cert,
-        &alice_pem.key,
-    ];
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "doomed_daemon",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .envs(DOOMED_ENV.iter().zip(paths))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run the doomed daemon");
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::time::timeout(
-        STREAM_DEADLINE,
-        tokio::task::spawn_blocking(move || {
-            std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                // libtest may have printed "test doomed_daemon ... " first.
-                .find_map(|l| Some(l[l.find(DOOMED_LINE)?..].to_owned()))
-        }),
-    )
-    .await;
-    let Ok(Ok(Some(line))) = line else {
-        let _ = child.kill();
-        let _ = child.wait();
-        // A server on the directory kills whatever job the child started.
-        let server = TestServer::start_on(state, true, |_| {}).await;
-        let _ = server.shutdown().await;
-        panic!("the doomed daemon did not report its job: {line:?}");
+    let (mut child, id, inner) = match spawn_doomed(state.path(), false).await {
+        Ok(doomed) => doomed,
+        Err(why) => doomed_failed(state, why).await,
     };
-    let fields: Vec<&str> = line.split(' ').collect();
-    let (id, inner) = (fields[1].to_owned(), fields[2].parse::<i32>().unwrap());
     let pid = host_pid(&id, inner).expect("the job's process on the host");
 
     child.kill().expect("SIGKILL the daemon");
@@ -846,5 +885,61 @@ async fn a_job_left_running_by_a_killed_daemon_comes_back_lost() {
     alice.remove(&id).await.expect("remove the lost job");
     assert_no_such_job(&alice, &id).await;
     assert_eq!(log_files(server.state_dir()), BTreeSet::new());
+    server.shutdown().await.expect("serve failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contained_daemon_reclaims_what_an_uncontained_predecessor_left() {
+    // Scenario: jobsd ran uncontained (no root, or --containment off) on a
+    // state directory and was killed with SIGKILL; a process its job forked
+    // stays in the job's process group. A contained jobsd started next on
+    // that directory kills it through the recovery record (its own jobs never
+    // need one) and lists the job as lost.
+    if skip_unless_root("a_contained_daemon_reclaims_what_an_uncontained_predecessor_left") {
+        return;
+    }
+    let state = tempfile::Builder::new()
+        .prefix("jobs-state-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("state dir");
+    let (mut child, id, pid) = match spawn_doomed(state.path(), true).await {
+        Ok(doomed) => doomed,
+        Err(why) => doomed_failed(state, why).await,
+    };
+    // Uncontained, the job shares the host's PID namespace: the pid it
+    // printed is the host's. Hold the process by a pidfd, so that the
+    // clean-up below can never signal a process that reused the pid.
+    let left = Pidfd::open(pid).expect("the job's child is running");
+    // `$!` is printed right after the fork, maybe before the exec of sleep.
+    let cmdline = || std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(
+        eventually(STREAM_DEADLINE, || left.alive()
+            && cmdline() == b"sleep\0600\0")
+        .await,
+        "pid {pid} is not the job's sleep: {:?}",
+        String::from_utf8_lossy(&cmdline())
+    );
+    child.kill().expect("SIGKILL the daemon");
+    child.wait().unwrap();
+    assert!(left.alive(), "the job's child died with its daemon");
+
+    let server = TestServer::start_on(state, true, |_| {}).await;
+    let reclaimed = eventually(Duration::from_secs(5), || !left.alive()).await;
+    if !reclaimed {
+        left.kill();
+    }
+    assert!(
+        reclaimed,
+        "the contained daemon left the predecessor's process running"
+    );
+    let alice = client(&server, "alice").await;
+    let listed = alice.list(false).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|s| (s.id.as_str(), s.state()))
+            .collect::<Vec<_>>(),
+        [(id.as_str(), State::Lost)]
+    );
     server.shutdown().await.expect("serve failed");
 }

@@ -544,34 +544,62 @@ async fn a_file_the_kernel_cannot_execute_is_refused_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_left_the_group_cannot_hold_the_job_open() {
-    // Scenario: the job starts a child in a new session (out of reach of the
-    // group kill) that keeps stdout open; the job still ends, with its output,
-    // once the bounded drain after the main process's exit is over.
-    let server = TestServer::start().await;
+    // Scenario: an uncontained job (a daemon without root, or
+    // --containment off) starts a child in a new session (out of reach of
+    // the group kill) that keeps stdout open; the job still ends, with its
+    // output, once the bounded drain after the main process's exit is over.
+    // Uncontained on purpose: a contained job's cgroup kill would end the
+    // child at once and the drain timeout would never be reached.
+    let server = TestServer::start_uncontained(|_| {}).await;
     let alice = client(&server, "alice").await;
     let t = Instant::now();
     let job = start(
         &alice,
         "sh",
-        &["-c", "setsid sleep 300 & echo $!; echo started"],
+        // The job ends only once its child has left the process group
+        // (its session id, field 6 of /proc/PID/stat, is its own pid):
+        // ending earlier, the end-of-job group kill would still reach it.
+        &[
+            "-c",
+            "setsid sleep 300 & while [ \"$(cut -d' ' -f6 /proc/$!/stat)\" != $! ]; do :; done; \
+             echo $!; echo started",
+        ],
     )
     .await;
+    // Uncontained, the job shares the host's PID namespace, so the pid it
+    // prints is the host's; it is held by a pidfd (and checked to be that
+    // sleep) before the clean-up signals it, so that no other process that
+    // reused the pid can be hit.
+    let mut stream = alice.stream(&job.id).await.unwrap();
+    let first = read_lines(&mut stream, 1).await;
+    let first = String::from_utf8(first).unwrap();
+    let escaped: i32 = first.lines().next().unwrap().parse().unwrap();
+    let held = Pidfd::open(escaped).expect("the escaped child runs");
+    // `$!` is printed right after the fork: the child becomes `setsid`, then
+    // `sleep`, by two execs that may not have happened yet.
+    let cmdline = || std::fs::read(format!("/proc/{escaped}/cmdline")).unwrap_or_default();
+    assert!(
+        eventually(STREAM_DEADLINE, || held.alive()
+            && cmdline() == b"sleep\0300\0")
+        .await,
+        "pid {escaped} is not the job's sleep: {:?}",
+        String::from_utf8_lossy(&cmdline())
+    );
     let f = follow(&alice, &job.id).await;
     let took = t.elapsed();
+    held.kill();
     let text = String::from_utf8(f.stdout()).unwrap();
-    let escaped: i32 = text.lines().next().unwrap().parse().unwrap();
-    // Clean up what the daemon cannot reach (containment is a later issue).
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(escaped),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    assert!(text.ends_with("\nstarted\n"), "{text:?}");
+    assert_eq!(text, format!("{escaped}\nstarted\n"));
     assert_eq!(
         (f.status.state(), f.status.exit_code),
         (State::Exited, Some(0))
     );
     assert!(
-        took < jobs::job::DRAIN_TIMEOUT + Duration::from_secs(3),
+        took >= jobs::job::DRAIN_TIMEOUT,
+        "ended after {took:?}, before the drain timeout: the child did not hold stdout"
+    );
+    assert!(
+        took < jobs::job::DRAIN_TIMEOUT + Duration::from_secs(10),
         "took {took:?}"
     );
 }

@@ -116,12 +116,13 @@ impl Executor for LocalExecutor {
     }
 
     fn reclaim(&self, recovery: &str) -> io::Result<usize> {
-        match &self.contained {
-            // Its jobs died with the dead daemon's cgroup subtree, removed
-            // when this executor opened; it hands out no tokens.
-            Some(_) => Ok(0),
-            None => group::reclaim(recovery),
-        }
+        // The contained executor hands out no tokens: a dead contained
+        // daemon's jobs die with its cgroup subtree, removed when this
+        // executor opened. A token in the store therefore comes from an
+        // uncontained predecessor on the same state directory (a daemon run
+        // without root, or with `--containment off`), whose process groups
+        // outlive it in either mode: reclaim them the same way.
+        group::reclaim(recovery)
     }
 }
 

@@ -1257,3 +1257,55 @@ pub async fn listed_ids(client: &Client) -> Vec<String> {
         .map(|s| s.id)
         .collect()
 }
+
+/// A process held by a pidfd (pidfd_open(2)): a handle that names one
+/// process for as long as it is held, so that checking or signalling it can
+/// never reach another process that reused the pid.
+pub struct Pidfd(std::os::fd::OwnedFd);
+
+impl Pidfd {
+    /// Opens a pidfd for `pid`; `None` if no such process runs.
+    pub fn open(pid: i32) -> Option<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and touches no memory.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the kernel just returned this descriptor; nothing else
+        // owns it.
+        Some(Self(unsafe {
+            std::os::fd::OwnedFd::from_raw_fd(fd as i32)
+        }))
+    }
+
+    /// True while the process has not exited (the pidfd is not readable).
+    pub fn alive(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut poll = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll reads and writes the one pollfd we pass, which lives
+        // across the call; a timeout of 0 never blocks.
+        let n = unsafe { libc::poll(&mut poll, 1, 0) };
+        n == 0
+    }
+
+    /// Sends SIGKILL to the process (pidfd_send_signal(2)); nothing if it has
+    /// exited.
+    pub fn kill(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal with a null siginfo reads no memory.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+    }
+}
