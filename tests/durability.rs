@@ -914,7 +914,7 @@ async fn a_contained_daemon_reclaims_what_an_uncontained_predecessor_left() {
     let cmdline = || std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     assert!(
         eventually(STREAM_DEADLINE, || left.alive()
-            && cmdline() == b"sleep\0600\0")
+            && cmdline() == b"sleep\x00600\x00")
         .await,
         "pid {pid} is not the job's sleep: {:?}",
         String::from_utf8_lossy(&cmdline())

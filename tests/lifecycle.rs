@@ -580,7 +580,7 @@ async fn a_process_that_left_the_group_cannot_hold_the_job_open() {
     let cmdline = || std::fs::read(format!("/proc/{escaped}/cmdline")).unwrap_or_default();
     assert!(
         eventually(STREAM_DEADLINE, || held.alive()
-            && cmdline() == b"sleep\0300\0")
+            && cmdline() == b"sleep\x00300\x00")
         .await,
         "pid {escaped} is not the job's sleep: {:?}",
         String::from_utf8_lossy(&cmdline())
