@@ -85,6 +85,7 @@ async fn run() {
             namespaces: jobs::exec::Namespaces::default(),
             io_devices: Vec::new(),
             cgroup_name,
+            sandbox: jobs::sandbox::SandboxPlan::detected(),
         };
         config.executor =
             std::sync::Arc::new(jobs::exec::LocalExecutor::contained(contain).expect("contain"));
