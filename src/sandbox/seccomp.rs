@@ -390,6 +390,66 @@ mod tests {
         );
     }
 
+    /// getpid through the i386 entry (`int 0x80`, call 20) in a forked
+    /// child, with the filter installed when `filtered`; the child's exit
+    /// code says what it returned: 0 a pid, 1 EPERM, 2 anything else.
+    #[cfg(target_arch = "x86_64")]
+    fn i386_getpid_in_child(filtered: bool) -> i32 {
+        let program = build(false).unwrap();
+        // SAFETY: the child only makes system calls (prctl, seccomp, the
+        // i386 getpid) and _exits: no allocation, no lock, nothing that a
+        // fork of a multi-threaded test process could find held.
+        match unsafe { libc::fork() } {
+            0 => {
+                if filtered && seccompiler::apply_filter(&program).is_err() {
+                    // SAFETY: _exit ends the child at once.
+                    unsafe { libc::_exit(3) }
+                }
+                let ret: i64;
+                // SAFETY: `int 0x80` with eax = 20 is the i386 getpid; it
+                // reads no memory, returns in rax and (since Linux 4.15)
+                // zeroes r8-r11, declared clobbered.
+                unsafe {
+                    std::arch::asm!(
+                        "int 0x80",
+                        inlateout("rax") 20i64 => ret,
+                        lateout("r8") _, lateout("r9") _, lateout("r10") _, lateout("r11") _,
+                        options(nostack)
+                    );
+                }
+                let code = match ret as i32 {
+                    r if r > 0 => 0,
+                    r if r == -libc::EPERM => 1,
+                    _ => 2,
+                };
+                // SAFETY: as above.
+                unsafe { libc::_exit(code) }
+            }
+            pid => {
+                assert!(pid > 0, "fork failed");
+                let mut status = 0;
+                // SAFETY: waitpid writes one int to a live local.
+                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                assert!(libc::WIFEXITED(status), "status {status:#x}");
+                libc::WEXITSTATUS(status)
+            }
+        }
+    }
+
+    // Scenario: a job switches to the i386 system-call entry to reach calls
+    // the x86_64 filter lists under other numbers; every such call is
+    // refused with EPERM (and nothing is killed).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn i386_system_calls_are_refused() {
+        let unfiltered = i386_getpid_in_child(false);
+        if unfiltered != 0 {
+            eprintln!("i386_system_calls_are_refused: skipped: the kernel runs no i386 calls");
+            return;
+        }
+        assert_eq!(i386_getpid_in_child(true), 1);
+    }
+
     #[test]
     fn the_filter_compiles_both_ways() {
         let strict = build(false).unwrap();
