@@ -680,3 +680,90 @@ async fn a_job_cannot_signal_outside_itself() {
     .await;
     assert_eq!(done.stdout, "init=1\nown=0\n", "{}", done.stderr);
 }
+
+// ---------------------------------------------------------------------------
+// jobsd's start-up
+
+/// `jobsd` on a free loopback port with the harness's server certificate,
+/// a fresh state directory and `extra` options.
+fn jobsd(state: &Path, extra: &[&str]) -> std::process::Command {
+    let pem = server_pem();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jobsd"));
+    cmd.args(["--listen", "127.0.0.1:0", "--ca"])
+        .arg(&pem.ca)
+        .arg("--cert")
+        .arg(&pem.cert)
+        .arg("--key")
+        .arg(&pem.key)
+        .arg("--state-dir")
+        .arg(state.join("state"))
+        .args(extra)
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+#[test]
+fn jobsd_refuses_a_bad_writable_directory() {
+    // Scenario: an operator's `--writable` typo (a relative path, a file)
+    // stops jobsd at start-up with a one-line reason, before it listens.
+    require_root!("jobsd_refuses_a_bad_writable_directory");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    for (value, reason) in [
+        ("srv/shared", "not an absolute path"),
+        (file.to_str().unwrap(), "not a directory"),
+    ] {
+        let out = jobsd(dir.path(), &["--writable", value]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("--writable {value}: {reason}")),
+            "{stderr}"
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "it must not listen");
+    }
+}
+
+#[test]
+fn jobsd_reports_every_sandbox_part_at_start_up() {
+    // Scenario: the operator reads in jobsd's log, one line per part, what
+    // the sandbox of every job is (here, on a kernel that has it all, with
+    // --containment on, everything is on).
+    require_root!("jobsd_reports_every_sandbox_part_at_start_up");
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = jobsd(dir.path(), &["--containment", "on"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(line.starts_with("listening on 127.0.0.1:"), "{line}\n{stderr}");
+    for part in [
+        "seccomp filter",
+        "landlock filesystem",
+        "landlock network",
+        "landlock scopes",
+        "capabilities",
+        "cgroup namespace",
+    ] {
+        let lines = stderr
+            .lines()
+            .filter(|l| l.contains(&format!("sandbox: {part} ")))
+            .count();
+        assert_eq!(lines, 1, "{part}:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("sandbox: {part} on: ")),
+            "{part}:\n{stderr}"
+        );
+    }
+}
