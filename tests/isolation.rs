@@ -723,7 +723,11 @@ fn jobsd_refuses_a_bad_writable_directory() {
             stderr.contains(&format!("--writable {value}: {reason}")),
             "{stderr}"
         );
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "it must not listen");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "",
+            "it must not listen"
+        );
     }
 }
 
@@ -746,8 +750,16 @@ fn jobsd_reports_every_sandbox_part_at_start_up() {
     child.kill().unwrap();
     child.wait().unwrap();
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    assert!(line.starts_with("listening on 127.0.0.1:"), "{line}\n{stderr}");
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        line.starts_with("listening on 127.0.0.1:"),
+        "{line}\n{stderr}"
+    );
     for part in [
         "seccomp filter",
         "landlock filesystem",
@@ -766,4 +778,48 @@ fn jobsd_reports_every_sandbox_part_at_start_up() {
             "{part}:\n{stderr}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_job_whose_sandbox_cannot_be_set_up_does_not_start() {
+    // Scenario: a shared directory vanished after jobsd checked it; the init
+    // cannot apply the Landlock ruleset jobsd decided on, so the start fails
+    // (naming the step) instead of running the job with less.
+    require_root!("a_job_whose_sandbox_cannot_be_set_up_does_not_start");
+    let gone = Scratch::new();
+    let path = gone.0.clone();
+    drop(gone);
+    let (exec, _state) = executor(|c| c.sandbox.writable = vec![path]);
+    let spec = JobSpec::new("true".into(), vec![]).unwrap();
+    let limits = ResourceLimits::default();
+    let name = job_name();
+    let err = exec
+        .spawn(Launch {
+            name: &name,
+            spec: &spec,
+            limits: &limits,
+            account: None,
+            owner: "id-0000000000000000",
+            permits: NO_PERMITS,
+        })
+        .await
+        .err()
+        .expect("the start must fail");
+    match err {
+        jobs::job::SpawnError::Containment { what, source } => {
+            assert_eq!(what, "jobs-init failed at Landlock");
+            assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_job_with_its_own_network_may_listen_there() {
+    // Scenario: with `--network none` the job's loopback is its own, so it
+    // may bind without the listen permit (a test suite's local server).
+    require_root!("a_job_with_its_own_network_may_listen_there");
+    let (exec, _state) = executor(|c| c.namespaces.network = jobs::exec::Network::None);
+    let done = run(&exec, "perl", &["-e", BIND]).await;
+    assert_eq!(done.stdout, "listening\n", "{}", done.stderr);
 }

@@ -357,7 +357,9 @@ impl Containment {
             seccomp: sandbox.seccomp,
             allow_namespaces: permits.user_namespaces,
             landlock_abi: sandbox.landlock_abi,
-            allow_listen: permits.listen,
+            // In a network namespace of its own a job's ports reach nobody
+            // else, so only the host network needs the listen permit.
+            allow_listen: permits.listen || ns.network == Network::None,
             // Under a private home the host's /home is hidden: a shared
             // directory there cannot be reached, and is left out.
             writable: sandbox
