@@ -7,8 +7,11 @@
 //!    fork and exec, writes its own pid into every `cgroup.procs` of the
 //!    job's group. If that fails, the spawn fails and nothing ran: there is no
 //!    moment in which the job or its first children run outside the group.
-//! 3. `jobs-init` sets up the mount and network namespaces, drops to the
-//!    job's account, executes the program and reports on the status pipe
+//! 3. `jobs-init` sets up the cgroup, mount, IPC and network namespaces,
+//!    empties its capability sets, drops to the job's account, applies the
+//!    kernel sandbox of [`ContainConfig::sandbox`] (Landlock, then seccomp;
+//!    with the launch's permits), executes the program and reports on the
+//!    status pipe
 //!    whether the exec succeeded; only then does the start succeed. A program
 //!    that cannot be executed (missing, no permission, not a format the
 //!    kernel runs) is a start error, and the group is removed.

@@ -11,14 +11,15 @@
 //! flags the filter does check.
 //!
 //! Left allowed on purpose: `ptrace`, `process_vm_readv`/`writev` and
-//! `kcmp`: the job's PID namespace holds only its own processes, and its uid
-//! and non-dumpable init keep it from anything else. The NUMA calls (`mbind`,
+//! `kcmp`: the job's PID namespace holds only its own processes, its uid and
+//! non-dumpable init keep it from anything else, and Landlock refuses to
+//! trace a process outside the job's domain (the init included). The NUMA calls (`mbind`,
 //! `set_mempolicy`, `move_pages`), which Docker refuses without
 //! CAP_SYS_NICE: they only place the job's own memory, which its cgroup
 //! bounds.
 //!
 //! # Other ABIs
-//! The filter opens with its own check (see [`prologue`]) before the
+//! The filter opens with its own check (`prologue`) before the
 //! seccompiler program: a system call made through another ABI of the CPU
 //! (i386 `int 0x80` or the x32 ABI on x86_64, numbers with
 //! `__X32_SYSCALL_BIT` set) is refused with `EPERM` whatever its number, so
