@@ -89,7 +89,7 @@ async fn run() {
         };
         config.executor =
             std::sync::Arc::new(jobs::exec::LocalExecutor::contained(contain).expect("contain"));
-        println!("jobs contained (cgroup, account nobody, PID and mount namespaces)");
+        println!("jobs contained (cgroup, account nobody, namespaces, seccomp, Landlock)");
     } else {
         println!("jobs not contained (not root)");
     }
