@@ -85,10 +85,11 @@ async fn run() {
             namespaces: jobs::exec::Namespaces::default(),
             io_devices: Vec::new(),
             cgroup_name,
+            sandbox: jobs::sandbox::SandboxPlan::detected(),
         };
         config.executor =
             std::sync::Arc::new(jobs::exec::LocalExecutor::contained(contain).expect("contain"));
-        println!("jobs contained (cgroup, account nobody, PID and mount namespaces)");
+        println!("jobs contained (cgroup, account nobody, namespaces, seccomp, Landlock)");
     } else {
         println!("jobs not contained (not root)");
     }

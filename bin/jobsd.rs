@@ -129,6 +129,11 @@ struct ContainArgs {
     /// namespace with only loopback.
     #[arg(long, value_enum, default_value_t = Net::Host)]
     network: Net,
+    /// Share this host directory writable with every job (repeatable; an
+    /// absolute, existing directory). Everything else outside the jobs'
+    /// private places is read-only to them (Landlock).
+    #[arg(long, value_name = "DIR")]
+    writable: Vec<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,6 +362,31 @@ fn contain(
             .context("cannot find jobsd's own path to locate jobs-init; pass --init")?
             .with_file_name("jobs-init"),
     };
+    let writable = args
+        .writable
+        .iter()
+        .map(|p| jobs::sandbox::check_writable(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let support = jobs::sandbox::KernelSupport::detect();
+    let (sandbox, lines) =
+        jobs::sandbox::SandboxPlan::decide(&support, args.containment == Mode::On, writable)?;
+    for line in &lines {
+        if line.on {
+            tracing::info!(
+                part = line.part,
+                "sandbox: {} on: {}",
+                line.part,
+                line.detail
+            );
+        } else {
+            tracing::warn!(
+                part = line.part,
+                "sandbox: {} OFF: {}",
+                line.part,
+                line.detail
+            );
+        }
+    }
     let config = ContainConfig {
         init,
         account,
@@ -370,6 +400,7 @@ fn contain(
         },
         io_devices,
         cgroup_name,
+        sandbox,
     };
     let executor = LocalExecutor::contained(config).context("cannot contain jobs")?;
     if let Err(e) = jobs::exec::protect_daemon_from_oom() {

@@ -53,9 +53,12 @@
 //! shell), a fixed minimal environment, stdin from /dev/null and no inherited
 //! descriptors. When `jobsd` is root each job is contained: its own cgroup
 //! with limits (entered before exec), an unprivileged account without
-//! capabilities or new privileges, private PID and mount namespaces, and
-//! optionally no network. Peers see short fixed error messages; details stay
-//! in the log.
+//! capabilities (an empty bounding set) or new privileges, private PID,
+//! mount, IPC and cgroup namespaces, optionally no network, a Landlock
+//! ruleset (the host read-only outside the job's private places, no TCP
+//! listening, abstract sockets and signals scoped to the job) and a seccomp
+//! filter (see [`sandbox::seccomp`]). Peers see short fixed error messages;
+//! details stay in the log.
 //!
 //! # Current limitations
 //! - Without root, `jobsd` cannot contain jobs: they run as its own user in a
@@ -64,11 +67,13 @@
 //! - Contained jobs of all users run as one account (`nobody`) unless
 //!   identities are mapped to accounts of their own; the namespaces separate
 //!   their processes, scratch directories, terminals and System V IPC, but
-//!   what the kernel keeps per uid (the user keyring, inotify limits) and
-//!   world-writable places elsewhere on the host are shared, and with the
-//!   host network so are abstract Unix sockets.
-//! - Jobs can read `/sys/fs/cgroup` (other jobs' ids and use), create user
-//!   namespaces of their own, and run without a seccomp filter.
+//!   what the kernel keeps per uid and the seccomp filter does not refuse
+//!   (inotify limits, the process count) is shared.
+//! - Landlock and seccomp need kernel support (Landlock ABI 6 for every
+//!   part); with `--containment auto` a kernel without them runs jobs
+//!   without those parts, and says so at start-up. Jobs may create user
+//!   namespaces only with the `user_namespaces` permit, and bind TCP ports
+//!   only with the `listen` permit.
 //! - On a pure cgroup v2 host `jobsd` moves itself into a leaf of its own
 //!   cgroup (`jobsd-daemon`) so that the cgroup may hand controllers to job
 //!   groups; if other processes share that cgroup it refuses to start and

@@ -7,8 +7,11 @@
 //!    fork and exec, writes its own pid into every `cgroup.procs` of the
 //!    job's group. If that fails, the spawn fails and nothing ran: there is no
 //!    moment in which the job or its first children run outside the group.
-//! 3. `jobs-init` sets up the mount and network namespaces, drops to the
-//!    job's account, executes the program and reports on the status pipe
+//! 3. `jobs-init` sets up the cgroup, mount, IPC and network namespaces,
+//!    empties its capability sets, drops to the job's account, applies the
+//!    kernel sandbox of [`ContainConfig::sandbox`] (Landlock, then seccomp;
+//!    with the launch's permits), executes the program and reports on the
+//!    status pipe
 //!    whether the exec succeeded; only then does the start succeed. A program
 //!    that cannot be executed (missing, no permission, not a format the
 //!    kernel runs) is a start error, and the group is removed.
@@ -42,7 +45,7 @@ use crate::job::{
     Account, BoxFuture, Capabilities, Ended, ExitInfo, JobSignal, Launch, Meter, Process,
     ResourceLimits, ResourceUsage, SpawnError, Spawned,
 };
-use crate::sandbox::{InitArgs, Report};
+use crate::sandbox::{InitArgs, PRIVATE_HOME, Report, SandboxPlan};
 
 /// How long `jobs-init` may take to set up and execute the program before the
 /// start is abandoned. Setup is a few system calls and one exec (milliseconds);
@@ -144,6 +147,9 @@ pub struct ContainConfig {
     /// The name of the daemon's cgroup subtree, one path component; see
     /// [`cgroup_name_for`].
     pub cgroup_name: String,
+    /// The kernel sandbox every job gets (seccomp, Landlock, cgroup
+    /// namespace), as decided at start-up.
+    pub sandbox: SandboxPlan,
 }
 
 /// The cgroup subtree name for the daemon using `state_dir`: `jobsd-` and 16
@@ -198,6 +204,8 @@ pub enum ContainError {
 /// The contained executor's state.
 pub(super) struct Containment {
     config: ContainConfig,
+    /// Whether the host has a `/home` for private homes to cover.
+    home_root: bool,
     /// The daemon's subtree; `None` once closed.
     cgroups: RwLock<Option<Cgroups>>,
 }
@@ -224,11 +232,13 @@ impl Containment {
             account = %config.account.name,
             uid = config.account.uid,
             namespaces = ?config.namespaces,
+            sandbox = ?config.sandbox,
             io_devices = ?config.io_devices.iter().map(|d| d.path.display().to_string()).collect::<Vec<_>>(),
             "jobs are contained"
         );
         Ok(Self {
             config,
+            home_root: Path::new("/home").is_dir(),
             cgroups: RwLock::new(Some(cgroups)),
         })
     }
@@ -311,18 +321,56 @@ impl Containment {
         };
         let (status_rx, status_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| SpawnError::Os(e.into()))?;
+        let sandbox = &self.config.sandbox;
+        let mount_namespace = ns.mount || ns.pid;
+        // A private home needs the mount namespace and a /home to cover;
+        // without /home such a job's home is its private /tmp.
+        let private_home = account.private_home && mount_namespace && self.home_root;
+        let home = if private_home {
+            Path::new(PRIVATE_HOME)
+        } else if account.private_home {
+            Path::new("/tmp")
+        } else {
+            account.home.as_path()
+        };
+        let permits = launch.permits;
+        if permits.user_namespaces || permits.listen {
+            tracing::info!(
+                job = launch.name,
+                owner = launch.owner,
+                user_namespaces = permits.user_namespaces,
+                listen = permits.listen,
+                "job starts with sandbox permits: user_namespaces lets the seccomp filter allow unshare, setns, clone with namespace flags and mounts; listen lets Landlock allow TCP bind"
+            );
+        }
         let args = InitArgs {
             uid: account.uid,
             gid: account.gid,
             // A private PID namespace needs its own /proc (the host's would
             // show, and let the job read, every process), so it brings a
             // mount namespace even when the scratch places are shared.
-            mount_namespace: ns.mount || ns.pid,
+            mount_namespace,
             mount_proc: ns.pid,
             private_tmp: ns.mount,
             network_none: ns.network == Network::None,
             // Always: nothing a job may do needs the host's System V IPC.
             ipc_namespace: true,
+            cgroup_namespace: sandbox.cgroup_namespace && mount_namespace,
+            private_home,
+            seccomp: sandbox.seccomp,
+            allow_namespaces: permits.user_namespaces,
+            landlock_abi: sandbox.landlock_abi,
+            // In a network namespace of its own a job's ports reach nobody
+            // else, so only the host network needs the listen permit.
+            allow_listen: permits.listen || ns.network == Network::None,
+            // Under a private home the host's /home is hidden: a shared
+            // directory there cannot be reached, and is left out.
+            writable: sandbox
+                .writable
+                .iter()
+                .filter(|d| !(private_home && d.starts_with("/home")))
+                .cloned()
+                .collect(),
             program: path,
             argv0: program.to_owned(),
             args: launch.spec.args().to_vec(),
@@ -331,7 +379,7 @@ impl Containment {
         cmd.args(args.to_args())
             .env_clear()
             .env("PATH", JOB_PATH)
-            .env("HOME", &account.home)
+            .env("HOME", home)
             .env("LANG", "C.UTF-8")
             .current_dir(JOB_CWD)
             .stdin(Stdio::null())

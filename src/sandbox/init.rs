@@ -19,7 +19,8 @@ use nix::unistd::{
     setgid, setgroups, setpgid, setuid,
 };
 
-use super::{InitArgs, Report, STATUS_FD, SetupStep, sys};
+use super::ruleset::{self, JobRules};
+use super::{InitArgs, PRIVATE_HOME, Report, STATUS_FD, SetupStep, seccomp, sys};
 
 /// Exit code for a rejected command line, as most tools use for usage errors.
 const EXIT_USAGE: i32 = 2;
@@ -81,14 +82,17 @@ const FORWARDED: [Signal; 17] = [
 ///    rather than being lost or killing the init.
 /// 4. Unless PID 1, become a child subreaper so that orphans of the job are
 ///    reparented to the init and reaped by it.
-/// 5. Mount namespace (private propagation, `/proc`, `/tmp`, `/var/tmp`,
-///    `/dev/shm`, `/run/lock`),
+/// 5. Cgroup namespace; mount namespace (private propagation, `/proc`,
+///    `/sys/fs/cgroup` masked, the private home, `/tmp`, `/var/tmp`,
+///    `/dev/shm`, `/run/lock`, `/dev/pts`), IPC namespace,
 ///    network namespace with `lo` up, `oom_score_adj` 0, soft RLIMIT_NOFILE of
-///    min(1024, hard limit).
+///    min(1024, hard limit); then empty the capability bounding, ambient and
+///    inheritable sets, and build the seccomp filter.
 /// 6. Fork. The program's process restores the signal defaults, makes its own
 ///    process group, drops to the job's identity (no supplementary groups,
 ///    gid, uid; verified, and verified irreversible), sets `no_new_privs`,
-///    changes to `/` and executes the program. A failure there comes back on a
+///    changes to `/`, applies the Landlock ruleset, installs the seccomp
+///    filter and executes the program. A failure there comes back on a
 ///    close-on-exec pipe as [`Report::ExecFailed`] or [`Report::SetupFailed`];
 ///    the init reports it, reaps the process and exits (126/127 for exec,
 ///    125 for setup).
@@ -200,6 +204,12 @@ fn start(status: &StatusPipe, args: &InitArgs, pid1: bool) -> Result<Pid, Report
     if !pid1 {
         prctl::set_child_subreaper(true).at(SetupStep::Fork)?;
     }
+    if args.cgroup_namespace {
+        // The init is in the job's cgroup already (jobsd put it there before
+        // exec), so that cgroup becomes the namespace's root. Before the
+        // mounts: a cgroup2 mount shows the mounter's namespace.
+        unshare(CloneFlags::CLONE_NEWCGROUP).at(SetupStep::CgroupNamespace)?;
+    }
     if args.mount_namespace {
         enter_mount_namespace(args, pid1)?;
     }
@@ -216,6 +226,18 @@ fn start(status: &StatusPipe, args: &InitArgs, pid1: bool) -> Result<Pid, Report
     // the job must not inherit that shield, or a memory hog would outlive
     // its neighbours. Raising the value back to 0 needs no privilege.
     std::fs::write("/proc/self/oom_score_adj", "0").at(SetupStep::Rlimit)?;
+    // Last of the root-only setup: from here no execve, by the program or
+    // anything it runs, can gain a capability, not even as uid 0.
+    sys::drop_capability_sets().at(SetupStep::Capabilities)?;
+    // Built before the fork, so the program's process only installs it.
+    let filter = if args.seccomp {
+        Some(seccomp::build(args.allow_namespaces).map_err(|_| Failure {
+            step: SetupStep::Seccomp,
+            errno: Errno::EOPNOTSUPP,
+        })?)
+    } else {
+        None
+    };
 
     let program = cstring(args.program.as_os_str().as_bytes())?;
     let argv = std::iter::once(args.argv0.as_bytes())
@@ -226,7 +248,7 @@ fn start(status: &StatusPipe, args: &InitArgs, pid1: bool) -> Result<Pid, Report
     let child = match sys::fork().at(SetupStep::Fork)? {
         ForkResult::Child => {
             drop(exec_errors);
-            let report = exec_program(args, &program, &argv);
+            let report = exec_program(args, filter.as_deref(), &program, &argv);
             // One write of a whole record; if it fails the init sees EOF,
             // then reaps an exit code 127 as the program's.
             let _ = File::from(exec_errors_w).write(&report.encode());
@@ -327,6 +349,12 @@ fn enter_mount_namespace(args: &InitArgs, pid1: bool) -> Result<(), Failure> {
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         mount(Some("proc"), "/proc", Some("proc"), flags, None::<&str>).at(SetupStep::MountProc)?;
     }
+    if args.cgroup_namespace {
+        mask_cgroup_tree().at(SetupStep::CgroupNamespace)?;
+    }
+    if args.private_home {
+        make_private_home(args.uid, args.gid)?;
+    }
     if args.private_tmp {
         // Every world-writable scratch place of a usual Linux host; jobs of
         // different users (often the same account) must share none. A missing
@@ -370,6 +398,63 @@ fn enter_mount_namespace(args: &InitArgs, pid1: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Where the host's cgroup trees are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Hides the host's cgroup trees (every job's name and usage) from the job.
+/// On a pure cgroup-v2 host a fresh cgroup2 mount, made in the job's cgroup
+/// namespace, shows only the job's own subtree (and its limits), read-only;
+/// on a hybrid or v1 host the controller trees cannot be shown that way
+/// without mounting each again, and an empty read-only tmpfs hides them.
+fn mask_cgroup_tree() -> nix::Result<()> {
+    if !std::path::Path::new(CGROUP_ROOT).is_dir() {
+        return Ok(());
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+    let fs = nix::sys::statfs::statfs(CGROUP_ROOT)?;
+    if fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        mount(
+            Some("cgroup2"),
+            CGROUP_ROOT,
+            Some("cgroup2"),
+            flags,
+            None::<&str>,
+        )
+    } else {
+        mount(
+            Some("tmpfs"),
+            CGROUP_ROOT,
+            Some("tmpfs"),
+            flags,
+            Some("mode=0555,size=4k"),
+        )
+    }
+}
+
+/// A fresh tmpfs on `/home`, hiding the host's homes, with only
+/// [`PRIVATE_HOME`] in it, owned by the job, mode 0700 (ProtectHome=tmpfs).
+fn make_private_home(uid: u32, gid: u32) -> Result<(), Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let step = SetupStep::PrivateHome;
+    mount(
+        Some("tmpfs"),
+        "/home",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .at(step)?;
+    std::fs::create_dir(PRIVATE_HOME).at(step)?;
+    nix::unistd::chown(
+        PRIVATE_HOME,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+    )
+    .at(step)?;
+    // Set exactly: create_dir's mode is filtered by the umask.
+    std::fs::set_permissions(PRIVATE_HOME, std::fs::Permissions::from_mode(0o700)).at(step)
+}
+
 /// The directories that get a fresh tmpfs with `private_tmp`.
 const PRIVATE_DIRS: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
 
@@ -383,8 +468,13 @@ fn cstring(bytes: &[u8]) -> Result<CString, Failure> {
 
 /// In the program's process: everything between fork and exec. Returns only
 /// on failure, with the report for the init.
-fn exec_program(args: &InitArgs, program: &CString, argv: &[CString]) -> Report {
-    if let Err(failure) = prepare_program_process(args) {
+fn exec_program(
+    args: &InitArgs,
+    filter: Option<&[seccompiler::sock_filter]>,
+    program: &CString,
+    argv: &[CString],
+) -> Report {
+    if let Err(failure) = prepare_program_process(args, filter) {
         return failure.into();
     }
     match execv(program, argv) {
@@ -395,14 +485,38 @@ fn exec_program(args: &InitArgs, program: &CString, argv: &[CString]) -> Report 
     }
 }
 
-fn prepare_program_process(args: &InitArgs) -> Result<(), Failure> {
+fn prepare_program_process(
+    args: &InitArgs,
+    filter: Option<&[seccompiler::sock_filter]>,
+) -> Result<(), Failure> {
     // Dispositions first, mask second: a signal arriving in between then meets
     // the default action rather than the init's no-op handler.
     sys::reset_signal_dispositions().at(SetupStep::Signals)?;
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).at(SetupStep::Signals)?;
     setpgid(Pid::from_raw(0), Pid::from_raw(0)).at(SetupStep::Fork)?;
     drop_privileges(args.uid, args.gid)?;
-    chdir("/").at(SetupStep::Chdir)
+    chdir("/").at(SetupStep::Chdir)?;
+    // The sandbox comes last, after no_new_privs (which both need), so that
+    // it restricts the program and nothing of the setup.
+    if args.landlock_abi != 0 {
+        let rules = JobRules {
+            abi: args.landlock_abi,
+            allow_listen: args.allow_listen,
+            writable: &args.writable,
+            home: args
+                .private_home
+                .then(|| std::path::Path::new(PRIVATE_HOME)),
+            own_proc: args.mount_proc,
+        };
+        ruleset::apply(&rules).map_err(|e| Failure {
+            step: SetupStep::Landlock,
+            errno: Errno::from_raw(e.errno()),
+        })?;
+    }
+    if let Some(filter) = filter {
+        sys::install_seccomp(filter).at(SetupStep::Seccomp)?;
+    }
+    Ok(())
 }
 
 /// No supplementary groups, then `gid`, then `uid` (the order matters: after

@@ -14,6 +14,11 @@
 //!   job's uid and gid (verified, and verified irreversible), `no_new_privs`,
 //!   cwd `/`, argv exactly as given, the environment unchanged, no descriptor
 //!   besides 0, 1 and 2.
+//! - The kernel sandbox (the program's process only, after the privilege
+//!   drop, last before `execve`): the Landlock ruleset of `ruleset.rs`, then
+//!   the seccomp filter of [`seccomp`]. Before that, while still root and
+//!   after its mounts, the init empties the capability bounding, ambient and
+//!   inheritable sets, for itself and so for the program.
 //! - Its own privileges: once the program runs, the init drops to the job's
 //!   uid and gid and makes itself non-dumpable, so no job process can ptrace
 //!   it or read its `/proc` files.
@@ -40,10 +45,16 @@
 //! - this file: [`InitArgs`] (the command line), [`Report`] (the status
 //!   record), [`InitError`].
 //! - `init.rs`: [`run_init`], the init's whole life.
+//! - `plan.rs`: what the kernel offers and what `jobsd` decides
+//!   ([`SandboxPlan`]), checked and logged at start-up.
+//! - `ruleset.rs`: the Landlock ruleset. [`seccomp`]: the seccomp filter.
 //! - `sys.rs`: the system calls without a safe wrapper; the only `unsafe` of
-//!   the init.
+//!   the sandbox.
 
 mod init;
+mod plan;
+mod ruleset;
+pub mod seccomp;
 mod sys;
 
 use std::ffi::OsString;
@@ -54,6 +65,12 @@ use std::path::PathBuf;
 use clap::Parser;
 
 pub use init::run_init;
+pub use plan::{KernelSupport, PartLine, SandboxError, SandboxPlan, check_writable};
+pub use ruleset::{LandlockParts, MAX_ABI};
+
+/// The private home of a job whose account has `private_home`: made by the
+/// init on a fresh tmpfs over `/home`, owned by the job's uid, mode 0700.
+pub const PRIVATE_HOME: &str = "/home/job";
 
 /// fd number of the status pipe in the init.
 ///
@@ -64,8 +81,10 @@ pub const STATUS_FD: RawFd = 3;
 /// What `jobsd` asks of one init: who the program runs as, which namespaces it
 /// gets, and what to execute.
 ///
-/// Rules checked by [`InitArgs::parse`]: `program` is absolute; `mount_proc`
-/// and `private_tmp` need `mount_namespace`; no argument holds a NUL byte.
+/// Rules checked by [`InitArgs::parse`]: `program` and every `writable`
+/// directory are absolute; `mount_proc`, `private_tmp`, `cgroup_namespace`
+/// and `private_home` need `mount_namespace`; `landlock_abi` is at most
+/// [`MAX_ABI`]; no argument holds a NUL byte.
 /// `mount_proc` further needs the init to be PID 1 of its namespace, which only
 /// the running init can check (it fails with
 /// [`SetupStep::MountProc`] otherwise).
@@ -98,6 +117,32 @@ pub struct InitArgs {
     /// with it, so they can neither outlive the job (and its memory limit)
     /// nor be read by other jobs.
     pub ipc_namespace: bool,
+    /// Give the job its own cgroup namespace (cgroup_namespaces(7)), so
+    /// `/proc/self/cgroup` shows `/` and no other job's name, and mask
+    /// `/sys/fs/cgroup`: a fresh read-only cgroup2 mount of the job's own
+    /// subtree on a pure cgroup-v2 host, an empty read-only tmpfs otherwise
+    /// (hybrid and v1 hosts, whose controller trees would show every job).
+    /// Needs `mount_namespace`.
+    pub cgroup_namespace: bool,
+    /// Mount a fresh tmpfs on `/home` (hiding the host's homes) holding only
+    /// [`PRIVATE_HOME`], owned by `uid`:`gid`, mode 0700, writable under
+    /// Landlock. Needs `mount_namespace` and an existing `/home`.
+    pub private_home: bool,
+    /// Install the seccomp filter of [`seccomp::build`] in the program's
+    /// process, last before `execve`.
+    pub seccomp: bool,
+    /// The filter allows `unshare`, `setns`, `clone` with namespace flags and
+    /// the mount calls (the `user_namespaces` permit).
+    pub allow_namespaces: bool,
+    /// The Landlock ABI level `jobsd` decided on: 0 is off, otherwise the
+    /// parts of [`LandlockParts::for_abi`] are required of the kernel (the
+    /// setup fails if it offers less). At most [`MAX_ABI`].
+    pub landlock_abi: u8,
+    /// Landlock leaves TCP bind alone (the `listen` permit).
+    pub allow_listen: bool,
+    /// Absolute host directories the job may write beneath (`jobsd
+    /// --writable`), besides its private places.
+    pub writable: Vec<PathBuf>,
     /// The absolute path to execute. It is not looked up in PATH.
     pub program: PathBuf,
     /// `argv[0]` as the user gave the program.
@@ -130,6 +175,20 @@ struct Cli {
     network_none: bool,
     #[arg(long)]
     ipc_namespace: bool,
+    #[arg(long)]
+    cgroup_namespace: bool,
+    #[arg(long)]
+    private_home: bool,
+    #[arg(long)]
+    seccomp: bool,
+    #[arg(long)]
+    allow_namespaces: bool,
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=MAX_ABI as i64))]
+    landlock_abi: u8,
+    #[arg(long)]
+    allow_listen: bool,
+    #[arg(long, action = clap::ArgAction::Append)]
+    writable: Vec<PathBuf>,
     program: PathBuf,
     argv0: String,
     args: Vec<String>,
@@ -155,6 +214,11 @@ impl InitArgs {
             (self.private_tmp, "--private-tmp"),
             (self.network_none, "--network-none"),
             (self.ipc_namespace, "--ipc-namespace"),
+            (self.cgroup_namespace, "--cgroup-namespace"),
+            (self.private_home, "--private-home"),
+            (self.seccomp, "--seccomp"),
+            (self.allow_namespaces, "--allow-namespaces"),
+            (self.allow_listen, "--allow-listen"),
         ];
         out.extend(
             flags
@@ -162,6 +226,14 @@ impl InitArgs {
                 .filter(|(on, _)| *on)
                 .map(|(_, flag)| flag.into()),
         );
+        if self.landlock_abi != 0 {
+            out.push("--landlock-abi".into());
+            out.push(self.landlock_abi.to_string().into());
+        }
+        for dir in &self.writable {
+            out.push("--writable".into());
+            out.push(dir.clone().into_os_string());
+        }
         out.push("--".into());
         out.push(self.program.clone().into_os_string());
         out.push(self.argv0.clone().into());
@@ -191,9 +263,14 @@ impl InitArgs {
                 program: cli.program,
             });
         }
+        if let Some(dir) = cli.writable.iter().find(|d| !d.is_absolute()) {
+            return Err(InitError::RelativeWritable { dir: dir.clone() });
+        }
         for (on, option) in [
             (cli.mount_proc, "mount-proc"),
             (cli.private_tmp, "private-tmp"),
+            (cli.cgroup_namespace, "cgroup-namespace"),
+            (cli.private_home, "private-home"),
         ] {
             if on && !cli.mount_namespace {
                 return Err(InitError::NeedsMountNamespace { option });
@@ -207,6 +284,13 @@ impl InitArgs {
             private_tmp: cli.private_tmp,
             network_none: cli.network_none,
             ipc_namespace: cli.ipc_namespace,
+            cgroup_namespace: cli.cgroup_namespace,
+            private_home: cli.private_home,
+            seccomp: cli.seccomp,
+            allow_namespaces: cli.allow_namespaces,
+            landlock_abi: cli.landlock_abi,
+            allow_listen: cli.allow_listen,
+            writable: cli.writable,
             program: cli.program,
             argv0: cli.argv0,
             args: cli.args,
@@ -263,11 +347,24 @@ pub enum SetupStep {
     StatusPipe,
     /// `unshare(CLONE_NEWIPC)`.
     IpcNamespace,
+    /// `unshare(CLONE_NEWCGROUP)`, or masking `/sys/fs/cgroup`.
+    CgroupNamespace,
+    /// The tmpfs on `/home` or the job's home in it.
+    PrivateHome,
+    /// Emptying the capability bounding, ambient and inheritable sets.
+    Capabilities,
+    /// Applying the Landlock ruleset in the program's process (`ENOENT`: a
+    /// directory to make writable is missing; `EOPNOTSUPP`: the kernel
+    /// lacks a part of the ABI `jobsd` asked for, or enforced less).
+    Landlock,
+    /// Building or installing the seccomp filter (`EOPNOTSUPP`: no filter
+    /// for this architecture).
+    Seccomp,
 }
 
 impl SetupStep {
     /// Every step, in code order (the order of the enum).
-    const ALL: [SetupStep; 16] = [
+    const ALL: [SetupStep; 21] = [
         SetupStep::Arguments,
         SetupStep::MountNamespace,
         SetupStep::MountProc,
@@ -284,6 +381,11 @@ impl SetupStep {
         SetupStep::Chdir,
         SetupStep::StatusPipe,
         SetupStep::IpcNamespace,
+        SetupStep::CgroupNamespace,
+        SetupStep::PrivateHome,
+        SetupStep::Capabilities,
+        SetupStep::Landlock,
+        SetupStep::Seccomp,
     ];
 
     /// The step's wire code: 1 + its position in [`SetupStep::ALL`]; 0 is
@@ -306,6 +408,11 @@ impl SetupStep {
             SetupStep::Chdir => 14,
             SetupStep::StatusPipe => 15,
             SetupStep::IpcNamespace => 16,
+            SetupStep::CgroupNamespace => 17,
+            SetupStep::PrivateHome => 18,
+            SetupStep::Capabilities => 19,
+            SetupStep::Landlock => 20,
+            SetupStep::Seccomp => 21,
         }
     }
 
@@ -426,6 +533,12 @@ pub enum InitError {
         /// The program as given.
         program: PathBuf,
     },
+    /// A `--writable` directory is not an absolute path.
+    #[error("the writable directory {} is not absolute", dir.display())]
+    RelativeWritable {
+        /// The directory as given.
+        dir: PathBuf,
+    },
     /// An option that works inside the mount namespace was given without
     /// `--mount-namespace`.
     #[error("--{option} needs --mount-namespace")]
@@ -469,6 +582,13 @@ mod tests {
             private_tmp: true,
             network_none: true,
             ipc_namespace: true,
+            cgroup_namespace: true,
+            private_home: true,
+            seccomp: true,
+            allow_namespaces: false,
+            landlock_abi: 7,
+            allow_listen: false,
+            writable: vec![PathBuf::from("/srv/shared"), PathBuf::from("/srv/a b")],
             program: PathBuf::from("/usr/bin/env"),
             argv0: "env".into(),
             args: vec![],
@@ -491,13 +611,24 @@ mod tests {
 
     #[test]
     fn init_args_round_trip_every_flag_combination() {
-        for bits in 0..32u8 {
+        for bits in 0..4096u16 {
             let args = InitArgs {
-                mount_namespace: bits & 1 != 0 || bits & 6 != 0,
+                mount_namespace: bits & 1 != 0 || bits & 0b110_0000_0110 != 0,
                 mount_proc: bits & 2 != 0,
                 private_tmp: bits & 4 != 0,
                 network_none: bits & 8 != 0,
                 ipc_namespace: bits & 16 != 0,
+                seccomp: bits & 32 != 0,
+                allow_namespaces: bits & 64 != 0,
+                allow_listen: bits & 128 != 0,
+                landlock_abi: if bits & 256 != 0 { 4 } else { 0 },
+                cgroup_namespace: bits & 512 != 0,
+                private_home: bits & 1024 != 0,
+                writable: if bits & 2048 != 0 {
+                    vec![PathBuf::from("/w")]
+                } else {
+                    vec![]
+                },
                 uid: u32::MAX,
                 gid: 0,
                 argv0: String::new(),
@@ -517,6 +648,10 @@ mod tests {
             mount_proc: false,
             private_tmp: false,
             ipc_namespace: false,
+            cgroup_namespace: false,
+            private_home: false,
+            landlock_abi: 0,
+            writable: vec![PathBuf::from("/srv")],
             args: vec!["-l".into()],
             ..sample()
         };
@@ -529,6 +664,9 @@ mod tests {
                 "65533",
                 "--mount-namespace",
                 "--network-none",
+                "--seccomp",
+                "--writable",
+                "/srv",
                 "--",
                 "/usr/bin/env",
                 "env",
@@ -559,7 +697,12 @@ mod tests {
     // Without a mount namespace, mounting /proc or /tmp would change the host.
     #[test]
     fn init_args_rejects_mounts_without_mount_namespace() {
-        for flag in ["--mount-proc", "--private-tmp"] {
+        for flag in [
+            "--mount-proc",
+            "--private-tmp",
+            "--cgroup-namespace",
+            "--private-home",
+        ] {
             let err = InitArgs::parse(os(&[
                 "--uid",
                 "1",
@@ -743,7 +886,7 @@ mod tests {
         assert_eq!(codes.len(), SetupStep::ALL.len());
         assert!(!codes.contains(&0));
         assert_eq!(SetupStep::from_code(0), None);
-        assert_eq!(SetupStep::from_code(17), None);
+        assert_eq!(SetupStep::from_code(22), None);
     }
 
     // Bytes that are not a record the init writes (a torn or garbled pipe, a
@@ -758,7 +901,7 @@ mod tests {
             [1, 1, 0, 0, 0, 0, 0, 0],
             [2, 1, 0, 0, 2, 0, 0, 0],
             [3, 0, 0, 0, 1, 0, 0, 0],
-            [3, 17, 0, 0, 1, 0, 0, 0],
+            [3, 22, 0, 0, 1, 0, 0, 0],
             [4, 0, 1, 0, 0, 0, 0, 0],
             [4, 0, 0, 1, 0, 0, 0, 0],
             [4, 2, 0, 0, 0, 0, 0, 0],

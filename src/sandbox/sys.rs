@@ -227,3 +227,140 @@ pub(super) fn exit_immediately(code: libc::c_int) -> ! {
     // reclaim.
     unsafe { libc::_exit(code) }
 }
+
+/// `struct __user_cap_header_struct` (linux/capability.h).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`; version 3 takes two of them (caps 0–31
+/// and 32–63).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Empties the capability bounding set (every capability the kernel knows,
+/// found by PR_CAPBSET_READ answering EINVAL past the last one), the ambient
+/// set and the inheritable set. The effective and permitted sets are kept:
+/// the caller still needs them for what it does before dropping its uid.
+/// After this no execve can give a capability back, not even to uid 0.
+///
+/// # Errors
+/// The OS error of prctl(2) or capget/capset(2) (EPERM without
+/// CAP_SETPCAP).
+pub(super) fn drop_capability_sets() -> io::Result<()> {
+    for cap in 0..64 {
+        // SAFETY: PR_CAPBSET_READ/DROP take integers and touch no memory.
+        let present = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) };
+        if present < 0 {
+            // EINVAL: past the last capability this kernel knows.
+            break;
+        }
+        // SAFETY: as above.
+        if present == 1 && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes integers and touches no memory.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes the header's version (on a mismatch) and two
+    // `CapData` for version 3, both live locals of those C layouts.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for d in &mut data {
+        d.inheritable = 0;
+    }
+    // SAFETY: capset reads the header and two `CapData`, live locals of the
+    // C layouts version 3 expects.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Installs the seccomp filter `program` on the calling thread (the program's
+/// process is single-threaded). Needs `no_new_privs`, set before.
+///
+/// # Errors
+/// The OS error of seccomp(2).
+pub(super) fn install_seccomp(program: &[seccompiler::sock_filter]) -> io::Result<()> {
+    seccompiler::apply_filter(program).map_err(|e| match e {
+        seccompiler::Error::Seccomp(e) | seccompiler::Error::Prctl(e) => e,
+        _ => io::Error::from_raw_os_error(libc::EINVAL),
+    })
+}
+
+/// Whether the kernel runs seccomp filters that return errors:
+/// `seccomp(SECCOMP_GET_ACTION_AVAIL)` for `SECCOMP_RET_ERRNO` (Linux 4.14+).
+///
+/// # Errors
+/// The OS error: `EINVAL`/`ENOSYS` on a kernel without seccomp filters, or
+/// `EOPNOTSUPP` where the action is not available.
+pub(super) fn seccomp_errno_available() -> std::io::Result<()> {
+    let action: u32 = libc::SECCOMP_RET_ERRNO;
+    // SAFETY: SECCOMP_GET_ACTION_AVAIL reads one u32 from the pointer, which
+    // points at a live local of that type, and writes nothing.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The kernel's Landlock ABI version (landlock_create_ruleset(2) with
+/// LANDLOCK_CREATE_RULESET_VERSION).
+///
+/// # Errors
+/// The OS error: `ENOSYS` on a kernel built without Landlock, `EOPNOTSUPP`
+/// where it is built but not enabled at boot (the `lsm=` list).
+pub(super) fn landlock_abi_version() -> std::io::Result<u32> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with the VERSION flag, landlock_create_ruleset takes a null
+    // attribute pointer and size 0, reads and writes no memory, and returns
+    // an integer (no descriptor is created).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc as u32)
+}

@@ -625,6 +625,7 @@ pub fn contain_config(state_dir: &Path) -> Option<jobs::exec::ContainConfig> {
         namespaces: jobs::exec::Namespaces::default(),
         io_devices: Vec::new(),
         cgroup_name: jobs::exec::cgroup_name_for(state_dir),
+        sandbox: jobs::sandbox::SandboxPlan::detected(),
     })
 }
 
