@@ -102,6 +102,7 @@
 //!   so a local user holding 128 idle sockets locks other local clients out
 //!   (promptly, not by hanging) until the sockets close or time out (5 s).
 
+pub mod accounts;
 pub mod audit;
 pub mod auth;
 mod bounded;

@@ -35,7 +35,9 @@ pub(crate) fn to_status(e: JobError) -> Status {
         JobError::Spawn(spawn) => spawn_status(spawn),
         JobError::Output(e) => output_status(e),
         JobError::ShuttingDown => Status::unavailable("the server is shutting down"),
-        JobError::TooManyRunningJobs { .. } => Status::resource_exhausted(e.to_string()),
+        JobError::TooManyRunningJobs { .. } | JobError::UidRangeExhausted { .. } => {
+            Status::resource_exhausted(e.to_string())
+        }
         JobError::AdminOnly => Status::permission_denied(e.to_string()),
         JobError::StillRunning => Status::failed_precondition(e.to_string()),
         JobError::Store(e) => store_status(e),

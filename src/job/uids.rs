@@ -1,0 +1,69 @@
+//! The account of each identity's contained jobs when identities get uids
+//! of their own ([`super::JobsConfig::uid_range`]): the uid the store
+//! assigned it ([`Store::assign_uid`]), cached here after its first start.
+//!
+//! The cache holds one small entry (an identity and a uid) per identity
+//! that started a job since the daemon started; the store is the source of
+//! truth, so a cache miss (a restart, a lookup whose caller went away) only
+//! costs one transaction.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::{Account, JobError};
+use crate::accounts::{UidRange, identity_account};
+use crate::auth::Identity;
+use crate::store::{Store, UidAssignment};
+
+/// Identities' uids of one range.
+pub(super) struct IdentityUids {
+    range: UidRange,
+    store: Store,
+    known: Mutex<HashMap<Identity, u32>>,
+}
+
+impl IdentityUids {
+    pub(super) fn new(range: UidRange, store: Store) -> Self {
+        Self {
+            range,
+            store,
+            known: Mutex::default(),
+        }
+    }
+
+    /// `owner`'s account: its uid of the range, assigned now if it has
+    /// none yet.
+    ///
+    /// # Errors
+    /// [`JobError::UidRangeExhausted`] when `owner` has no uid and none is
+    /// left; [`JobError::Store`] when the store fails (nothing was
+    /// assigned).
+    ///
+    /// # Cancel safety
+    /// An assignment under way completes even if the future is dropped; the
+    /// next call finds it.
+    pub(super) async fn account(&self, owner: Identity) -> Result<Account, JobError> {
+        if let Some(&uid) = self.lock().get(&owner) {
+            return Ok(identity_account(uid));
+        }
+        let uid = match self.store.assign_uid(owner, self.range.to_range()).await? {
+            UidAssignment::Existing(uid) => uid,
+            UidAssignment::New(uid) => {
+                tracing::info!(%owner, uid, "identity assigned its own uid and gid");
+                uid
+            }
+            UidAssignment::RangeFull => {
+                tracing::error!(%owner, range = %self.range, "no uid left for a new identity; widen --uid-range");
+                return Err(JobError::UidRangeExhausted { range: self.range });
+            }
+        };
+        self.lock().insert(owner, uid);
+        Ok(identity_account(uid))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Identity, u32>> {
+        // Each use is a single get or insert: a panic cannot leave the map
+        // half-changed.
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
