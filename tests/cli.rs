@@ -88,7 +88,7 @@ struct Sandbox {
 
 impl Sandbox {
     fn new() -> Self {
-        // Jobs run as `nobody` when the daemon is root: they must be able to
+        // Jobs run as unprivileged uids when the daemon is root: they must be able to
         // read files the tests put here (keys stay 0600).
         let dir = common::scratch();
         let ca = dir.path().join("ca.crt");
@@ -590,7 +590,7 @@ fn binary_output_is_byte_exact() {
     let d = Daemon::start();
     let blob = random_bytes((1 << 20) + 7);
     let path = d.dir.path().join("blob");
-    fs::write(&path, &blob).unwrap(); // world-readable: jobs may run as nobody
+    fs::write(&path, &blob).unwrap(); // world-readable: jobs run unprivileged
     // Jobs run with cwd `/`, so the path must be absolute.
     let id = d.start_job(&d.alice, &["/bin/cat", path.to_str().unwrap()]);
     let streamed = d.jobs(&d.alice, &["stream", &id]);
@@ -1675,7 +1675,8 @@ fn a_job_over_its_output_quota_is_stopped_and_says_so() {
 /// How the daemon under test runs its jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Containment {
-    /// In a cgroup and namespaces, as `nobody`: jobsd's default as root.
+    /// In a cgroup and namespaces, as a uid of the identity's own: jobsd's
+    /// default as root.
     On,
     /// In a process group of jobsd's own user.
     Off,
