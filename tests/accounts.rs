@@ -217,6 +217,32 @@ async fn a_shared_account_is_still_possible() {
     assert_eq!(run_sh(&bob, "id -u; id -g").await, "65534\n65534\n");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_account_for_an_identity_wins_over_the_range() {
+    // Scenario: the operator maps alice to a real account (--run-as-for):
+    // her jobs run as it and she takes no uid of the range; bob gets the
+    // range's first.
+    if skip_unless_root("a_real_account_for_an_identity_wins_over_the_range") {
+        return;
+    }
+    let range = private_range(4, 2);
+    let server = TestServer::start_with(|c| {
+        c.jobs.uid_range = Some(range);
+        c.jobs.accounts.insert(
+            identity("alice"),
+            jobs::job::Account::lookup("nobody", false).unwrap(),
+        );
+    })
+    .await;
+    let (alice, bob) = (client(&server, "alice").await, client(&server, "bob").await);
+    assert_eq!(run_sh(&alice, "id -u; id -g").await, "65534\n65534\n");
+    let first = range.first();
+    assert_eq!(
+        run_sh(&bob, "id -u; id -g").await,
+        format!("{first}\n{first}\n")
+    );
+}
+
 /// Runs jobsd (see [`jobsd`]) expecting it to refuse to start; returns its
 /// stderr, which must be the one error line.
 fn jobsd_refuses(extra: &[&str]) -> String {

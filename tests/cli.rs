@@ -1206,6 +1206,42 @@ fn containment_off_is_loud() {
 }
 
 #[test]
+fn jobsd_gives_each_identity_its_own_uid_unless_told_to_share_one() {
+    // Scenario: by default alice's and bob's jobs run as different uids of
+    // the default range; with --run-as the operator shares one account, and
+    // jobsd says at start-up what that shares.
+    if skip_unless_root("jobsd_gives_each_identity_its_own_uid_unless_told_to_share_one") {
+        return;
+    }
+    let d = Daemon::start();
+    for (user, uid) in [(&d.alice, 2013265920), (&d.bob, 2013265921)] {
+        let id = d.start_job(user, &["id", "-u"]);
+        assert_eq!(
+            d.jobs(user, &["stream", &id]).stdout_str(),
+            format!("{uid}\n")
+        );
+    }
+    let log = fs::read_to_string(d.dir.path().join("jobsd.log")).unwrap();
+    assert!(
+        log.contains("each identity's jobs run as a uid and gid of its own from this range range=2013265920-2013331455"),
+        "{log}"
+    );
+    assert!(!log.contains("--run-as:"), "{log}");
+    drop(d);
+
+    let d = Daemon::start_in(Sandbox::new(), &["--run-as", "nobody"]);
+    for user in [&d.alice, &d.bob] {
+        let id = d.start_job(user, &["id", "-u"]);
+        assert_eq!(d.jobs(user, &["stream", &id]).stdout_str(), "65534\n");
+    }
+    let log = fs::read_to_string(d.dir.path().join("jobsd.log")).unwrap();
+    assert!(
+        log.contains("--run-as: every identity without --run-as-for runs its jobs as this one account, so they share what the kernel keeps per uid: the user keyring"),
+        "{log}"
+    );
+}
+
+#[test]
 fn jobsd_refuses_bad_retention_settings_before_anything_else() {
     // Scenario: an operator writes `--retention 0`, a typo, or an unknown
     // size suffix; jobsd names the option and the value, creates no state
