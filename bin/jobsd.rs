@@ -88,10 +88,10 @@ struct ContainArgs {
     /// stays clear of system and login accounts (below 60001),
     /// systemd-homed and DynamicUser (60001-65519), nobody (65534),
     /// useradd's subordinate ids (100000-600165535), systemd's container
-    /// ranges (524288-1879048191), sssd's default id mapping (200000-
-    /// 2000200000, not listed by the name service), systemd's foreign range
-    /// (2147352576-) and uids of 2^31 and more, which some tools
-    /// mishandle. [default: 2013265920-2013331455]
+    /// ranges (524288-1879048191), sssd's default id mapping
+    /// (200000-2000200000, not listed by the name service), systemd's
+    /// foreign range (2147352576-) and uids of 2^31 and more, which some
+    /// tools mishandle. [default: 2013265920-2013331455]
     #[arg(long, value_name = "FIRST-LAST", conflicts_with = "run_as")]
     uid_range: Option<String>,
     /// Run the jobs of every identity without --run-as-for as this one local

@@ -2335,9 +2335,10 @@ fn jobsd_refuses_a_database_of_a_newer_schema_and_leaves_it_alone() {
     let stderr = refused_with_db_unchanged(&sb);
     assert!(
         stderr.ends_with(&format!(
-            "{} was written by a newer jobsd (schema version 99, this one supports up to 1); \
+            "{} was written by a newer jobsd (schema version 99, this one supports up to {}); \
              run that jobsd, or use another state directory\n",
-            db.display()
+            db.display(),
+            jobs::store::SCHEMA_VERSION
         )),
         "{stderr}"
     );
