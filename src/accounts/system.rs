@@ -106,7 +106,12 @@ pub fn check_system(range: UidRange) -> Result<(), RangeConflict> {
             }
         }
     }
-    let (users, groups) = enumerate();
+    let (users, groups, incomplete) = enumerate();
+    if let Some(e) = incomplete {
+        // Refusing would stop every jobsd behind a flaky name service; say
+        // how far the check got instead.
+        tracing::warn!(error = %e, users = users.len(), groups = groups.len(), "the name service failed while listing accounts; the uid range was checked against those it listed");
+    }
     check_accounts(range, &users, &groups)?;
     for file in ["/etc/subuid", "/etc/subgid"] {
         let file = Path::new(file);
@@ -222,10 +227,18 @@ fn check_mapped(range: UidRange, text: &str, file: &Path) -> Result<(), RangeCon
 /// per process.
 static ENUMERATING: Mutex<()> = Mutex::new(());
 
-/// Every user and group the name service enumerates.
-fn enumerate() -> (Vec<User>, Vec<Group>) {
+/// Every user and group the name service enumerates, and the error that
+/// ended a listing early, if any.
+fn enumerate() -> (Vec<User>, Vec<Group>, Option<io::Error>) {
     let _guard = ENUMERATING.lock().unwrap_or_else(|p| p.into_inner());
     let mut users = Vec::new();
+    let mut incomplete = None;
+    // getpwent(3)/getgrent(3) return NULL both at the end and on an error;
+    // only errno tells them apart (ENOENT, or unchanged, at the end).
+    let failed = || match nix::errno::Errno::last_raw() {
+        0 | libc::ENOENT => None,
+        e => Some(io::Error::from_raw_os_error(e)),
+    };
     // SAFETY: setpwent/getpwent/endpwent share one process-wide cursor;
     // ENUMERATING keeps every use of it in this process to one thread at a
     // time (nothing else in the crate calls them). Each returned entry is
@@ -233,8 +246,10 @@ fn enumerate() -> (Vec<User>, Vec<Group>) {
     unsafe {
         libc::setpwent();
         loop {
+            nix::errno::Errno::clear();
             let entry = libc::getpwent();
             if entry.is_null() {
+                incomplete = failed();
                 break;
             }
             let entry = &*entry;
@@ -251,8 +266,10 @@ fn enumerate() -> (Vec<User>, Vec<Group>) {
     unsafe {
         libc::setgrent();
         loop {
+            nix::errno::Errno::clear();
             let entry = libc::getgrent();
             if entry.is_null() {
+                incomplete = incomplete.or_else(failed);
                 break;
             }
             let entry = &*entry;
@@ -263,7 +280,7 @@ fn enumerate() -> (Vec<User>, Vec<Group>) {
         }
         libc::endgrent();
     }
-    (users, groups)
+    (users, groups, incomplete)
 }
 
 #[cfg(test)]
@@ -343,7 +360,8 @@ mod tests {
 
     #[test]
     fn this_machines_accounts_are_enumerated() {
-        let (users, groups) = enumerate();
+        let (users, groups, incomplete) = enumerate();
+        assert!(incomplete.is_none(), "{incomplete:?}");
         assert!(users.iter().any(|u| u == &("root".to_owned(), 0, 0)));
         assert!(groups.iter().any(|g| g == &("root".to_owned(), 0)));
         // The default range is free here, as on any machine set up as usual.

@@ -2,10 +2,11 @@
 //! of their own ([`super::JobsConfig::uid_range`]): the uid the store
 //! assigned it ([`Store::assign_uid`]), cached here after its first start.
 //!
-//! The cache holds one small entry (an identity and a uid) per identity
-//! that started a job since the daemon started; the store is the source of
-//! truth, so a cache miss (a restart, a lookup whose caller went away) only
-//! costs one transaction.
+//! The cache holds one small entry (an identity and a uid, 36 bytes) per
+//! identity that started a job since the daemon started, so at most one per
+//! uid of the range (65,536 by default: a few MiB at worst); the store is
+//! the source of truth, so a cache miss (a restart, a lookup whose caller
+//! went away) only costs one transaction.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
