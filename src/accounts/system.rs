@@ -232,7 +232,6 @@ static ENUMERATING: Mutex<()> = Mutex::new(());
 fn enumerate() -> (Vec<User>, Vec<Group>, Option<io::Error>) {
     let _guard = ENUMERATING.lock().unwrap_or_else(|p| p.into_inner());
     let mut users = Vec::new();
-    let mut incomplete = None;
     // getpwent(3)/getgrent(3) return NULL both at the end and on an error;
     // only errno tells them apart (ENOENT, or unchanged, at the end).
     let failed = || match nix::errno::Errno::last_raw() {
@@ -243,14 +242,13 @@ fn enumerate() -> (Vec<User>, Vec<Group>, Option<io::Error>) {
     // ENUMERATING keeps every use of it in this process to one thread at a
     // time (nothing else in the crate calls them). Each returned entry is
     // valid until the next call, and is copied out before it.
-    unsafe {
+    let users_failed = unsafe {
         libc::setpwent();
-        loop {
+        let error = loop {
             nix::errno::Errno::clear();
             let entry = libc::getpwent();
             if entry.is_null() {
-                incomplete = failed();
-                break;
+                break failed();
             }
             let entry = &*entry;
             users.push((
@@ -258,29 +256,30 @@ fn enumerate() -> (Vec<User>, Vec<Group>, Option<io::Error>) {
                 entry.pw_uid,
                 entry.pw_gid,
             ));
-        }
+        };
         libc::endpwent();
-    }
+        error
+    };
     let mut groups = Vec::new();
     // SAFETY: as above, for the group cursor.
-    unsafe {
+    let groups_failed = unsafe {
         libc::setgrent();
-        loop {
+        let error = loop {
             nix::errno::Errno::clear();
             let entry = libc::getgrent();
             if entry.is_null() {
-                incomplete = incomplete.or_else(failed);
-                break;
+                break failed();
             }
             let entry = &*entry;
             groups.push((
                 CStr::from_ptr(entry.gr_name).to_string_lossy().into_owned(),
                 entry.gr_gid,
             ));
-        }
+        };
         libc::endgrent();
-    }
-    (users, groups, incomplete)
+        error
+    };
+    (users, groups, users_failed.or(groups_failed))
 }
 
 #[cfg(test)]
