@@ -243,6 +243,33 @@ async fn a_real_account_for_an_identity_wins_over_the_range() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uid_that_a_local_account_has_is_never_used() {
+    // Scenario: the range holds the uid of a real account that the start-up
+    // check did not see (a name service that does not list its accounts,
+    // here a server built without the check): the start is refused and
+    // nothing runs as that account; a later start is refused again.
+    if skip_unless_root("a_uid_that_a_local_account_has_is_never_used") {
+        return;
+    }
+    let daemon = jobs::job::Account::lookup("daemon", false).unwrap();
+    let range = UidRange::new(daemon.uid, daemon.uid).unwrap();
+    let server = TestServer::start_with(|c| c.jobs.uid_range = Some(range)).await;
+    let alice = client(&server, "alice").await;
+    for _ in 0..2 {
+        let err = alice.start("true", &[]).await.unwrap_err();
+        assert_eq!(
+            (code(&err), message(&err)),
+            (
+                tonic::Code::FailedPrecondition,
+                "the server cannot give your jobs an account of their own now; ask the server's operator"
+                    .to_owned()
+            )
+        );
+    }
+    assert!(listed_ids(&alice).await.is_empty());
+}
+
 /// Runs jobsd (see [`jobsd`]) expecting it to refuse to start; returns its
 /// stderr, which must be the one error line.
 fn jobsd_refuses(extra: &[&str]) -> String {

@@ -21,7 +21,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-pub use system::{RangeConflict, check_system};
+pub use system::{RangeConflict, check_system, local_owner_of};
 
 use crate::job::Account;
 

@@ -130,6 +130,23 @@ pub fn check_system(range: UidRange) -> Result<(), RangeConflict> {
     Ok(())
 }
 
+/// The user or group of the name service that has `id` as its uid or gid
+/// (`user NAME`, `group NAME`), asked directly (getpwuid_r(3),
+/// getgrgid_r(3)), so that name services which do not list their accounts
+/// (sssd, LDAP) are asked too. `None` when neither exists.
+///
+/// Blocking (a name service may be remote): call it on a blocking thread.
+///
+/// # Errors
+/// The name service's error; the id's owner is then unknown.
+pub fn local_owner_of(id: u32) -> io::Result<Option<String>> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    if let Some(user) = User::from_uid(Uid::from_raw(id))? {
+        return Ok(Some(format!("user {}", user.name)));
+    }
+    Ok(Group::from_gid(Gid::from_raw(id))?.map(|g| format!("group {}", g.name)))
+}
+
 /// A user database entry: name, uid, primary gid.
 type User = (String, u32, u32);
 /// A group database entry: name, gid.
@@ -355,6 +372,12 @@ mod tests {
         let split = "0 0 1000\n2000 5000 1000\n1000 9000 1000\n";
         assert!(check_mapped(range(500, 2999), split, file).is_ok());
         assert!(check_mapped(range(500, 3000), split, file).is_err());
+    }
+
+    #[test]
+    fn owners_of_ids_are_found_by_asking_for_them() {
+        assert_eq!(local_owner_of(0).unwrap().as_deref(), Some("user root"));
+        assert_eq!(local_owner_of(0x7800_0000).unwrap(), None);
     }
 
     #[test]

@@ -287,6 +287,14 @@ pub enum JobError {
         /// The range.
         range: UidRange,
     },
+    /// The caller's uid of the range is also a local user's or group's
+    /// (a name service that does not list its accounts escaped the start-up
+    /// check), or the name service could not say: nothing runs as it. The
+    /// log has the detail.
+    #[error(
+        "the server cannot give your jobs an account of their own now; ask the server's operator"
+    )]
+    AccountUnavailable,
     /// The caller already has as many jobs running as its quota allows.
     #[error("{}", too_many_running(*max))]
     TooManyRunningJobs {
@@ -663,8 +671,9 @@ impl Jobs {
     /// when the caller has [`JobQuota::max_running_jobs`] jobs not yet final
     /// (reserved tickets count, so parallel starts cannot overshoot);
     /// [`JobError::UidRangeExhausted`] when the caller needs a uid of its
-    /// own and none is left, or [`JobError::Store`] when it cannot be
-    /// recorded (nothing is reserved then).
+    /// own and none is left, [`JobError::AccountUnavailable`] when its uid
+    /// turns out to be a local account's, or [`JobError::Store`] when it
+    /// cannot be recorded (nothing is reserved then).
     ///
     /// # Cancel safety
     /// Dropping the future reserves nothing; a uid assigned to the caller

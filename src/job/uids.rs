@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::{Account, JobError};
-use crate::accounts::{UidRange, identity_account};
+use crate::accounts::{UidRange, identity_account, local_owner_of};
 use crate::auth::Identity;
 use crate::store::{Store, UidAssignment};
 
@@ -37,8 +37,9 @@ impl IdentityUids {
     ///
     /// # Errors
     /// [`JobError::UidRangeExhausted`] when `owner` has no uid and none is
-    /// left; [`JobError::Store`] when the store fails (nothing was
-    /// assigned).
+    /// left; [`JobError::AccountUnavailable`] when its uid is also a local
+    /// user's or group's, or the name service cannot say;
+    /// [`JobError::Store`] when the store fails (nothing was assigned).
     ///
     /// # Cancel safety
     /// An assignment under way completes even if the future is dropped; the
@@ -58,6 +59,24 @@ impl IdentityUids {
                 return Err(JobError::UidRangeExhausted { range: self.range });
             }
         };
+        // The start-up check saw only the accounts the name service lists;
+        // one that does not list them (sssd, LDAP) is asked about this uid
+        // directly, once per identity and daemon run. Nothing runs as a uid
+        // that a local user or group has.
+        let asked = tokio::task::spawn_blocking(move || local_owner_of(uid))
+            .await
+            .map_err(|_| JobError::ShuttingDown)?;
+        match asked {
+            Ok(None) => {}
+            Ok(Some(holder)) => {
+                tracing::error!(%owner, uid, %holder, range = %self.range, "the identity's uid belongs to a local account too; its jobs are refused until --uid-range is changed");
+                return Err(JobError::AccountUnavailable);
+            }
+            Err(e) => {
+                tracing::error!(%owner, uid, error = %e, "cannot ask the name service whether the identity's uid is a local account's; its jobs are refused");
+                return Err(JobError::AccountUnavailable);
+            }
+        }
         self.lock().insert(owner, uid);
         Ok(identity_account(uid))
     }

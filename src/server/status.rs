@@ -27,9 +27,9 @@ pub(crate) fn to_status(e: JobError) -> Status {
         | JobError::ArgvTooLarge { .. }
         | JobError::LimitTooSmall { .. }
         | JobError::LimitAboveCeiling { .. } => Status::invalid_argument(e.to_string()),
-        JobError::LimitsUnavailable | JobError::IoLimitsUnavailable => {
-            Status::failed_precondition(e.to_string())
-        }
+        JobError::LimitsUnavailable
+        | JobError::IoLimitsUnavailable
+        | JobError::AccountUnavailable => Status::failed_precondition(e.to_string()),
         // Same code and text for "no such job" and "not yours".
         JobError::NotFound => Status::not_found("no such job"),
         JobError::Spawn(spawn) => spawn_status(spawn),
