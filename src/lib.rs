@@ -70,9 +70,10 @@
 //!   --run-as`); world-writable places elsewhere on the host are still
 //!   shared, and with the host network so are abstract Unix sockets. The
 //!   start-up check of the uid range sees only name services that enumerate
-//!   (not sssd or LDAP by default); every identity ever seen keeps its uid
-//!   for good, so a range is used up by the number of identities, not of
-//!   jobs.
+//!   (not sssd or LDAP by default); those are asked about one identity's
+//!   uid at its first job in each daemon run, so an overlap shows there,
+//!   not at start-up. Every identity ever seen keeps its uid for good, so a
+//!   range is used up by the number of identities, not of jobs.
 //! - Jobs can read `/sys/fs/cgroup` (other jobs' ids and use), create user
 //!   namespaces of their own, and run without a seccomp filter.
 //! - On a pure cgroup v2 host `jobsd` moves itself into a leaf of its own

@@ -6,7 +6,9 @@
 //!
 //! Name services that do not enumerate (sssd and LDAP by default,
 //! systemd's dynamic users while not allocated) are not seen: the default
-//! range is chosen to avoid their usual ranges (see [`super::DEFAULT_UID_RANGE`]).
+//! range is chosen to avoid their usual ranges (see
+//! [`super::DEFAULT_UID_RANGE`]), and [`local_owner_of`] asks them about one
+//! id at a time (the engine does, before an identity's first job).
 
 use std::ffi::CStr;
 use std::io;
