@@ -198,6 +198,32 @@ async fn a_full_range_refuses_new_identities_and_creates_nothing() {
     assert_eq!(code(&err), tonic::Code::ResourceExhausted);
     let bob = client(&server, "bob").await;
     assert_eq!(run_sh(&bob, "id -u").await, format!("{}\n", range.last()));
+    // The database holds exactly the two assignments and no row of carol's.
+    let (result, state) = server.shutdown_keeping_state().await;
+    result.unwrap();
+    let db = rusqlite::Connection::open(state.path().join(jobs::store::FILE_NAME)).unwrap();
+    let rows: Vec<(u32, String)> = db
+        .prepare("SELECT uid, owner FROM uids ORDER BY uid")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (range.first(), identity("alice").to_string()),
+            (range.last(), identity("bob").to_string())
+        ]
+    );
+    let carols: i64 = db
+        .query_row(
+            "SELECT count(*) FROM jobs WHERE owner = ?1",
+            [identity("carol").to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(carols, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
