@@ -814,6 +814,7 @@ impl Jobs {
                 grace: self.config.grace.min(MAX_GRACE),
                 max_output_bytes,
                 slot,
+                uid: account.as_ref().map(|a| a.uid),
             }));
         match started_rx.await {
             Ok(started) => started.map(OwnedJob),
