@@ -76,12 +76,12 @@ async fn run() {
     let state = jobs::server::StateDir::open(dir.path().join("state")).expect("state dir");
     let cgroup_name = jobs::exec::cgroup_name_for(state.path());
     let mut config = ServerConfig::new(server_pem.server_config().expect("tls"), state);
-    // As root, jobs are contained as `jobsd` contains them (cgroup, nobody,
-    // namespaces), so start latency includes all of that.
+    // As root, jobs are contained as `jobsd` contains them (cgroup, a uid
+    // of their own, namespaces), so start latency includes all of that.
     if nix::unistd::geteuid().is_root() {
         let contain = jobs::exec::ContainConfig {
             init: env!("CARGO_BIN_EXE_jobs-init").into(),
-            account: jobs::job::Account::lookup("nobody", false).expect("account nobody"),
+            account: None,
             namespaces: jobs::exec::Namespaces::default(),
             io_devices: Vec::new(),
             cgroup_name,
@@ -89,7 +89,7 @@ async fn run() {
         };
         config.executor =
             std::sync::Arc::new(jobs::exec::LocalExecutor::contained(contain).expect("contain"));
-        println!("jobs contained (cgroup, account nobody, namespaces, seccomp, Landlock)");
+        println!("jobs contained (cgroup, a uid per identity, namespaces, seccomp, Landlock)");
     } else {
         println!("jobs not contained (not root)");
     }

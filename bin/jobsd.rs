@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use jobs::accounts::UidRange;
 use jobs::audit::AuditLog;
 use jobs::auth::Identity;
 use jobs::client::units;
@@ -78,11 +79,30 @@ struct ContainArgs {
     /// `off`: never contain (jobs run as jobsd's user, without limits).
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     containment: Mode,
-    /// Local account jobs run as.
-    #[arg(long, value_name = "USER", default_value = "nobody")]
-    run_as: String,
-    /// Account for one identity's jobs, as FINGERPRINT=USER (repeatable);
-    /// FINGERPRINT as `jobs-ca fingerprint` prints it.
+    /// Give each identity its own uid and gid (the same number) from
+    /// FIRST-LAST, on its first start, kept in the state directory for good:
+    /// no two identities ever share one. Such an account has no passwd entry
+    /// and a private, empty home. Checked at start-up against every user and
+    /// group the name service lists, /etc/subuid and /etc/subgid (jobsd
+    /// refuses to start on an overlap). The default, 0x78000000-0x7800FFFF,
+    /// stays clear of system and login accounts (below 60001),
+    /// systemd-homed and DynamicUser (60001-65519), nobody (65534),
+    /// useradd's subordinate ids (100000-600165535), systemd's container
+    /// ranges (524288-1879048191), sssd's default id mapping
+    /// (200000-2000200000, not listed by the name service), systemd's
+    /// foreign range (2147352576-) and uids of 2^31 and more, which some
+    /// tools mishandle. [default: 2013265920-2013331455]
+    #[arg(long, value_name = "FIRST-LAST", conflicts_with = "run_as")]
+    uid_range: Option<String>,
+    /// Run the jobs of every identity without --run-as-for as this one local
+    /// account instead of one per identity: they then share what the kernel
+    /// keeps per uid (user keyring, per-user limits such as inotify
+    /// instances, the account's files). jobsd warns at start-up.
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
+    /// Account for one identity's jobs, as FINGERPRINT=USER (repeatable),
+    /// ahead of --uid-range and --run-as; FINGERPRINT as `jobs-ca
+    /// fingerprint` prints it.
     #[arg(long, value_name = "FINGERPRINT=USER")]
     run_as_for: Vec<String>,
     /// Allow jobs to run as root: accounts with uid 0 or gid 0 in --run-as /
@@ -256,7 +276,7 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
     config.jobs.retention = retention;
     config.policy = policy;
     config.audit = audit;
-    if let Some(executor) = contain(&args.contain, cgroup_name, &mut config.jobs)? {
+    if let Some(executor) = contain(&args.contain, cgroup_name, &mut config.jobs).await? {
         config.executor = Arc::new(executor);
     } else if config.policy.current().sets_job_limits() {
         tracing::warn!(
@@ -283,11 +303,19 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
 
 /// The contained executor, or `None` (with a warning) when jobs run
 /// uncontained. Sets the ceilings and per-identity accounts in `jobs`.
-fn contain(
+async fn contain(
     args: &ContainArgs,
     cgroup_name: String,
     jobs: &mut JobsConfig,
 ) -> anyhow::Result<Option<LocalExecutor>> {
+    // Checked in every mode: a bad value is a mistake either way.
+    let uid_range: UidRange = args
+        .uid_range
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .context("--uid-range")?
+        .unwrap_or_default();
     let root = nix::unistd::geteuid().is_root();
     match (args.containment, root) {
         (Mode::Off, true) if !args.allow_root => anyhow::bail!(
@@ -309,9 +337,31 @@ fn contain(
         (Mode::On, false) => anyhow::bail!("--containment on needs jobsd to run as root"),
         (Mode::Auto | Mode::On, true) => {}
     }
-    let account = Account::lookup(&args.run_as, args.allow_root)
-        .with_context(|| format!("--run-as {}", args.run_as))?;
-    warn_if_root(&account, "--run-as");
+    let shared = match &args.run_as {
+        Some(user) => {
+            let account = Account::lookup(user, args.allow_root)
+                .with_context(|| format!("--run-as {user}"))?;
+            warn_if_root(&account, "--run-as");
+            tracing::warn!(
+                account = %account.name,
+                uid = account.uid,
+                "--run-as: every identity without --run-as-for runs its jobs as this one account, so they share what the kernel keeps per uid: the user keyring, per-user limits (inotify instances and watches, processes), the account's files, and without a PID namespace the right to signal and trace each other's processes; without --run-as each identity gets a uid of its own"
+            );
+            jobs.uid_range = None;
+            Some(account)
+        }
+        None => {
+            // getpwent(3) keeps process-wide state and may be slow (a
+            // network name service): on a blocking thread.
+            tokio::task::spawn_blocking(move || jobs::accounts::check_system(uid_range))
+                .await
+                .context("the uid range check did not run")?
+                .context("--uid-range")?;
+            tracing::info!(range = %uid_range, "each identity's jobs run as a uid and gid of its own from this range");
+            jobs.uid_range = Some(uid_range);
+            None
+        }
+    };
     for entry in &args.run_as_for {
         let (fingerprint, user) = entry
             .split_once('=')
@@ -389,7 +439,7 @@ fn contain(
     }
     let config = ContainConfig {
         init,
-        account,
+        account: shared,
         namespaces: Namespaces {
             pid: !args.no_pid_namespace,
             mount: !args.no_mount_namespace,

@@ -20,6 +20,9 @@
 //!   [`job::Jobs::authorize`] (owner, or an admin), the quotas a grant
 //!   carries (running jobs, output bytes), and one supervisor task per job. Where a job
 //!   runs is behind the [`job::Executor`] trait.
+//! - [`accounts`]: the range of uids identities' own accounts come from, its
+//!   start-up check against the machine's accounts, and what such an account
+//!   is.
 //! - [`exec`]: the local executor — as root, a cgroup, an unprivileged account
 //!   and namespaces per job (otherwise a process group), a clean environment,
 //!   pidfd-based waiting, stop that kills the whole cgroup.
@@ -29,9 +32,9 @@
 //!   privilege drop, exec, reaping, signal forwarding, exit report.
 //! - [`output`]: the append-only per-job output log on disk and the cursors
 //!   that let any number of followers read it from byte 0 at their own pace.
-//! - [`store`]: the SQLite database of job records in the state directory
-//!   (schema version, migrations, one transaction per write); the source of
-//!   truth for jobs after a restart.
+//! - [`store`]: the SQLite database of job records and of each identity's
+//!   uid in the state directory (schema version, migrations, one transaction
+//!   per write); the source of truth for jobs after a restart.
 //! - [`server`]: the tonic service (translation only), the single
 //!   error-to-status mapping, the TLS accept loop, the shutdown order.
 //! - [`client`]: connecting with mutual TLS and explaining failures.
@@ -52,23 +55,26 @@
 //! NOT_FOUND answer. Admins named in the policy may reach every job. Jobs get argv verbatim (no
 //! shell), a fixed minimal environment, stdin from /dev/null and no inherited
 //! descriptors. When `jobsd` is root each job is contained: its own cgroup
-//! with limits (entered before exec), an unprivileged account without
-//! capabilities (an empty bounding set) or new privileges, private PID,
-//! mount, IPC and cgroup namespaces, optionally no network, a Landlock
-//! ruleset (the host read-only outside the job's private places, no TCP
-//! listening, abstract sockets and signals scoped to the job) and a seccomp
-//! filter (see [`sandbox::seccomp`]). Peers see short fixed error messages;
-//! details stay in the log.
+//! with limits (entered before exec), an unprivileged account of its
+//! identity's own (a uid no other identity ever gets) without capabilities
+//! (an empty bounding set) or new privileges, private PID, mount, IPC and
+//! cgroup namespaces, optionally no network, a Landlock ruleset (the host
+//! read-only outside the job's private places, no TCP listening, abstract
+//! sockets and signals scoped to the job) and a seccomp filter (see
+//! [`sandbox::seccomp`]). Peers see short fixed error messages; details stay
+//! in the log.
 //!
 //! # Current limitations
 //! - Without root, `jobsd` cannot contain jobs: they run as its own user in a
 //!   process group (a `setsid` child survives a stop) with no limits. It says
 //!   so at start-up.
-//! - Contained jobs of all users run as one account (`nobody`) unless
-//!   identities are mapped to accounts of their own; the namespaces separate
-//!   their processes, scratch directories, terminals and System V IPC, but
-//!   what the kernel keeps per uid and the seccomp filter does not refuse
-//!   (inotify limits, the process count) is shared.
+//! - Contained jobs of different identities run as different uids (see
+//!   [`accounts`]) unless the operator shares one account (`jobsd
+//!   --run-as`). The start-up check of the uid range sees only name services
+//!   that enumerate (not sssd or LDAP by default); those are asked about one
+//!   identity's uid at its first job in each daemon run, so an overlap shows
+//!   there, not at start-up. Every identity ever seen keeps its uid for good,
+//!   so a range is used up by the number of identities, not of jobs.
 //! - Landlock and seccomp need kernel support (Landlock ABI 6 for every
 //!   part); with `--containment auto` a kernel without them runs jobs
 //!   without those parts, and says so at start-up. Jobs may create user
@@ -107,6 +113,7 @@
 //!   so a local user holding 128 idle sockets locks other local clients out
 //!   (promptly, not by hanging) until the sockets close or time out (5 s).
 
+pub mod accounts;
 pub mod audit;
 pub mod auth;
 mod bounded;

@@ -88,7 +88,7 @@ struct Sandbox {
 
 impl Sandbox {
     fn new() -> Self {
-        // Jobs run as `nobody` when the daemon is root: they must be able to
+        // Jobs run as unprivileged uids when the daemon is root: they must be able to
         // read files the tests put here (keys stay 0600).
         let dir = common::scratch();
         let ca = dir.path().join("ca.crt");
@@ -590,7 +590,7 @@ fn binary_output_is_byte_exact() {
     let d = Daemon::start();
     let blob = random_bytes((1 << 20) + 7);
     let path = d.dir.path().join("blob");
-    fs::write(&path, &blob).unwrap(); // world-readable: jobs may run as nobody
+    fs::write(&path, &blob).unwrap(); // world-readable: jobs run unprivileged
     // Jobs run with cwd `/`, so the path must be absolute.
     let id = d.start_job(&d.alice, &["/bin/cat", path.to_str().unwrap()]);
     let streamed = d.jobs(&d.alice, &["stream", &id]);
@@ -1206,6 +1206,42 @@ fn containment_off_is_loud() {
 }
 
 #[test]
+fn jobsd_gives_each_identity_its_own_uid_unless_told_to_share_one() {
+    // Scenario: by default alice's and bob's jobs run as different uids of
+    // the default range; with --run-as the operator shares one account, and
+    // jobsd says at start-up what that shares.
+    if skip_unless_root("jobsd_gives_each_identity_its_own_uid_unless_told_to_share_one") {
+        return;
+    }
+    let d = Daemon::start();
+    for (user, uid) in [(&d.alice, 2013265920), (&d.bob, 2013265921)] {
+        let id = d.start_job(user, &["id", "-u"]);
+        assert_eq!(
+            d.jobs(user, &["stream", &id]).stdout_str(),
+            format!("{uid}\n")
+        );
+    }
+    let log = fs::read_to_string(d.dir.path().join("jobsd.log")).unwrap();
+    assert!(
+        log.contains("each identity's jobs run as a uid and gid of its own from this range range=2013265920-2013331455"),
+        "{log}"
+    );
+    assert!(!log.contains("--run-as:"), "{log}");
+    drop(d);
+
+    let d = Daemon::start_in(Sandbox::new(), &["--run-as", "nobody"]);
+    for user in [&d.alice, &d.bob] {
+        let id = d.start_job(user, &["id", "-u"]);
+        assert_eq!(d.jobs(user, &["stream", &id]).stdout_str(), "65534\n");
+    }
+    let log = fs::read_to_string(d.dir.path().join("jobsd.log")).unwrap();
+    assert!(
+        log.contains("--run-as: every identity without --run-as-for runs its jobs as this one account, so they share what the kernel keeps per uid: the user keyring"),
+        "{log}"
+    );
+}
+
+#[test]
 fn jobsd_refuses_bad_retention_settings_before_anything_else() {
     // Scenario: an operator writes `--retention 0`, a typo, or an unknown
     // size suffix; jobsd names the option and the value, creates no state
@@ -1675,7 +1711,8 @@ fn a_job_over_its_output_quota_is_stopped_and_says_so() {
 /// How the daemon under test runs its jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Containment {
-    /// In a cgroup and namespaces, as `nobody`: jobsd's default as root.
+    /// In a cgroup and namespaces, as a uid of the identity's own: jobsd's
+    /// default as root.
     On,
     /// In a process group of jobsd's own user.
     Off,
@@ -2298,9 +2335,10 @@ fn jobsd_refuses_a_database_of_a_newer_schema_and_leaves_it_alone() {
     let stderr = refused_with_db_unchanged(&sb);
     assert!(
         stderr.ends_with(&format!(
-            "{} was written by a newer jobsd (schema version 99, this one supports up to 1); \
+            "{} was written by a newer jobsd (schema version 99, this one supports up to {}); \
              run that jobsd, or use another state directory\n",
-            db.display()
+            db.display(),
+            jobs::store::SCHEMA_VERSION
         )),
         "{stderr}"
     );

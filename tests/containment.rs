@@ -286,10 +286,11 @@ async fn a_cpu_spinner_gets_its_share_and_no_more() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_run_as_nobody_without_capabilities_or_new_privileges() {
+async fn jobs_run_as_their_own_uid_without_capabilities_or_new_privileges() {
     // Scenario: the daemon is root; its jobs are not, cannot regain it, and
-    // have no supplementary groups.
-    if skip_unless_root("jobs_run_as_nobody_without_capabilities_or_new_privileges") {
+    // have no supplementary groups. The first identity on a new state
+    // directory gets the default range's first uid.
+    if skip_unless_root("jobs_run_as_their_own_uid_without_capabilities_or_new_privileges") {
         return;
     }
     let server = TestServer::start().await;
@@ -306,7 +307,7 @@ async fn jobs_run_as_nobody_without_capabilities_or_new_privileges() {
     let f = follow(&alice, &job.id).await;
     assert_eq!(
         String::from_utf8(f.stdout()).unwrap(),
-        "65534\n65534\n65534\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n"
+        "2013265920\n2013265920\n2013265920\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n"
     );
     assert_eq!(f.status.exit_code, Some(0));
 }

@@ -396,7 +396,7 @@ fn a_jobs_environment_is_exactly_path_home_lang() {
             .collect();
         lines.sort();
         let home = if is_root() {
-            "HOME=/nonexistent" // nobody's home in passwd(5) on Debian
+            "HOME=/home/job" // an identity's own account: a private home
         } else {
             "HOME=/"
         };

@@ -138,8 +138,11 @@ impl IoDevice {
 pub struct ContainConfig {
     /// The `jobs-init` program (installed next to `jobsd`).
     pub init: PathBuf,
-    /// The account jobs run as unless the engine names another one.
-    pub account: Account,
+    /// The account jobs run as unless the engine names another one
+    /// ([`crate::job::Launch::account`]); `None`: the engine names one for every job
+    /// (each identity has its own, see [`crate::accounts`]), and a job it
+    /// names none for is refused.
+    pub account: Option<Account>,
     /// The namespaces every job gets.
     pub namespaces: Namespaces,
     /// Devices that IO limits apply to; none means IO cannot be limited.
@@ -229,8 +232,7 @@ impl Containment {
         tracing::info!(%layout, "cgroup layout");
         let cgroups = Cgroups::open(layout, &config.cgroup_name)?;
         tracing::info!(
-            account = %config.account.name,
-            uid = config.account.uid,
+            shared_account = config.account.as_ref().map_or("none", |a| a.name.as_str()),
             namespaces = ?config.namespaces,
             sandbox = ?config.sandbox,
             io_devices = ?config.io_devices.iter().map(|d| d.path.display().to_string()).collect::<Vec<_>>(),
@@ -311,7 +313,13 @@ impl Containment {
         } else {
             resolve(program)?
         };
-        let account = launch.account.unwrap_or(&self.config.account);
+        let account = launch
+            .account
+            .or(self.config.account.as_ref())
+            .ok_or_else(|| SpawnError::Containment {
+                what: "no account to run the job as".into(),
+                source: io::Error::other("the engine named none and there is no default"),
+            })?;
         let ns = self.config.namespaces;
         let cgroup = self.create_cgroup(launch.name, launch.limits)?;
         // From here on every failure must leave nothing behind.

@@ -28,6 +28,7 @@ mod restore;
 mod retention;
 mod spec;
 mod supervisor;
+mod uids;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -52,6 +53,7 @@ pub use limits::{
 pub use retention::{DEFAULT_MAX_AGE, Retention};
 pub use spec::{JobSpec, MAX_ARGS, MAX_ARGV_BYTES, MAX_PROGRAM_LEN};
 
+use crate::accounts::UidRange;
 use crate::auth::Identity;
 use crate::output::{self, Log, LogReader};
 use crate::policy::Grant;
@@ -276,6 +278,23 @@ pub enum JobError {
     /// IO limits were asked of a daemon with no IO devices configured.
     #[error("this server has no IO devices configured and cannot enforce IO limits")]
     IoLimitsUnavailable,
+    /// The caller has no uid of its own yet and every uid of the daemon's
+    /// range ([`JobsConfig::uid_range`]) is another identity's.
+    #[error(
+        "the server has no uid left for a new identity: its range {range} is used up; ask the server's operator"
+    )]
+    UidRangeExhausted {
+        /// The range.
+        range: UidRange,
+    },
+    /// The caller's uid of the range is also a local user's or group's
+    /// (a name service that does not list its accounts escaped the start-up
+    /// check), or the name service could not say: nothing runs as it. The
+    /// log has the detail.
+    #[error(
+        "the server cannot give your jobs an account of their own now; ask the server's operator"
+    )]
+    AccountUnavailable,
     /// The caller already has as many jobs running as its quota allows.
     #[error("{}", too_many_running(*max))]
     TooManyRunningJobs {
@@ -353,23 +372,32 @@ pub struct JobsConfig {
     /// the caller's [`JobQuota::ceilings`] override it. Ignored when the
     /// executor cannot enforce limits (IO fields: IO limits).
     pub ceiling: ResourceLimits,
-    /// Accounts for the jobs of particular identities; every other
-    /// identity's jobs run as the executor's default account. Ignored when the
-    /// executor does not contain jobs.
+    /// Accounts for the jobs of particular identities (`jobsd
+    /// --run-as-for`), ahead of `uid_range`. Ignored when the executor does
+    /// not contain jobs.
     pub accounts: HashMap<Identity, Account>,
+    /// Where every other identity's contained jobs get an account of their
+    /// own: a uid (and the gid of the same number) of this range, assigned
+    /// on the identity's first start and kept in the store for good (see
+    /// [`crate::accounts`]). `None`: they run as the executor's default
+    /// account, all sharing it (`jobsd --run-as`). Ignored when the
+    /// executor does not contain jobs.
+    pub uid_range: Option<UidRange>,
     /// When finished jobs are removed.
     pub retention: Retention,
 }
 
 impl JobsConfig {
-    /// Output logs in `output_dir`, [`DEFAULT_GRACE`], no ceilings, every
-    /// job as the executor's default account, [`Retention::default`].
+    /// Output logs in `output_dir`, [`DEFAULT_GRACE`], no ceilings, an
+    /// account of its own for every identity from
+    /// [`crate::accounts::DEFAULT_UID_RANGE`], [`Retention::default`].
     pub fn new(output_dir: PathBuf) -> Self {
         Self {
             output_dir,
             grace: DEFAULT_GRACE,
             ceiling: ResourceLimits::default(),
             accounts: HashMap::new(),
+            uid_range: Some(crate::accounts::DEFAULT_UID_RANGE),
             retention: Retention::default(),
         }
     }
@@ -443,6 +471,8 @@ pub struct Jobs {
     registry: Arc<Registry>,
     store: Store,
     slots: Arc<RunningSlots>,
+    /// `None` without [`JobsConfig::uid_range`].
+    uids: Option<uids::IdentityUids>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -563,6 +593,9 @@ impl Jobs {
             records,
         );
         let jobs = Self {
+            uids: config
+                .uid_range
+                .map(|range| uids::IdentityUids::new(range, store.clone())),
             executor,
             config,
             registry,
@@ -636,8 +669,20 @@ impl Jobs {
     /// [`JobError::LimitTooSmall`], [`JobError::LimitAboveCeiling`] for limits
     /// the daemon cannot or will not grant; [`JobError::TooManyRunningJobs`]
     /// when the caller has [`JobQuota::max_running_jobs`] jobs not yet final
-    /// (reserved tickets count, so parallel starts cannot overshoot).
-    pub fn reserve(&self, grant: &Grant, limits: ResourceLimits) -> Result<StartTicket, JobError> {
+    /// (reserved tickets count, so parallel starts cannot overshoot);
+    /// [`JobError::UidRangeExhausted`] when the caller needs a uid of its
+    /// own and none is left, [`JobError::AccountUnavailable`] when its uid
+    /// turns out to be a local account's, or [`JobError::Store`] when it
+    /// cannot be recorded (nothing is reserved then).
+    ///
+    /// # Cancel safety
+    /// Dropping the future reserves nothing; a uid assigned to the caller
+    /// meanwhile stays its own.
+    pub async fn reserve(
+        &self,
+        grant: &Grant,
+        limits: ResourceLimits,
+    ) -> Result<StartTicket, JobError> {
         if self.shutdown.is_cancelled() {
             return Err(JobError::ShuttingDown);
         }
@@ -662,6 +707,12 @@ impl Jobs {
             return Err(JobError::LimitsUnavailable);
         };
         let slot = self.slots.acquire(owner, quota.max_running_jobs)?;
+        // After the quota check, so that an identity that may not start
+        // anything is never given a uid.
+        let account = match (account, &self.uids) {
+            (None, Some(uids)) if caps.limits => Some(uids.account(owner).await?),
+            (account, _) => account,
+        };
         Ok(StartTicket {
             id: JobId::new_random(),
             owner,
@@ -763,6 +814,7 @@ impl Jobs {
                 grace: self.config.grace.min(MAX_GRACE),
                 max_output_bytes,
                 slot,
+                uid: account.as_ref().map(|a| a.uid),
             }));
         match started_rx.await {
             Ok(started) => started.map(OwnedJob),

@@ -58,6 +58,9 @@ pub(super) struct Supervisor {
     pub max_output_bytes: Option<u64>,
     /// Counts the job against its owner's running-jobs quota until dropped.
     pub slot: RunningSlot,
+    /// The uid it runs as, for the log; `None` when the executor's default
+    /// or uncontained.
+    pub uid: Option<u32>,
 }
 
 /// Where output goes: the log, up to the quota, until a write fails.
@@ -159,6 +162,7 @@ pub(super) async fn supervise(s: Supervisor) {
         grace,
         max_output_bytes,
         slot,
+        uid,
     } = s;
     let id = job.id;
     let Spawned {
@@ -189,7 +193,7 @@ pub(super) async fn supervise(s: Supervisor) {
         return;
     }
     registry.lock().insert(id, job.clone());
-    tracing::info!(job = %id, owner = %job.owner, command = ?job.command, "job started");
+    tracing::info!(job = %id, owner = %job.owner, uid, command = ?job.command, "job started");
     // The caller may have gone away; the job runs on, recorded and listed.
     let _ = started.send(Ok(job));
 

@@ -326,11 +326,15 @@ impl JobService for Service {
         };
         // The decision, with the new job's id, is recorded before anything
         // runs: if the line cannot be written, nothing starts.
-        let ticket = match JobSpec::new(program, args).and_then(|spec| {
-            self.jobs
+        let reserved = match JobSpec::new(program, args) {
+            Ok(spec) => self
+                .jobs
                 .reserve(&grant, limits)
-                .map(|ticket| (ticket, spec))
-        }) {
+                .await
+                .map(|ticket| (ticket, spec)),
+            Err(e) => Err(e),
+        };
+        let ticket = match reserved {
             Ok(ticket) => ticket,
             Err(e @ JobError::TooManyRunningJobs { .. }) => {
                 self.record(decision(None, Outcome::Denied, Some("running_jobs_quota")))?;

@@ -27,15 +27,17 @@ pub(crate) fn to_status(e: JobError) -> Status {
         | JobError::ArgvTooLarge { .. }
         | JobError::LimitTooSmall { .. }
         | JobError::LimitAboveCeiling { .. } => Status::invalid_argument(e.to_string()),
-        JobError::LimitsUnavailable | JobError::IoLimitsUnavailable => {
-            Status::failed_precondition(e.to_string())
-        }
+        JobError::LimitsUnavailable
+        | JobError::IoLimitsUnavailable
+        | JobError::AccountUnavailable => Status::failed_precondition(e.to_string()),
         // Same code and text for "no such job" and "not yours".
         JobError::NotFound => Status::not_found("no such job"),
         JobError::Spawn(spawn) => spawn_status(spawn),
         JobError::Output(e) => output_status(e),
         JobError::ShuttingDown => Status::unavailable("the server is shutting down"),
-        JobError::TooManyRunningJobs { .. } => Status::resource_exhausted(e.to_string()),
+        JobError::TooManyRunningJobs { .. } | JobError::UidRangeExhausted { .. } => {
+            Status::resource_exhausted(e.to_string())
+        }
         JobError::AdminOnly => Status::permission_denied(e.to_string()),
         JobError::StillRunning => Status::failed_precondition(e.to_string()),
         JobError::Store(e) => store_status(e),

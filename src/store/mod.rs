@@ -2,11 +2,11 @@
 //!
 //! This module owns the on-disk schema of `jobs.db` (an SQLite file), its
 //! version and migrations (`schema.rs`), the mapping between a
-//! [`JobRecord`] and a table row (`row.rs`), and the transactions that write
-//! records. After a restart the database is the source of truth for job
-//! records: what [`Store::load`] returns is what the daemon knew, and every
-//! write here is one transaction that either happened completely or not at
-//! all.
+//! [`JobRecord`] and a table row (`row.rs`), the uid each identity's jobs
+//! run as (`uids.rs`), and the transactions that write records. After a
+//! restart the database is the source of truth for job records: what
+//! [`Store::load`] returns is what the daemon knew, and every write here is
+//! one transaction that either happened completely or not at all.
 //!
 //! It must not know about processes, gRPC or the contents of output files: it
 //! stores the numbers and names it is given (an executor's opaque recovery
@@ -21,11 +21,14 @@
 mod reserve;
 mod row;
 mod schema;
+mod uids;
 
 pub use reserve::{RESERVE_BYTES, RESERVE_FILE};
+pub use uids::UidAssignment;
 
 use std::fs::OpenOptions;
 use std::io;
+use std::ops::RangeInclusive;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -42,7 +45,7 @@ use crate::job::{ExitInfo, JobId, ResourceLimits, ResourceUsage, State};
 /// `PRAGMA user_version` (0 = an empty, new database). Changing the schema
 /// means bumping this and appending one migration to the list in `schema.rs`
 /// (a compile-time assertion keeps the two in step).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The database's file name inside the state directory. SQLite keeps its
 /// write-ahead log next to it as `jobs.db-wal` and `jobs.db-shm`.
@@ -471,6 +474,54 @@ impl Store {
                     .map_err(StoreError::write)?;
             }
             Ok(removed)
+        })
+        .await
+    }
+
+    /// The uid `owner`'s jobs run as, of the uids in `range`: the one it
+    /// was given before if it has one there, else the lowest uid of `range`
+    /// that was never anyone's, recorded as `owner`'s for good (see
+    /// `uids.rs`). One transaction: parallel calls for one identity get one
+    /// uid, and no two identities ever get the same one.
+    ///
+    /// # Errors
+    /// [`StoreError::Full`] if a new uid would have to be recorded and the
+    /// disk is full (or cannot hold the store's reserve, as for
+    /// [`Store::insert`]); [`StoreError::Read`] / [`StoreError::Write`] if
+    /// SQLite fails; [`StoreError::NotRun`] if the runtime shuts down first.
+    /// On any error nothing was written. A full range is not an error:
+    /// [`UidAssignment::RangeFull`].
+    ///
+    /// # Cancel safety
+    /// The transaction runs on tokio's blocking pool and completes even if
+    /// this future is dropped; a later call returns what it recorded.
+    pub async fn assign_uid(
+        &self,
+        owner: Identity,
+        range: RangeInclusive<u32>,
+    ) -> Result<UidAssignment, StoreError> {
+        let reserve = self.reserve.clone();
+        self.blocking(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::write)?;
+            if let Some(uid) = uids::current(&tx, owner, &range)? {
+                return Ok(UidAssignment::Existing(uid));
+            }
+            let Some(uid) = uids::first_free(&tx, &range)? else {
+                return Ok(UidAssignment::RangeFull);
+            };
+            // As for a new job: only while the space to remove jobs is held
+            // back.
+            if let Err(e) = reserve.ensure() {
+                if reserve::is_full(&e) {
+                    return Err(StoreError::Full);
+                }
+                tracing::warn!(error = %e, "cannot reserve space for the job store");
+            }
+            uids::insert(&tx, owner, uid)?;
+            tx.commit().map_err(StoreError::write)?;
+            Ok(UidAssignment::New(uid))
         })
         .await
     }

@@ -18,7 +18,7 @@ type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 
 /// Entry `i` takes a database from schema version `i` to `i + 1`. Append
 /// only: a released entry never changes, since databases out there ran it.
-const MIGRATIONS: &[Migration] = &[to_v1];
+const MIGRATIONS: &[Migration] = &[to_v1, to_v2];
 
 // A new migration without a new SCHEMA_VERSION (or the reverse) does not build.
 const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
@@ -50,6 +50,37 @@ fn to_v1(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         -- Retention: an owner's ended jobs, oldest first.
         CREATE INDEX jobs_owner_ended ON jobs (owner, ended_at_ns);",
     )
+}
+
+/// Version 2: the uid each identity's jobs run as (`uids.rs`). A row is
+/// never deleted or changed, so a uid, once given to an identity, is never
+/// given to another: `uid` is the primary key. An identity has one row per
+/// uid range it ran in (usually one).
+fn to_v2(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE uids (
+            uid            INTEGER NOT NULL PRIMARY KEY   -- uid and gid, unique
+                           CHECK (uid BETWEEN 1 AND 4294967294),
+            owner          TEXT    NOT NULL,              -- sha256:<64 hex>
+            assigned_at_ns INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX uids_owner ON uids (owner);",
+    )
+}
+
+/// Applies the first `version` migrations to an empty database, as a
+/// daemon of that schema version would have left it.
+#[cfg(test)]
+pub(super) fn create_at_version(conn: &mut Connection, version: u32) {
+    for (from, migration) in MIGRATIONS[..version as usize].iter().enumerate() {
+        let tx = conn.transaction().unwrap();
+        migration(&tx).unwrap();
+        tx.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        tx.pragma_update(None, "user_version", from as u32 + 1)
+            .unwrap();
+        tx.commit().unwrap();
+    }
 }
 
 /// Checks that the freshly opened `conn` is an empty database or ours and

@@ -328,8 +328,8 @@ fn newer_schema_is_refused_untouched() {
     assert_eq!(
         err.to_string(),
         format!(
-            "{} was written by a newer jobsd (schema version 2, this one supports up to 1); \
-             run that jobsd, or use another state directory",
+            "{} was written by a newer jobsd (schema version {newer}, this one supports up to \
+             {SCHEMA_VERSION}); run that jobsd, or use another state directory",
             path.display()
         )
     );
@@ -429,7 +429,12 @@ async fn empty_version_0_database_is_migrated() {
     names.retain(|n| !n.starts_with("sqlite_autoindex"));
     assert_eq!(
         names,
-        vec!["jobs".to_owned(), "jobs_owner_ended".to_owned()]
+        vec![
+            "jobs".to_owned(),
+            "jobs_owner_ended".to_owned(),
+            "uids".to_owned(),
+            "uids_owner".to_owned()
+        ]
     );
     store.insert(bare(1, 1)).await.unwrap();
     assert_eq!(store.load().unwrap(), vec![bare(1, 1)]);

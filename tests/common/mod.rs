@@ -11,7 +11,7 @@
 //! - [`TestServer`]: the real server, in-process, on `127.0.0.1:0` (bound
 //!   before `serve` is spawned), with its own state directory and a oneshot
 //!   for shutdown. As root it contains jobs exactly as `jobsd` does (cgroup,
-//!   namespaces, account `nobody`), so every test exercises containment in
+//!   namespaces, a uid of its own per identity), so every test exercises containment in
 //!   CI; otherwise jobs run uncontained.
 //! - Helpers that read output streams to the end and check every chunk's shape.
 //!
@@ -621,7 +621,9 @@ pub fn contain_config(state_dir: &Path) -> Option<jobs::exec::ContainConfig> {
     }
     Some(jobs::exec::ContainConfig {
         init: PathBuf::from(env!("CARGO_BIN_EXE_jobs-init")),
-        account: jobs::job::Account::lookup("nobody", false).expect("account nobody"),
+        // jobsd's default: no shared account, each identity a uid of its
+        // own from the default range (`JobsConfig::uid_range`).
+        account: None,
         namespaces: jobs::exec::Namespaces::default(),
         io_devices: Vec::new(),
         cgroup_name: jobs::exec::cgroup_name_for(state_dir),
@@ -1173,7 +1175,7 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
 }
 
 /// A scratch directory for one test whose files jobs can read: as root (jobs
-/// run as `nobody` with private `/tmp`, `/var/tmp` and `/dev/shm`) a
+/// run as uids of their own with private `/tmp`, `/var/tmp` and `/dev/shm`) a
 /// world-readable directory under `/var/lib/jobs-test-scratch`; otherwise
 /// under Cargo's target tmp dir. Files written into it with `std::fs::write`
 /// are world-readable (umask 022).
