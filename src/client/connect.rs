@@ -31,6 +31,12 @@ pub enum ConnectError {
         /// The alert, as rustls names it.
         alert: String,
     },
+    /// The server refused our certificate because its CA revoked it (TLS
+    /// alert `certificate_revoked`).
+    #[error(
+        "the server refused this certificate: it was revoked (ask your CA admin for a new one)"
+    )]
+    ClientCertificateRevoked,
     /// Any other TLS failure.
     #[error("TLS handshake failed: {0}")]
     Tls(rustls::Error),
@@ -87,6 +93,9 @@ impl ConnectError {
     fn from_rustls(e: rustls::Error) -> Self {
         match e {
             rustls::Error::InvalidCertificate(_) => Self::ServerCertificate(e),
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked) => {
+                Self::ClientCertificateRevoked
+            }
             rustls::Error::AlertReceived(alert) => Self::ClientCertificateRefused {
                 alert: format!("{alert:?}"),
             },
@@ -113,6 +122,7 @@ impl ConnectError {
             Self::ClientCertificateRefused { alert } => Self::ClientCertificateRefused {
                 alert: alert.clone(),
             },
+            Self::ClientCertificateRevoked => Self::ClientCertificateRevoked,
             Self::Tls(e) => Self::Tls(e.clone()),
             Self::ClosedBeforeHandshake => Self::ClosedBeforeHandshake,
             Self::ClosedDuringHandshake => Self::ClosedDuringHandshake,
