@@ -456,15 +456,17 @@ async fn stop_owner_is_for_admins_and_stops_exactly_that_identitys_jobs() {
         .stop_owner(&identity("carol").to_string())
         .await
         .unwrap_err();
-    match &err {
-        ClientError::Rpc(s) => assert_eq!(s.code(), Code::PermissionDenied),
+    let denied = |e: &ClientError| match e {
+        ClientError::Rpc(s) => (s.code(), s.message().to_owned()),
         other => panic!("{other:?}"),
-    }
-    // Malformed or not, a non-admin hears the same.
-    match bob.stop_owner("nonsense").await.unwrap_err() {
-        ClientError::Rpc(s) => assert_eq!(s.code(), Code::PermissionDenied),
-        other => panic!("{other:?}"),
-    }
+    };
+    let said = (
+        Code::PermissionDenied,
+        "only admins may stop every job of an identity".to_owned(),
+    );
+    assert_eq!(denied(&err), said);
+    // Malformed, unknown or real, a non-admin hears the same.
+    assert_eq!(denied(&bob.stop_owner("nonsense").await.unwrap_err()), said);
     for job in &hers {
         assert_eq!(carol.status(&job.id).await.unwrap().state(), State::Running);
     }

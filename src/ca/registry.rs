@@ -1,7 +1,9 @@
 //! The record of what a CA issued: `issued.json` in the CA directory.
 //!
 //! One entry per certificate (serial, name, kind, fingerprint, validity, when
-//! issued), appended in issue order and never rewritten. It enforces "one key,
+//! issued, and when and why it was revoked), appended in issue order; only
+//! revocation changes an entry, and nothing removes one. It also keeps the
+//! number of the last CRL signed, so that every CRL gets a larger one. It enforces "one key,
 //! one identity": a key is issued under one name only, and a client name
 //! belongs to one key; signing the same key for the same name again is a
 //! renewal (new serial and validity, same fingerprint).
@@ -909,6 +911,51 @@ mod tests {
                 (30, CertStatus::Valid),
             ]
         );
+    }
+
+    #[test]
+    fn revoked_outranks_every_other_status_and_a_revoked_key_gets_nothing() {
+        // Scenario: a revoked certificate lists as revoked whether it is
+        // current, expired or renewed, and its key cannot be issued again.
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let day = Duration::days(1);
+        let revocation = Revocation {
+            at: now,
+            reason: RevocationReason::KeyCompromise,
+        };
+        let mut records = [
+            entry("a", CertKind::Client, 1, now - day, now + day),
+            entry("a", CertKind::Client, 1, now - day, now + day * 2),
+            entry("b", CertKind::Client, 2, now - day * 3, now - day),
+        ];
+        for r in &mut records {
+            r.revoked = Some(revocation);
+        }
+        let got: Vec<CertStatus> = listing(&records, now).iter().map(|l| l.status).collect();
+        assert_eq!(got, [CertStatus::Revoked; 3]);
+
+        let mut registry = LockedRegistry::open(dir.path()).unwrap();
+        registry
+            .begin(vec![PendingIssue {
+                record: entry("a", CertKind::Client, 1, now, now + day),
+                cert_path: dir.path().join("a.crt"),
+                key_path: None,
+            }])
+            .unwrap();
+        registry.finish().unwrap();
+        let (serials, number) = registry.revoke(id(1), revocation).unwrap();
+        assert_eq!((serials.len(), number), (1, 1));
+        assert_eq!(registry.next_crl_number().unwrap(), 2);
+        assert!(matches!(
+            registry.check_client("a", id(1)),
+            Err(CaError::KeyRevoked { identity }) if identity == id(1)
+        ));
+        drop(registry);
+        let text = std::fs::read_to_string(dir.path().join(REGISTRY_FILE)).unwrap();
+        assert!(text.contains("\"reason\": \"keyCompromise\""), "{text}");
+        assert!(text.contains("\"crl_number\": 2"), "{text}");
+        assert!(text.contains("\"version\": 2"), "{text}");
     }
 
     #[test]

@@ -31,7 +31,8 @@ use super::convert::{chunk_message, limits_from_message, status_message};
 use super::limits::{StreamLimits, StreamPermit};
 use super::revocation::TlsHandle;
 use super::status::{
-    REVOKED, code_name, denial_status, error_chain, internal, output_status, page_status, to_status,
+    REVOKED, STOP_OWNER_ADMIN_ONLY, code_name, denial_status, error_chain, internal, output_status,
+    page_status, to_status,
 };
 use crate::audit::{AuditLog, Entry, Outcome};
 use crate::auth::Identity;
@@ -455,7 +456,7 @@ impl JobService for Service {
         // even whether the fingerprint is well formed.
         if !grant.is_admin() {
             self.record(decision(None, None, Outcome::Denied, Some("admin_only")))?;
-            return Err(to_status(JobError::AdminOnly));
+            return Err(Status::permission_denied(STOP_OWNER_ADMIN_ONLY));
         }
         let Ok(owner) = request.get_ref().owner.parse::<Identity>() else {
             self.record(decision(

@@ -20,6 +20,9 @@ use crate::store::StoreError;
 pub(crate) const REVOKED: &str =
     "this client certificate was revoked (ask your CA admin for a new one)";
 
+/// What a non-admin is told for StopOwner, whatever owner it named.
+pub(crate) const STOP_OWNER_ADMIN_ONLY: &str = "only admins may stop every job of an identity";
+
 /// Maps a job error to the gRPC status the peer sees.
 pub(crate) fn to_status(e: JobError) -> Status {
     match e {
