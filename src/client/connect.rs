@@ -278,4 +278,28 @@ mod tests {
             assert!(Target::parse(bad).is_none(), "{bad} parsed");
         }
     }
+
+    #[test]
+    fn only_the_certificate_revoked_alert_says_revoked() {
+        // Scenario: a revoked client gets one clear line; an expired one
+        // still gets the general explanation.
+        let revoked = ConnectError::from_rustls(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRevoked,
+        ));
+        assert_eq!(
+            revoked.to_string(),
+            "the server refused this certificate: it was revoked (ask your CA admin for a new one)"
+        );
+        assert!(matches!(
+            revoked.clone_shallow(),
+            ConnectError::ClientCertificateRevoked
+        ));
+        let expired = ConnectError::from_rustls(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateExpired,
+        ));
+        assert!(
+            matches!(&expired, ConnectError::ClientCertificateRefused { alert } if alert == "CertificateExpired"),
+            "{expired:?}"
+        );
+    }
 }
