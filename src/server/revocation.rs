@@ -245,6 +245,7 @@ pub(crate) async fn watch_crl_file(tls: TlsHandle, cancel: CancellationToken) {
             return;
         }
     };
+    let mut last = None;
     loop {
         let mut ready = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -274,12 +275,34 @@ pub(crate) async fn watch_crl_file(tls: TlsHandle, cancel: CancellationToken) {
         if !changed {
             continue;
         }
-        let tls = tls.clone();
-        match tokio::task::spawn_blocking(move || tls.reload_crl()).await {
-            Ok(result) => log_reload("the CRL file changed", &path, result),
+        // An atomic write shows up twice (the rename, then the close of the
+        // renamed file): the second finds the same file and is skipped.
+        let (tls, file, seen) = (tls.clone(), path.clone(), last);
+        let reloaded = tokio::task::spawn_blocking(move || {
+            let now = file_key(&file);
+            if now.is_some() && now == seen {
+                return (now, None);
+            }
+            (now, Some(tls.reload_crl()))
+        })
+        .await;
+        match reloaded {
+            Ok((key, Some(result))) => {
+                last = key;
+                log_reload("the CRL file changed", &path, result);
+            }
+            Ok((_, None)) => {}
             Err(e) => tracing::error!(error = %e, "CRL reload failed"),
         }
     }
+}
+
+/// What tells one version of a file from another here: its inode, size and
+/// modification time (every `jobs-ca` write is a new inode).
+fn file_key(path: &Path) -> Option<(u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 /// An inotify instance as tokio's `AsyncFd` wants it.
