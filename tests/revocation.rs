@@ -134,21 +134,52 @@ async fn read_until_error(stream: &mut Streaming<proto::StreamEvent>) -> tonic::
     .expect("the stream did not end within the deadline")
 }
 
-/// Waits until `client`'s calls fail (its connection was closed); the error.
-async fn until_disconnected(client: &Client) -> ClientError {
+/// A verified TLS connection of `name` that sends nothing after the
+/// handshake (its first bytes from the server already read), to watch the
+/// server close it.
+async fn raw_connection(
+    server: &TestServer,
+    name: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncReadExt;
+    let tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let dial = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut tls = tokio_rustls::TlsConnector::from(raw_client_config(Some(&pem(name))))
+        .connect(dial, tcp)
+        .await
+        .expect("handshake");
+    // The server's SETTINGS: the server verified the certificate.
+    let mut first = [0u8; 256];
+    assert!(tls.read(&mut first).await.unwrap() > 0);
+    tls
+}
+
+/// Waits until the server closes `conn` (EOF or a reset), with a deadline.
+async fn closed_by_server(conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) {
+    use tokio::io::AsyncReadExt;
     tokio::time::timeout(STREAM_DEADLINE, async {
+        let mut buf = [0u8; 4096];
         loop {
-            match client.list(false).await {
-                Err(ClientError::Rpc(s)) if s.code() == Code::PermissionDenied => {
-                    tokio::task::yield_now().await
-                }
-                Err(e) => return e,
-                Ok(_) => panic!("a banned client's call succeeded"),
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                // Whatever the server still sends (a GOAWAY) before closing.
+                Ok(_) => {}
             }
         }
     })
     .await
     .expect("the connection was not closed within the deadline")
+}
+
+/// True while `conn` stays open: nothing to read and no close after the
+/// banned identity's connections were closed.
+async fn still_open(conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    // Long past CLOSE_DELAY: a close would have come by then.
+    tokio::time::timeout(jobs::server::CLOSE_DELAY * 4, conn.read(&mut buf))
+        .await
+        .is_err()
 }
 
 /// Waits until the job is final, as the admin `alice` sees it.
@@ -214,6 +245,8 @@ async fn revoke_while_running(on_revoke: OnRevoke, reload: impl AsyncFnOnce(&Tls
     let mut her_stream = carol.stream(&theirs.id).await.unwrap();
     read_lines(&mut my_stream, 1).await;
     read_lines(&mut her_stream, 1).await;
+    let mut her_conn = raw_connection(&server, "carol").await;
+    let mut my_conn = raw_connection(&server, "alice").await;
 
     reload(&tls, dir.path()).await;
 
@@ -222,8 +255,15 @@ async fn revoke_while_running(on_revoke: OnRevoke, reload: impl AsyncFnOnce(&Tls
         (status.code(), status.message()),
         (Code::PermissionDenied, REVOKED)
     );
-    let closed = until_disconnected(&carol).await;
-    assert!(!matches!(closed, ClientError::Rpc(ref s) if s.code() == Code::PermissionDenied));
+    closed_by_server(&mut her_conn).await;
+    assert!(
+        still_open(&mut my_conn).await,
+        "alice's connection was closed"
+    );
+    assert!(
+        carol.list(false).await.is_err(),
+        "carol's client still works"
+    );
     let err = connect(&server, pem("carol")).await.unwrap_err();
     assert!(is_revoked(&err), "{err:?}");
     // Alice's stream still flows and her job runs.
@@ -308,6 +348,8 @@ async fn a_denylist_reload_ends_streams_closes_connections_and_stops_jobs() {
     let mut my_stream = alice.stream(&mine.id).await.unwrap();
     let mut her_stream = carol.stream(&theirs.id).await.unwrap();
     read_lines(&mut her_stream, 1).await;
+    let mut her_conn = raw_connection(&server, "carol").await;
+    let mut my_conn = raw_connection(&server, "alice").await;
 
     handle.replace(policy(&format!("denylist = [\"{}\"]\n", identity("carol"))));
 
@@ -316,7 +358,11 @@ async fn a_denylist_reload_ends_streams_closes_connections_and_stops_jobs() {
         (status.code(), status.message()),
         (Code::PermissionDenied, DENIED)
     );
-    until_disconnected(&carol).await;
+    closed_by_server(&mut her_conn).await;
+    assert!(
+        still_open(&mut my_conn).await,
+        "alice's connection was closed"
+    );
     assert_eq!(final_state(&alice, &theirs.id).await, State::Stopped);
     let reasons: Vec<_> = audit
         .about(&theirs.id)

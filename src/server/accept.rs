@@ -137,21 +137,35 @@ pub(crate) struct VerifiedConn {
     stream: TlsStream<TcpStream>,
     info: ConnInfo,
     closed: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
-    _registration: Registration,
+    registration: Registration,
 }
 
 impl VerifiedConn {
     /// An error once the connection was told to close; registers the waker
-    /// otherwise, so that a cancel wakes the connection's task.
+    /// otherwise, so that a cancel wakes the connection's task. The HTTP/2
+    /// server always has a read pending on a live connection, so reads
+    /// register it and writes only check the flag (an atomic load).
     fn check_open(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         match self.closed.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection closed: its identity was revoked or denylisted",
-            )),
+            Poll::Ready(()) => Err(closed_error()),
             Poll::Pending => Ok(()),
         }
     }
+
+    /// As [`VerifiedConn::check_open`], without registering a waker.
+    fn check_open_now(&self) -> io::Result<()> {
+        if self.registration.token().is_cancelled() {
+            return Err(closed_error());
+        }
+        Ok(())
+    }
+}
+
+fn closed_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection closed: its identity was revoked or denylisted",
+    )
 }
 
 impl Connected for VerifiedConn {
@@ -181,7 +195,7 @@ impl AsyncWrite for VerifiedConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if let Err(e) = self.check_open(cx) {
+        if let Err(e) = self.check_open_now() {
             return Poll::Ready(Err(e));
         }
         Pin::new(&mut self.stream).poll_write(cx, buf)
@@ -192,7 +206,7 @@ impl AsyncWrite for VerifiedConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if let Err(e) = self.check_open(cx) {
+        if let Err(e) = self.check_open_now() {
             return Poll::Ready(Err(e));
         }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
@@ -503,7 +517,7 @@ impl Handshake {
         Ok(VerifiedConn {
             stream,
             closed: Box::pin(registration.token().clone().cancelled_owned()),
-            _registration: registration,
+            registration,
             info: ConnInfo {
                 remote,
                 caller: Caller::from_verified(identity),
