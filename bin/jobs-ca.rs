@@ -117,6 +117,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke every certificate of one identity and write DIR/crl.pem, the CA's
+    /// signed certificate revocation list for `jobsd --crl`.
+    ///
+    /// TARGET is a client name, a fingerprint (sha256:<64 hex>) or a serial as
+    /// `jobs-ca list` shows it; every certificate with that key is revoked, and
+    /// the key never gets a certificate again. The CA's own and the server's
+    /// certificate cannot be revoked this way.
+    Revoke {
+        /// NAME, sha256:FINGERPRINT or SERIAL.
+        #[arg(value_name = "TARGET")]
+        target: String,
+        /// CA directory.
+        #[arg(long, value_name = "DIR", default_value = "certs")]
+        dir: PathBuf,
+        /// Why (an RFC 5280 reason code), recorded in the record and the CRL.
+        #[arg(long, value_name = "R", value_enum, default_value_t = Reason::Unspecified)]
+        reason: Reason,
+        /// How long the CRL is valid, in days (1..=366); re-sign it with
+        /// `jobs-ca crl` before then, or jobsd refuses it at its next reload.
+        #[arg(long, value_name = "N", default_value_t = ca::DEFAULT_CRL_DAYS)]
+        crl_days: u32,
+    },
+    /// Re-sign DIR/crl.pem from the record: a new CRL number and new dates. Run
+    /// it before the current CRL's next update (e.g. from cron), then let jobsd
+    /// reload it (it watches the file).
+    Crl {
+        /// CA directory.
+        #[arg(long, value_name = "DIR", default_value = "certs")]
+        dir: PathBuf,
+        /// How long the CRL is valid, in days (1..=366).
+        #[arg(long, value_name = "N", default_value_t = ca::DEFAULT_CRL_DAYS)]
+        crl_days: u32,
+    },
     /// Print the fingerprint (sha256:<64 hex>) of a PEM certificate: the SHA-256
     /// of its DER SubjectPublicKeyInfo.
     Fingerprint {
@@ -124,6 +157,42 @@ enum Command {
         #[arg(value_name = "CERT")]
         cert: PathBuf,
     },
+}
+
+/// RFC 5280 §5.3.1 reason codes, under their RFC names.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Reason {
+    #[value(name = "unspecified")]
+    Unspecified,
+    #[value(name = "keyCompromise")]
+    KeyCompromise,
+    #[value(name = "cACompromise")]
+    CaCompromise,
+    #[value(name = "affiliationChanged")]
+    AffiliationChanged,
+    #[value(name = "superseded")]
+    Superseded,
+    #[value(name = "cessationOfOperation")]
+    CessationOfOperation,
+    #[value(name = "privilegeWithdrawn")]
+    PrivilegeWithdrawn,
+    #[value(name = "aACompromise")]
+    AaCompromise,
+}
+
+impl From<Reason> for ca::registry::RevocationReason {
+    fn from(r: Reason) -> Self {
+        match r {
+            Reason::Unspecified => Self::Unspecified,
+            Reason::KeyCompromise => Self::KeyCompromise,
+            Reason::CaCompromise => Self::CaCompromise,
+            Reason::AffiliationChanged => Self::AffiliationChanged,
+            Reason::Superseded => Self::Superseded,
+            Reason::CessationOfOperation => Self::CessationOfOperation,
+            Reason::PrivilegeWithdrawn => Self::PrivilegeWithdrawn,
+            Reason::AaCompromise => Self::AaCompromise,
+        }
+    }
 }
 
 /// `eprintln!` with control characters escaped: file names and request
@@ -170,6 +239,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Server { dir, .. }
         | Command::Client { dir, .. }
         | Command::Sign { dir, .. }
+        | Command::Revoke { dir, .. }
+        | Command::Crl { dir, .. }
         | Command::List { dir, .. } => {
             if dir.join(ca::CA_CERT_FILE).exists() {
                 let repairs = ca::recover(dir)
@@ -348,6 +419,49 @@ fn run(command: Command) -> anyhow::Result<()> {
                 write_table(&mut out, &listed)?;
             }
         }
+        Command::Revoke {
+            target,
+            dir,
+            reason,
+            crl_days,
+        } => {
+            let revoked = ca::revoke(&dir, &target, reason.into(), crl_days).map_err(|e| {
+                match e {
+                    // Already one clear line: no context on top.
+                    CaError::UnknownCertificate { .. }
+                    | CaError::RevokeRefused { .. }
+                    | CaError::InvalidCrlDays { .. } => anyhow::Error::new(e),
+                    e => with_init_hint(e, &dir).context(format!(
+                        "revoking {target:?} in the CA in {}",
+                        dir.display()
+                    )),
+                }
+            })?;
+            if revoked.serials.is_empty() {
+                note!(
+                    "{:?} ({}) was already revoked; nothing new revoked",
+                    revoked.name,
+                    revoked.identity
+                );
+            } else {
+                note!(
+                    "revoked {:?} ({}): serial(s) {}",
+                    revoked.name,
+                    revoked.identity,
+                    revoked.serials.join(", ")
+                );
+            }
+            report_crl(&revoked.crl);
+            writeln!(io::stdout(), "{}", revoked.identity)?;
+        }
+        Command::Crl { dir, crl_days } => {
+            let crl = ca::write_crl(&dir, crl_days).map_err(|e| match e {
+                CaError::InvalidCrlDays { .. } => anyhow::Error::new(e),
+                e => with_init_hint(e, &dir)
+                    .context(format!("signing the CRL of the CA in {}", dir.display())),
+            })?;
+            report_crl(&crl);
+        }
         Command::Fingerprint { cert } => {
             let identity = ca::fingerprint_file(&cert)?;
             writeln!(io::stdout(), "{identity}")?;
@@ -362,6 +476,16 @@ fn report(files: &IssuedFiles, what: &str) -> anyhow::Result<()> {
     report_paths(files, what);
     writeln!(io::stdout(), "{}", files.identity)?;
     Ok(())
+}
+
+fn report_crl(crl: &ca::CrlInfo) {
+    note!(
+        "wrote {} (CRL number {}, {} revoked certificate(s), next update {}: run `jobs-ca crl` before then)",
+        crl.path.display(),
+        crl.number,
+        crl.revoked,
+        rfc3339(crl.next_update)
+    );
 }
 
 fn report_repairs(repairs: &ca::registry::Repairs, dir: &Path) {
@@ -416,6 +540,12 @@ struct ListedJson<'a> {
     issued_at: String,
     days_left: i64,
     status: ca::registry::CertStatus,
+    /// When it was revoked; absent unless revoked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<String>,
+    /// Why (RFC 5280 name); absent unless revoked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revocation_reason: Option<&'static str>,
 }
 
 impl<'a> From<&'a ca::registry::Listed> for ListedJson<'a> {
@@ -431,6 +561,8 @@ impl<'a> From<&'a ca::registry::Listed> for ListedJson<'a> {
             issued_at: rfc3339(r.issued_at),
             days_left: listed.days_left,
             status: listed.status,
+            revoked_at: r.revoked.map(|rev| rfc3339(rev.at)),
+            revocation_reason: r.revoked.map(|rev| rev.reason.as_str()),
         }
     }
 }
@@ -497,6 +629,7 @@ fn status_text(status: ca::registry::CertStatus) -> &'static str {
         ca::registry::CertStatus::NotYetValid => "not yet valid",
         ca::registry::CertStatus::Expired => "expired",
         ca::registry::CertStatus::Renewed => "renewed",
+        ca::registry::CertStatus::Revoked => "revoked",
     }
 }
 

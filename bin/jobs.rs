@@ -105,9 +105,16 @@ enum Command {
     },
     /// Stop a job (SIGTERM, then SIGKILL after the server's grace period) and
     /// print its final status.
+    ///
+    /// With `--owner sha256:…` (admins only): stop every running job of that
+    /// identity and print how many were stopped.
     Stop {
         /// Job id, as printed by `jobs start`.
-        id: String,
+        #[arg(required_unless_present = "owner", conflicts_with = "owner")]
+        id: Option<String>,
+        /// Stop every running job of this identity instead (admins only).
+        #[arg(long, value_name = "sha256:FINGERPRINT")]
+        owner: Option<String>,
     },
     /// Print a job's status.
     Status {
@@ -309,7 +316,19 @@ async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<u8> {
             }
             Ok(if failed == 0 { 0 } else { 1 })
         }
-        Command::Stop { id } => {
+        Command::Stop { id, owner } => {
+            if let Some(owner) = owner {
+                let stopped = client.stop_owner(&owner).await?;
+                let mut text = String::new();
+                for status in &stopped {
+                    text.push_str(&format!("{}\n", format::status_line(status, 0)));
+                }
+                text.push_str(&format!("stopped {} job(s) of {owner}\n", stopped.len()));
+                print(&text)?;
+                return Ok(0);
+            }
+            // clap requires one of the two.
+            let id = id.unwrap_or_default();
             let status = client.stop(&id).await?;
             print(&format!("{}\n", format::status_line(&status, 0)))?;
             Ok(0)

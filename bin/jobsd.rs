@@ -18,6 +18,13 @@ use jobs::exec::{ContainConfig, IoDevice, LocalExecutor, Namespaces, Network};
 use jobs::job::{Account, JobsConfig, ResourceLimits};
 use jobs::policy::{Policy, PolicyHandle};
 
+/// `--on-revoke`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum OnRevokeArg {
+    Stop,
+    Keep,
+}
+
 /// The jobs daemon: runs programs for clients authenticated by mutual TLS 1.3.
 #[derive(Parser, Debug)]
 #[command(version)]
@@ -59,6 +66,19 @@ struct Args {
     /// restriction beyond authentication.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// Certificate revocation list (PEM, from `jobs-ca revoke` / `jobs-ca crl`):
+    /// handshakes with a certificate it lists are refused. It must be signed
+    /// by --ca and not past its next update, or jobsd does not start. It is
+    /// reloaded on SIGHUP and whenever the file is replaced; a bad one at a
+    /// reload is logged and the old one stays.
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
+    /// What happens to the running jobs of an identity that is revoked (by a
+    /// reloaded CRL) or denylisted (by a reloaded policy) while they run:
+    /// `stop` them (SIGTERM, the grace period, SIGKILL) or `keep` them
+    /// running. Its streams end and its connections close either way.
+    #[arg(long, value_enum, default_value_t = OnRevokeArg::Stop)]
+    on_revoke: OnRevokeArg,
     /// Check the --policy file, print a summary and exit (0 if valid).
     #[arg(long, requires = "policy")]
     check_policy: bool,
@@ -252,17 +272,27 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    // Before anything that needs undoing (the cgroup subtree, jobs): a
-    // SIGTERM from now on is an orderly shutdown, never a sudden death.
-    let shutdown = shutdown_signal(policy.clone(), audit.clone())?;
     let (Some(ca), Some(cert), Some(key)) = (args.ca, args.cert, args.key) else {
         // clap requires all three unless --check-policy, handled in main.
         anyhow::bail!("--ca, --cert and --key are required");
     };
     let pem = jobs::tls::PemFiles { ca, cert, key };
-    let tls = pem
-        .server_config()
-        .context("cannot load the TLS configuration")?;
+    let material = pem.read().context("cannot load the TLS configuration")?;
+    let tls = match &args.crl {
+        None => jobs::server::TlsHandle::fixed(
+            pem.server_config_from(&material)
+                .context("cannot load the TLS configuration")?,
+        ),
+        Some(crl) => {
+            let tls = jobs::server::TlsHandle::with_crl(pem.clone(), material, crl.clone())
+                .context("cannot load the TLS configuration")?;
+            tracing::info!(file = %crl.display(), "CRL loaded");
+            tls
+        }
+    };
+    // Before anything that needs undoing (the cgroup subtree, jobs): a
+    // SIGTERM from now on is an orderly shutdown, never a sudden death.
+    let shutdown = shutdown_signal(policy.clone(), audit.clone(), tls.clone())?;
     if let Some(warning) = jobs::client::expiry_warning(&pem.cert, time::OffsetDateTime::now_utc())
     {
         tracing::warn!("{}", warning.server_text());
@@ -271,7 +301,12 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
     // that a script waiting for it knows the daemon is really serving.
     let state = jobs::server::StateDir::open(&args.state_dir)?;
     let cgroup_name = jobs::exec::cgroup_name_for(state.path());
-    let mut config = jobs::server::ServerConfig::new(tls, state);
+    let mut config = jobs::server::ServerConfig::new(tls.config_now(), state);
+    config.tls = tls;
+    config.on_revoke = match args.on_revoke {
+        OnRevokeArg::Stop => jobs::server::OnRevoke::Stop,
+        OnRevokeArg::Keep => jobs::server::OnRevoke::Keep,
+    };
     config.jobs.grace = Duration::from_secs(args.grace_secs);
     config.jobs.retention = retention;
     config.policy = policy;
@@ -530,10 +565,12 @@ fn raise_open_file_limit() {
 
 /// Resolves on the first SIGTERM or SIGINT. SIGHUP reloads the policy file
 /// (an invalid one is logged with file, line and key and the old policy
-/// stays) and reopens the audit log; it never stops the daemon or its jobs.
+/// stays), reloads the CRL (likewise) and reopens the audit log; it never
+/// stops the daemon, though a reload may stop a newly banned identity's jobs.
 fn shutdown_signal(
     policy: PolicyHandle,
     audit: Option<Arc<AuditLog>>,
+    tls: jobs::server::TlsHandle,
 ) -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -553,8 +590,13 @@ fn shutdown_signal(
                         tracing::warn!("SIGHUP received while a reload is still running; ignored");
                         continue;
                     }
-                    let (policy, audit) = (policy.clone(), audit.clone());
-                    reloading = Some(tokio::task::spawn_blocking(move || reload(&policy, audit.as_deref())));
+                    let (policy, audit, tls) = (policy.clone(), audit.clone(), tls.clone());
+                    reloading = Some(tokio::task::spawn_blocking(move || {
+                        reload(&policy, audit.as_deref());
+                        if let Some(path) = tls.crl_path() {
+                            jobs::server::log_reload("SIGHUP received", path, tls.reload_crl());
+                        }
+                    }));
                 }
                 done = async { reloading.as_mut().expect("guarded by the branch condition").await }, if reloading.is_some() => {
                     reloading = None;

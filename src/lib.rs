@@ -95,7 +95,11 @@
 //! - The denylist is checked per request, not at the TLS handshake: a
 //!   denylisted key still completes handshakes (and they still cost the
 //!   server a signature each; `[handshakes]` in the policy limits that per
-//!   source address).
+//!   source address). A reload that denylists an identity, or a CRL that
+//!   revokes a certificate it was seen using, ends its streams, closes its
+//!   connections and stops its jobs; revocation reaches a running daemon
+//!   only through `jobsd --crl` (there is no OCSP), and a revoked identity
+//!   is recognised only by the serials seen since the daemon started.
 //! - Output reads and writes are synchronous `pread`/`write` calls on the
 //!   page cache from async tasks; a disk that stalls stalls those tasks.
 //! - Output on disk is bounded per job by the policy's `max_output_bytes` and

@@ -1561,8 +1561,10 @@ fn jobsd_refuses_to_start_with_a_broken_policy_naming_file_line_and_key() {
 #[test]
 fn sighup_reloads_the_policy_and_a_broken_file_keeps_the_old_one() {
     // Scenario: the operator denylists alice and sends SIGHUP; later a typo
-    // in the file must not silently lift the denylist. Running jobs are never
-    // touched, and every decision is in the audit log.
+    // in the file must not silently lift the denylist. With `--on-revoke
+    // keep` her running job is not touched (by default a newly denylisted
+    // identity's jobs are stopped: tests/revocation.rs), and every decision
+    // is in the audit log.
     let sb = Sandbox::new();
     let alice = PKI.alice.identity.to_string();
     let bob = PKI.bob.identity.to_string();
@@ -1571,6 +1573,8 @@ fn sighup_reloads_the_policy_and_a_broken_file_keeps_the_old_one() {
     let d = Daemon::start_in(
         sb,
         &[
+            "--on-revoke",
+            "keep",
             "--policy",
             policy.to_str().unwrap(),
             "--audit-log",
@@ -1665,6 +1669,21 @@ fn sighup_reloads_the_policy_and_a_broken_file_keeps_the_old_one() {
     let out = d.jobs(&d.alice, &["list"]);
     assert_eq!((out.code, out.stderr.as_str()), (1, denied));
     assert_eq!(d.jobs(&d.bob, &["list"]).code, 0);
+
+    // Scenario: `jobs stop --owner` from alice (denylisted, no admin) is
+    // refused; bob, an admin, stops her one running job and is told how many.
+    let out = d.jobs(&d.alice, &["stop", "--owner", &alice]);
+    assert_eq!((out.code, out.stderr.as_str()), (1, denied));
+    let out = d.jobs(&d.bob, &["stop", "--owner", &alice]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout_str(),
+        format!(
+            "{running}  stopped: killed by signal 15 (SIGTERM)  sleep 600\nstopped 1 job(s) of {alice}\n"
+        )
+    );
+    let out = d.jobs(&d.bob, &["stop", "--owner", &alice]);
+    assert_eq!(out.stdout_str(), format!("stopped 0 job(s) of {alice}\n"));
     drop(d);
 }
 

@@ -534,8 +534,8 @@ fn a_broken_record_stops_issuing_and_is_left_as_it_is() {
             "EOF while parsing",
         ),
         (
-            &b"{\"version\": 2, \"certificates\": []}"[..],
-            "format version 2",
+            &b"{\"version\": 3, \"certificates\": []}"[..],
+            "format version 3 (this jobs-ca reads versions 1 to 2)",
         ),
     ] {
         fs::write(dir.join("issued.json"), broken).unwrap();
@@ -1119,4 +1119,156 @@ fn hand_edited_pending_entries_never_delete_what_is_in_use() {
         "{:?}",
         names_in(&home)
     );
+}
+
+/// `(serial hex, reason code)` of every entry of the CRL at `path`, after
+/// checking it is signed by the test CA; with its number and dates.
+fn crl_of(path: &Path) -> (Vec<(String, Option<u8>)>, String, i64, i64) {
+    let pem = fs::read(path).unwrap();
+    let der = rustls::pki_types::CertificateRevocationListDer::from_pem_slice(&pem).unwrap();
+    let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+    let ca_der = cert_der(&common::ca_cert());
+    let (_, ca) = parse_x509_certificate(&ca_der).unwrap();
+    crl.verify_signature(ca.public_key())
+        .expect("the CRL is signed by the CA");
+    assert_eq!(crl.issuer().as_raw(), ca.subject().as_raw());
+    let entries = crl
+        .iter_revoked_certificates()
+        .map(|r| {
+            let serial: String = r.raw_serial().iter().map(|b| format!("{b:02x}")).collect();
+            (serial, r.reason_code().map(|(_, c)| c.0))
+        })
+        .collect();
+    (
+        entries,
+        crl.crl_number().unwrap().to_string(),
+        crl.last_update().timestamp(),
+        crl.next_update().unwrap().timestamp(),
+    )
+}
+
+#[test]
+fn revoke_marks_every_certificate_of_the_identity_and_signs_a_crl() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let (_ca_dir, ca) = private_ca();
+    let (erin, _) = ok(&["request", "erin", "--dir", s(home)]);
+    let csr = home.join("erin.csr");
+    ok(&["sign", s(&csr), "--dir", s(&ca), "--days", "10"]);
+    // A renewal: a second serial for the same identity.
+    ok(&["sign", s(&csr), "--dir", s(&ca), "--days", "20"]);
+    let serials: Vec<String> = listed(&ca, "erin")
+        .iter()
+        .map(|r| r["serial"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(serials.len(), 2);
+    let before = record(&ca).unwrap();
+
+    // Scenario: a name, fingerprint or serial the record does not hold is one
+    // line of error, and nothing is written.
+    for unknown in [
+        "nobody",
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        "0123abcd",
+    ] {
+        let out = jobs_ca(&["revoke", unknown, "--dir", s(&ca)]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            String::from_utf8(out.stderr).unwrap(),
+            format!(
+                "jobs-ca: error: no certificate in the CA's record has the name, fingerprint or serial {unknown:?}\n"
+            )
+        );
+        assert!(out.stdout.is_empty());
+    }
+    // Scenario: the CA's own certificate cannot be revoked through its CRL.
+    refused(
+        &["revoke", "ca", "--dir", s(&ca)],
+        "\"ca\" is the CA's own certificate; a CA cannot revoke itself",
+    );
+    assert_eq!(record(&ca).unwrap(), before, "a refusal changed the record");
+    assert!(!ca.join("crl.pem").exists());
+
+    // The first serial selects the identity: both certificates are revoked.
+    let (out, said) = ok(&[
+        "revoke",
+        &serials[0],
+        "--dir",
+        s(&ca),
+        "--reason",
+        "keyCompromise",
+    ]);
+    assert_eq!(out, erin);
+    assert!(
+        said.contains("CRL number 1, 2 revoked certificate(s)"),
+        "{said}"
+    );
+    let rows = listed(&ca, "erin");
+    for row in &rows {
+        assert_eq!(row["status"], "revoked");
+        assert_eq!(row["revocation_reason"], "keyCompromise");
+        assert!(row["revoked_at"].is_string());
+    }
+    assert_eq!(listed(&ca, "ca")[0]["status"], "valid");
+    assert!(listed(&ca, "ca")[0].get("revoked_at").is_none());
+    let (table, _) = ok(&["list", "--dir", s(&ca)]);
+    let erin_lines: Vec<&str> = table.lines().filter(|l| l.starts_with("erin ")).collect();
+    assert_eq!(erin_lines.len(), 2);
+    assert!(
+        erin_lines.iter().all(|l| l.contains(" revoked ")),
+        "{table}"
+    );
+
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (mut entries, number, this_update, next_update) = crl_of(&ca.join("crl.pem"));
+    entries.sort();
+    let mut want: Vec<_> = serials.iter().map(|s| (s.clone(), Some(1u8))).collect();
+    want.sort();
+    assert_eq!(entries, want);
+    assert_eq!(number, "1");
+    // Backdated one hour for clock skew, valid 30 days.
+    assert!(
+        (now - 3600 - 5..=now - 3600).contains(&this_update),
+        "{this_update}"
+    );
+    assert!((now + 30 * 86_400 - 5..=now + 30 * 86_400).contains(&next_update));
+
+    // Re-signing: a larger number, new dates, the same entries.
+    let (_, said) = ok(&["crl", "--dir", s(&ca), "--crl-days", "7"]);
+    assert!(said.contains("CRL number 2"), "{said}");
+    let (again, number, _, next_update) = crl_of(&ca.join("crl.pem"));
+    assert_eq!((again.len(), number.as_str()), (2, "2"));
+    assert!((now + 7 * 86_400 - 5..=now + 7 * 86_400 + 5).contains(&next_update));
+    // Revoking again revokes nothing new, and the number still grows.
+    let (_, said) = ok(&["revoke", "erin", "--dir", s(&ca)]);
+    assert!(
+        said.contains("already revoked") && said.contains("CRL number 3"),
+        "{said}"
+    );
+
+    // Scenario: a revoked key never gets a certificate again.
+    refused(
+        &["sign", s(&csr), "--dir", s(&ca)],
+        &format!("key {} was revoked", erin.trim_end()),
+    );
+    refused(
+        &["crl", "--dir", s(&ca), "--crl-days", "0"],
+        "a CRL must be valid for 1 to 366 days, got 0",
+    );
+}
+
+#[test]
+fn a_record_of_the_first_format_is_still_read() {
+    // Scenario: a CA directory from before revocation (record version 1, no
+    // revocation fields) lists and revokes as before.
+    let (_ca_dir, ca) = private_ca();
+    let mut json: serde_json::Value = serde_json::from_slice(&record(&ca).unwrap()).unwrap();
+    json["version"] = 1.into();
+    fs::write(ca.join("issued.json"), serde_json::to_vec(&json).unwrap()).unwrap();
+    assert_eq!(listed(&ca, "ca")[0]["status"], "valid");
+    ok(&["crl", "--dir", s(&ca)]);
+    let (entries, number, _, _) = crl_of(&ca.join("crl.pem"));
+    assert_eq!((entries.len(), number.as_str()), (0, "1"));
+    let now: serde_json::Value = serde_json::from_slice(&record(&ca).unwrap()).unwrap();
+    assert_eq!(now["version"], 2);
 }

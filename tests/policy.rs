@@ -473,14 +473,22 @@ async fn a_reload_that_denylists_a_user_ends_their_open_streams_but_not_their_jo
     // after one chunk (held by HTTP/2 flow control). The operator adds her to
     // the denylist and reloads: both calls end with PERMISSION_DENIED (the
     // Output before its last byte), each with an audit line, and her job
-    // keeps running, as carol (an admin) sees and alice herself sees once
-    // the denylist is lifted again.
+    // keeps running (the server runs with `--on-revoke keep`; by default a
+    // newly denylisted identity's jobs are stopped, see tests/revocation.rs),
+    // as carol (an admin) sees and alice herself sees once the denylist is
+    // lifted again.
     const WRITTEN: usize = 4 << 20;
     let admins = format!("admins = [\"{}\"]\n", fp("carol"));
     let file = PolicyFile::new(&admins);
     let policy = file.handle();
     let audit = Audit::new();
-    let server = server_with(&policy, Some(&audit)).await;
+    let (p, a) = (policy.clone(), audit.log.clone());
+    let server = TestServer::start_with(move |c| {
+        c.policy = p;
+        c.audit = Some(a);
+        c.on_revoke = jobs::server::OnRevoke::Keep;
+    })
+    .await;
     let alice = client(&server, "alice").await;
     let carol = client(&server, "carol").await;
 

@@ -23,6 +23,10 @@
 //! - `admin`: true when the caller acted with admin rights.
 //! - `outcome`: `allowed`, `denied` or `failed` ([`Outcome`]).
 //! - `reason`: a short snake_case word, or `null`.
+//! - A stop the daemon itself makes (its owner was revoked or denylisted
+//!   while the job ran) is written with `subject` `jobsd`, `peer`
+//!   `0.0.0.0:0`, `identity` and `owner` the job's owner, `rpc` `Stop`,
+//!   `outcome` `allowed` and `reason` `revoked` or `denylisted`.
 //! - `suppressed` (only when not 0): refusals of this identity that were
 //!   not written since its previous refusal line (see below).
 //!

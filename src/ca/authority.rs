@@ -12,7 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
-use super::files::{CA_CERT_FILE, CA_KEY_FILE};
+use super::fsio::{CA_CERT_FILE, CA_KEY_FILE, hex};
 use super::registry::CertKind;
 use super::request::CertRequest;
 use super::{CaError, San, Validity, validate_client_name};
@@ -360,6 +360,22 @@ impl CertAuthority {
             validity,
         })
     }
+
+    /// Signs `params` as this CA's certificate revocation list; the PEM
+    /// (`X509 CRL`).
+    ///
+    /// # Errors
+    /// [`CaError::Sign`] if rcgen refuses the parameters (`next_update` not
+    /// after `this_update`) or signing fails.
+    pub(super) fn sign_crl(
+        &self,
+        params: &rcgen::CertificateRevocationListParams,
+    ) -> Result<String, CaError> {
+        params
+            .signed_by(&self.issuer)
+            .and_then(|crl| crl.pem())
+            .map_err(CaError::Sign)
+    }
 }
 
 impl fmt::Debug for CertAuthority {
@@ -450,18 +466,6 @@ fn client_params(name: &str) -> CertificateParams {
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params
-}
-
-/// Lower-case hex of `bytes`.
-pub(super) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            // Writing to a String cannot fail.
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// A PEM file of the CA directory as text, read without ever blocking (a

@@ -12,15 +12,19 @@
 //! always in the record; what a killed run left pending is settled by the
 //! next one.
 
-use std::fs::{self, DirBuilder, File, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use time::OffsetDateTime;
 
+use super::fsio::{
+    CA_CERT_FILE, CA_KEY_FILE, Clobber, LOCKED_TEMP_PREFIX, SERVER_CERT_FILE, SERVER_KEY_FILE,
+    read_regular, write_atomic, write_atomic_as,
+};
 use super::registry::{
     self, CertKind, ClientCheck, IssuedRecord, LockedRegistry, PendingIssue, Repairs,
 };
@@ -28,25 +32,12 @@ use super::request::{self, CertRequest, MAX_REQUEST_BYTES};
 use super::{CaError, CertAuthority, San, Validity, validate_client_name};
 use crate::auth::Identity;
 
-/// The CA certificate, in PEM. Give it to servers and clients.
-pub const CA_CERT_FILE: &str = "ca.crt";
-/// The CA private key, in PEM. Never leaves the CA directory.
-pub const CA_KEY_FILE: &str = "ca.key";
-/// The server certificate, in PEM.
-pub const SERVER_CERT_FILE: &str = "server.crt";
-/// The server private key, in PEM.
-pub const SERVER_KEY_FILE: &str = "server.key";
-
 /// Mode of private key files: owner read/write only.
 const KEY_MODE: u32 = 0o600;
 /// Mode of certificate and request files: public, readable by all.
 const CERT_MODE: u32 = 0o644;
 /// Mode of a CA or key directory we create: it holds private keys, so owner only.
 const DIR_MODE: u32 = 0o700;
-
-/// Prefix of the temporary files written under the CA directory's lock. A
-/// run that holds the lock removes those it finds: their writer was killed.
-pub(super) const LOCKED_TEMP_PREFIX: &str = ".jobs-ca-issuing-";
 
 /// Prefix of the temporary files `request NAME` writes (without the CA's
 /// lock, often not in a CA directory): only the next `request NAME` in the
@@ -621,13 +612,6 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, CaError> {
     })
 }
 
-/// Reads a regular file of at most `limit` bytes without ever blocking (see
-/// [`crate::bounded`]); anything but a regular file, or a larger one, is an
-/// [`io::ErrorKind::InvalidData`] error.
-pub(super) fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    crate::bounded::read_bounded(path, limit).map_err(crate::bounded::BoundedReadError::into_io)
-}
-
 fn create_dir(dir: &Path) -> Result<(), CaError> {
     DirBuilder::new()
         .recursive(true)
@@ -679,32 +663,6 @@ fn write_pair(files: &Pending) -> Result<(), CaError> {
     Ok(())
 }
 
-/// Whether [`write_atomic`] may replace an existing file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Clobber {
-    /// Fail with [`CaError::AlreadyExists`] if anything (even a dangling
-    /// symlink) is at the path.
-    Refuse,
-    /// Replace what is there (a symlink itself, never its target).
-    Replace,
-}
-
-/// Writes `contents` to `path` atomically with `mode`: a temporary file in
-/// the same directory (created with `mode`, so a key is never readable by
-/// others even for an instant, and set to `mode` again since the umask may
-/// have narrowed it), fsynced, renamed into place, then the directory fsynced.
-///
-/// # Errors
-/// [`CaError::AlreadyExists`] under [`Clobber::Refuse`]; [`CaError::Write`].
-pub(super) fn write_atomic(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    clobber: Clobber,
-) -> Result<(), CaError> {
-    write_atomic_as(LOCKED_TEMP_PREFIX, true, path, contents, mode, clobber)
-}
-
 /// Writes the certificate with `serial` (hex) to `path` as [`write_atomic`]
 /// does, through the temporary file [`registry::cert_temp_path`] names, so
 /// that the run after a killed one removes it wherever `path` is.
@@ -728,49 +686,4 @@ fn write_copy(dir: &Path, pem: &str, serial: &str) -> Result<(), CaError> {
         serial,
         Clobber::Refuse,
     )
-}
-
-/// [`write_atomic`] with the temporary file named `PREFIX<random>.tmp`, or
-/// exactly `PREFIX.tmp` when `random` is false (a name the next run can find).
-fn write_atomic_as(
-    prefix: &str,
-    random: bool,
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    clobber: Clobber,
-) -> Result<(), CaError> {
-    let write_error = |source| CaError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let mut temp = tempfile::Builder::new()
-        .prefix(prefix)
-        .suffix(".tmp")
-        .rand_bytes(if random { 6 } else { 0 })
-        .permissions(Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(write_error)?;
-    temp.as_file()
-        .set_permissions(Permissions::from_mode(mode))
-        .and_then(|()| temp.write_all(contents))
-        .and_then(|()| temp.as_file().sync_all())
-        .map_err(write_error)?;
-    let persisted = match clobber {
-        Clobber::Refuse => temp.persist_noclobber(path),
-        Clobber::Replace => temp.persist(path),
-    };
-    persisted.map_err(|e| match e.error.kind() {
-        io::ErrorKind::AlreadyExists => CaError::AlreadyExists {
-            path: path.to_path_buf(),
-        },
-        _ => write_error(e.error),
-    })?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(write_error)
 }

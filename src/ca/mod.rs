@@ -28,13 +28,18 @@
 //! [`crate::auth`] and the TLS layer), must not talk to the network, and must not
 //! print: the `jobs-ca` binary decides what the operator sees.
 //!
-//! There is no revocation: a leaked user key stays valid until its certificate
-//! expires, so keep client validity short.
+//! Revocation ([`revoke`], [`write_crl`]) marks every certificate of one
+//! identity revoked in the record and writes a CRL signed by the CA
+//! (`crl.pem`) for `jobsd --crl`. A revoked key never gets a certificate
+//! again. The CA's own and the server's certificate are not revoked this way
+//! (see [`CaError::RevokeRefused`]).
 
 mod authority;
 mod files;
+mod fsio;
 pub mod registry;
 pub mod request;
+mod revoke;
 
 use std::fmt;
 use std::io;
@@ -48,12 +53,13 @@ use crate::auth::{AuthError, Identity};
 pub use authority::{CertAuthority, IssuedCert, PrivateKeyPem, SignedCert};
 use authority::{common_name, generate_key};
 pub use files::{
-    CA_CERT_FILE, CA_KEY_FILE, IssuedFiles, RequestFiles, SERVER_CERT_FILE, SERVER_KEY_FILE,
-    SignedFiles, fingerprint_file, init_dir, issued, recover, request_files, sign_request_file,
-    write_client, write_clients, write_server,
+    IssuedFiles, RequestFiles, SignedFiles, fingerprint_file, init_dir, issued, recover,
+    request_files, sign_request_file, write_client, write_clients, write_server,
 };
+pub use fsio::{CA_CERT_FILE, CA_KEY_FILE, CRL_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE};
 use registry::CertKind;
 use request::RequestError;
+pub use revoke::{CrlInfo, DEFAULT_CRL_DAYS, MAX_CRL_DAYS, Revoked, revoke, write_crl};
 
 /// How far before "now" every certificate's `notBefore` is set: 1 hour.
 ///
@@ -274,6 +280,39 @@ pub enum CaError {
         /// The repeated name.
         name: String,
     },
+    /// `jobs-ca revoke` was given a name, fingerprint or serial that is not
+    /// in the CA's record. Nothing was written.
+    #[error("no certificate in the CA's record has the name, fingerprint or serial {target:?}")]
+    UnknownCertificate {
+        /// What was given.
+        target: String,
+    },
+    /// `jobs-ca revoke` was asked to revoke the CA's own or the server's
+    /// certificate. A CRL cannot revoke the CA that signs it, and a revoked
+    /// server key is replaced, not listed: make a new CA (or server
+    /// certificate) instead. Nothing was written.
+    #[error("{}", revoke_refused(name, *kind))]
+    RevokeRefused {
+        /// The record's name for it.
+        name: String,
+        /// What it is.
+        kind: CertKind,
+    },
+    /// The key was revoked: it is compromised or withdrawn for good, so it
+    /// gets no new certificate.
+    #[error("key {identity} was revoked; it gets no new certificate (make a new key)")]
+    KeyRevoked {
+        /// The key's fingerprint.
+        identity: Identity,
+    },
+    /// A CRL validity of 0 days or more than [`MAX_CRL_DAYS`].
+    #[error("a CRL must be valid for 1 to {max} days, got {days}")]
+    InvalidCrlDays {
+        /// The number of days asked for.
+        days: u32,
+        /// [`MAX_CRL_DAYS`].
+        max: u32,
+    },
     /// The CA's record (`issued.json`) is malformed or of a newer format.
     /// Nothing is issued until it is fixed: without it, one key could
     /// become two identities.
@@ -284,6 +323,18 @@ pub enum CaError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+fn revoke_refused(name: &str, kind: CertKind) -> String {
+    match kind {
+        CertKind::Ca => format!(
+            "{name:?} is the CA's own certificate; a CA cannot revoke itself (make a new CA and reissue every certificate)"
+        ),
+        CertKind::Server => format!(
+            "{name:?} is the server's certificate; a CRL for clients is not the way to retire it: remove server.crt and server.key, issue a new one with `jobs-ca server`, and restart jobsd"
+        ),
+        CertKind::Client => format!("{name:?} cannot be revoked"),
+    }
 }
 
 fn key_already_issued(identity: &Identity, name: &str, kind: CertKind) -> String {

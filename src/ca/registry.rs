@@ -1,7 +1,9 @@
 //! The record of what a CA issued: `issued.json` in the CA directory.
 //!
 //! One entry per certificate (serial, name, kind, fingerprint, validity, when
-//! issued), appended in issue order and never rewritten. It enforces "one key,
+//! issued, and when and why it was revoked), appended in issue order; only
+//! revocation changes an entry, and nothing removes one. It also keeps the
+//! number of the last CRL signed, so that every CRL gets a larger one. It enforces "one key,
 //! one identity": a key is issued under one name only, and a client name
 //! belongs to one key; signing the same key for the same name again is a
 //! renewal (new serial and validity, same fingerprint).
@@ -35,15 +37,22 @@ use time::OffsetDateTime;
 use rustls::pki_types::pem::PemObject;
 
 use super::CaError;
-use super::authority::hex;
-use super::files::{CA_CERT_FILE, Clobber, LOCKED_TEMP_PREFIX, read_regular, write_atomic};
+use super::fsio::{CA_CERT_FILE, Clobber, LOCKED_TEMP_PREFIX, hex, read_regular, write_atomic};
 use crate::auth::Identity;
 
 /// The file name of the record inside a CA directory.
 pub const REGISTRY_FILE: &str = "issued.json";
 
 /// The record format written; a newer one is refused rather than rewritten.
-const FORMAT_VERSION: u32 = 1;
+/// Version 2 added revocations ([`IssuedRecord::revoked`]) and the number of
+/// the last CRL; version 1 records (which have neither) are read as they
+/// are and written back as version 2. A jobs-ca that reads only version 1
+/// refuses a version 2 record with a clear message instead of issuing to a
+/// revoked key it cannot see.
+const FORMAT_VERSION: u32 = 2;
+
+/// The oldest record format still read.
+const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// The largest record read: 64 MiB (about 200 000 certificates).
 const MAX_REGISTRY_BYTES: u64 = 64 * 1024 * 1024;
@@ -96,6 +105,75 @@ pub struct IssuedRecord {
     /// When it was issued (UTC).
     #[serde(with = "time::serde::rfc3339")]
     pub issued_at: OffsetDateTime,
+    /// When and why it was revoked; `None` while it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<Revocation>,
+}
+
+/// The revocation of one certificate, as `jobs-ca revoke` recorded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    /// When it was revoked (UTC, whole seconds).
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Why.
+    pub reason: RevocationReason,
+}
+
+/// Why a certificate was revoked: the reason codes of RFC 5280 §5.3.1 that
+/// apply to a leaf (`certificateHold` and `removeFromCRL` are left out: a
+/// revocation here is final), under their RFC names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RevocationReason {
+    /// No reason given (code 0).
+    Unspecified,
+    /// The private key is, or may be, known to someone else (code 1).
+    KeyCompromise,
+    /// The CA's own key was compromised (code 2).
+    CaCompromise,
+    /// The holder's name or affiliation changed (code 3).
+    AffiliationChanged,
+    /// Replaced by another certificate (code 4).
+    Superseded,
+    /// No longer needed (code 5).
+    CessationOfOperation,
+    /// The holder's rights were withdrawn (code 9).
+    PrivilegeWithdrawn,
+    /// An attribute authority was compromised (code 10).
+    AaCompromise,
+}
+
+impl RevocationReason {
+    /// The RFC 5280 name (`keyCompromise`, …), as written in the record and
+    /// shown by `jobs-ca list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::KeyCompromise => "keyCompromise",
+            Self::CaCompromise => "cACompromise",
+            Self::AffiliationChanged => "affiliationChanged",
+            Self::Superseded => "superseded",
+            Self::CessationOfOperation => "cessationOfOperation",
+            Self::PrivilegeWithdrawn => "privilegeWithdrawn",
+            Self::AaCompromise => "aACompromise",
+        }
+    }
+
+    /// The rcgen reason code written into the CRL entry.
+    pub(super) fn to_rcgen(self) -> rcgen::RevocationReason {
+        match self {
+            Self::Unspecified => rcgen::RevocationReason::Unspecified,
+            Self::KeyCompromise => rcgen::RevocationReason::KeyCompromise,
+            Self::CaCompromise => rcgen::RevocationReason::CaCompromise,
+            Self::AffiliationChanged => rcgen::RevocationReason::AffiliationChanged,
+            Self::Superseded => rcgen::RevocationReason::Superseded,
+            Self::CessationOfOperation => rcgen::RevocationReason::CessationOfOperation,
+            Self::PrivilegeWithdrawn => rcgen::RevocationReason::PrivilegeWithdrawn,
+            Self::AaCompromise => rcgen::RevocationReason::AaCompromise,
+        }
+    }
 }
 
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -106,6 +184,14 @@ struct RegistryFile {
     /// Certificates whose files are being written (see the module doc).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pending: Vec<PendingIssue>,
+    /// The number of the last CRL signed (0: none yet). Every CRL gets the
+    /// next one, so a relying party can tell a newer list from an older.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    crl_number: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Where the CA keeps its own copy of every certificate it issues (besides
@@ -282,6 +368,9 @@ impl LockedRegistry {
         let mut previous = None;
         for record in &self.file.certificates {
             let same_key = record.fingerprint == identity;
+            if same_key && record.revoked.is_some() {
+                return Err(CaError::KeyRevoked { identity });
+            }
             let same_name = record.kind == CertKind::Client && record.name == name;
             match (same_key, same_name) {
                 (true, true) => previous = Some(record),
@@ -365,6 +454,43 @@ impl LockedRegistry {
         self.save(file)
     }
 
+    /// Marks every certificate of `identity` not yet revoked as revoked by
+    /// `revocation`, takes the next CRL number, and writes the record
+    /// atomically. Returns the serials newly revoked and the CRL number.
+    ///
+    /// # Errors
+    /// [`CaError::Write`]; on error the record on disk is unchanged.
+    pub(super) fn revoke(
+        &mut self,
+        identity: Identity,
+        revocation: Revocation,
+    ) -> Result<(Vec<String>, u64), CaError> {
+        let mut file = self.file.clone();
+        let mut serials = Vec::new();
+        for record in &mut file.certificates {
+            if record.fingerprint == identity && record.revoked.is_none() {
+                record.revoked = Some(revocation);
+                serials.push(record.serial.clone());
+            }
+        }
+        file.crl_number += 1;
+        let number = file.crl_number;
+        self.save(file)?;
+        Ok((serials, number))
+    }
+
+    /// Takes the next CRL number and writes the record atomically.
+    ///
+    /// # Errors
+    /// [`CaError::Write`]; on error the record on disk is unchanged.
+    pub(super) fn next_crl_number(&mut self) -> Result<u64, CaError> {
+        let mut file = self.file.clone();
+        file.crl_number += 1;
+        let number = file.crl_number;
+        self.save(file)?;
+        Ok(number)
+    }
+
     /// Writes `file` as the whole record, atomically, and keeps it.
     fn save(&mut self, mut file: RegistryFile) -> Result<(), CaError> {
         file.version = FORMAT_VERSION;
@@ -419,11 +545,11 @@ fn read_file(dir: &Path) -> Result<(RegistryFile, bool), CaError> {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    if parsed.version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&parsed.version) {
         return Err(CaError::Registry {
             path,
             reason: format!(
-                "format version {} (this jobs-ca reads version {FORMAT_VERSION})",
+                "format version {} (this jobs-ca reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})",
                 parsed.version
             ),
         });
@@ -469,6 +595,7 @@ pub(super) fn record_of(
         not_before: cert.validity().not_before.to_datetime(),
         not_after: cert.validity().not_after.to_datetime(),
         issued_at,
+        revoked: None,
     })
 }
 
@@ -653,8 +780,10 @@ pub enum CertStatus {
     /// Past its `notAfter`.
     Expired,
     /// A later certificate was issued for the same key and name (a renewal).
-    /// The old one still works until it expires: there is no revocation.
+    /// The old one still works until it expires unless it is revoked.
     Renewed,
+    /// Revoked by `jobs-ca revoke` (whatever its dates say).
+    Revoked,
 }
 
 /// An entry of the record as it stands at some instant.
@@ -680,7 +809,9 @@ pub fn listing(records: &[IssuedRecord], now: OffsetDateTime) -> Vec<Listed> {
                     && later.name == record.name
                     && later.kind == record.kind
             });
-            let status = if now > record.not_after {
+            let status = if record.revoked.is_some() {
+                CertStatus::Revoked
+            } else if now > record.not_after {
                 CertStatus::Expired
             } else if now < record.not_before {
                 CertStatus::NotYetValid
@@ -741,6 +872,7 @@ mod tests {
             not_before: from,
             not_after: to,
             issued_at: from,
+            revoked: None,
         }
     }
 
@@ -779,6 +911,51 @@ mod tests {
                 (30, CertStatus::Valid),
             ]
         );
+    }
+
+    #[test]
+    fn revoked_outranks_every_other_status_and_a_revoked_key_gets_nothing() {
+        // Scenario: a revoked certificate lists as revoked whether it is
+        // current, expired or renewed, and its key cannot be issued again.
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let day = Duration::days(1);
+        let revocation = Revocation {
+            at: now,
+            reason: RevocationReason::KeyCompromise,
+        };
+        let mut records = [
+            entry("a", CertKind::Client, 1, now - day, now + day),
+            entry("a", CertKind::Client, 1, now - day, now + day * 2),
+            entry("b", CertKind::Client, 2, now - day * 3, now - day),
+        ];
+        for r in &mut records {
+            r.revoked = Some(revocation);
+        }
+        let got: Vec<CertStatus> = listing(&records, now).iter().map(|l| l.status).collect();
+        assert_eq!(got, [CertStatus::Revoked; 3]);
+
+        let mut registry = LockedRegistry::open(dir.path()).unwrap();
+        registry
+            .begin(vec![PendingIssue {
+                record: entry("a", CertKind::Client, 1, now, now + day),
+                cert_path: dir.path().join("a.crt"),
+                key_path: None,
+            }])
+            .unwrap();
+        registry.finish().unwrap();
+        let (serials, number) = registry.revoke(id(1), revocation).unwrap();
+        assert_eq!((serials.len(), number), (1, 1));
+        assert_eq!(registry.next_crl_number().unwrap(), 2);
+        assert!(matches!(
+            registry.check_client("a", id(1)),
+            Err(CaError::KeyRevoked { identity }) if identity == id(1)
+        ));
+        drop(registry);
+        let text = std::fs::read_to_string(dir.path().join(REGISTRY_FILE)).unwrap();
+        assert!(text.contains("\"reason\": \"keyCompromise\""), "{text}");
+        assert!(text.contains("\"crl_number\": 2"), "{text}");
+        assert!(text.contains("\"version\": 2"), "{text}");
     }
 
     #[test]

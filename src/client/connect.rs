@@ -31,6 +31,12 @@ pub enum ConnectError {
         /// The alert, as rustls names it.
         alert: String,
     },
+    /// The server refused our certificate because its CA revoked it (TLS
+    /// alert `certificate_revoked`).
+    #[error(
+        "the server refused this certificate: it was revoked (ask your CA admin for a new one)"
+    )]
+    ClientCertificateRevoked,
     /// Any other TLS failure.
     #[error("TLS handshake failed: {0}")]
     Tls(rustls::Error),
@@ -87,6 +93,9 @@ impl ConnectError {
     fn from_rustls(e: rustls::Error) -> Self {
         match e {
             rustls::Error::InvalidCertificate(_) => Self::ServerCertificate(e),
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked) => {
+                Self::ClientCertificateRevoked
+            }
             rustls::Error::AlertReceived(alert) => Self::ClientCertificateRefused {
                 alert: format!("{alert:?}"),
             },
@@ -113,6 +122,7 @@ impl ConnectError {
             Self::ClientCertificateRefused { alert } => Self::ClientCertificateRefused {
                 alert: alert.clone(),
             },
+            Self::ClientCertificateRevoked => Self::ClientCertificateRevoked,
             Self::Tls(e) => Self::Tls(e.clone()),
             Self::ClosedBeforeHandshake => Self::ClosedBeforeHandshake,
             Self::ClosedDuringHandshake => Self::ClosedDuringHandshake,
@@ -267,5 +277,29 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_none(), "{bad} parsed");
         }
+    }
+
+    #[test]
+    fn only_the_certificate_revoked_alert_says_revoked() {
+        // Scenario: a revoked client gets one clear line; an expired one
+        // still gets the general explanation.
+        let revoked = ConnectError::from_rustls(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRevoked,
+        ));
+        assert_eq!(
+            revoked.to_string(),
+            "the server refused this certificate: it was revoked (ask your CA admin for a new one)"
+        );
+        assert!(matches!(
+            revoked.clone_shallow(),
+            ConnectError::ClientCertificateRevoked
+        ));
+        let expired = ConnectError::from_rustls(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateExpired,
+        ));
+        assert!(
+            matches!(&expired, ConnectError::ClientCertificateRefused { alert } if alert == "CertificateExpired"),
+            "{expired:?}"
+        );
     }
 }

@@ -285,6 +285,31 @@ impl Client {
             .ok_or_else(|| ClientError::Rpc(tonic::Status::internal("server sent no status")))
     }
 
+    /// Stops every running job of the identity `owner` (`sha256:…`; admins
+    /// only) and returns their final statuses, oldest start first.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] with PERMISSION_DENIED for a non-admin,
+    /// INVALID_ARGUMENT for a malformed fingerprint; [`ClientError::Timeout`].
+    pub async fn stop_owner(&self, owner: &str) -> Result<Vec<proto::JobStatus>, ClientError> {
+        let mut rpc = self.rpc.clone();
+        let call = rpc.stop_owner(proto::StopOwnerRequest {
+            owner: owner.to_owned(),
+        });
+        // As `stop`: the jobs are stopped at once, so one grace period.
+        let deadline = self.timeout + crate::job::MAX_GRACE;
+        match tokio::time::timeout(deadline, call).await {
+            Ok(r) => Ok(r
+                .map_err(|s| ClientError::Rpc(transport_status(s)))?
+                .into_inner()
+                .stopped),
+            Err(_) => Err(ClientError::Timeout {
+                addr: self.addr.clone(),
+                timeout: deadline,
+            }),
+        }
+    }
+
     /// The status of job `id`.
     ///
     /// # Errors

@@ -656,6 +656,46 @@ impl Jobs {
         Ok(jobs)
     }
 
+    /// Every job of `owner` still running, oldest first, for an admin: the
+    /// first half of stopping one identity's work (`jobs stop --owner`).
+    ///
+    /// # Errors
+    /// [`JobError::AdminOnly`] unless the grant is an admin's.
+    pub fn running_owned_by(
+        &self,
+        grant: &Grant,
+        owner: Identity,
+    ) -> Result<Vec<OwnedJob>, JobError> {
+        if !grant.is_admin() {
+            return Err(JobError::AdminOnly);
+        }
+        Ok(self.running_of(owner))
+    }
+
+    /// Every job of `owner` still running, oldest first. For the daemon's own
+    /// enforcement (a revoked or denylisted identity), never for a request.
+    pub(crate) fn running_of(&self, owner: Identity) -> Vec<OwnedJob> {
+        let mut jobs: Vec<Arc<Job>> = self
+            .registry
+            .lock()
+            .values()
+            .filter(|j| j.owner == owner && matches!(*j.phase.borrow(), Phase::Running))
+            .cloned()
+            .collect();
+        jobs.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        jobs.into_iter().map(OwnedJob).collect()
+    }
+
+    /// Owners of the jobs still running.
+    pub(crate) fn running_owners(&self) -> std::collections::HashSet<Identity> {
+        self.registry
+            .lock()
+            .values()
+            .filter(|j| matches!(*j.phase.borrow(), Phase::Running))
+            .map(|j| j.owner)
+            .collect()
+    }
+
     /// Decides whether the grant's caller may start a job under `limits`
     /// now, and if so reserves its place: a new job id and a slot in the
     /// caller's running-jobs quota (freed when the ticket is dropped unused).

@@ -350,6 +350,8 @@ pub enum Rpc {
     Start,
     /// `Stop`.
     Stop,
+    /// Stop every running job of one identity (admins only).
+    StopOwner,
     /// `Status`.
     Status,
     /// `List`.
@@ -368,6 +370,7 @@ impl Rpc {
         match self {
             Rpc::Start => "Start",
             Rpc::Stop => "Stop",
+            Rpc::StopOwner => "StopOwner",
             Rpc::Status => "Status",
             Rpc::List => "List",
             Rpc::Output => "Output",

@@ -80,6 +80,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected;
 
+use super::enforce::{Connections, Registration};
+use super::revocation::TlsHandle;
 use crate::auth::{Caller, Identity};
 use crate::policy::{HandshakeLimiter, PolicyHandle, source_of};
 
@@ -126,9 +128,44 @@ pub(crate) struct ConnInfo {
 }
 
 /// A TLS connection whose client certificate has been verified.
+///
+/// It is registered under its identity in [`Connections`] while it lives;
+/// once its token is cancelled (the identity was revoked or denylisted),
+/// every read and write fails, so the HTTP/2 server drops the connection
+/// and everything it holds.
 pub(crate) struct VerifiedConn {
     stream: TlsStream<TcpStream>,
     info: ConnInfo,
+    closed: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    registration: Registration,
+}
+
+impl VerifiedConn {
+    /// An error once the connection was told to close; registers the waker
+    /// otherwise, so that a cancel wakes the connection's task. The HTTP/2
+    /// server always has a read pending on a live connection, so reads
+    /// register it and writes only check the flag (an atomic load).
+    fn check_open(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.closed.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(closed_error()),
+            Poll::Pending => Ok(()),
+        }
+    }
+
+    /// As [`VerifiedConn::check_open`], without registering a waker.
+    fn check_open_now(&self) -> io::Result<()> {
+        if self.registration.token().is_cancelled() {
+            return Err(closed_error());
+        }
+        Ok(())
+    }
+}
+
+fn closed_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection closed: its identity was revoked or denylisted",
+    )
 }
 
 impl Connected for VerifiedConn {
@@ -145,6 +182,9 @@ impl AsyncRead for VerifiedConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Err(e) = self.check_open(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -155,6 +195,9 @@ impl AsyncWrite for VerifiedConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Err(e) = self.check_open_now() {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -163,6 +206,9 @@ impl AsyncWrite for VerifiedConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Err(e) = self.check_open_now() {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -285,8 +331,10 @@ impl Drop for PendingSlot {
 /// The accept loop and what every handshake task needs.
 pub(crate) struct AcceptLoop {
     pub listener: TcpListener,
-    /// The server's TLS settings.
-    pub tls: Arc<rustls::ServerConfig>,
+    /// The server's TLS settings, read anew for every handshake.
+    pub tls: TlsHandle,
+    /// Live verified connections per identity.
+    pub connections: Arc<Connections>,
     /// Verified connections go to the HTTP/2 server here.
     pub conns: mpsc::Sender<io::Result<VerifiedConn>>,
     /// Deadline for the ClientHello, from TCP accept.
@@ -352,6 +400,7 @@ impl AcceptLoop {
             let deadline = accepted_at + self.handshake_timeout;
             let handshake = Handshake {
                 tls: self.tls.clone(),
+                connections: self.connections.clone(),
                 signing: self.signing.clone(),
                 tracker: self.tracker.clone(),
                 hello_deadline: deadline.min(accepted_at + self.client_hello_timeout),
@@ -388,7 +437,8 @@ impl AcceptLoop {
 
 /// One connection's handshake: its deadlines and the shared resources.
 struct Handshake {
-    tls: Arc<rustls::ServerConfig>,
+    tls: TlsHandle,
+    connections: Arc<Connections>,
     signing: Arc<Semaphore>,
     tracker: TaskTracker,
     /// End of phase 1 (never after `deadline`).
@@ -424,7 +474,9 @@ impl Handshake {
             .await
             // The semaphore is never closed.
             .map_err(io::Error::other)?;
-        let tls = self.tls;
+        // The config in force now: a CRL reload affects every handshake
+        // that reaches this point after it.
+        let tls = self.tls.config();
         // `into_stream` answers the ClientHello: it builds the server's whole
         // flight, signature included, before returning. The permit moves into
         // the blocking task so that it is held exactly as long as that work,
@@ -450,8 +502,22 @@ impl Handshake {
             })?;
         let (identity, subject) = Identity::with_subject_from_certificate_der(leaf)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let serial = x509_parser::parse_x509_certificate(leaf)
+            .map(|(_, cert)| cert.raw_serial().to_vec())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        // Verified under the CRL of when the handshake began; one loaded
+        // since may revoke it.
+        if !self.tls.admit(identity, &serial) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "client certificate revoked by a CRL loaded during the handshake",
+            ));
+        }
+        let registration = self.connections.register(identity);
         Ok(VerifiedConn {
             stream,
+            closed: Box::pin(registration.token().clone().cancelled_owned()),
+            registration,
             info: ConnInfo {
                 remote,
                 caller: Caller::from_verified(identity),

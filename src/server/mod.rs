@@ -5,15 +5,23 @@
 //! library calls (`service.rs`), the single error-to-status mapping
 //! (`status.rs`), per-identity stream caps (`limits.rs`), the order of
 //! admission, access check and audit line for every RPC (`service.rs`), and
-//! the shutdown order ([`serve`]). It must not decide access itself: that is
+//! the shutdown order ([`serve`]), the swappable TLS settings and their CRL
+//! (`revocation.rs`), and what happens to an identity's connections, streams
+//! and jobs when it is revoked or denylisted while they run (`enforce.rs`). It must not decide access itself: that is
 //! [`crate::policy::Gate::admit`] and [`crate::job::Jobs::authorize`].
 
 mod accept;
+mod convert;
+mod enforce;
 mod limits;
+mod paging;
+mod revocation;
 mod service;
 mod state;
 mod status;
 
+pub use enforce::{CLOSE_DELAY, DAEMON_SUBJECT, OnRevoke};
+pub use revocation::{CrlSummary, TlsHandle, log_reload};
 pub use state::StateDir;
 
 use std::future::Future;
@@ -89,8 +97,13 @@ pub enum ServerError {
 /// Everything [`serve`] needs besides the listener.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// TLS settings, normally from [`crate::tls::PemFiles::server_config`].
-    pub tls: Arc<rustls::ServerConfig>,
+    /// TLS settings, normally from [`crate::tls::PemFiles::server_config`]
+    /// (fixed) or [`TlsHandle::with_crl`] (with a CRL, reloadable; keep a
+    /// clone to reload it while the server runs).
+    pub tls: TlsHandle,
+    /// What happens to the running jobs of an identity that is revoked or
+    /// denylisted while they run. Default: [`OnRevoke::Stop`].
+    pub on_revoke: OnRevoke,
     /// The locked state directory; job output lives in its `output/`.
     pub state: Arc<StateDir>,
     /// The job engine's settings.
@@ -149,7 +162,8 @@ impl ServerConfig {
     /// concurrent handshake signatures. Each field's doc says why.
     pub fn new(tls: Arc<rustls::ServerConfig>, state: StateDir) -> Self {
         Self {
-            tls,
+            tls: TlsHandle::fixed(tls),
+            on_revoke: OnRevoke::Stop,
             jobs: JobsConfig::new(state.path().join(state::OUTPUT_DIR)),
             executor: Arc::new(LocalExecutor::uncontained()),
             policy: PolicyHandle::default(),
@@ -220,10 +234,29 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
     let (conns_tx, conns_rx) = mpsc::channel(VERIFIED_CONNECTION_QUEUE);
+    let connections = Arc::new(enforce::Connections::default());
+    tracker.spawn(revocation::watch_crl_file(
+        config.tls.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(
+        enforce::Enforcer {
+            jobs: jobs.clone(),
+            conns: connections.clone(),
+            policy: config.policy.clone(),
+            tls: config.tls.clone(),
+            audit: config.audit.clone(),
+            on_revoke: config.on_revoke,
+            tracker: tracker.clone(),
+            cancel: cancel.clone(),
+        }
+        .run(),
+    );
     tracker.spawn(
         accept::AcceptLoop {
             listener,
             tls: config.tls.clone(),
+            connections,
             conns: conns_tx,
             client_hello_timeout: config.client_hello_timeout,
             handshake_timeout: config.handshake_timeout,
@@ -244,6 +277,7 @@ pub async fn serve(
         streams: limits::StreamLimits::new(config.max_streams_per_identity),
         gate: Arc::new(Gate::new(config.policy.clone())),
         audit: config.audit.clone(),
+        tls: config.tls.clone(),
     };
     let stop_serving = CancellationToken::new();
     let server = tonic::transport::Server::builder()

@@ -24,17 +24,20 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use std::collections::HashSet;
+
 use super::accept::ConnInfo;
+use super::convert::{chunk_message, limits_from_message, status_message};
 use super::limits::{StreamLimits, StreamPermit};
+use super::revocation::TlsHandle;
 use super::status::{
-    code_name, denial_status, error_chain, internal, output_status, page_status, to_status,
+    REVOKED, STOP_OWNER_ADMIN_ONLY, code_name, denial_status, error_chain, internal, output_status,
+    page_status, to_status,
 };
 use crate::audit::{AuditLog, Entry, Outcome};
 use crate::auth::Identity;
-use crate::job::{
-    ExitInfo, JobError, JobSpec, Jobs, OwnedJob, ResourceLimits, ResourceUsage, State,
-};
-use crate::output::{Chunk, Fd, LogReader};
+use crate::job::{JobError, JobSpec, Jobs, OwnedJob, State};
+use crate::output::{Chunk, LogReader};
 use crate::policy::{Gate, Grant, Policy, Rpc};
 use crate::proto;
 use crate::proto::job_service_server::JobService;
@@ -44,6 +47,8 @@ pub(crate) struct Service {
     pub streams: Arc<StreamLimits>,
     pub gate: Arc<Gate>,
     pub audit: Option<Arc<AuditLog>>,
+    /// For the identities a CRL revoked while they were connected.
+    pub tls: TlsHandle,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -104,8 +109,27 @@ impl Service {
             .map_err(|e| internal("cannot write the audit log", &error_chain(&e)))
     }
 
-    /// Step 1: the gate. A refusal is audited and becomes the status.
+    /// Step 1: the gate, after the CRL (a revoked identity's connection is
+    /// about to be closed: nothing more gets through it). A refusal is
+    /// audited and becomes the status.
     fn admit(&self, conn: &ConnInfo, rpc: Rpc, job: Option<&str>) -> Result<Grant, Status> {
+        if self
+            .tls
+            .revoked()
+            .borrow()
+            .contains(&conn.caller.identity())
+        {
+            self.record(Decision {
+                conn,
+                rpc,
+                job: job.map(shown_id),
+                owner: None,
+                admin: false,
+                outcome: Outcome::Denied,
+                reason: Some("revoked"),
+            })?;
+            return Err(Status::permission_denied(REVOKED));
+        }
         self.gate.admit(&conn.caller, rpc).or_else(|denial| {
             self.record(Decision {
                 conn,
@@ -190,9 +214,12 @@ impl Service {
         // A reload between the admission and this subscription would count as
         // seen: check the policy in force once, at the first poll.
         policy.mark_changed();
+        let mut revoked = self.tls.revoked();
+        revoked.mark_changed();
         let watch = Watch {
             shutdown: Box::pin(self.jobs.shutting_down()),
             policy,
+            revoked,
             conn: access.conn.clone(),
             rpc: access.rpc,
             job: access.job.id().to_string(),
@@ -213,6 +240,15 @@ impl Service {
                         }
                         let policy = watch.policy.borrow_and_update().clone();
                         if let Some(status) = watch.revoked(&policy) {
+                            return Some((Err(status), None));
+                        }
+                    }
+                    changed = watch.revoked.changed(), if !watch.revoked_closed() => {
+                        if changed.is_err() {
+                            continue;
+                        }
+                        let revoked = watch.revoked.borrow_and_update().clone();
+                        if let Some(status) = watch.ended_by_crl(&revoked) {
                             return Some((Err(status), None));
                         }
                     }
@@ -254,6 +290,7 @@ const SHUTTING_DOWN: &str =
 struct Watch {
     shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     policy: watch::Receiver<Arc<Policy>>,
+    revoked: watch::Receiver<Arc<HashSet<Identity>>>,
     conn: ConnInfo,
     rpc: Rpc,
     job: String,
@@ -265,6 +302,21 @@ impl Watch {
     /// True once the policy's sender is gone (the server is ending).
     fn closed(&self) -> bool {
         self.policy.has_changed().is_err()
+    }
+
+    /// True once the CRL's sender is gone (the server is ending).
+    fn revoked_closed(&self) -> bool {
+        self.revoked.has_changed().is_err()
+    }
+
+    /// The status to end the stream with when a CRL revoked its caller.
+    fn ended_by_crl(&self, revoked: &HashSet<Identity>) -> Option<Status> {
+        let identity = self.conn.caller.identity();
+        if !revoked.contains(&identity) {
+            return None;
+        }
+        self.ended("stream_ended_revoked");
+        Some(Status::permission_denied(REVOKED))
     }
 
     /// The status to end the stream with under `policy`, if it must end.
@@ -280,7 +332,14 @@ impl Watch {
         } else {
             return None;
         };
-        tracing::info!(caller = %identity, job = %self.job, rpc = self.rpc.name(), reason, "open stream ended by a new policy");
+        self.ended(reason);
+        Some(status)
+    }
+
+    /// Logs and audits the end of the stream for `reason`.
+    fn ended(&self, reason: &str) {
+        let identity = self.conn.caller.identity();
+        tracing::info!(caller = %identity, job = %self.job, rpc = self.rpc.name(), reason, "open stream ended by a new policy or CRL");
         if let Some(audit) = &self.audit {
             if let Err(e) = audit.record(&Entry {
                 identity,
@@ -297,7 +356,6 @@ impl Watch {
                 tracing::error!(error = %error_chain(&e), "cannot write the audit log");
             }
         }
-        Some(status)
     }
 }
 
@@ -383,6 +441,62 @@ impl JobService for Service {
         }))
     }
 
+    async fn stop_owner(
+        &self,
+        request: Request<proto::StopOwnerRequest>,
+    ) -> Result<Response<proto::StopOwnerResponse>, Status> {
+        let conn = conn(&request)?;
+        let grant = self.admit(&conn, Rpc::StopOwner, None)?;
+        let decision = |job: Option<String>, owner, outcome, reason| Decision {
+            conn: &conn,
+            rpc: Rpc::StopOwner,
+            job,
+            owner,
+            admin: grant.is_admin(),
+            outcome,
+            reason,
+        };
+        // The admin check first, so that a non-admin learns nothing, not
+        // even whether the fingerprint is well formed.
+        if !grant.is_admin() {
+            self.record(decision(None, None, Outcome::Denied, Some("admin_only")))?;
+            return Err(Status::permission_denied(STOP_OWNER_ADMIN_ONLY));
+        }
+        let Ok(owner) = request.get_ref().owner.parse::<Identity>() else {
+            self.record(decision(
+                None,
+                None,
+                Outcome::Failed,
+                Some("invalid_argument"),
+            ))?;
+            return Err(Status::invalid_argument(
+                "owner must be 'sha256:' and 64 lower-case hex digits",
+            ));
+        };
+        let jobs = self
+            .jobs
+            .running_owned_by(&grant, owner)
+            .map_err(to_status)?;
+        // One line per job, all written before any is stopped.
+        for job in &jobs {
+            self.record(decision(
+                Some(job.id().to_string()),
+                Some(owner),
+                Outcome::Allowed,
+                None,
+            ))?;
+        }
+        tracing::info!(caller = %grant.identity(), %owner, jobs = jobs.len(), "admin stops every running job of an identity");
+        for job in &jobs {
+            job.request_stop();
+        }
+        let mut stopped = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            stopped.push(status_message(&job.wait_final().await));
+        }
+        Ok(Response::new(proto::StopOwnerResponse { stopped }))
+    }
+
     async fn status(
         &self,
         request: Request<proto::StatusRequest>,
@@ -416,7 +530,7 @@ impl JobService for Service {
         };
         // As for Start's command: a malformed request is refused (and
         // recorded) before the access check.
-        let page = match paging::PageRequest::parse(page_size, &page_token) {
+        let page = match super::paging::PageRequest::parse(page_size, &page_token) {
             Ok(page) => page,
             Err(e) => {
                 let status = page_status(e);
@@ -505,385 +619,6 @@ fn chunks<T: Send + 'static>(
             Err(e) => Some((Err(output_status(e)), None)),
         }
     })
-}
-
-fn chunk_message(chunk: Chunk) -> proto::OutputChunk {
-    proto::OutputChunk {
-        fd: match chunk.fd {
-            Fd::Stdout => proto::Fd::Stdout,
-            Fd::Stderr => proto::Fd::Stderr,
-        } as i32,
-        data: chunk.data,
-    }
-}
-
-/// The wire form of a job's status.
-pub(crate) fn status_message(s: &crate::job::Status) -> proto::JobStatus {
-    let (exit_code, signal, core_dumped) = match s.exit {
-        None => (None, None, false),
-        Some(ExitInfo::Exited(code)) => (Some(code), None, false),
-        Some(ExitInfo::Signaled {
-            signal,
-            core_dumped,
-        }) => (None, Some(signal), core_dumped),
-    };
-    proto::JobStatus {
-        id: s.id.to_string(),
-        state: match s.state {
-            State::Running => proto::State::Running,
-            State::Exited => proto::State::Exited,
-            State::Killed => proto::State::Killed,
-            State::Stopped => proto::State::Stopped,
-            State::Oom => proto::State::Oom,
-            State::OutputLimit => proto::State::OutputLimit,
-            State::Lost => proto::State::Lost,
-            State::OutputFailed => proto::State::OutputFailed,
-        } as i32,
-        exit_code,
-        signal,
-        core_dumped,
-        command: s.command.clone(),
-        started_at: Some(s.started_at.into()),
-        ended_at: s.ended_at.map(Into::into),
-        owner: s.owner.to_string(),
-        limits: s.limits.map(limits_message),
-        usage: s.usage.map(usage_message),
-        output_bytes: s.output_bytes,
-        max_output_bytes: s.max_output_bytes,
-    }
-}
-
-fn limits_from_message(m: proto::Limits) -> ResourceLimits {
-    ResourceLimits {
-        memory_bytes: m.memory_bytes,
-        cpu_millis: m.cpu_millis,
-        pids: m.pids,
-        io_read_bps: m.io_read_bps,
-        io_write_bps: m.io_write_bps,
-    }
-}
-
-fn limits_message(l: ResourceLimits) -> proto::Limits {
-    proto::Limits {
-        memory_bytes: l.memory_bytes,
-        cpu_millis: l.cpu_millis,
-        pids: l.pids,
-        io_read_bps: l.io_read_bps,
-        io_write_bps: l.io_write_bps,
-    }
-}
-
-fn usage_message(u: ResourceUsage) -> proto::ResourceUsage {
-    proto::ResourceUsage {
-        peak_memory_bytes: u.peak_memory_bytes,
-        cpu_usec: u.cpu_usec,
-        oom_kills: u.oom_kills,
-    }
-}
-
-/// List pagination (Google AIP-158): how a request's `page_size` and
-/// `page_token` pick one page out of the jobs the caller may see, so that no
-/// List response comes near gRPC's 4 MiB default message limit however many
-/// jobs, or however long their commands, there are.
-///
-/// A token is the sort key of the last job the previous page returned,
-/// `<started_at as nanoseconds since the Unix epoch>:<job id>`; a page holds
-/// the jobs strictly after it. Jobs started or removed between pages
-/// therefore neither repeat nor shift the others. (A wall clock stepped back
-/// between pages could put a new job before the token: it is then missed by
-/// that listing, never repeated.)
-pub(super) mod paging {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-    use prost::Message;
-
-    use super::status_message;
-    use crate::job::{JobId, MAX_ARGS, MAX_ARGV_BYTES, Status};
-    use crate::proto;
-
-    /// Jobs per page when the request leaves `page_size` at 0. Ordinary
-    /// records are a few hundred bytes, so such a page is ~100 KiB.
-    pub(crate) const DEFAULT_PAGE_JOBS: usize = 500;
-    /// Most jobs per page, whatever `page_size` asks: bounds the work of one
-    /// call.
-    pub(crate) const MAX_PAGE_JOBS: usize = 1000;
-    /// A page stops before its encoded size would pass this many bytes: a
-    /// quarter of gRPC's 4 MiB default decode limit, which clients must
-    /// never need to raise. A page always holds at least one job (when any
-    /// are left), and one job may be larger than this, but never larger than
-    /// [`MAX_JOB_BYTES`].
-    pub(crate) const MAX_PAGE_BYTES: usize = 1024 * 1024;
-    /// An upper bound on one encoded job status: its command (at most
-    /// [`MAX_ARGV_BYTES`], plus up to 5 bytes of field tag and length per
-    /// word) and 4 KiB for every other field (id, owner, times, limits, …).
-    const MAX_JOB_BYTES: usize = MAX_ARGV_BYTES + 5 * (MAX_ARGS + 1) + 4096;
-    const _: () = assert!(
-        MAX_PAGE_BYTES < 4 * 1024 * 1024 && MAX_JOB_BYTES + 2 + MAX_TOKEN_LEN < 4 * 1024 * 1024,
-        "a List page must fit gRPC's 4 MiB default message limit"
-    );
-    /// Longest token we issue: an `i128` (at most 40 characters), `:` and a
-    /// 36-character id; anything longer was not issued by us.
-    const MAX_TOKEN_LEN: usize = 128;
-
-    /// Why a List request's paging fields are refused.
-    #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-    #[non_exhaustive]
-    pub(crate) enum PageError {
-        /// `page_token` is not a token this server issued (not
-        /// `<nanoseconds>:<job id>`).
-        #[error("page_token is not one this server issued; list again from an empty page_token")]
-        InvalidToken,
-        /// `page_size` is below 0.
-        #[error("page_size must not be negative (0 means the server's default)")]
-        NegativeSize,
-    }
-
-    /// A validated page request: how many jobs, after which key.
-    #[derive(Debug, PartialEq, Eq)]
-    pub(crate) struct PageRequest {
-        size: usize,
-        after: Option<(SystemTime, JobId)>,
-    }
-
-    impl PageRequest {
-        /// Validates a List request's `page_size` and `page_token`.
-        ///
-        /// # Errors
-        /// [`PageError::NegativeSize`], [`PageError::InvalidToken`].
-        pub(crate) fn parse(page_size: i32, page_token: &str) -> Result<Self, PageError> {
-            let size = match usize::try_from(page_size) {
-                Err(_) => return Err(PageError::NegativeSize),
-                Ok(0) => DEFAULT_PAGE_JOBS,
-                Ok(n) => n.min(MAX_PAGE_JOBS),
-            };
-            let after = if page_token.is_empty() {
-                None
-            } else {
-                Some(decode(page_token).ok_or(PageError::InvalidToken)?)
-            };
-            Ok(Self { size, after })
-        }
-
-        /// The page of `jobs` (sorted by `(started_at, id)`, as
-        /// [`crate::job::Jobs::list`] returns them) this request asks for,
-        /// with the token of the next page if any jobs are left after it.
-        pub(crate) fn of(&self, jobs: &[Status]) -> proto::ListResponse {
-            let start = match self.after {
-                None => 0,
-                Some(after) => jobs.partition_point(|s| (s.started_at, s.id) <= after),
-            };
-            let rest = &jobs[start..];
-            let mut page = Vec::new();
-            // Room for next_page_token (tag, length, text).
-            let mut bytes = 2 + MAX_TOKEN_LEN;
-            for job in rest.iter().take(self.size) {
-                let message = status_message(job);
-                let len = message.encoded_len();
-                // Field tag (1 byte for field 1), length, the message.
-                let field = 1 + prost::length_delimiter_len(len) + len;
-                if !page.is_empty() && bytes + field > MAX_PAGE_BYTES {
-                    break;
-                }
-                bytes += field;
-                page.push(message);
-            }
-            let next_page_token = match rest.get(page.len()) {
-                // `page` is not empty here: `rest` has an element past it
-                // and the loop takes at least one (`size` is at least 1).
-                Some(_) => encode(&rest[page.len() - 1]),
-                None => String::new(),
-            };
-            proto::ListResponse {
-                jobs: page,
-                next_page_token,
-            }
-        }
-    }
-
-    /// The token continuing after `job`.
-    fn encode(job: &Status) -> String {
-        let nanos = match job.started_at.duration_since(UNIX_EPOCH) {
-            // At most u64::MAX s in nanoseconds (< 2^94): no i128 overflow.
-            Ok(d) => d.as_nanos() as i128,
-            Err(before) => -(before.duration().as_nanos() as i128),
-        };
-        format!("{nanos}:{}", job.id)
-    }
-
-    /// The key a token of [`encode`] holds; `None` for anything else.
-    fn decode(token: &str) -> Option<(SystemTime, JobId)> {
-        if token.len() > MAX_TOKEN_LEN {
-            return None;
-        }
-        let (nanos, id) = token.split_once(':')?;
-        // `i128::from_str` takes a leading '+', which `encode` never writes:
-        // one key, one spelling.
-        if nanos.starts_with('+') {
-            return None;
-        }
-        let nanos: i128 = nanos.parse().ok()?;
-        let id: JobId = id.parse().ok()?;
-        const NANOS_PER_SEC: u128 = 1_000_000_000;
-        let magnitude = nanos.unsigned_abs();
-        let secs = u64::try_from(magnitude / NANOS_PER_SEC).ok()?;
-        // The remainder is below 10^9: it fits a u32.
-        let offset = Duration::new(secs, (magnitude % NANOS_PER_SEC) as u32);
-        let time = if nanos < 0 {
-            UNIX_EPOCH.checked_sub(offset)?
-        } else {
-            UNIX_EPOCH.checked_add(offset)?
-        };
-        Some((time, id))
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-        use crate::job::State;
-
-        fn job(started_ns: u64, id: &str, command_bytes: usize) -> Status {
-            Status {
-                id: id.parse().unwrap(),
-                state: State::Running,
-                exit: None,
-                command: vec!["/bin/true".into(), "x".repeat(command_bytes)],
-                started_at: UNIX_EPOCH + Duration::from_nanos(started_ns),
-                ended_at: None,
-                owner: crate::auth::Identity::from_spki_der(b"alice"),
-                limits: None,
-                usage: None,
-                output_bytes: 0,
-                max_output_bytes: None,
-            }
-        }
-
-        fn ids(page: &proto::ListResponse) -> Vec<&str> {
-            page.jobs.iter().map(|j| j.id.as_str()).collect()
-        }
-
-        const A: &str = "00000000-0000-4000-8000-00000000000a";
-        const B: &str = "00000000-0000-4000-8000-00000000000b";
-        const C: &str = "00000000-0000-4000-8000-00000000000c";
-
-        #[test]
-        fn a_token_names_the_last_job_and_the_next_page_starts_after_it() {
-            // Scenario: pages of two over three jobs, two of which started in
-            // the same nanosecond (ordered by id); the token is the last
-            // job's key, and a removed job does not shift the next page.
-            let jobs = vec![
-                job(5, A, 1),
-                job(1_700_000_000_123_456_789, B, 1),
-                job(1_700_000_000_123_456_789, C, 1),
-            ];
-            let first = PageRequest::parse(2, "").unwrap().of(&jobs);
-            assert_eq!(ids(&first), [A, B]);
-            assert_eq!(first.next_page_token, format!("1700000000123456789:{B}"));
-            let second = PageRequest::parse(2, &first.next_page_token).unwrap();
-            assert_eq!(ids(&second.of(&jobs)), [C]);
-            assert_eq!(second.of(&jobs).next_page_token, "");
-            // B removed between the pages: C still follows.
-            assert_eq!(
-                ids(&second.of(&[job(5, A, 1), job(1_700_000_000_123_456_789, C, 1)])),
-                [C]
-            );
-            // Everything after the token removed: an empty last page.
-            assert_eq!(second.of(&jobs[..2]), proto::ListResponse::default());
-        }
-
-        #[test]
-        fn a_page_stops_at_its_byte_budget_but_holds_at_least_one_job() {
-            // Scenario: three jobs of 600 KB commands: each page holds one
-            // (two would pass 1 MiB); a single job larger than the budget
-            // still goes out alone.
-            let jobs = vec![job(1, A, 600_000), job(2, B, 600_000), job(3, C, 600_000)];
-            let mut token = String::new();
-            let mut seen = Vec::new();
-            loop {
-                let page = PageRequest::parse(0, &token).unwrap().of(&jobs);
-                assert_eq!(page.jobs.len(), 1);
-                assert!(
-                    page.encoded_len() <= MAX_PAGE_BYTES,
-                    "{}",
-                    page.encoded_len()
-                );
-                seen.push(page.jobs[0].id.clone());
-                token = page.next_page_token;
-                if token.is_empty() {
-                    break;
-                }
-            }
-            assert_eq!(seen, [A, B, C]);
-            let huge = [job(1, A, MAX_ARGV_BYTES - 16), job(2, B, 1)];
-            let page = PageRequest::parse(0, "").unwrap().of(&huge);
-            assert_eq!(ids(&page), [A]);
-            assert!(page.encoded_len() > MAX_PAGE_BYTES);
-            assert!(page.encoded_len() <= MAX_JOB_BYTES + 2 + MAX_TOKEN_LEN);
-        }
-
-        #[test]
-        fn page_size_zero_is_the_default_and_large_ones_are_capped() {
-            // Scenario: 0 asks for the default page, i32::MAX for the maximum.
-            assert_eq!(PageRequest::parse(0, "").unwrap().size, DEFAULT_PAGE_JOBS);
-            assert_eq!(
-                PageRequest::parse(i32::MAX, "").unwrap().size,
-                MAX_PAGE_JOBS
-            );
-            assert_eq!(PageRequest::parse(7, "").unwrap().size, 7);
-            let jobs: Vec<Status> = (0..MAX_PAGE_JOBS as u64 + 1)
-                .map(|n| {
-                    let id = format!("00000000-0000-4000-8000-{n:012x}");
-                    job(n, &id, 1)
-                })
-                .collect();
-            let page = PageRequest::parse(i32::MAX, "").unwrap().of(&jobs);
-            assert_eq!(page.jobs.len(), MAX_PAGE_JOBS);
-            assert_eq!(page.next_page_token, encode(&jobs[MAX_PAGE_JOBS - 1]));
-        }
-
-        #[test]
-        fn tokens_not_issued_by_the_server_are_refused() {
-            // Scenario: garbage, near-misses of the format and a negative
-            // size are each refused with their own error.
-            for token in [
-                "garbage",
-                ":",
-                "12",
-                &format!("12:{}", A.to_uppercase()),
-                &format!("+12:{A}"),
-                &format!("1.5:{A}"),
-                &format!("12:{A}:"),
-                &format!("{}0:{A}", i128::MAX),
-                &format!("{}:{A}", "9".repeat(MAX_TOKEN_LEN)),
-            ] {
-                assert_eq!(
-                    PageRequest::parse(0, token),
-                    Err(PageError::InvalidToken),
-                    "{token}"
-                );
-            }
-            assert_eq!(PageRequest::parse(-1, ""), Err(PageError::NegativeSize));
-            assert_eq!(
-                PageRequest::parse(i32::MIN, "garbage"),
-                Err(PageError::NegativeSize)
-            );
-        }
-
-        #[test]
-        fn a_token_round_trips_every_start_time() {
-            // Scenario: start times before the epoch, at it and far after it
-            // come back exactly from their token.
-            for time in [
-                UNIX_EPOCH - Duration::new(3, 7),
-                UNIX_EPOCH,
-                UNIX_EPOCH + Duration::new(1_700_000_000, 999_999_999),
-                UNIX_EPOCH + Duration::new(u64::MAX / 4, 1),
-            ] {
-                let mut j = job(0, A, 1);
-                j.started_at = time;
-                assert_eq!(decode(&encode(&j)), Some((time, j.id)));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -9,11 +9,19 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::service::paging::PageError;
+use super::paging::PageError;
 use crate::job::{JobError, SpawnError};
 use crate::output::OutputError;
 use crate::policy::Denial;
 use crate::store::StoreError;
+
+/// What a revoked identity is told (PERMISSION_DENIED) when its open
+/// stream ends or it makes a request on a connection about to be closed.
+pub(crate) const REVOKED: &str =
+    "this client certificate was revoked (ask your CA admin for a new one)";
+
+/// What a non-admin is told for StopOwner, whatever owner it named.
+pub(crate) const STOP_OWNER_ADMIN_ONLY: &str = "only admins may stop every job of an identity";
 
 /// Maps a job error to the gRPC status the peer sees.
 pub(crate) fn to_status(e: JobError) -> Status {

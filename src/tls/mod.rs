@@ -14,6 +14,10 @@
 //!
 //! It must not decide who may do what: it only proves which key the peer holds.
 
+mod crl;
+
+pub use crl::Crl;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,6 +78,15 @@ pub enum TlsError {
     Unsuitable {
         /// "server" or "client".
         role: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+    /// The CRL given with `--crl` is unusable: it does not parse, was not
+    /// issued or signed by the configured CA, or is past its `nextUpdate`.
+    #[error("CRL file {} {reason}", path.display())]
+    Crl {
         /// The path given.
         path: PathBuf,
         /// What is wrong, and what to do.
@@ -192,6 +205,21 @@ impl PemFiles {
         Ok(Parsed { roots, chain, key })
     }
 
+    /// The first CA certificate of `pem.ca`, DER: what a CRL must be signed by.
+    ///
+    /// # Errors
+    /// [`TlsError::Pem`] if the CA file holds no certificate.
+    pub fn ca_certificate(&self, pem: &PemMaterial) -> Result<CertificateDer<'static>, TlsError> {
+        CertificateDer::pem_slice_iter(&pem.ca)
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| TlsError::Pem {
+                what: "CA certificate",
+                path: self.ca.clone(),
+                kind: "CERTIFICATE",
+            })
+    }
+
     /// The server side: TLS 1.3 only, a client certificate chaining to `ca` with
     /// clientAuth required, ALPN `h2`, no session tickets or session cache.
     ///
@@ -208,14 +236,34 @@ impl PemFiles {
     /// # Errors
     /// As [`PemFiles::server_config`].
     pub fn server_config_from(&self, pem: &PemMaterial) -> Result<Arc<ServerConfig>, TlsError> {
+        self.server_config_with_crl(pem, None)
+    }
+
+    /// [`PemFiles::server_config_from`] that also refuses every client
+    /// certificate `crl` revokes (TLS alert `certificate_revoked`). Only the
+    /// client's own certificate is checked: the CA is the trust anchor, and
+    /// its path length 0 allows no intermediates.
+    ///
+    /// # Errors
+    /// As [`PemFiles::server_config`]; [`TlsError::Verifier`] if rustls
+    /// cannot parse the CRL.
+    pub fn server_config_with_crl(
+        &self,
+        pem: &PemMaterial,
+        crl: Option<&Crl>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         let Parsed { roots, chain, key } = self.parse(pem, Role::Server)?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
             provider.clone(),
-        )
-        .build()
-        .map_err(TlsError::Verifier)?;
+        );
+        if let Some(crl) = crl {
+            builder = builder
+                .with_crls([crl.der()])
+                .only_check_end_entity_revocation();
+        }
+        let verifier = builder.build().map_err(TlsError::Verifier)?;
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(TlsError::Config)?
