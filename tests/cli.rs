@@ -1467,7 +1467,7 @@ fn jobsd_refuses_to_start_with_a_broken_policy_naming_file_line_and_key() {
     for (text, at) in [
         (
             format!("denylst = [\"{alice}\"]\n"),
-            ":1:1: key 'denylst': unknown key; expected one of: denylist, admins, rate, quota, limits, handshakes, users",
+            ":1:1: key 'denylst': unknown key; expected one of: denylist, admins, rate, quota, limits, handshakes, identity_limits, users",
         ),
         (
             format!("[rate]\ndenylist = [\"{alice}\"]\n"),

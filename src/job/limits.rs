@@ -247,6 +247,10 @@ pub struct JobQuota {
     pub max_output_bytes: Option<u64>,
     /// Changes to the daemon's ceilings for this identity's jobs.
     pub ceilings: CeilingOverrides,
+    /// Limits on all the identity's running jobs together (memory, CPU,
+    /// processes; the io fields are never set), enforced on the identity's
+    /// own group where the executor has one. `None` fields: not limited.
+    pub identity_limits: ResourceLimits,
     /// What this identity's jobs may do beyond the default sandbox.
     pub permits: JobPermits,
 }

@@ -303,6 +303,12 @@ pub enum PolicyErrorKind {
         /// The fingerprint.
         fingerprint: String,
     },
+    /// A grant (`allow_listen`, `allow_user_namespaces`) at the top level:
+    /// grants are given to one identity in its `[users."…"]` table only.
+    #[error(
+        "a grant applies to one identity: write it in a [users.\"sha256:…\"] table, not at the top level"
+    )]
+    GrantAtTopLevel,
     /// A value outside the key's range.
     #[error("{value} is out of range: {expected}")]
     OutOfRange {

@@ -67,6 +67,8 @@ struct Decision<'a> {
     admin: bool,
     outcome: Outcome,
     reason: Option<&'a str>,
+    /// Policy grants a started job runs with; empty elsewhere.
+    grants: &'a [&'static str],
 }
 
 /// A request that may act on a job.
@@ -100,6 +102,7 @@ impl Service {
                 admin: d.admin,
                 outcome: d.outcome,
                 reason: d.reason,
+                grants: d.grants,
             })
             .map_err(|e| internal("cannot write the audit log", &error_chain(&e)))
     }
@@ -115,6 +118,7 @@ impl Service {
                 admin: false,
                 outcome: Outcome::Denied,
                 reason: Some(denial.reason()),
+                grants: &[],
             })?;
             Err(denial_status(denial))
         })
@@ -139,6 +143,7 @@ impl Service {
                     admin: false,
                     outcome: Outcome::Denied,
                     reason: Some(denied.reason()),
+                    grants: &[],
                 })?;
                 return Err(to_status(denied.into()));
             }
@@ -152,6 +157,7 @@ impl Service {
             admin,
             outcome,
             reason,
+            grants: &[],
         };
         let permit = if matches!(rpc, Rpc::Output | Rpc::Stream) {
             match self.streams.acquire(grant.identity()) {
@@ -292,6 +298,7 @@ impl Watch {
                 admin: self.owner != identity,
                 outcome: Outcome::Denied,
                 reason: Some(reason),
+                grants: &[],
             }) {
                 // The stream ends all the same: refusing is the safe side.
                 tracing::error!(error = %error_chain(&e), "cannot write the audit log");
@@ -315,6 +322,7 @@ impl JobService for Service {
             limits,
         } = request.into_inner();
         let limits = limits.map(limits_from_message).unwrap_or_default();
+        let grants = grant_names(grant.quota().permits);
         let decision = |job: Option<String>, outcome, reason| Decision {
             conn: &conn,
             rpc: Rpc::Start,
@@ -323,6 +331,7 @@ impl JobService for Service {
             admin: false,
             outcome,
             reason,
+            grants: &grants,
         };
         // The decision, with the new job's id, is recorded before anything
         // runs: if the line cannot be written, nothing starts.
@@ -409,6 +418,7 @@ impl JobService for Service {
             admin: all_users && grant.is_admin(),
             outcome,
             reason,
+            grants: &[],
         };
         // As for Start's command: a malformed request is refused (and
         // recorded) before the access check.
@@ -880,6 +890,22 @@ pub(super) mod paging {
             }
         }
     }
+}
+
+/// The names of the policy grants in `permits`, as the policy file spells
+/// them, for the audit line of a start.
+fn grant_names(permits: crate::job::JobPermits) -> Vec<&'static str> {
+    let crate::job::JobPermits {
+        listen,
+        user_namespaces,
+    } = permits;
+    [
+        (listen, "allow_listen"),
+        (user_namespaces, "allow_user_namespaces"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect()
 }
 
 #[cfg(test)]

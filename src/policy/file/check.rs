@@ -16,6 +16,8 @@ pub(super) struct Settings {
     pub(super) max_running_jobs: Override<u32>,
     pub(super) max_output_bytes: Override<u64>,
     pub(super) ceilings: CeilingOverrides,
+    /// `[identity_limits]`: memory, cpus and pids only (io stays `Inherit`).
+    pub(super) identity: CeilingOverrides,
 }
 
 impl Settings {
@@ -29,13 +31,8 @@ impl Settings {
             start_burst: burst_over(self.start_burst, self.starts, base.start_burst),
             max_running_jobs: or(self.max_running_jobs, base.max_running_jobs),
             max_output_bytes: or(self.max_output_bytes, base.max_output_bytes),
-            ceilings: CeilingOverrides {
-                memory_bytes: or(self.ceilings.memory_bytes, base.ceilings.memory_bytes),
-                cpu_millis: or(self.ceilings.cpu_millis, base.ceilings.cpu_millis),
-                pids: or(self.ceilings.pids, base.ceilings.pids),
-                io_read_bps: or(self.ceilings.io_read_bps, base.ceilings.io_read_bps),
-                io_write_bps: or(self.ceilings.io_write_bps, base.ceilings.io_write_bps),
-            },
+            ceilings: overrides_over(&self.ceilings, &base.ceilings),
+            identity: overrides_over(&self.identity, &base.identity),
         }
     }
 
@@ -48,9 +45,22 @@ impl Settings {
                 max_running_jobs: limit(self.max_running_jobs),
                 max_output_bytes: limit(self.max_output_bytes),
                 ceilings: self.ceilings,
+                // Inherit and "unlimited" alike: no limit on the group.
+                identity_limits: self.identity.apply(&ResourceLimits::default()),
                 permits: JobPermits::default(),
             },
         }
+    }
+}
+
+/// `own` where written, else `base`, field by field.
+fn overrides_over(own: &CeilingOverrides, base: &CeilingOverrides) -> CeilingOverrides {
+    CeilingOverrides {
+        memory_bytes: or(own.memory_bytes, base.memory_bytes),
+        cpu_millis: or(own.cpu_millis, base.cpu_millis),
+        pids: or(own.pids, base.pids),
+        io_read_bps: or(own.io_read_bps, base.io_read_bps),
+        io_write_bps: or(own.io_write_bps, base.io_write_bps),
     }
 }
 
@@ -101,6 +111,15 @@ pub(super) fn rate(
     })
 }
 
+/// The tables of one table set (the top level, or one user's).
+#[derive(Clone, Copy)]
+pub(super) struct Tables<'a> {
+    pub(super) rate: Option<&'a RawRate>,
+    pub(super) quota: Option<&'a RawQuota>,
+    pub(super) limits: Option<&'a RawLimits>,
+    pub(super) identity: Option<&'a RawIdentityLimits>,
+}
+
 /// The text being checked, and the file it came from.
 pub(super) struct Check<'a> {
     pub(super) text: &'a str,
@@ -132,9 +151,12 @@ impl Check<'_> {
 
         let top = self.settings(
             "",
-            raw.rate.as_ref(),
-            raw.quota.as_ref(),
-            raw.limits.as_ref(),
+            Tables {
+                rate: raw.rate.as_ref(),
+                quota: raw.quota.as_ref(),
+                limits: raw.limits.as_ref(),
+                identity: raw.identity_limits.as_ref(),
+            },
             &Settings::default(),
         )?;
         let handshakes = self.handshakes(raw.handshakes.as_ref())?;
@@ -144,12 +166,21 @@ impl Check<'_> {
             let identity = self.fingerprint(&name, user_keys.get(&name).cloned(), &key)?;
             let own = self.settings(
                 &format!("{key}."),
-                user.rate.as_ref(),
-                user.quota.as_ref(),
-                user.limits.as_ref(),
+                Tables {
+                    rate: user.rate.as_ref(),
+                    quota: user.quota.as_ref(),
+                    limits: user.limits.as_ref(),
+                    identity: user.identity_limits.as_ref(),
+                },
                 &top,
             )?;
-            users.insert(identity, own.over(&top).rules());
+            let mut rules = own.over(&top).rules();
+            // Grants exist only here: there is no top-level default to merge.
+            rules.jobs.permits = JobPermits {
+                listen: user.allow_listen.unwrap_or(false),
+                user_namespaces: user.allow_user_namespaces.unwrap_or(false),
+            };
+            users.insert(identity, rules);
         }
 
         Ok(Policy {
@@ -208,13 +239,25 @@ impl Check<'_> {
     fn settings(
         &self,
         prefix: &str,
-        rate: Option<&RawRate>,
-        quota: Option<&RawQuota>,
-        limits: Option<&RawLimits>,
+        tables: Tables<'_>,
         base: &Settings,
     ) -> Result<Settings, Problem> {
+        let Tables {
+            rate,
+            quota,
+            limits,
+            identity,
+        } = tables;
         let key = |name: &str| format!("{prefix}{name}");
         let mut own = Settings::default();
+        if let Some(identity) = identity {
+            own.identity = self.resources(
+                &key("identity_limits"),
+                &identity.memory,
+                &identity.cpus,
+                &identity.pids,
+            )?;
+        }
         if let Some(rate) = rate {
             own.requests =
                 self.count(&rate.requests_per_second, &key("rate.requests_per_second"))?;
@@ -247,32 +290,9 @@ impl Check<'_> {
             )?;
         }
         if let Some(limits) = limits {
+            let resources =
+                self.resources(&key("limits"), &limits.memory, &limits.cpus, &limits.pids)?;
             own.ceilings = CeilingOverrides {
-                memory_bytes: self.bytes(
-                    &limits.memory,
-                    &key("limits.memory"),
-                    MIN_MEMORY_BYTES,
-                    "",
-                )?,
-                cpu_millis: self.checked(
-                    &limits.cpus,
-                    &key("limits.cpus"),
-                    || {
-                        let min = f64::from(MIN_CPU_MILLIS) / 1000.0;
-                        format!("at least {min} cores, in steps of 0.001")
-                    },
-                    |s| cpu_millis(s).filter(|&m| m >= MIN_CPU_MILLIS),
-                )?,
-                pids: self.checked(
-                    &limits.pids,
-                    &key("limits.pids"),
-                    || format!("an integer from {MIN_PIDS} to {MAX_PIDS}"),
-                    |s| {
-                        integer(s)
-                            .and_then(|n| u32::try_from(n).ok())
-                            .filter(|n| (MIN_PIDS..=MAX_PIDS).contains(n))
-                    },
-                )?,
                 io_read_bps: self.bytes(
                     &limits.io_read,
                     &key("limits.io_read"),
@@ -285,9 +305,48 @@ impl Check<'_> {
                     1,
                     " per second",
                 )?,
+                ..resources
             };
         }
         Ok(own)
+    }
+
+    /// `memory`, `cpus` and `pids` of the table `table` (`limits`,
+    /// `identity_limits`, with a user's prefix), range-checked; io stays
+    /// `Inherit`.
+    fn resources(
+        &self,
+        table: &str,
+        memory: &Field<Size>,
+        cpus: &Field<Cores>,
+        pids: &Field<IntegerOrUnlimited>,
+    ) -> Result<CeilingOverrides, Problem> {
+        let memory = self.bytes(memory, &format!("{table}.memory"), MIN_MEMORY_BYTES, "")?;
+        let cpus = self.checked(
+            cpus,
+            &format!("{table}.cpus"),
+            || {
+                let min = f64::from(MIN_CPU_MILLIS) / 1000.0;
+                format!("at least {min} cores, in steps of 0.001")
+            },
+            |s| cpu_millis(s).filter(|&m| m >= MIN_CPU_MILLIS),
+        )?;
+        let pids = self.checked(
+            pids,
+            &format!("{table}.pids"),
+            || format!("an integer from {MIN_PIDS} to {MAX_PIDS}"),
+            |s| {
+                integer(s)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| (MIN_PIDS..=MAX_PIDS).contains(n))
+            },
+        )?;
+        Ok(CeilingOverrides {
+            memory_bytes: memory,
+            cpu_millis: cpus,
+            pids,
+            ..CeilingOverrides::default()
+        })
     }
 
     /// `[handshakes]`: per source address, one second period.

@@ -38,13 +38,16 @@ use crate::auth::Identity;
 use crate::client::units::{parse_cpus, parse_size};
 use crate::job::{
     CeilingOverrides, JobPermits, JobQuota, MAX_PIDS, MIN_CPU_MILLIS, MIN_MEMORY_BYTES, MIN_PIDS,
-    Override, human_bytes,
+    Override, ResourceLimits, human_bytes,
 };
 
 /// The period of `requests_per_second` and `[handshakes] per_second`.
 const SECOND: Duration = Duration::from_secs(1);
 /// The period of `starts_per_minute`.
 const MINUTE: Duration = Duration::from_secs(60);
+/// The keys of `[users."…"]` that grant more than the default sandbox; not
+/// accepted at the top level.
+const GRANTS: [&str; 2] = ["allow_listen", "allow_user_namespaces"];
 /// The one string accepted where a number is expected (sizes aside).
 const UNLIMITED: &str = "unlimited";
 /// Serde's message for `deny_unknown_fields`, which the toml crate keeps
@@ -128,6 +131,19 @@ impl Problem {
 fn read(text: &str, path: &Path) -> Result<Policy, Problem> {
     let check = Check { text, path };
     let root = DeTable::parse(text).map_err(|e| check.syntax_error(&e))?;
+    // A grant is given to one identity by name, never to everyone: refused
+    // here with its own message rather than as just an unknown key.
+    if let Some((key, _)) = root
+        .get_ref()
+        .iter()
+        .find(|(key, _)| GRANTS.contains(&key.get_ref().as_ref()))
+    {
+        return Err(Problem::new(
+            Some(key.span()),
+            Some(key.get_ref().to_string()),
+            PolicyErrorKind::GrantAtTopLevel,
+        ));
+    }
     // The users' keys as written, with their spans: serde hands them over
     // as plain strings, and a malformed one must still point at its line.
     let user_keys: HashMap<String, Range<usize>> = root

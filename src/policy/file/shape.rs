@@ -15,6 +15,7 @@ pub(super) struct RawPolicy {
     pub(super) quota: Option<RawQuota>,
     pub(super) limits: Option<RawLimits>,
     pub(super) handshakes: Option<RawHandshakes>,
+    pub(super) identity_limits: Option<RawIdentityLimits>,
     pub(super) users: Option<BTreeMap<String, RawUser>>,
 }
 
@@ -25,6 +26,22 @@ pub(super) struct RawUser {
     pub(super) rate: Option<RawRate>,
     pub(super) quota: Option<RawQuota>,
     pub(super) limits: Option<RawLimits>,
+    pub(super) identity_limits: Option<RawIdentityLimits>,
+    /// The grant to bind TCP ports ([`crate::job::JobPermits::listen`]).
+    pub(super) allow_listen: Option<bool>,
+    /// The grant to make user namespaces
+    /// ([`crate::job::JobPermits::user_namespaces`]).
+    pub(super) allow_user_namespaces: Option<bool>,
+}
+
+/// `[identity_limits]`, top level or per user: all of one identity's
+/// running jobs together.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawIdentityLimits {
+    pub(super) memory: Field<Size>,
+    pub(super) cpus: Field<Cores>,
+    pub(super) pids: Field<IntegerOrUnlimited>,
 }
 
 /// `[rate]`, top level or per user.

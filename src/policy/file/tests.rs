@@ -66,7 +66,8 @@ fn out_of_range(value: &str, expected: &str) -> PolicyErrorKind {
     }
 }
 
-const TOP_KEYS: &str = "denylist, admins, rate, quota, limits, handshakes, users";
+const TOP_KEYS: &str = "denylist, admins, rate, quota, limits, handshakes, identity_limits, users";
+const USER_KEYS: &str = "rate, quota, limits, identity_limits, allow_listen, allow_user_namespaces";
 const RATE_KEYS: &str = "requests_per_second, request_burst, starts_per_minute, start_burst";
 
 // The documented example parses, and means what its comments say.
@@ -99,6 +100,12 @@ fn the_example_file_parses() {
                 io_read_bps: Override::Limit(100 << 20),
                 io_write_bps: Override::Limit(100 << 20),
             },
+            identity_limits: ResourceLimits {
+                memory_bytes: Some(4 << 30),
+                cpu_millis: Some(2000),
+                pids: Some(2048),
+                ..ResourceLimits::default()
+            },
             permits: JobPermits::default(),
         },
     };
@@ -117,7 +124,16 @@ fn the_example_file_parses() {
                     cpu_millis: Override::Limit(4000),
                     ..top.jobs.ceilings
                 },
-                permits: JobPermits::default(),
+                // Its own memory, "unlimited" cpus, the top level's pids.
+                identity_limits: ResourceLimits {
+                    memory_bytes: Some(16 << 30),
+                    cpu_millis: None,
+                    ..top.jobs.identity_limits
+                },
+                permits: JobPermits {
+                    listen: true,
+                    user_namespaces: false,
+                },
             },
         }
     );
@@ -199,6 +215,7 @@ rate = {{ requests_per_second = 1 }}
                 io_read_bps: Override::Inherit,
                 io_write_bps: Override::Unlimited,
             },
+            identity_limits: ResourceLimits::default(),
             permits: JobPermits::default(),
         },
     };
@@ -216,6 +233,7 @@ rate = {{ requests_per_second = 1 }}
                     io_read_bps: Override::Limit(10 << 20),
                     ..top.jobs.ceilings
                 },
+                identity_limits: top.jobs.identity_limits,
                 permits: JobPermits::default(),
             },
         }
@@ -325,7 +343,7 @@ fn a_misspelled_key_is_refused() {
     assert_eq!(
         e.to_string(),
         "policy.toml:1:1: key 'denylst': unknown key; expected one of: \
-         denylist, admins, rate, quota, limits, handshakes, users"
+         denylist, admins, rate, quota, limits, handshakes, identity_limits, users"
     );
 }
 
@@ -384,16 +402,13 @@ fn an_unknown_key_in_a_user_table_is_refused() {
     let key = format!("users.\"{alice}\".admins");
     assert_eq!(
         at(&e),
-        (
-            Some(2),
-            Some(1),
-            Some(key.as_str()),
-            &unknown("rate, quota, limits")
-        )
+        (Some(2), Some(1), Some(key.as_str()), &unknown(USER_KEYS))
     );
     assert_eq!(
         e.to_string(),
-        format!("policy.toml:2:1: key '{key}': unknown key; expected one of: rate, quota, limits")
+        format!(
+            "policy.toml:2:1: key '{key}': unknown key; expected one of: rate, quota, limits, identity_limits, allow_listen, allow_user_namespaces"
+        )
     );
     let e = rejected(&format!("[users.\"{alice}\".quota]\nmax_jobs = 1\n"));
     let key = format!("users.\"{alice}\".quota.max_jobs");
@@ -1216,4 +1231,189 @@ fn positions_are_one_based_characters() {
     assert_eq!(position("ab\ncd", 4), (2, 2));
     assert_eq!(position("é = 1\nx", 3), (1, 3));
     assert_eq!(position("ab", 99), (1, 3));
+}
+
+/// The identity limits of `text`'s top level and of alice.
+fn identity_limits_of(text: &str) -> (ResourceLimits, ResourceLimits) {
+    let p = parsed(text);
+    (
+        p.rules(&id("anyone")).jobs.identity_limits,
+        p.rules(&id("alice")).jobs.identity_limits,
+    )
+}
+
+// Top-level [identity_limits] is everyone's; a user's table overrides it
+// field by field, and "unlimited" lifts one field for that user only.
+#[test]
+fn identity_limits_merge_field_by_field() {
+    let alice = fp("alice");
+    let (top, own) = identity_limits_of(&format!(
+        "[identity_limits]\nmemory = \"1G\"\ncpus = 1.5\npids = 100\n\
+         [users.\"{alice}\".identity_limits]\ncpus = \"unlimited\"\npids = 10\n"
+    ));
+    let expected_top = ResourceLimits {
+        memory_bytes: Some(1 << 30),
+        cpu_millis: Some(1500),
+        pids: Some(100),
+        ..ResourceLimits::default()
+    };
+    assert_eq!(top, expected_top);
+    assert_eq!(
+        own,
+        ResourceLimits {
+            cpu_millis: None,
+            pids: Some(10),
+            ..expected_top
+        }
+    );
+}
+
+// No [identity_limits] anywhere: nothing is limited.
+#[test]
+fn identity_limits_default_to_none() {
+    let (top, own) = identity_limits_of("");
+    assert_eq!(top, ResourceLimits::default());
+    assert_eq!(own, ResourceLimits::default());
+}
+
+// A user's [identity_limits] alone applies to that user only.
+#[test]
+fn a_users_identity_limits_leave_others_unlimited() {
+    let alice = fp("alice");
+    let (top, own) = identity_limits_of(&format!(
+        "[users.\"{alice}\".identity_limits]\nmemory = 8388608\n"
+    ));
+    assert_eq!(top, ResourceLimits::default());
+    assert_eq!(own.memory_bytes, Some(8 << 20));
+}
+
+// A misspelled key in [identity_limits] must not quietly mean "no limit".
+#[test]
+fn an_unknown_identity_limit_is_refused() {
+    let e = rejected("[identity_limits]\nmemroy = \"1G\"\n");
+    assert_eq!(
+        at(&e),
+        (
+            Some(2),
+            Some(1),
+            Some("identity_limits.memroy"),
+            &unknown("memory, cpus, pids")
+        )
+    );
+}
+
+// io limits are per job: [identity_limits] has no io keys.
+#[test]
+fn io_is_not_an_identity_limit() {
+    let e = rejected("[identity_limits]\nio_read = \"1M\"\n");
+    assert_eq!(e.key.as_deref(), Some("identity_limits.io_read"));
+    assert_eq!(e.kind, unknown("memory, cpus, pids"));
+}
+
+// Out-of-range and wrong-type identity limits name file, line and key.
+#[test]
+fn bad_identity_limit_values_are_refused() {
+    let e = rejected("[identity_limits]\nmemory = \"1M\"\n");
+    assert_eq!(
+        at(&e),
+        (
+            Some(2),
+            Some(10),
+            Some("identity_limits.memory"),
+            &out_of_range(
+                "\"1M\"",
+                "at least 4.0 MiB (4194304 bytes) and at most 8 EiB, or \"unlimited\""
+            )
+        )
+    );
+    let e = rejected("[identity_limits]\npids = 1\n");
+    assert_eq!(
+        at(&e),
+        (
+            Some(2),
+            Some(8),
+            Some("identity_limits.pids"),
+            &out_of_range("1", "an integer from 2 to 4194304, or \"unlimited\"")
+        )
+    );
+    let alice = fp("alice");
+    let e = rejected(&format!(
+        "[users.\"{alice}\".identity_limits]\ncpus = \"two\"\n"
+    ));
+    assert_eq!(e.line, Some(2));
+    assert_eq!(
+        e.key.as_deref(),
+        Some(format!("users.\"{alice}\".identity_limits.cpus").as_str())
+    );
+    assert!(matches!(e.kind, PolicyErrorKind::WrongType(_)), "{e}");
+    assert_eq!(e.to_string().split(": ").next(), Some("policy.toml:2:8"));
+}
+
+// Grants in a user's table become that user's permits, and no one else's.
+#[test]
+fn grants_parse_into_permits() {
+    let alice = fp("alice");
+    let bob = fp("bob");
+    let p = parsed(&format!(
+        "[users.\"{alice}\"]\nallow_listen = true\nallow_user_namespaces = true\n\
+         [users.\"{bob}\"]\nallow_listen = false\nallow_user_namespaces = true\n"
+    ));
+    assert_eq!(
+        p.rules(&id("alice")).jobs.permits,
+        JobPermits {
+            listen: true,
+            user_namespaces: true
+        }
+    );
+    assert_eq!(
+        p.rules(&id("bob")).jobs.permits,
+        JobPermits {
+            listen: false,
+            user_namespaces: true
+        }
+    );
+    assert_eq!(p.rules(&id("carol")).jobs.permits, JobPermits::default());
+}
+
+// An operator who writes a grant at the top level must not grant it to
+// every identity: the file is refused.
+#[test]
+fn a_grant_at_the_top_level_is_refused() {
+    for grant in ["allow_listen", "allow_user_namespaces"] {
+        let e = rejected(&format!("admins = []\n{grant} = true\n"));
+        assert_eq!(
+            at(&e),
+            (
+                Some(2),
+                Some(1),
+                Some(grant),
+                &PolicyErrorKind::GrantAtTopLevel
+            )
+        );
+    }
+}
+
+// A grant is a boolean: "yes" is not true.
+#[test]
+fn a_grant_must_be_a_boolean() {
+    let alice = fp("alice");
+    let e = rejected(&format!("[users.\"{alice}\"]\nallow_listen = \"yes\"\n"));
+    assert_eq!(e.line, Some(2));
+    assert_eq!(
+        e.key.as_deref(),
+        Some(format!("users.\"{alice}\".allow_listen").as_str())
+    );
+    assert!(matches!(e.kind, PolicyErrorKind::WrongType(_)), "{e}");
+}
+
+// A grant inside a sub-table of a user is not a grant: refused as unknown.
+#[test]
+fn a_grant_inside_a_users_quota_is_refused() {
+    let alice = fp("alice");
+    let e = rejected(&format!("[users.\"{alice}\".quota]\nallow_listen = true\n"));
+    assert_eq!(
+        e.key.as_deref(),
+        Some(format!("users.\"{alice}\".quota.allow_listen").as_str())
+    );
+    assert_eq!(e.kind, unknown("max_running_jobs, max_output_bytes"));
 }
