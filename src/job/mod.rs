@@ -668,6 +668,13 @@ impl Jobs {
             limits,
             account,
             permits: quota.permits,
+            // Enforced only by an executor that limits at all, like the
+            // per-job ceilings.
+            owner_limits: if caps.limits {
+                quota.identity_limits
+            } else {
+                ResourceLimits::default()
+            },
             max_output_bytes: quota.max_output_bytes,
             slot,
         })
@@ -700,6 +707,7 @@ impl Jobs {
             limits,
             account,
             permits,
+            owner_limits,
             max_output_bytes,
             slot,
         } = ticket;
@@ -711,6 +719,7 @@ impl Jobs {
             limits: &limits.unwrap_or_default(),
             account: account.as_ref(),
             owner: &owner_name,
+            owner_limits: &owner_limits,
             permits,
         };
         // Dropping this future while the executor starts the job kills and
@@ -929,6 +938,7 @@ pub struct StartTicket {
     limits: Option<ResourceLimits>,
     account: Option<Account>,
     permits: JobPermits,
+    owner_limits: ResourceLimits,
     max_output_bytes: Option<u64>,
     slot: RunningSlot,
 }
