@@ -193,7 +193,8 @@ pub enum Override<T> {
 }
 
 impl<T: Copy> Override<T> {
-    fn apply(self, base: Option<T>) -> Option<T> {
+    /// The value in force over `base` (`None`: not limited).
+    pub fn apply(self, base: Option<T>) -> Option<T> {
         match self {
             Override::Inherit => base,
             Override::Unlimited => None,
@@ -240,11 +241,13 @@ pub struct JobQuota {
     /// any. Checked atomically with the start, so parallel starts cannot
     /// overshoot it.
     pub max_running_jobs: Option<u32>,
-    /// Most output bytes (stdout and stderr together) each job may write.
+    /// Most output bytes (stdout and stderr together) each job may write:
+    /// [`Override::Inherit`] keeps the daemon's default
+    /// ([`super::JobsConfig::max_output_bytes`]).
     /// The job's log keeps exactly this many; a job that writes more ends in
     /// [`super::State::OutputLimit`], and if it is still running it is
     /// stopped like a stop request. Writing exactly this many is within it.
-    pub max_output_bytes: Option<u64>,
+    pub max_output_bytes: Override<u64>,
     /// Changes to the daemon's ceilings for this identity's jobs.
     pub ceilings: CeilingOverrides,
     /// Limits on all the identity's running jobs together (memory, CPU,

@@ -43,7 +43,8 @@ impl Settings {
             starts: rate(self.starts, self.start_burst, MINUTE),
             jobs: JobQuota {
                 max_running_jobs: limit(self.max_running_jobs),
-                max_output_bytes: limit(self.max_output_bytes),
+                // Inherit: the daemon's default (`jobsd --max-output`).
+                max_output_bytes: self.max_output_bytes,
                 ceilings: self.ceilings,
                 // Inherit and "unlimited" alike: no limit on the group.
                 identity_limits: self.identity.apply(&ResourceLimits::default()),

@@ -92,7 +92,7 @@ fn the_example_file_parses() {
         starts: per_minute(30, 5),
         jobs: JobQuota {
             max_running_jobs: Some(16),
-            max_output_bytes: Some(1 << 30),
+            max_output_bytes: Override::Limit(1 << 30),
             ceilings: CeilingOverrides {
                 memory_bytes: Override::Limit(1 << 30),
                 cpu_millis: Override::Limit(1500),
@@ -118,7 +118,7 @@ fn the_example_file_parses() {
             starts: per_minute(120, 120),
             jobs: JobQuota {
                 max_running_jobs: Some(100),
-                max_output_bytes: None,
+                max_output_bytes: Override::Unlimited,
                 ceilings: CeilingOverrides {
                     memory_bytes: Override::Limit(8 << 30),
                     cpu_millis: Override::Limit(4000),
@@ -207,7 +207,7 @@ rate = {{ requests_per_second = 1 }}
         starts: per_minute(6, 2),
         jobs: JobQuota {
             max_running_jobs: Some(4),
-            max_output_bytes: Some(1 << 20),
+            max_output_bytes: Override::Limit(1 << 20),
             ceilings: CeilingOverrides {
                 memory_bytes: Override::Limit(256 << 20),
                 cpu_millis: Override::Limit(500),
@@ -227,7 +227,7 @@ rate = {{ requests_per_second = 1 }}
             starts: None,
             jobs: JobQuota {
                 max_running_jobs: Some(0),
-                max_output_bytes: Some(1 << 20),
+                max_output_bytes: Override::Limit(1 << 20),
                 ceilings: CeilingOverrides {
                     cpu_millis: Override::Limit(2000),
                     io_read_bps: Override::Limit(10 << 20),
@@ -323,12 +323,12 @@ memory = "unlimited"
     let alice = p.rules(&id("alice"));
     assert_eq!(alice.requests, None);
     assert_eq!(alice.jobs.max_running_jobs, None);
-    assert_eq!(alice.jobs.max_output_bytes, None);
+    assert_eq!(alice.jobs.max_output_bytes, Override::Unlimited);
     assert_eq!(alice.jobs.ceilings.memory_bytes, Override::Unlimited);
     let bob = p.rules(&id("bob"));
     assert_eq!(bob.requests, per_second(10, 20));
     assert_eq!(bob.jobs.max_running_jobs, Some(2));
-    assert_eq!(bob.jobs.max_output_bytes, Some(1 << 20));
+    assert_eq!(bob.jobs.max_output_bytes, Override::Limit(1 << 20));
     assert_eq!(bob.jobs.ceilings.memory_bytes, Override::Limit(1 << 30));
 }
 
@@ -986,7 +986,7 @@ fn range_bounds_and_units_are_accepted() {
         })
     );
     assert_eq!(r.jobs.max_running_jobs, Some(0));
-    assert_eq!(r.jobs.max_output_bytes, Some(1));
+    assert_eq!(r.jobs.max_output_bytes, Override::Limit(1));
     assert_eq!(
         r.jobs.ceilings,
         CeilingOverrides {
