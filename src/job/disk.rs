@@ -13,10 +13,12 @@
 //! poll. Each check also makes the store's reserve again if it was spent
 //! and there is room.
 //!
-//! When the budget is used up, a job whose identity's running jobs wrote
-//! the most is stopped (`output_failed`); every other job waits without
+//! When the budget is used up, the jobs of the identity whose running jobs
+//! had written the most when the room ran out are stopped (`output_failed`);
+//! that choice holds until there is room again, so when its jobs have
+//! ended no other identity takes its place. Every other job waits without
 //! reading its pipes (its writes block) until there is room again. So one
-//! identity filling the disk ends its own job, never another's.
+//! identity filling the disk ends its own jobs, never another's.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Identity;
 use crate::store::Store;
 
 /// Default headroom: 64 MiB, room for the store to record thousands of job
@@ -52,6 +55,10 @@ pub(super) struct DiskRoom {
     check: Notify,
     /// True while there is room; writers without room wait for it.
     room: watch::Sender<bool>,
+    /// The identity whose job is stopped in the current spell without
+    /// room, chosen once per spell (see [`DiskRoom::culprit`]); `None` when
+    /// there is room.
+    culprit: std::sync::Mutex<Option<Option<Identity>>>,
 }
 
 impl Default for DiskRoom {
@@ -64,6 +71,7 @@ impl Default for DiskRoom {
             written: AtomicBool::new(false),
             check: Notify::new(),
             room: watch::Sender::new(true),
+            culprit: std::sync::Mutex::new(None),
         }
     }
 }
@@ -115,7 +123,24 @@ impl DiskRoom {
         let _ = rx.wait_for(|room| *room).await;
     }
 
+    /// True if `owner`'s jobs are the ones to stop now that there is no
+    /// room: the identity `top_writer` names when the first job of this
+    /// spell without room asks, the same for the whole spell. So after its
+    /// job ended no other identity takes its place: the others wait.
+    pub(super) fn culprit(
+        &self,
+        owner: Identity,
+        top_writer: impl FnOnce() -> Option<Identity>,
+    ) -> bool {
+        let mut culprit = self.culprit.lock().unwrap_or_else(|p| p.into_inner());
+        *culprit.get_or_insert_with(top_writer) == Some(owner)
+    }
+
     fn set(&self, budget: i64) {
+        if budget > 0 {
+            // A new spell without room chooses again.
+            *self.culprit.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
         self.last_set.store(budget, Ordering::Relaxed);
         self.budget.store(budget, Ordering::Relaxed);
         self.room.send_if_modified(|room| {
@@ -189,7 +214,7 @@ pub(super) async fn run(m: Monitor) {
                     tracing::warn!(
                         free_bytes = avail,
                         headroom = headroom_for(m.headroom, total),
-                        "the output directory's disk is down to its headroom; jobs wait to write, and the largest writer is stopped"
+                        "the output directory's disk is down to its headroom; jobs wait to write, and the jobs of the identity writing the most are stopped"
                     );
                 }
                 if budget > 0 {
@@ -231,6 +256,24 @@ mod tests {
         assert_eq!(headroom_for(64 << 20, 2 << 20), 512 << 10);
         assert_eq!(budget(10 << 20, 100 << 30, 64 << 20), -(54 << 20));
         assert_eq!(budget(2 << 20, 4 << 20, 64 << 20), 1 << 20);
+    }
+
+    // Within one spell without room the culprit is chosen once: when its
+    // job has ended (no longer the top writer), no one else is chosen.
+    #[test]
+    fn the_culprit_is_chosen_once_per_spell_without_room() {
+        let room = DiskRoom::default();
+        let (alice, bob) = (
+            Identity::from_spki_der(b"alice"),
+            Identity::from_spki_der(b"bob"),
+        );
+        room.set(0);
+        assert!(!room.culprit(bob, || Some(alice)));
+        assert!(room.culprit(alice, || Some(bob)));
+        assert!(!room.culprit(bob, || Some(bob)));
+        room.set(10);
+        room.set(0);
+        assert!(room.culprit(bob, || Some(bob)));
     }
 
     // Spending the budget takes the room away; a check gives it back.

@@ -132,12 +132,14 @@ impl Ledger {
         }
     }
 
-    /// True if `owner`'s running jobs have written at least as much as any
-    /// other identity's: the one to stop first when the disk has no room.
-    pub(super) fn writes_most(&self, owner: Identity) -> bool {
-        let totals = self.lock();
-        let own = totals.get(&owner).map_or(0, |t| t.running);
-        totals.values().all(|t| t.running <= own)
+    /// The identity whose running jobs have written the most, if any wrote
+    /// at all: the one stopped when the disk has no room.
+    pub(super) fn top_writer(&self) -> Option<Identity> {
+        self.lock()
+            .iter()
+            .filter(|(_, t)| t.running > 0)
+            .max_by_key(|(_, t)| t.running)
+            .map(|(owner, _)| *owner)
     }
 }
 
@@ -199,13 +201,13 @@ mod tests {
     // The identity whose running jobs wrote the most is the one stopped on a
     // full disk; finished output does not count for it.
     #[test]
-    fn writes_most_looks_at_running_output_only() {
+    fn the_top_writer_is_chosen_by_running_output_only() {
         let ledger = Ledger::default();
         let (alice, bob) = (id("alice"), id("bob"));
+        assert_eq!(ledger.top_writer(), None);
         ledger.add_finished(bob, done(1, 1, 1 << 30));
         ledger.take(alice, 10, None);
         ledger.take(bob, 5, None);
-        assert!(ledger.writes_most(alice));
-        assert!(!ledger.writes_most(bob));
+        assert_eq!(ledger.top_writer(), Some(alice));
     }
 }

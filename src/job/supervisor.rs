@@ -305,8 +305,9 @@ pub(super) async fn supervise(s: Supervisor) {
                 out.flush(id, &mut sink);
                 err.flush(id, &mut sink);
             }
-            // No room: the identity writing the most is the one stopped.
-            _ = std::future::ready(()), if sink.must_wait() && !stopping && !over_quota && !write_failed && registry.output.writes_most(owner) => {
+            // No room: the identity that wrote the most when the room ran
+            // out has its jobs stopped; the others wait.
+            _ = std::future::ready(()), if sink.must_wait() && !stopping && !over_quota && !write_failed && registry.disk.culprit(owner, || registry.output.top_writer()) => {
                 tracing::warn!(job = %id, owner = %owner, "the output directory's disk is down to its headroom and this identity writes the most; stopping the job");
                 sink.failed = true;
                 out.pending = None;
