@@ -20,6 +20,9 @@
 //!   [`job::Jobs::authorize`] (owner, or an admin), the quotas a grant
 //!   carries (running jobs, output bytes), and one supervisor task per job. Where a job
 //!   runs is behind the [`job::Executor`] trait.
+//! - [`limits`]: limits and quotas as plain values (per-job ceilings and
+//!   their per-identity overrides, identity limits, output quotas, grants),
+//!   below both `policy` and `job`.
 //! - [`exec`]: the local executor — as root, a cgroup, an unprivileged account
 //!   and namespaces per job (otherwise a process group), a clean environment,
 //!   pidfd-based waiting, stop that kills the whole cgroup.
@@ -117,6 +120,7 @@ pub mod cgroup;
 pub mod client;
 pub mod exec;
 pub mod job;
+pub mod limits;
 pub mod output;
 pub mod policy;
 pub mod sandbox;

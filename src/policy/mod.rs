@@ -38,7 +38,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::auth::{Caller, Identity};
-use crate::job::JobQuota;
+use crate::limits::JobQuota;
 
 /// A token-bucket rate: `count` tokens every `period`, at most `burst` saved.
 ///
@@ -149,7 +149,7 @@ impl Policy {
     pub fn sets_job_limits(&self) -> bool {
         std::iter::once(&self.defaults)
             .chain(self.users.values())
-            .any(|r| r.jobs.ceilings != crate::job::CeilingOverrides::default())
+            .any(|r| r.jobs.ceilings != crate::limits::CeilingOverrides::default())
     }
 
     /// The rate of unauthenticated handshakes allowed per source address, if

@@ -36,7 +36,7 @@ use toml::de::{DeTable, DeValue};
 use super::{MAX_POLICY_BYTES, Policy, PolicyError, PolicyErrorKind, Rate, Rules};
 use crate::auth::Identity;
 use crate::client::units::{parse_cpus, parse_size};
-use crate::job::{
+use crate::limits::{
     CeilingOverrides, JobPermits, JobQuota, MAX_PIDS, MIN_CPU_MILLIS, MIN_MEMORY_BYTES, MIN_PIDS,
     Override, ResourceLimits, human_bytes,
 };

@@ -27,10 +27,10 @@ pub(super) struct RawUser {
     pub(super) quota: Option<RawQuota>,
     pub(super) limits: Option<RawLimits>,
     pub(super) identity_limits: Option<RawIdentityLimits>,
-    /// The grant to bind TCP ports ([`crate::job::JobPermits::listen`]).
+    /// The grant to bind TCP ports ([`crate::limits::JobPermits::listen`]).
     pub(super) allow_listen: Option<bool>,
     /// The grant to make user namespaces
-    /// ([`crate::job::JobPermits::user_namespaces`]).
+    /// ([`crate::limits::JobPermits::user_namespaces`]).
     pub(super) allow_user_namespaces: Option<bool>,
 }
 
