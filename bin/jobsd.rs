@@ -273,7 +273,7 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
         config.executor = Arc::new(executor);
     } else if config.policy.current().sets_job_limits() {
         tracing::warn!(
-            "the policy's [limits] cannot be enforced: jobs run without containment (requests for limits are refused)"
+            "the policy's [limits] and [identity_limits] cannot be enforced: jobs run without containment (requests for limits are refused)"
         );
     }
     raise_open_file_limit();

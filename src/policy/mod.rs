@@ -145,11 +145,15 @@ impl Policy {
     }
 
     /// True if `[limits]` or any `[users."…".limits]` changes a per-job
-    /// ceiling (which only a daemon that contains jobs can enforce).
+    /// ceiling, or `[identity_limits]` sets a limit (which only a daemon
+    /// that contains jobs can enforce).
     pub fn sets_job_limits(&self) -> bool {
         std::iter::once(&self.defaults)
             .chain(self.users.values())
-            .any(|r| r.jobs.ceilings != crate::limits::CeilingOverrides::default())
+            .any(|r| {
+                r.jobs.ceilings != crate::limits::CeilingOverrides::default()
+                    || !r.jobs.identity_limits.is_empty()
+            })
     }
 
     /// The rate of unauthenticated handshakes allowed per source address, if
