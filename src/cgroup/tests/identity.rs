@@ -313,3 +313,68 @@ async fn identity_memory_limit_holds_across_its_jobs() {
     }
     cgroups.close().unwrap();
 }
+
+/// The writes of `identity::writes`, as (file, value) pairs.
+fn writes_of(flavor: Flavor, limits: &Limits) -> Vec<(&'static str, String, bool)> {
+    let caps = Caps::from_controllers(&["memory".to_owned(), "cpu".to_owned(), "pids".to_owned()]);
+    crate::cgroup::identity::writes(flavor, caps, limits)
+        .into_iter()
+        .map(|w| (w.file, w.value, w.only_if_present))
+        .collect()
+}
+
+// An identity group gets the equal weight and its limits; a limit not set
+// is written as "no limit", so a reload that lifts it lifts it (v2).
+#[test]
+fn v2_identity_writes_set_and_lift() {
+    let set = Limits {
+        memory_bytes: Some(1 << 30),
+        cpu_millis: Some(1500),
+        pids: Some(100),
+        io: Vec::new(),
+    };
+    let s = |v: &str| v.to_owned();
+    assert_eq!(
+        writes_of(Flavor::V2, &set),
+        vec![
+            ("cpu.weight", s("100"), false),
+            ("cpu.max", s("150000 100000"), false),
+            ("memory.max", s("1073741824"), false),
+            ("pids.max", s("100"), false),
+        ]
+    );
+    assert_eq!(
+        writes_of(Flavor::V2, &Limits::default()),
+        vec![
+            ("cpu.weight", s("100"), false),
+            ("cpu.max", s("max 100000"), false),
+            ("memory.max", s("max"), false),
+            ("pids.max", s("max"), false),
+        ]
+    );
+}
+
+// v1: shares 1024; memsw is lifted before the memory limit and set after,
+// so that both raising and lowering pass the kernel's memsw >= memory rule.
+#[test]
+fn v1_identity_writes_order_memsw_around_the_memory_limit() {
+    let set = Limits {
+        memory_bytes: Some(64 << 20),
+        cpu_millis: None,
+        pids: None,
+        io: Vec::new(),
+    };
+    let s = |v: &str| v.to_owned();
+    assert_eq!(
+        writes_of(Flavor::V1, &set),
+        vec![
+            ("cpu.shares", s("1024"), false),
+            ("cpu.cfs_period_us", s("100000"), false),
+            ("cpu.cfs_quota_us", s("-1"), false),
+            ("memory.memsw.limit_in_bytes", s("-1"), true),
+            ("memory.limit_in_bytes", s("67108864"), false),
+            ("memory.memsw.limit_in_bytes", s("67108864"), true),
+            ("pids.max", s("max"), false),
+        ]
+    );
+}
