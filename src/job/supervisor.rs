@@ -10,8 +10,13 @@
 //!    SIGTERM + SIGCONT to the job, SIGKILL when the grace period ends. A job
 //!    that reaches its output quota is stopped the same way; the log keeps
 //!    exactly the quota's bytes, and whatever the job writes later is read
-//!    (so it never blocks on a full pipe) and discarded. A job whose output
-//!    cannot be written (disk full) is stopped the same way.
+//!    (so it never blocks on a full pipe) and discarded. The owner's cap
+//!    over all its jobs ([`super::ledger`]) ends the job the same way. When
+//!    the disk is down to its headroom ([`super::disk`]) the pipes are not
+//!    read (the job's writes block) until there is room, unless the job's
+//!    owner is the identity stopped for it; a write that fails with ENOSPC
+//!    waits the same way. A job whose output cannot be written otherwise is
+//!    stopped like a stop request (`output_failed`).
 //! 2. The main process exits. The executor kills what is left of the job
 //!    (its cgroup, or its process group while the unreaped leader pins the
 //!    group id), waits until no process of it remains, and reaps it.
