@@ -51,11 +51,25 @@ struct Args {
     /// 7d, 12h, 30m; `never` to keep jobs until `jobs rm`.
     #[arg(long, value_name = "DURATION", default_value = "7d")]
     retention: String,
-    /// Most output one identity keeps over all its jobs (SIZE: bytes or
-    /// K/M/G/T); above it, its oldest finished jobs are deleted, never its
-    /// most recent one. `none` for no cap.
-    #[arg(long, value_name = "SIZE", default_value = "none")]
+    /// Most output one identity keeps over all its jobs, running ones
+    /// included (SIZE: bytes or K/M/G/T), counted while they write: a
+    /// running job that would pass it ends in state output_limit; when one
+    /// ends above it, the identity's oldest finished jobs are deleted, never
+    /// its most recent one. `none` for no cap.
+    #[arg(long, value_name = "SIZE", default_value = "10G")]
     max_stored_output: String,
+    /// Most output each job may write (SIZE), unless the policy's
+    /// `[quota] max_output_bytes` says otherwise; beyond it the job ends in
+    /// state output_limit. `none` for no cap.
+    #[arg(long, value_name = "SIZE", default_value = "1G")]
+    max_output: String,
+    /// Free space on the state directory's file system that job output
+    /// never takes (SIZE; at most a quarter of the file system), so that
+    /// job ends and `jobs rm` are recorded on a full disk. When only the
+    /// headroom is left, jobs wait to write and the identity writing the
+    /// most has its job stopped (output_failed).
+    #[arg(long, value_name = "SIZE", default_value = "64M")]
+    disk_headroom: String,
     /// Seconds between SIGTERM and SIGKILL when a job is stopped (0-60).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=60))]
     grace_secs: u64,
@@ -309,13 +323,17 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
     };
     config.jobs.grace = Duration::from_secs(args.grace_secs);
     config.jobs.retention = retention;
+    config.jobs.max_output_bytes =
+        optional(&args.max_output, units::parse_size).context("--max-output")?;
+    config.jobs.disk_headroom =
+        units::parse_size(&args.disk_headroom).context("--disk-headroom")?;
     config.policy = policy;
     config.audit = audit;
     if let Some(executor) = contain(&args.contain, cgroup_name, &mut config.jobs).await? {
         config.executor = Arc::new(executor);
     } else if config.policy.current().sets_job_limits() {
         tracing::warn!(
-            "the policy's [limits] cannot be enforced: jobs run without containment (requests for limits are refused)"
+            "the policy's [limits] and [identity_limits] cannot be enforced: jobs run without containment (requests for limits are refused)"
         );
     }
     raise_open_file_limit();

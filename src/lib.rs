@@ -23,6 +23,9 @@
 //! - [`accounts`]: the range of uids identities' own accounts come from, its
 //!   start-up check against the machine's accounts, and what such an account
 //!   is.
+//! - [`limits`]: limits and quotas as plain values (per-job ceilings and
+//!   their per-identity overrides, identity limits, output quotas, grants),
+//!   below both `policy` and `job`.
 //! - [`exec`]: the local executor — as root, a cgroup, an unprivileged account
 //!   and namespaces per job (otherwise a process group), a clean environment,
 //!   pidfd-based waiting, stop that kills the whole cgroup.
@@ -90,8 +93,11 @@
 //!   rate-limit buckets start full, and jobs that ran are `lost` (never
 //!   resumed). Every job record is also held in memory while the daemon runs
 //!   (bounded by retention).
-//! - Rate limits and quotas are per identity; there is no aggregate memory
-//!   quota per identity beyond "running jobs × the per-job memory limit".
+//! - Rate limits and quotas are per identity. Aggregate memory, CPU and pids
+//!   per identity (`[identity_limits]`) and the equal CPU share between
+//!   identities need containment (cgroups); without it they are not
+//!   enforced. A changed `[identity_limits]` reaches an identity's group at
+//!   its next job start, not its running jobs at the reload.
 //! - The denylist is checked per request, not at the TLS handshake: a
 //!   denylisted key still completes handshakes (and they still cost the
 //!   server a signature each; `[handshakes]` in the policy limits that per
@@ -102,9 +108,13 @@
 //!   is recognised only by the serials seen since the daemon started.
 //! - Output reads and writes are synchronous `pread`/`write` calls on the
 //!   page cache from async tasks; a disk that stalls stalls those tasks.
-//! - Output on disk is bounded per job by the policy's `max_output_bytes` and
-//!   per identity by `--max-stored-output` counted at job ends (running jobs
-//!   can pass it until they end); there is no cap over all identities.
+//! - Output on disk is bounded by default: per job by `--max-output` (1 GiB,
+//!   the policy's `max_output_bytes` overriding), per identity by
+//!   `--max-stored-output` (10 GiB) counted live, and over all identities by
+//!   the disk itself less `--disk-headroom`. An identity's older finished jobs
+//!   exceed its cap for the moments retention takes to delete them. A
+//!   disk filled by something else than job output is noticed at the next
+//!   free-space check or the first ENOSPC.
 //! - If `jobsd` is killed with SIGKILL, its jobs keep running unowned until a
 //!   new `jobsd` starts on the same state directory (it kills them, removes
 //!   their cgroups and marks them lost). An uncontained job's processes that
@@ -126,6 +136,7 @@ pub mod cgroup;
 pub mod client;
 pub mod exec;
 pub mod job;
+pub mod limits;
 pub mod output;
 pub mod policy;
 pub mod sandbox;

@@ -1503,7 +1503,7 @@ fn jobsd_refuses_to_start_with_a_broken_policy_naming_file_line_and_key() {
     for (text, at) in [
         (
             format!("denylst = [\"{alice}\"]\n"),
-            ":1:1: key 'denylst': unknown key; expected one of: denylist, admins, rate, quota, limits, handshakes, users",
+            ":1:1: key 'denylst': unknown key; expected one of: denylist, admins, rate, quota, limits, handshakes, identity_limits, users",
         ),
         (
             format!("[rate]\ndenylist = [\"{alice}\"]\n"),
@@ -2564,6 +2564,83 @@ fn a_daemon_killed_on_a_full_disk_comes_back_and_removal_frees_space() {
     );
     let out = d.jobs(&d.alice, &["run", "--", "echo", "room again"]);
     assert_eq!((out.code, out.stdout_str()), (0, "room again\n"));
+}
+
+/// Polls `check` until it holds (a CLI process per try), for at most
+/// `within`.
+fn within(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
+
+#[test]
+fn one_identity_filling_the_disk_ends_only_its_own_job_and_rm_works_at_once() {
+    // Scenario (the bug report): on an 8 MiB state disk bob's job writes a
+    // line every 50 ms while alice's job writes 20 MiB. Alice's job is
+    // stopped (output_failed) once only the headroom is left; bob's job
+    // keeps running, its writes wait, and its output is intact; the store's
+    // reserve was never needed; `jobs rm` of alice's job works at once and
+    // bob's job writes again.
+    if skip_unless_root("one_identity_filling_the_disk_ends_only_its_own_job_and_rm_works_at_once")
+    {
+        return;
+    }
+    let sb = Sandbox::new();
+    let state = sb.dir.path().join("state");
+    let _tmpfs = Tmpfs::mount(&state, "8m", sb.dir.path());
+    let d = Daemon::start_in(sb, &[]);
+    let ticker = d.start_job(
+        &d.bob,
+        &[
+            "sh",
+            "-c",
+            "echo ready; while :; do echo tick; sleep 0.05; done",
+        ],
+    );
+    assert!(within(Duration::from_secs(10), || d
+        .jobs(&d.bob, &["output", &ticker])
+        .stdout
+        .starts_with(b"ready\ntick\n")));
+
+    let out = d.jobs(&d.alice, &["run", "--", "head", "-c", "20M", "/dev/zero"]);
+    assert_eq!((out.code, out.stderr.as_str()), (143, ""), "jobs run");
+    let v = json(&d.jobs(&d.alice, &["list", "--json"]));
+    let filler = v[0]["id"].as_str().unwrap().to_owned();
+    let v = json(&d.jobs(&d.alice, &["status", "--json", &filler]));
+    assert_eq!(v["state"], "output_failed");
+    assert!(
+        state.join("jobs.db-reserve").exists(),
+        "the store's reserve was spent"
+    );
+
+    let v = json(&d.jobs(&d.bob, &["status", "--json", &ticker]));
+    assert_eq!(v["state"], "running");
+    let before = d.jobs(&d.bob, &["output", &ticker]).stdout;
+
+    let out = d.jobs(&d.alice, &["rm", &filler]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (0, "", "")
+    );
+    // Room again: bob's job writes on.
+    assert!(within(Duration::from_secs(10), || d
+        .jobs(&d.bob, &["output", &ticker])
+        .stdout
+        .len()
+        > before.len() + 5));
+    let out = d.jobs(&d.bob, &["stop", &ticker]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let all = d.jobs(&d.bob, &["output", &ticker]).stdout;
+    let text = String::from_utf8(all).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("ready"));
+    assert!(lines.all(|l| l == "tick"), "bob's output: {text:?}");
 }
 
 /// Writes zeros to `path` until its file system is full.

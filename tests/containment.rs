@@ -844,3 +844,76 @@ async fn jobs_do_not_share_terminals() {
     assert_eq!(follow(&bob, &job.id).await.stdout(), b"ptmx\n");
     alice.stop(&holder.id).await.unwrap();
 }
+
+/// The identity group `job`'s cgroup sits in, per hierarchy: the parent of
+/// each of its directories.
+fn identity_groups_of(job: &str) -> Vec<PathBuf> {
+    cgroup_dirs_named(job)
+        .iter()
+        .map(|p| p.parent().expect("a parent").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_identitys_jobs_share_one_group_with_the_policys_identity_limits() {
+    // Scenario: with [identity_limits] pids = 64 and bob's "unlimited",
+    // alice's two jobs sit in one group `id-…` with pids.max 64 and the
+    // equal CPU weight; bob's job sits in another without a pids limit; once
+    // alice's jobs end, her group is gone and bob's stays.
+    if skip_unless_root("each_identitys_jobs_share_one_group_with_the_policys_identity_limits") {
+        return;
+    }
+    let text = format!(
+        "[identity_limits]\npids = 64\n[users.\"{}\".identity_limits]\npids = \"unlimited\"\n",
+        identity("bob")
+    );
+    let policy = jobs::policy::Policy::parse(&text, Path::new("policy.toml")).unwrap();
+    let server =
+        TestServer::start_with(|c| c.policy = jobs::policy::PolicyHandle::new(policy)).await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+    let a1 = start(&alice, "sleep", &["600"]).await;
+    let a2 = start(&alice, "sleep", &["600"]).await;
+    let b1 = start(&bob, "sleep", &["600"]).await;
+    let alices = identity_groups_of(&a1.id);
+    assert!(!alices.is_empty());
+    assert_eq!(identity_groups_of(&a2.id), alices);
+    let bobs = identity_groups_of(&b1.id);
+    assert_ne!(bobs, alices);
+    let subtree = jobs::exec::cgroup_name_for(server.state_dir());
+    for group in alices.iter().chain(&bobs) {
+        let name = group.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("id-") && name.len() == 19, "{group:?}");
+        assert_eq!(
+            group.parent().unwrap().file_name().unwrap(),
+            subtree.as_str()
+        );
+    }
+    let read = |dir: &Path, file: &str| {
+        std::fs::read_to_string(dir.join(file))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
+    let pids_of = |groups: &[PathBuf]| groups.iter().find_map(|g| read(g, "pids.max"));
+    assert_eq!(pids_of(&alices).as_deref(), Some("64"));
+    assert_eq!(pids_of(&bobs).as_deref(), Some("max"));
+    let weight = |groups: &[PathBuf]| {
+        groups
+            .iter()
+            .find_map(|g| read(g, "cpu.shares").or_else(|| read(g, "cpu.weight")))
+    };
+    let w = weight(&alices).expect("a cpu weight");
+    assert!(w == "1024" || w == "100", "{w}");
+    assert_eq!(weight(&bobs), Some(w));
+
+    alice.stop(&a1.id).await.unwrap();
+    assert!(
+        alices.iter().all(|g| g.is_dir()),
+        "alice's group went with a job left"
+    );
+    alice.stop(&a2.id).await.unwrap();
+    assert!(alices.iter().all(|g| !g.exists()), "alice's group is left");
+    assert!(bobs.iter().all(|g| g.is_dir()));
+    bob.stop(&b1.id).await.unwrap();
+    assert!(bobs.iter().all(|g| !g.exists()), "bob's group is left");
+}

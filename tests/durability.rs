@@ -374,10 +374,11 @@ async fn finished_jobs_are_removed_after_max_age_and_running_ones_never() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_output_cap_an_identitys_oldest_finished_jobs_go_but_never_its_latest() {
     // Scenario: with a 10 KiB cap per identity, alice runs 4 KiB jobs one
-    // after another: once a third ends, her oldest goes, and so on, so that
-    // she always keeps the two latest; a 12 KiB job alone over the cap is
-    // kept and takes the others with it. Bob's older jobs, 8 KiB in all, are
-    // never touched by alice's removals.
+    // after another: once a third runs, her oldest goes, and so on, so that
+    // she always keeps the two latest; a 12 KiB job, over the cap beside her
+    // latest 4 KiB one, is cut at the cap while it runs (output_limit, 6 KiB
+    // kept) and then takes the older of the two with it. Bob's older jobs,
+    // 8 KiB in all, are never touched by alice's removals.
     const CAP: u64 = 10 * 1024;
     let server = TestServer::start_with(|c| {
         c.jobs.retention = Retention {
@@ -416,20 +417,33 @@ async fn over_the_output_cap_an_identitys_oldest_finished_jobs_go_but_never_its_
             listed_ids(&alice).await
         );
     }
-    let big = run(&alice, 12 * 1024).await;
+    let big = start(&alice, "head", &["-c", "12288", "/dev/zero"])
+        .await
+        .id;
+    let end = wait_final(&alice, &big).await;
+    assert_eq!(
+        (end.state(), end.output_bytes, end.max_output_bytes),
+        (State::OutputLimit, CAP - 4096, None)
+    );
+    let latest = alices[3].clone();
     assert!(
         eventually_async(Duration::from_secs(10), || async {
-            listed_ids(&alice).await == [big.clone()]
+            listed_ids(&alice).await == [latest.clone(), big.clone()]
         })
         .await,
-        "after the 12 KiB job: alice has {:?}, expected only it",
+        "after the 12 KiB job: alice has {:?}, expected {latest} and it",
         listed_ids(&alice).await
     );
-    for gone in &alices {
+    for gone in &alices[..3] {
         assert_no_such_job(&alice, gone).await;
     }
     assert_eq!(listed_ids(&bob).await, bobs);
-    let kept = [big.as_str(), bobs[0].as_str(), bobs[1].as_str()];
+    let kept = [
+        latest.as_str(),
+        big.as_str(),
+        bobs[0].as_str(),
+        bobs[1].as_str(),
+    ];
     assert!(
         eventually(Duration::from_secs(5), || log_files(&state)
             == logs_of(kept))
@@ -439,7 +453,44 @@ async fn over_the_output_cap_an_identitys_oldest_finished_jobs_go_but_never_its_
     );
     // The survivors' output is intact.
     let (out, err) = collect_output(&alice, &big).await;
-    assert_eq!((out, err), (vec![0u8; 12 * 1024], vec![]));
+    assert_eq!((out, err), (vec![0u8; (CAP - 4096) as usize], vec![]));
+    server.shutdown().await.expect("serve failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_over_its_output_cap_ends_only_its_own_running_job() {
+    // Scenario: with a 64 KiB cap per identity, bob's job prints a line and
+    // keeps running; alice's job writes without end. Alice's job ends in
+    // output_limit with exactly the cap kept while it ran; bob's job runs on
+    // and its output is intact; bob can still write up to his own cap.
+    const CAP: u64 = 64 * 1024;
+    let server = TestServer::start_with(|c| {
+        c.jobs.retention = Retention {
+            max_age: None,
+            max_output_per_identity: Some(CAP),
+        }
+    })
+    .await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+    let bobs = start(&bob, "sh", &["-c", "echo bob; exec sleep 600"]).await;
+    let mut stream = bob.stream(&bobs.id).await.unwrap();
+    assert_eq!(read_lines(&mut stream, 1).await, b"bob\n");
+    let filler = start(&alice, "cat", &["/dev/zero"]).await;
+    let end = wait_final(&alice, &filler.id).await;
+    assert_eq!((end.state(), end.output_bytes), (State::OutputLimit, CAP));
+    let still = bob.status(&bobs.id).await.unwrap();
+    assert_eq!(still.state(), State::Running);
+    let more = start(&bob, "head", &["-c", "32768", "/dev/zero"]).await;
+    let more_end = wait_final(&bob, &more.id).await;
+    assert_eq!(
+        (more_end.state(), more_end.exit_code, more_end.output_bytes),
+        (State::Exited, Some(0), 32768)
+    );
+    let stopped = bob.stop(&bobs.id).await.unwrap();
+    assert_eq!(stopped.state(), State::Stopped);
+    let (out, err) = collect_output(&bob, &bobs.id).await;
+    assert_eq!((out, err), (b"bob\n".to_vec(), vec![]));
     server.shutdown().await.expect("serve failed");
 }
 

@@ -80,6 +80,7 @@ async fn spawn(
         limits: &limits,
         account,
         owner: "id-0000000000000000",
+        owner_limits: &limits,
         permits,
     })
     .await
@@ -800,6 +801,7 @@ async fn a_job_whose_sandbox_cannot_be_set_up_does_not_start() {
             limits: &limits,
             account: None,
             owner: "id-0000000000000000",
+            owner_limits: &limits,
             permits: NO_PERMITS,
         })
         .await

@@ -1523,3 +1523,39 @@ async fn a_handshake_flood_from_one_address_is_cut_off_before_tls() {
     assert_eq!(first[3], 0x04, "first frame is not SETTINGS: {first:?}");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_with_a_grant_is_audited_with_the_grant_named() {
+    // Scenario: alice is granted allow_listen and allow_user_namespaces in
+    // her own table; the audit line of her start names both grants, and
+    // bob's start (no grant) has no grants key.
+    let file = PolicyFile::new(&format!(
+        "[users.\"{}\"]\nallow_listen = true\nallow_user_namespaces = true\n",
+        fp("alice")
+    ));
+    let policy = file.handle();
+    let audit = Audit::new();
+    let server = server_with(&policy, Some(&audit)).await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+    let a = start(&alice, "true", &[]).await;
+    let b = start(&bob, "true", &[]).await;
+    let text = std::fs::read_to_string(audit.dir.path().join("audit.log")).unwrap();
+    let start_line = |id: &str| -> serde_json::Value {
+        let line = text
+            .lines()
+            .find(|l| l.contains(id) && l.contains("\"rpc\":\"Start\""))
+            .unwrap_or_else(|| panic!("no Start line for {id}: {text}"));
+        serde_json::from_str(line).unwrap()
+    };
+    let alices = start_line(&a.id);
+    assert_eq!(alices["outcome"], "allowed");
+    assert_eq!(
+        alices["grants"],
+        serde_json::json!(["allow_listen", "allow_user_namespaces"])
+    );
+    let bobs = start_line(&b.id);
+    assert_eq!(bobs["outcome"], "allowed");
+    assert!(bobs.get("grants").is_none(), "{bobs}");
+    server.shutdown().await.expect("serve failed");
+}

@@ -27,6 +27,8 @@
 //!   while the job ran) is written with `subject` `jobsd`, `peer`
 //!   `0.0.0.0:0`, `identity` and `owner` the job's owner, `rpc` `Stop`,
 //!   `outcome` `allowed` and `reason` `revoked` or `denylisted`.
+//! - `grants` (only when not empty): for a Start, the policy grants the job
+//!   runs with, e.g. `["allow_listen"]` (see `policy.example.toml`).
 //! - `suppressed` (only when not 0): refusals of this identity that were
 //!   not written since its previous refusal line (see below).
 //!
@@ -261,6 +263,9 @@ pub struct Entry<'a> {
     /// Why, as a short snake_case word (`denylisted`, `rate_limited`,
     /// `not_owner`, …); `None` for a plain allow.
     pub reason: Option<&'a str>,
+    /// The policy grants in force for a started job (`allow_listen`,
+    /// `allow_user_namespaces`); empty for none and for every other RPC.
+    pub grants: &'a [&'static str],
 }
 
 /// The outcome of a decision, as the `outcome` field writes it.
@@ -325,6 +330,8 @@ struct Line<'a> {
     admin: bool,
     outcome: &'static str,
     reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    grants: &'a [&'static str],
     #[serde(skip_serializing_if = "is_zero")]
     suppressed: u64,
 }
@@ -363,6 +370,7 @@ fn line(entry: &Entry<'_>, suppressed: u64, now: OffsetDateTime) -> io::Result<V
         admin: entry.admin,
         outcome: entry.outcome.as_str(),
         reason: entry.reason,
+        grants: entry.grants,
         suppressed,
     })?;
     line.push(b'\n');

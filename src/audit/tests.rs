@@ -26,6 +26,7 @@ fn entry() -> Entry<'static> {
         admin: true,
         outcome: Outcome::Allowed,
         reason: None,
+        grants: &[],
     }
 }
 

@@ -33,6 +33,7 @@
 
 mod error;
 mod fs;
+mod identity;
 mod parse;
 mod watch;
 
@@ -44,6 +45,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::CgroupError;
@@ -274,6 +276,8 @@ impl Node {
 pub struct Cgroups {
     layout: Layout,
     nodes: Vec<Node>,
+    /// The identity groups of [`Cgroups::create_for`].
+    identities: Arc<identity::Registry>,
 }
 
 impl Cgroups {
@@ -335,7 +339,11 @@ impl Cgroups {
             return Err(e);
         }
         tracing::debug!(layout = %layout, subtree = name, "cgroup subtree ready");
-        Ok(Cgroups { layout, nodes })
+        Ok(Cgroups {
+            layout,
+            nodes,
+            identities: Arc::default(),
+        })
     }
 
     /// The layout this subtree was opened with.
@@ -358,40 +366,49 @@ impl Cgroups {
     pub fn create(&self, name: &str, limits: &Limits) -> Result<JobCgroup, CgroupError> {
         check_name(name)?;
         self.check_controllers(limits)?;
-        let mut created: Vec<Node> = Vec::new();
-        let result = (|| {
-            let mut procs = Vec::with_capacity(self.nodes.len());
-            for parent in &self.nodes {
-                let node = parent.child(name);
-                std::fs::create_dir(&node.dir).map_err(|source| CgroupError::Create {
-                    path: node.dir.clone(),
-                    source,
-                })?;
-                created.push(node.clone());
-                apply_limits(&node, limits)?;
-                let path = node.dir.join("cgroup.procs");
-                let file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|source| CgroupError::Open { path, source })?;
-                procs.push(OwnedFd::from(file));
-            }
-            Ok(procs)
-        })();
-        match result {
-            Ok(procs) => Ok(JobCgroup {
-                nodes: created,
-                procs,
-            }),
-            Err(e) => {
-                for node in created.iter().rev() {
-                    if let Err(undo) = fs::remove_dir(&node.dir) {
-                        tracing::warn!(error = %undo, "cannot remove job cgroup after a failed create");
-                    }
-                }
-                Err(e)
-            }
-        }
+        create_job(&self.nodes, name, limits)
+    }
+
+    /// Creates the group for one job of the identity `owner` (one path
+    /// component, the same for all its jobs), as [`Cgroups::create`] does
+    /// but beneath the identity's own group `<subtree>/<owner>`, which is
+    /// made on the identity's first job and removed with its last (see
+    /// `identity.rs`). The identity's group gets the same CPU weight as
+    /// every other identity's (v2 `cpu.weight` 100, v1 `cpu.shares` 1024),
+    /// so identities that want CPU share it equally whatever their number of
+    /// jobs, and `owner_limits` (memory, CPU and pids of all its jobs
+    /// together; `io` is ignored; `None` lifts the limit). On a group that
+    /// exists already the limits are written again, so a changed policy
+    /// applies from the identity's next job on; a limit the kernel refuses
+    /// there (e.g. memory below current use) is logged and the old one stays.
+    ///
+    /// # Errors
+    /// As for [`Cgroups::create`], for the identity's group too (`owner` is
+    /// checked as a name).
+    pub fn create_for(
+        &self,
+        owner: &str,
+        owner_limits: &Limits,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<JobCgroup, CgroupError> {
+        check_name(owner)?;
+        check_name(name)?;
+        self.check_controllers(limits)?;
+        self.check_controllers(owner_limits)?;
+        let v2_controllers = match &self.layout {
+            Layout::V2(h) => Some(h.controllers.as_slice()),
+            Layout::V1 { .. } => None,
+        };
+        let (mut job, release) = self.identities.enter(
+            &self.nodes,
+            v2_controllers,
+            owner,
+            owner_limits,
+            |parents| create_job(parents, name, limits),
+        )?;
+        job.identity = Some(release);
+        Ok(job)
     }
 
     /// Removes the subtree directories themselves. Call at daemon shutdown,
@@ -444,6 +461,8 @@ impl Cgroups {
 pub struct JobCgroup {
     nodes: Vec<Node>,
     procs: Vec<OwnedFd>,
+    /// Its place in its identity's group ([`Cgroups::create_for`]).
+    identity: Option<identity::Release>,
 }
 
 impl JobCgroup {
@@ -594,7 +613,11 @@ impl JobCgroup {
     /// removed (EBUSY if processes are still in it), after trying all;
     /// [`CgroupError::Read`] if a directory cannot be listed.
     pub fn remove(self) -> Result<(), CgroupError> {
-        let JobCgroup { nodes, procs } = self;
+        let JobCgroup {
+            nodes,
+            procs,
+            identity,
+        } = self;
         drop(procs);
         let mut first_error = None;
         for node in &nodes {
@@ -602,12 +625,55 @@ impl JobCgroup {
                 first_error.get_or_insert(e);
             }
         }
+        if let Some(identity) = identity {
+            identity.release();
+        }
         first_error.map_or(Ok(()), Err)
     }
 
     /// The group's directory in every hierarchy, for logs and tests.
     pub fn paths(&self) -> Vec<PathBuf> {
         self.nodes.iter().map(|n| n.dir.clone()).collect()
+    }
+}
+
+/// Creates a job group `name` under each of `parents` with `limits`; see
+/// [`Cgroups::create`].
+fn create_job(parents: &[Node], name: &str, limits: &Limits) -> Result<JobCgroup, CgroupError> {
+    let mut created: Vec<Node> = Vec::new();
+    let result = (|| {
+        let mut procs = Vec::with_capacity(parents.len());
+        for parent in parents {
+            let node = parent.child(name);
+            std::fs::create_dir(&node.dir).map_err(|source| CgroupError::Create {
+                path: node.dir.clone(),
+                source,
+            })?;
+            created.push(node.clone());
+            apply_limits(&node, limits)?;
+            let path = node.dir.join("cgroup.procs");
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|source| CgroupError::Open { path, source })?;
+            procs.push(OwnedFd::from(file));
+        }
+        Ok(procs)
+    })();
+    match result {
+        Ok(procs) => Ok(JobCgroup {
+            nodes: created,
+            procs,
+            identity: None,
+        }),
+        Err(e) => {
+            for node in created.iter().rev() {
+                if let Err(undo) = fs::remove_dir(&node.dir) {
+                    tracing::warn!(error = %undo, "cannot remove job cgroup after a failed create");
+                }
+            }
+            Err(e)
+        }
     }
 }
 
@@ -766,6 +832,7 @@ fn remove_leftovers(subtree: &[Node]) -> Result<(), CgroupError> {
                 .filter(|n| n.dir.is_dir())
                 .collect(),
             procs: Vec::new(),
+            identity: None,
         };
         let Some(first) = group.nodes.first().map(|n| n.dir.clone()) else {
             continue;

@@ -311,7 +311,7 @@ pub(super) struct LimitWrite {
 }
 
 impl LimitWrite {
-    fn always(file: &'static str, value: String) -> Self {
+    pub(super) fn always(file: &'static str, value: String) -> Self {
         LimitWrite {
             file,
             value,
@@ -319,7 +319,7 @@ impl LimitWrite {
         }
     }
 
-    fn if_present(file: &'static str, value: String) -> Self {
+    pub(super) fn if_present(file: &'static str, value: String) -> Self {
         LimitWrite {
             file,
             value,

@@ -21,6 +21,8 @@ use nix::unistd::Pid;
 
 use super::*;
 
+mod identity;
+
 /// Generous bound for a kill to take effect; measured: about a millisecond.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -652,6 +654,7 @@ fn handles_are_send_and_sync() {
     let job = JobCgroup {
         nodes: Vec::new(),
         procs: Vec::new(),
+        identity: None,
     };
     assert_send(&job.wait_empty());
 }

@@ -265,14 +265,25 @@ impl Containment {
         }
     }
 
-    fn create_cgroup(&self, name: &str, limits: &ResourceLimits) -> Result<JobCgroup, SpawnError> {
+    /// The job's group, `<subtree>/<owner>/<job>`, beneath its owner's
+    /// group (equal CPU share between owners, the owner's limits).
+    fn create_cgroup(&self, launch: &Launch<'_>) -> Result<JobCgroup, SpawnError> {
         let guard = self.cgroups.read().unwrap_or_else(|p| p.into_inner());
         let cgroups = guard.as_ref().ok_or_else(|| SpawnError::Containment {
             what: "the executor is closed".into(),
             source: io::Error::other("closed"),
         })?;
+        let owner_limits = cgroup::Limits {
+            io: Vec::new(),
+            ..self.cgroup_limits(launch.owner_limits)
+        };
         cgroups
-            .create(name, &self.cgroup_limits(limits))
+            .create_for(
+                launch.owner,
+                &owner_limits,
+                launch.name,
+                &self.cgroup_limits(launch.limits),
+            )
             .map_err(|e| SpawnError::Containment {
                 what: "cannot create the job's cgroup".into(),
                 source: io::Error::other(e),
@@ -321,7 +332,7 @@ impl Containment {
                 source: io::Error::other("the engine named none and there is no default"),
             })?;
         let ns = self.config.namespaces;
-        let cgroup = self.create_cgroup(launch.name, launch.limits)?;
+        let cgroup = self.create_cgroup(&launch)?;
         // From here on every failure must leave nothing behind.
         let mut starting = Starting {
             cgroup: Some(Arc::new(cgroup)),

@@ -82,6 +82,10 @@ pub struct Launch<'a> {
     /// every job of one identity and different between identities;
     /// executors group an owner's jobs by it (for example under one cgroup).
     pub owner: &'a str,
+    /// Limits on all the owner's running jobs together (memory, CPU, pids;
+    /// io unused), for an executor that groups them; all `None` when not
+    /// limited or when the executor cannot limit.
+    pub owner_limits: &'a ResourceLimits,
     /// What the job may do beyond the default sandbox.
     pub permits: JobPermits,
 }

@@ -22,7 +22,9 @@
 //! them. Finished jobs are removed by age and by their owner's total output
 //! (`retention.rs`), or by [`Jobs::remove`].
 
+mod disk;
 mod executor;
+mod ledger;
 mod limits;
 mod restore;
 mod retention;
@@ -383,14 +385,23 @@ pub struct JobsConfig {
     /// account, all sharing it (`jobsd --run-as`). Ignored when the
     /// executor does not contain jobs.
     pub uid_range: Option<UidRange>,
-    /// When finished jobs are removed.
+    /// When finished jobs are removed, and the output one identity may
+    /// keep ([`Retention::max_output_per_identity`], counted live).
     pub retention: Retention,
+    /// Most output bytes each job may write unless the caller's
+    /// [`JobQuota::max_output_bytes`] says otherwise; `None`: not limited
+    /// (`jobsd --max-output` sets it, 1 GiB by default).
+    pub max_output_bytes: Option<u64>,
+    /// Free space on the output directory's file system that job output
+    /// never takes (see `disk.rs`); at most a quarter of the file system.
+    pub disk_headroom: u64,
 }
 
 impl JobsConfig {
     /// Output logs in `output_dir`, [`DEFAULT_GRACE`], no ceilings, an
     /// account of its own for every identity from
-    /// [`crate::accounts::DEFAULT_UID_RANGE`], [`Retention::default`].
+    /// [`crate::accounts::DEFAULT_UID_RANGE`], [`Retention::default`], no
+    /// per-job output cap, the default disk headroom (64 MiB).
     pub fn new(output_dir: PathBuf) -> Self {
         Self {
             output_dir,
@@ -399,6 +410,8 @@ impl JobsConfig {
             accounts: HashMap::new(),
             uid_range: Some(crate::accounts::DEFAULT_UID_RANGE),
             retention: Retention::default(),
+            max_output_bytes: None,
+            disk_headroom: disk::DEFAULT_HEADROOM,
         }
     }
 }
@@ -431,6 +444,19 @@ struct Job {
 }
 
 impl Job {
+    /// The job as the output ledger knows a finished one; `None` while it
+    /// runs (its bytes count as running output).
+    fn finished(&self) -> Option<ledger::Finished> {
+        match *self.phase.borrow() {
+            Phase::Running => None,
+            Phase::Final { ended_at, .. } => Some(ledger::Finished {
+                id: self.id,
+                ended_at,
+                bytes: self.log.data_len(),
+            }),
+        }
+    }
+
     fn status(&self) -> Status {
         let phase = *self.phase.borrow();
         let (state, exit, ended_at, usage) = match phase {
@@ -487,6 +513,10 @@ struct Registry {
     /// Ends the store could not record when they happened (its disk was
     /// full), retried by the retention task until they are written.
     unrecorded: Mutex<Vec<(JobId, JobEnd)>>,
+    /// Every identity's output on disk, counted live.
+    output: ledger::Ledger,
+    /// Room for output on the output directory's disk.
+    disk: Arc<disk::DiskRoom>,
 }
 
 impl Registry {
@@ -517,6 +547,25 @@ impl Registry {
         let mut unrecorded = self.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
         unrecorded.extend(failed);
         unrecorded.len()
+    }
+
+    /// Gives back the output of `job`, just taken out of `jobs`, to its
+    /// owner's count.
+    fn forget_output(&self, jobs: &HashMap<JobId, Arc<Job>>, job: &Job) {
+        self.output
+            .forget(job.owner, job.id, job.log.data_len(), || {
+                jobs.values()
+                    .filter(|j| j.owner == job.owner)
+                    .filter_map(|j| j.finished())
+                    .max_by_key(|f| f.ended_at)
+            });
+    }
+
+    /// Counts `job`'s output again (a removal that failed).
+    fn count_output(&self, job: &Job) {
+        if let Some(finished) = job.finished() {
+            self.output.add_finished(job.owner, finished);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Job>>> {
@@ -585,6 +634,7 @@ impl Jobs {
             .map_err(dir_error)?;
         restrict_to_owner(&config.output_dir).map_err(dir_error)?;
         let registry = Arc::new(Registry::default());
+        disk::first_check(&registry.disk, &config.output_dir, config.disk_headroom);
         restore::restore(
             &registry,
             executor.as_ref(),
@@ -604,6 +654,13 @@ impl Jobs {
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         };
+        jobs.tracker.spawn(disk::run(disk::Monitor {
+            room: jobs.registry.disk.clone(),
+            dir: jobs.config.output_dir.clone(),
+            headroom: jobs.config.disk_headroom,
+            store: jobs.store.clone(),
+            shutdown: jobs.shutdown.clone(),
+        }));
         jobs.tracker.spawn(retention::run(retention::Task {
             registry: jobs.registry.clone(),
             store: jobs.store.clone(),
@@ -728,6 +785,10 @@ impl Jobs {
         }
         let owner = grant.identity();
         let quota = grant.quota();
+        // Output could not be kept: the disk is down to its headroom.
+        if !self.registry.disk.has_room() {
+            return Err(JobError::Store(StoreError::Full));
+        }
         let caps = self.executor.capabilities();
         let (limits, account) = if caps.limits {
             if limits.has_io() && !caps.io_limits {
@@ -759,7 +820,14 @@ impl Jobs {
             limits,
             account,
             permits: quota.permits,
-            max_output_bytes: quota.max_output_bytes,
+            // Enforced only by an executor that limits at all, like the
+            // per-job ceilings.
+            owner_limits: if caps.limits {
+                quota.identity_limits
+            } else {
+                ResourceLimits::default()
+            },
+            max_output_bytes: quota.max_output_bytes.apply(self.config.max_output_bytes),
             slot,
         })
     }
@@ -791,6 +859,7 @@ impl Jobs {
             limits,
             account,
             permits,
+            owner_limits,
             max_output_bytes,
             slot,
         } = ticket;
@@ -802,6 +871,7 @@ impl Jobs {
             limits: &limits.unwrap_or_default(),
             account: account.as_ref(),
             owner: &owner_name,
+            owner_limits: &owner_limits,
             permits,
         };
         // Dropping this future while the executor starts the job kills and
@@ -853,6 +923,7 @@ impl Jobs {
                 shutdown: self.shutdown.clone(),
                 grace: self.config.grace.min(MAX_GRACE),
                 max_output_bytes,
+                identity_cap: self.config.retention.max_output_per_identity,
                 slot,
                 uid: account.as_ref().map(|a| a.uid),
             }));
@@ -885,13 +956,22 @@ impl Jobs {
         let id = job.id();
         // Out of the registry first, so that retention and a second remove
         // cannot delete it twice.
-        let Some(entry) = self.registry.lock().remove(&id) else {
-            return Err(JobError::NotFound);
+        let entry = {
+            let mut jobs = self.registry.lock();
+            let Some(entry) = jobs.remove(&id) else {
+                return Err(JobError::NotFound);
+            };
+            // Given back before the await: a dropped future completes the
+            // deletion (see above), so the count stays right.
+            self.registry.forget_output(&jobs, &entry);
+            entry
         };
         if let Err(e) = retention::delete_jobs(&self.store, &self.config.output_dir, &[id]).await {
+            self.registry.count_output(&entry);
             self.registry.lock().insert(id, entry);
             return Err(e.into());
         }
+        self.registry.disk.recheck();
         tracing::info!(job = %id, owner = %entry.owner, "job removed");
         // Space was freed: ends that could not be recorded may fit now.
         self.registry.ended.notify_one();
@@ -1021,6 +1101,7 @@ pub struct StartTicket {
     limits: Option<ResourceLimits>,
     account: Option<Account>,
     permits: JobPermits,
+    owner_limits: ResourceLimits,
     max_output_bytes: Option<u64>,
     slot: RunningSlot,
 }

@@ -103,6 +103,9 @@ pub(super) fn restore(
             }),
         );
     }
+    for job in jobs.values() {
+        registry.count_output(job);
+    }
     drop(jobs);
     if !lost.is_empty() {
         match store.mark_lost(now, |id| lost.get(&id).copied().unwrap_or(0)) {

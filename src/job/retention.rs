@@ -175,7 +175,11 @@ pub(super) async fn run(task: Task) {
 async fn remove(task: &Task, ids: Vec<JobId>) -> bool {
     let taken: Vec<Arc<Job>> = {
         let mut jobs = task.registry.lock();
-        ids.iter().filter_map(|id| jobs.remove(id)).collect()
+        let taken: Vec<Arc<Job>> = ids.iter().filter_map(|id| jobs.remove(id)).collect();
+        for job in &taken {
+            task.registry.forget_output(&jobs, job);
+        }
+        taken
     };
     let ids: Vec<JobId> = taken.iter().map(|j| j.id).collect();
     if let Err(e) = delete_jobs(&task.store, &task.output_dir, &ids).await {
@@ -183,10 +187,12 @@ async fn remove(task: &Task, ids: Vec<JobId>) -> bool {
         tracing::error!(error = %e, jobs = ids.len(), "cannot remove expired jobs from the store");
         let mut jobs = task.registry.lock();
         for job in taken {
+            task.registry.count_output(&job);
             jobs.insert(job.id, job);
         }
         return false;
     }
+    task.registry.disk.recheck();
     tracing::info!(jobs = ids.len(), "removed finished jobs by retention");
     true
 }

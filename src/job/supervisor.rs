@@ -10,8 +10,13 @@
 //!    SIGTERM + SIGCONT to the job, SIGKILL when the grace period ends. A job
 //!    that reaches its output quota is stopped the same way; the log keeps
 //!    exactly the quota's bytes, and whatever the job writes later is read
-//!    (so it never blocks on a full pipe) and discarded. A job whose output
-//!    cannot be written (disk full) is stopped the same way.
+//!    (so it never blocks on a full pipe) and discarded. The owner's cap
+//!    over all its jobs ([`super::ledger`]) ends the job the same way. When
+//!    the disk is down to its headroom ([`super::disk`]) the pipes are not
+//!    read (the job's writes block) until there is room, unless the job's
+//!    owner is the identity stopped for it; a write that fails with ENOSPC
+//!    waits the same way. A job whose output cannot be written otherwise is
+//!    stopped like a stop request (`output_failed`).
 //! 2. The main process exits. The executor kills what is left of the job
 //!    (its cgroup, or its process group while the unreaped leader pins the
 //!    group id), waits until no process of it remains, and reaps it.
@@ -56,6 +61,9 @@ pub(super) struct Supervisor {
     pub grace: std::time::Duration,
     /// The output quota in bytes, if any.
     pub max_output_bytes: Option<u64>,
+    /// The owner's cap on all its output, running jobs' included
+    /// ([`super::Retention::max_output_per_identity`]).
+    pub identity_cap: Option<u64>,
     /// Counts the job against its owner's running-jobs quota until dropped.
     pub slot: RunningSlot,
     /// The uid it runs as, for the log; `None` when the executor's default
@@ -63,15 +71,33 @@ pub(super) struct Supervisor {
     pub uid: Option<u32>,
 }
 
-/// Where output goes: the log, up to the quota, until a write fails.
+/// Where output goes: the log, up to the job's and its owner's quotas,
+/// while the disk has room, until a write fails.
 struct Sink {
     log: LogWriter,
     /// Bytes the log may still take; `None`: unlimited.
     room: Option<u64>,
-    /// Bytes read after the quota was reached, and not recorded.
+    /// Bytes read after a quota was reached, and not recorded.
     discarded: u64,
-    /// A write to the log failed (disk full): nothing more is recorded.
+    /// A write to the log failed: nothing more is recorded.
     failed: bool,
+    /// The job's owner, whose output the ledger counts.
+    owner: crate::auth::Identity,
+    /// The owner's cap over all its jobs.
+    identity_cap: Option<u64>,
+    /// Bytes counted in the ledger for this job.
+    taken: u64,
+    registry: Arc<Registry>,
+    /// A full disk makes a write wait (while the job runs) rather than fail.
+    wait_on_full: bool,
+}
+
+impl Sink {
+    /// True when this job should not read more output now: the disk is down
+    /// to its headroom and what is read would be kept.
+    fn must_wait(&self) -> bool {
+        !self.registry.disk.has_room() && !self.failed && !self.over()
+    }
 }
 
 impl Sink {
@@ -87,6 +113,8 @@ struct Pipe {
     fd: Fd,
     reader: Option<OutputPipe>,
     buf: RecordBuf,
+    /// Bytes in `buf` read but not yet in the log (the disk was full).
+    pending: Option<usize>,
 }
 
 impl Pipe {
@@ -95,6 +123,7 @@ impl Pipe {
             fd,
             reader: Some(reader),
             buf: RecordBuf::new(),
+            pending: None,
         }
     }
 
@@ -127,12 +156,21 @@ impl Pipe {
                 if sink.failed {
                     return;
                 }
-                if let Err(e) = sink.log.append(self.fd, &mut self.buf, keep) {
-                    // The log keeps what it had; the job is stopped rather
-                    // than left running with its output thrown away.
-                    tracing::error!(job = %job, error = %e, "cannot write job output; stopping the job");
-                    sink.failed = true;
+                // The owner's cap over all its jobs: at most `keep`, which
+                // fits in usize.
+                let taken = sink
+                    .registry
+                    .output
+                    .take(sink.owner, keep as u64, sink.identity_cap);
+                if taken.over {
+                    // Older finished jobs of the owner may go to make room.
+                    sink.registry.ended.notify_one();
                 }
+                let granted = taken.granted as usize;
+                sink.taken += granted as u64;
+                sink.discarded += (keep - granted) as u64;
+                self.pending = Some(granted);
+                self.flush(job, sink);
             }
             Err(e) => {
                 tracing::error!(job = %job, error = %e, "cannot read job output pipe");
@@ -141,9 +179,52 @@ impl Pipe {
         }
     }
 
+    /// Appends the bytes read but not yet written. On a full disk while
+    /// the job runs they stay pending (and the disk counts as without room)
+    /// until [`Pipe::flush`] is called again; any other failure stops the
+    /// recording.
+    fn flush(&mut self, job: JobId, sink: &mut Sink) {
+        let Some(len) = self.pending else { return };
+        if sink.failed {
+            self.pending = None;
+            return;
+        }
+        match sink.log.append(self.fd, &mut self.buf, len) {
+            Ok(()) => {
+                self.pending = None;
+                sink.registry.disk.spend(len as u64 + RECORD_HEADER);
+            }
+            Err(crate::output::OutputError::Io(e)) if sink.wait_on_full && is_full(&e) => {
+                tracing::warn!(job = %job, "the output directory's disk is full; the job waits to write");
+                sink.registry.disk.exhausted();
+            }
+            Err(e) => {
+                // The log keeps what it had; the job is stopped rather
+                // than left running with its output thrown away.
+                tracing::error!(job = %job, error = %e, "cannot write job output; stopping the job");
+                sink.failed = true;
+                self.pending = None;
+            }
+        }
+    }
+
+    /// True while this pipe may be read: open, nothing pending, and not
+    /// waiting for room.
+    fn readable(&self, sink: &Sink) -> bool {
+        self.pending.is_none() && !sink.must_wait()
+    }
+
     fn open(&self) -> bool {
         self.reader.is_some()
     }
+}
+
+/// Bytes of a log record's header, counted against the disk's budget.
+const RECORD_HEADER: u64 = 5;
+
+/// True for the errors of a full disk or an exhausted disk quota.
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 pub(super) async fn supervise(s: Supervisor) {
@@ -161,10 +242,12 @@ pub(super) async fn supervise(s: Supervisor) {
         shutdown,
         grace,
         max_output_bytes,
+        identity_cap,
         slot,
         uid,
     } = s;
     let id = job.id;
+    let owner = job.owner;
     let Spawned {
         mut process,
         stdout,
@@ -202,6 +285,11 @@ pub(super) async fn supervise(s: Supervisor) {
         room: max_output_bytes,
         discarded: 0,
         failed: false,
+        owner,
+        identity_cap,
+        taken: 0,
+        registry: registry.clone(),
+        wait_on_full: true,
     };
     let mut out = Pipe::new(Fd::Stdout, stdout);
     let mut err = Pipe::new(Fd::Stderr, stderr);
@@ -219,8 +307,21 @@ pub(super) async fn supervise(s: Supervisor) {
                 }
                 break;
             }
-            r = out.read() => out.store(id, r, &mut sink),
-            r = err.read() => err.store(id, r, &mut sink),
+            r = out.read(), if out.readable(&sink) => out.store(id, r, &mut sink),
+            r = err.read(), if err.readable(&sink) => err.store(id, r, &mut sink),
+            // Room again (or a check to make): write what is pending.
+            _ = registry.disk.wait_for_room(), if sink.must_wait() || out.pending.is_some() || err.pending.is_some() => {
+                out.flush(id, &mut sink);
+                err.flush(id, &mut sink);
+            }
+            // No room: the identity that wrote the most when the room ran
+            // out has its jobs stopped; the others wait.
+            _ = std::future::ready(()), if sink.must_wait() && !stopping && !over_quota && !write_failed && registry.disk.culprit(owner, || registry.output.top_writer()) => {
+                tracing::warn!(job = %id, owner = %owner, "the output directory's disk is down to its headroom and this identity writes the most; stopping the job");
+                sink.failed = true;
+                out.pending = None;
+                err.pending = None;
+            }
             // A stop request, the daemon shutting down, or the output quota.
             _ = stop_requested(&mut stop, &shutdown), if !stopping && !over_quota && !write_failed => {
                 stopping = true;
@@ -267,7 +368,11 @@ pub(super) async fn supervise(s: Supervisor) {
     };
     drop(process);
 
-    // 3. Drain both pipes to EOF, bounded.
+    // 3. Drain both pipes to EOF, bounded. The processes are gone, so what
+    // is left is at most the pipes' contents: it may take the headroom.
+    sink.wait_on_full = false;
+    out.flush(id, &mut sink);
+    err.flush(id, &mut sink);
     let deadline = Instant::now() + super::DRAIN_TIMEOUT;
     while out.open() || err.open() {
         tokio::select! {
@@ -295,6 +400,15 @@ pub(super) async fn supervise(s: Supervisor) {
         (false, false, false, false, ExitInfo::Signaled { .. }) => State::Killed,
     };
     let ended_at = SystemTime::now();
+    registry.output.finish(
+        owner,
+        sink.taken,
+        super::ledger::Finished {
+            id,
+            ended_at,
+            bytes: sink.log.data_len(),
+        },
+    );
     tracing::info!(job = %id, ?state, ?exit, ?usage, bytes = sink.log.data_len(), discarded = sink.discarded, "job final");
     match sink.log.sync() {
         Ok(()) => {

@@ -38,7 +38,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::auth::{Caller, Identity};
-use crate::job::JobQuota;
+use crate::limits::JobQuota;
 
 /// A token-bucket rate: `count` tokens every `period`, at most `burst` saved.
 ///
@@ -145,11 +145,15 @@ impl Policy {
     }
 
     /// True if `[limits]` or any `[users."…".limits]` changes a per-job
-    /// ceiling (which only a daemon that contains jobs can enforce).
+    /// ceiling, or `[identity_limits]` sets a limit (which only a daemon
+    /// that contains jobs can enforce).
     pub fn sets_job_limits(&self) -> bool {
         std::iter::once(&self.defaults)
             .chain(self.users.values())
-            .any(|r| r.jobs.ceilings != crate::job::CeilingOverrides::default())
+            .any(|r| {
+                r.jobs.ceilings != crate::limits::CeilingOverrides::default()
+                    || !r.jobs.identity_limits.is_empty()
+            })
     }
 
     /// The rate of unauthenticated handshakes allowed per source address, if
@@ -303,6 +307,12 @@ pub enum PolicyErrorKind {
         /// The fingerprint.
         fingerprint: String,
     },
+    /// A grant (`allow_listen`, `allow_user_namespaces`) at the top level:
+    /// grants are given to one identity in its `[users."…"]` table only.
+    #[error(
+        "a grant applies to one identity: write it in a [users.\"sha256:…\"] table, not at the top level"
+    )]
+    GrantAtTopLevel,
     /// A value outside the key's range.
     #[error("{value} is out of range: {expected}")]
     OutOfRange {

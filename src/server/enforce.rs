@@ -217,6 +217,7 @@ impl Enforcer {
                     admin: false,
                     outcome: Outcome::Allowed,
                     reason: Some(why.reason()),
+                    grants: &[],
                 };
                 if let Err(e) = audit.record(&entry) {
                     // The job stops all the same: stopping is the safe side.

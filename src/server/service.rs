@@ -72,6 +72,8 @@ struct Decision<'a> {
     admin: bool,
     outcome: Outcome,
     reason: Option<&'a str>,
+    /// Policy grants a started job runs with; empty elsewhere.
+    grants: &'a [&'static str],
 }
 
 /// A request that may act on a job.
@@ -105,6 +107,7 @@ impl Service {
                 admin: d.admin,
                 outcome: d.outcome,
                 reason: d.reason,
+                grants: d.grants,
             })
             .map_err(|e| internal("cannot write the audit log", &error_chain(&e)))
     }
@@ -127,6 +130,7 @@ impl Service {
                 admin: false,
                 outcome: Outcome::Denied,
                 reason: Some("revoked"),
+                grants: &[],
             })?;
             return Err(Status::permission_denied(REVOKED));
         }
@@ -139,6 +143,7 @@ impl Service {
                 admin: false,
                 outcome: Outcome::Denied,
                 reason: Some(denial.reason()),
+                grants: &[],
             })?;
             Err(denial_status(denial))
         })
@@ -163,6 +168,7 @@ impl Service {
                     admin: false,
                     outcome: Outcome::Denied,
                     reason: Some(denied.reason()),
+                    grants: &[],
                 })?;
                 return Err(to_status(denied.into()));
             }
@@ -176,6 +182,7 @@ impl Service {
             admin,
             outcome,
             reason,
+            grants: &[],
         };
         let permit = if matches!(rpc, Rpc::Output | Rpc::Stream) {
             match self.streams.acquire(grant.identity()) {
@@ -351,6 +358,7 @@ impl Watch {
                 admin: self.owner != identity,
                 outcome: Outcome::Denied,
                 reason: Some(reason),
+                grants: &[],
             }) {
                 // The stream ends all the same: refusing is the safe side.
                 tracing::error!(error = %error_chain(&e), "cannot write the audit log");
@@ -373,6 +381,7 @@ impl JobService for Service {
             limits,
         } = request.into_inner();
         let limits = limits.map(limits_from_message).unwrap_or_default();
+        let grants = grant_names(grant.quota().permits);
         let decision = |job: Option<String>, outcome, reason| Decision {
             conn: &conn,
             rpc: Rpc::Start,
@@ -381,6 +390,7 @@ impl JobService for Service {
             admin: false,
             outcome,
             reason,
+            grants: &grants,
         };
         // The decision, with the new job's id, is recorded before anything
         // runs: if the line cannot be written, nothing starts.
@@ -455,6 +465,7 @@ impl JobService for Service {
             admin: grant.is_admin(),
             outcome,
             reason,
+            grants: &[],
         };
         // The admin check first, so that a non-admin learns nothing, not
         // even whether the fingerprint is well formed.
@@ -527,6 +538,7 @@ impl JobService for Service {
             admin: all_users && grant.is_admin(),
             outcome,
             reason,
+            grants: &[],
         };
         // As for Start's command: a malformed request is refused (and
         // recorded) before the access check.
@@ -619,6 +631,22 @@ fn chunks<T: Send + 'static>(
             Err(e) => Some((Err(output_status(e)), None)),
         }
     })
+}
+
+/// The names of the policy grants in `permits`, as the policy file spells
+/// them, for the audit line of a start.
+fn grant_names(permits: crate::job::JobPermits) -> Vec<&'static str> {
+    let crate::job::JobPermits {
+        listen,
+        user_namespaces,
+    } = permits;
+    [
+        (listen, "allow_listen"),
+        (user_namespaces, "allow_user_namespaces"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect()
 }
 
 #[cfg(test)]
