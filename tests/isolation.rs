@@ -46,6 +46,9 @@ macro_rules! require_root {
 fn executor(tweak: impl FnOnce(&mut ContainConfig)) -> (LocalExecutor, tempfile::TempDir) {
     let state = tempfile::tempdir().expect("state dir");
     let mut config = contain_config(state.path()).expect("root");
+    // The executor is driven directly here, without the engine that names
+    // each identity's account: jobs without one run as nobody.
+    config.account = Some(Account::lookup("nobody", false).expect("account nobody"));
     tweak(&mut config);
     (
         LocalExecutor::contained(config).expect("contain jobs"),
@@ -250,7 +253,8 @@ mod groups {
             "433,-1,0,0",
             "428,-1,0,0",
             "429,-1,0,-1,0,0",
-            "442,-1,0,0,0,0"
+            "442,-1,0,0,0,0",
+            "467,-1,0,0,0,0"
         ]
     );
     refused_group!(
@@ -583,6 +587,65 @@ async fn a_job_cannot_listen_on_the_host_network_unless_permitted() {
     assert_eq!(allowed.stdout, "listening\n", "{}", allowed.stderr);
 }
 
+/// listen(2) on a TCP socket never bound: the kernel picks a port itself
+/// (autobind), with no bind(2) for Landlock to refuse.
+const AUTOBIND: &str = r#"use Socket; socket(S, PF_INET, SOCK_STREAM, 0) or die "socket: $!"; if (listen(S, 1)) { print "listening
+" } else { print "listen=", $! + 0, "
+" }"#;
+
+#[tokio::test]
+async fn a_job_cannot_listen_without_binding_unless_permitted() {
+    // Scenario: a job skips bind(2) and calls listen(2) on a fresh TCP
+    // socket, so that the kernel binds it to a free port on every address;
+    // the filter refuses listen itself (EPERM); with the permit it listens.
+    require_root!("a_job_cannot_listen_without_binding_unless_permitted");
+    let (exec, _state) = executor(|_| {});
+    let denied = run(&exec, "perl", &["-e", AUTOBIND]).await;
+    assert_eq!(
+        denied.stdout,
+        format!("listen={}\n", libc::EPERM),
+        "{}",
+        denied.stderr
+    );
+    let permits = JobPermits {
+        listen: true,
+        ..NO_PERMITS
+    };
+    let allowed = run_with(&exec, None, permits, "perl", &["-e", AUTOBIND]).await;
+    assert_eq!(allowed.stdout, "listening\n", "{}", allowed.stderr);
+}
+
+#[tokio::test]
+async fn a_job_cannot_open_vsock_sockets() {
+    // Scenario: a job opens an AF_VSOCK socket to talk to the hypervisor or
+    // other guests, which neither its network namespace nor Landlock
+    // describes; socket(2) and socketpair(2) answer EPERM.
+    require_root!("a_job_cannot_open_vsock_sockets");
+    let (exec, _state) = executor(|_| {});
+    let probe = r#"use Socket; my @r; push @r, socket(S, 40, SOCK_STREAM, 0) ? "ok" : $! + 0; push @r, socketpair(A, B, 40, SOCK_STREAM, 0) ? "ok" : $! + 0; print "@r\n""#;
+    let done = run(&exec, "perl", &["-e", probe]).await;
+    assert_eq!(
+        done.stdout,
+        format!("{} {}\n", libc::EPERM, libc::EPERM),
+        "{}",
+        done.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_job_has_no_controlling_terminal() {
+    // Scenario: jobsd was started from an admin's terminal; a job that kept
+    // it could type commands into the admin's shell (TIOCSTI) or send jobsd
+    // SIGINT through it. Every job runs in a session of its own (led by its
+    // init, PID 1 of the job) with no terminal (tty_nr 0).
+    require_root!("a_job_has_no_controlling_terminal");
+    let (exec, _state) = executor(|_| {});
+    let probe =
+        r#"open S, "/proc/self/stat" or die; my @f = split / /, <S>; print "$f[5] $f[6]\n""#;
+    let done = run(&exec, "perl", &["-e", probe]).await;
+    assert_eq!(done.stdout, "1 0\n", "{}", done.stderr);
+}
+
 #[tokio::test]
 async fn outbound_connections_still_work() {
     // Scenario: Landlock refuses binds only: a job connects to a listener
@@ -620,15 +683,13 @@ async fn an_abstract_socket_of_one_job_is_unreachable_from_another() {
         r#"use Socket; socket(S, PF_UNIX, SOCK_STREAM, 0) or die; bind(S, pack_sockaddr_un("\0{name}")) or die "bind: $!"; listen(S, 5) or die; $| = 1; print "listening\n"; while (accept(C, S)) {{ syswrite(C, "hi"); close C }}"#
     );
     let job_name_a = job_name();
-    let mut a = spawn(
-        &exec,
-        None,
-        NO_PERMITS,
-        &job_name_a,
-        "perl",
-        &["-e", &server],
-    )
-    .await;
+    // The listening job needs the listen permit (listen(2) is refused
+    // without it); its abstract socket stays scoped to it all the same.
+    let listen = JobPermits {
+        listen: true,
+        ..NO_PERMITS
+    };
+    let mut a = spawn(&exec, None, listen, &job_name_a, "perl", &["-e", &server]).await;
     let mut lines = BufReader::new(&mut a.stdout).lines();
     let first = tokio::time::timeout(DEADLINE, lines.next_line())
         .await

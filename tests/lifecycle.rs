@@ -543,6 +543,26 @@ async fn a_file_the_kernel_cannot_execute_is_refused_at_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncontained_job_has_no_controlling_terminal() {
+    // Scenario: jobsd runs without root from a user's terminal; its jobs
+    // must not share that terminal (a job could type into the user's shell
+    // or stop the daemon with a ^C sent through it). The job's main process
+    // leads a session of its own, without a terminal (tty_nr 0).
+    let server = TestServer::start_uncontained(|_| {}).await;
+    let alice = client(&server, "alice").await;
+    let job = start(
+        &alice,
+        "sh",
+        &["-c", "echo $$; cut -d' ' -f6,7 /proc/self/stat"],
+    )
+    .await;
+    let f = follow(&alice, &job.id).await;
+    let text = String::from_utf8(f.stdout()).unwrap();
+    let pid = text.lines().next().unwrap();
+    assert_eq!(text, format!("{pid}\n{pid} 0\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_left_the_group_cannot_hold_the_job_open() {
     // Scenario: an uncontained job (a daemon without root, or
     // --containment off) starts a child in a new session (out of reach of

@@ -27,7 +27,6 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, RwLock, Weak};
@@ -403,10 +402,10 @@ impl Containment {
             .current_dir(JOB_CWD)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group: a Ctrl-C at jobsd's terminal does not
-            // reach jobs.
-            .process_group(0);
+            .stderr(Stdio::piped());
+        // Its own session: no controlling terminal, so nothing of the job
+        // can reach jobsd's terminal (or be reached by a Ctrl-C there).
+        sys::new_session(&mut cmd);
         let procs: Vec<i32> = starting
             .cgroup()
             .procs_files()

@@ -30,6 +30,9 @@ pub(super) fn spawn(spec: &JobSpec) -> Result<Spawned, SpawnError> {
     // daemon instead. (Spawned from a runtime worker thread, which lives as
     // long as the daemon; see `kill_with_daemon`.)
     sys::kill_with_daemon(&mut command);
+    // Its own session (and so its own process group, which stop and reclaim
+    // signal), without jobsd's controlling terminal.
+    sys::new_session(&mut command);
     let mut child = command
         .arg0(spec.program())
         .args(spec.args())
@@ -41,7 +44,6 @@ pub(super) fn spawn(spec: &JobSpec) -> Result<Spawned, SpawnError> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .spawn()
         .map_err(|e| spawn_error(spec.program(), e))?;
     // From here on a failure must not leave the child running: kill it (it is

@@ -97,6 +97,27 @@ pub(super) fn enter_cgroup_before_exec(
     }
 }
 
+/// Makes the child of `cmd` the leader of a new session (setsid(2)), and so
+/// of a new process group whose id is its pid, with no controlling terminal.
+/// A job that kept the daemon's terminal could type into the shell that
+/// started jobsd (TIOCSTI), take the terminal's foreground, or send the
+/// daemon SIGINT or SIGTSTP through the terminal driver, around every signal
+/// rule; a new process group alone does not end that.
+pub(super) fn new_session(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child of a multi-threaded process,
+    // where only async-signal-safe calls are allowed; setsid(2) is a system
+    // call that touches no memory, and the error is built in place.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Makes the child of `cmd` get SIGKILL when the thread that forks it ends
 /// (prctl(2) `PR_SET_PDEATHSIG`), so that an uncontained job's main process
 /// dies with a daemon that is killed before it could record the job. If the

@@ -231,10 +231,12 @@ fn start(status: &StatusPipe, args: &InitArgs, pid1: bool) -> Result<Pid, Report
     sys::drop_capability_sets().at(SetupStep::Capabilities)?;
     // Built before the fork, so the program's process only installs it.
     let filter = if args.seccomp {
-        Some(seccomp::build(args.allow_namespaces).map_err(|_| Failure {
-            step: SetupStep::Seccomp,
-            errno: Errno::EOPNOTSUPP,
-        })?)
+        Some(
+            seccomp::build(args.allow_namespaces, args.allow_listen).map_err(|_| Failure {
+                step: SetupStep::Seccomp,
+                errno: Errno::EOPNOTSUPP,
+            })?,
+        )
     } else {
         None
     };

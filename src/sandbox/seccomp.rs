@@ -170,8 +170,31 @@ pub const MOUNT: Group = Group {
         libc::SYS_open_tree,
         libc::SYS_move_mount,
         libc::SYS_mount_setattr,
+        SYS_OPEN_TREE_ATTR,
     ],
 };
+
+/// `open_tree_attr(2)` (Linux 6.15), not yet in the `libc` crate. Calls
+/// added since Linux 5.1 have one number on every architecture but alpha.
+const SYS_OPEN_TREE_ATTR: libc::c_long = 467;
+
+/// Refused unless the job has the `listen` permit or a network of its own:
+/// `listen(2)`. Landlock refuses `bind` of TCP ports, but `listen` on a
+/// socket that was never bound picks a free port itself (autobind) without a
+/// `bind`, which no Landlock right covers (ABI 7), so a job could still serve
+/// on every address of the host. The filter cannot see a socket's family, so
+/// Unix stream sockets cannot listen either.
+pub const LISTEN: Group = Group {
+    name: "listen",
+    why: "a listening socket on the host network is a door into the job for anyone, other identities' jobs included",
+    calls: &[libc::SYS_listen],
+};
+
+/// Socket families refused to every job: `socket(2)` and `socketpair(2)`
+/// with one of these as the domain answer `EPERM`, as in Docker's profile.
+/// AF_VSOCK reaches the hypervisor or other guests, outside everything the
+/// job's network namespace and Landlock describe.
+pub const SOCKET_FAMILIES: [u64; 1] = [libc::AF_VSOCK as u64];
 
 /// Refused unless the job has the `user_namespaces` permit: entering any
 /// namespace. (Making one is refused by flag, see [`NAMESPACE_FLAGS`].)
@@ -296,14 +319,15 @@ fn prologue(arch: u32) -> Vec<sock_filter> {
     out
 }
 
-/// The whole filter for a job: [`ALWAYS`], and unless `allow_namespaces`,
+/// The whole filter for a job: [`ALWAYS`]; unless `allow_namespaces`,
 /// [`MOUNT`], [`SETNS`], `unshare`/`clone` with any of [`NAMESPACE_FLAGS`];
+/// unless `allow_listen`, [`LISTEN`]; sockets of [`SOCKET_FAMILIES`];
 /// `personality` other than [`PERSONALITIES`]; `clone3` → `ENOSYS`.
 ///
 /// # Errors
 /// [`FilterError::UnsupportedArch`] on a CPU this build has no numbers for;
 /// [`FilterError::Compile`] should seccompiler refuse the rules.
-pub fn build(allow_namespaces: bool) -> Result<BpfProgram, FilterError> {
+pub fn build(allow_namespaces: bool, allow_listen: bool) -> Result<BpfProgram, FilterError> {
     let unsupported = || FilterError::UnsupportedArch {
         arch: std::env::consts::ARCH,
     };
@@ -315,6 +339,9 @@ pub fn build(allow_namespaces: bool) -> Result<BpfProgram, FilterError> {
     if !allow_namespaces {
         groups.push(&MOUNT);
         groups.push(&SETNS);
+    }
+    if !allow_listen {
+        groups.push(&LISTEN);
     }
     for group in groups {
         for &call in group.calls {
@@ -346,6 +373,16 @@ pub fn build(allow_namespaces: bool) -> Result<BpfProgram, FilterError> {
             .collect();
         rules.insert(libc::SYS_clone, flag_rules(&clone_flags)?);
     }
+    let family_rules = SOCKET_FAMILIES
+        .iter()
+        .map(|&family| {
+            let cond = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family)
+                .map_err(compile)?;
+            SeccompRule::new(vec![cond]).map_err(compile)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_socket, family_rules.clone());
+    rules.insert(libc::SYS_socketpair, family_rules);
     let not_allowed = PERSONALITIES
         .iter()
         .map(|&p| SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, p))
@@ -378,7 +415,7 @@ mod tests {
     #[test]
     fn every_group_says_why_and_names_distinct_calls() {
         let mut seen = std::collections::BTreeSet::new();
-        for group in ALWAYS.iter().chain([&MOUNT, &SETNS]) {
+        for group in ALWAYS.iter().chain([&MOUNT, &SETNS, &LISTEN]) {
             assert!(!group.why.is_empty() && !group.name.is_empty());
             for &call in group.calls {
                 assert!(seen.insert(call), "{} listed twice ({})", call, group.name);
@@ -396,7 +433,7 @@ mod tests {
     /// code says what it returned: 0 a pid, 1 EPERM, 2 anything else.
     #[cfg(target_arch = "x86_64")]
     fn i386_getpid_in_child(filtered: bool) -> i32 {
-        let program = build(false).unwrap();
+        let program = build(false, false).unwrap();
         // SAFETY: the child only makes system calls (prctl, seccomp, the
         // i386 getpid) and _exits: no allocation, no lock, nothing that a
         // fork of a multi-threaded test process could find held.
@@ -452,10 +489,12 @@ mod tests {
     }
 
     #[test]
-    fn the_filter_compiles_both_ways() {
-        let strict = build(false).unwrap();
-        let permitted = build(true).unwrap();
-        assert!(strict.len() > permitted.len());
+    fn the_filter_compiles_every_way() {
+        let strict = build(false, false).unwrap();
+        for (namespaces, listen) in [(true, false), (false, true), (true, true)] {
+            let permitted = build(namespaces, listen).unwrap();
+            assert!(strict.len() > permitted.len(), "{namespaces} {listen}");
+        }
         // Far below the kernel's BPF_MAXINSNS (4096).
         assert!(strict.len() < 1000, "{}", strict.len());
     }
