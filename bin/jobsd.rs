@@ -158,6 +158,22 @@ struct ContainArgs {
     /// no limit.
     #[arg(long, value_name = "N", default_value = "512")]
     max_pids: String,
+    /// Most memory all of one identity's running jobs may have together
+    /// (SIZE, or `half`: half of this machine's memory, so that no identity
+    /// can take the machine's memory from the others), unless the policy's
+    /// [identity_limits] says otherwise. `none` for no limit.
+    #[arg(long, value_name = "SIZE", default_value = "half")]
+    identity_max_memory: String,
+    /// Most CPU all of one identity's running jobs may have together, in
+    /// cores. Default `none`: identities that want CPU share it equally
+    /// anyway (each has the same weight), and a cap would leave cores idle.
+    #[arg(long, value_name = "CORES", default_value = "none")]
+    identity_max_cpus: String,
+    /// Most processes and threads all of one identity's running jobs may
+    /// have together, so that no identity can use up the machine's process
+    /// table. `none` for no limit.
+    #[arg(long, value_name = "N", default_value = "4096")]
+    identity_max_pids: String,
     /// A block device IO limits apply to (repeatable), e.g. /dev/vda. Without
     /// any, jobs cannot ask for IO limits.
     #[arg(long, value_name = "DEVICE")]
@@ -429,14 +445,20 @@ async fn contain(
             anyhow::bail!("--run-as-for: {fingerprint} is given twice");
         }
     }
+    jobs.identity_limits = ResourceLimits {
+        memory_bytes: match args.identity_max_memory.as_str() {
+            "half" => Some(half_the_memory().context("--identity-max-memory half")?),
+            other => optional(other, units::parse_size).context("--identity-max-memory")?,
+        },
+        cpu_millis: optional(&args.identity_max_cpus, units::parse_cpus)
+            .context("--identity-max-cpus")?,
+        pids: optional(&args.identity_max_pids, parse_pids).context("--identity-max-pids")?,
+        ..ResourceLimits::default()
+    };
     jobs.ceiling = ResourceLimits {
         memory_bytes: optional(&args.max_memory, units::parse_size).context("--max-memory")?,
         cpu_millis: optional(&args.max_cpus, units::parse_cpus).context("--max-cpus")?,
-        pids: optional(&args.max_pids, |s| {
-            s.parse::<u32>()
-                .map_err(|_| anyhow::anyhow!("'{s}' is not a number of processes"))
-        })
-        .context("--max-pids")?,
+        pids: optional(&args.max_pids, parse_pids).context("--max-pids")?,
         io_read_bps: args
             .max_io_read
             .as_deref()
@@ -537,6 +559,24 @@ fn retention(s: &str) -> anyhow::Result<Option<Duration>> {
         anyhow::bail!("'{s}' would delete jobs as they end; use a positive duration or `never`");
     }
     Ok(Some(d))
+}
+
+/// A number of processes, as the `--*-pids` flags take it.
+fn parse_pids(s: &str) -> anyhow::Result<u32> {
+    s.parse::<u32>()
+        .map_err(|_| anyhow::anyhow!("'{s}' is not a number of processes"))
+}
+
+/// Half of this machine's memory (`MemTotal` of /proc/meminfo), in bytes.
+fn half_the_memory() -> anyhow::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no MemTotal in /proc/meminfo")?;
+    Ok(kib * 1024 / 2)
 }
 
 fn optional<T, E: Into<anyhow::Error>>(

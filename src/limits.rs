@@ -136,10 +136,12 @@ pub struct JobQuota {
     pub max_output_bytes: Override<u64>,
     /// Changes to the daemon's ceilings for this identity's jobs.
     pub ceilings: CeilingOverrides,
-    /// Limits on all the identity's running jobs together (memory, CPU,
-    /// processes; the io fields are never set), enforced on the identity's
-    /// own group where the executor has one. `None` fields: not limited.
-    pub identity_limits: ResourceLimits,
+    /// Changes to the daemon's limits on all of one identity's running jobs
+    /// together (memory, CPU, processes; `jobsd --identity-max-*`, the
+    /// engine's `JobsConfig::identity_limits`), enforced on the identity's
+    /// own group where the executor has one. The io fields are always
+    /// [`Override::Inherit`].
+    pub identity_limits: CeilingOverrides,
     /// What this identity's jobs may do beyond the default sandbox.
     pub permits: JobPermits,
 }

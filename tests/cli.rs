@@ -1241,6 +1241,73 @@ fn jobsd_gives_each_identity_its_own_uid_unless_told_to_share_one() {
     );
 }
 
+/// The limits on the identity group of `job` (the directory above the job's
+/// group in every hierarchy): memory (v1 `memory.limit_in_bytes` or v2
+/// `memory.max`) and processes (`pids.max`), as the files say.
+fn identity_group_limits(job: &str) -> (Option<String>, Option<String>) {
+    let groups: Vec<PathBuf> = common::cgroup_dirs_named(job)
+        .iter()
+        .map(|p| p.parent().expect("a parent").to_owned())
+        .collect();
+    assert!(!groups.is_empty(), "no cgroup for job {job}");
+    let read = |file: &str| {
+        groups
+            .iter()
+            .find_map(|g| fs::read_to_string(g.join(file)).ok())
+            .map(|s| s.trim().to_owned())
+    };
+    (
+        read("memory.limit_in_bytes").or_else(|| read("memory.max")),
+        read("pids.max"),
+    )
+}
+
+#[test]
+fn jobsd_limits_each_identity_to_half_the_memory_and_4096_processes_by_default() {
+    // Scenario: with default settings one identity starts job after job; all
+    // of its jobs together may not take more than half of the machine's
+    // memory, nor more than 4096 processes, so other identities keep the
+    // rest. The --identity-max-* flags change or lift these.
+    if skip_unless_root(
+        "jobsd_limits_each_identity_to_half_the_memory_and_4096_processes_by_default",
+    ) {
+        return;
+    }
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let d = Daemon::start();
+    let id = d.start_job(&d.alice, &["sleep", "600"]);
+    let (memory, pids) = identity_group_limits(&id);
+    assert_eq!(
+        (memory, pids.as_deref()),
+        (Some((kib * 1024 / 2).to_string()), Some("4096"))
+    );
+    assert_eq!(d.jobs(&d.alice, &["stop", &id]).code, 0);
+    drop(d);
+
+    let d = Daemon::start_in(
+        Sandbox::new(),
+        &[
+            "--identity-max-memory",
+            "64M",
+            "--identity-max-pids",
+            "none",
+        ],
+    );
+    let id = d.start_job(&d.alice, &["sleep", "600"]);
+    let (memory, pids) = identity_group_limits(&id);
+    assert_eq!(
+        (memory.as_deref(), pids.as_deref()),
+        (Some("67108864"), Some("max"))
+    );
+    assert_eq!(d.jobs(&d.alice, &["stop", &id]).code, 0);
+}
+
 #[test]
 fn jobsd_refuses_bad_retention_settings_before_anything_else() {
     // Scenario: an operator writes `--retention 0`, a typo, or an unknown

@@ -15,31 +15,6 @@ use jobs::exec::{Namespaces, Network};
 use jobs::job::ResourceLimits;
 use jobs::proto::{self, State};
 
-/// Every directory under the cgroup mounts whose name is `name` (a job id or
-/// a daemon's subtree name).
-fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
-    fn walk(dir: &Path, name: &str, depth: usize, found: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let path = e.path();
-            if e.file_name() == name {
-                found.push(path.clone());
-            }
-            if depth > 0 {
-                walk(&path, name, depth - 1, found);
-            }
-        }
-    }
-    let mut found = Vec::new();
-    walk(Path::new("/sys/fs/cgroup"), name, 6, &mut found);
-    found
-}
-
 async fn start_limited(
     client: &Client,
     limits: proto::Limits,

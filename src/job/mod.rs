@@ -392,6 +392,12 @@ pub struct JobsConfig {
     /// [`JobQuota::max_output_bytes`] says otherwise; `None`: not limited
     /// (`jobsd --max-output` sets it, 1 GiB by default).
     pub max_output_bytes: Option<u64>,
+    /// Limits on all of one identity's running jobs together (memory, CPU,
+    /// processes) unless the policy's `[identity_limits]` says otherwise;
+    /// `None` fields: not limited (`jobsd --identity-max-*` sets them: half
+    /// the machine's memory and 4096 processes by default). Ignored when the
+    /// executor cannot limit.
+    pub identity_limits: ResourceLimits,
     /// Free space on the output directory's file system that job output
     /// never takes (see `disk.rs`); at most a quarter of the file system.
     pub disk_headroom: u64,
@@ -401,7 +407,8 @@ impl JobsConfig {
     /// Output logs in `output_dir`, [`DEFAULT_GRACE`], no ceilings, an
     /// account of its own for every identity from
     /// [`crate::accounts::DEFAULT_UID_RANGE`], [`Retention::default`], no
-    /// per-job output cap, the default disk headroom (64 MiB).
+    /// per-job output cap, no identity limits, the default disk headroom
+    /// (64 MiB).
     pub fn new(output_dir: PathBuf) -> Self {
         Self {
             output_dir,
@@ -411,6 +418,7 @@ impl JobsConfig {
             uid_range: Some(crate::accounts::DEFAULT_UID_RANGE),
             retention: Retention::default(),
             max_output_bytes: None,
+            identity_limits: ResourceLimits::default(),
             disk_headroom: disk::DEFAULT_HEADROOM,
         }
     }
@@ -823,7 +831,7 @@ impl Jobs {
             // Enforced only by an executor that limits at all, like the
             // per-job ceilings.
             owner_limits: if caps.limits {
-                quota.identity_limits
+                quota.identity_limits.apply(&self.config.identity_limits)
             } else {
                 ResourceLimits::default()
             },

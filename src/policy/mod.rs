@@ -152,7 +152,7 @@ impl Policy {
             .chain(self.users.values())
             .any(|r| {
                 r.jobs.ceilings != crate::limits::CeilingOverrides::default()
-                    || !r.jobs.identity_limits.is_empty()
+                    || r.jobs.identity_limits != crate::limits::CeilingOverrides::default()
             })
     }
 

@@ -46,8 +46,9 @@ impl Settings {
                 // Inherit: the daemon's default (`jobsd --max-output`).
                 max_output_bytes: self.max_output_bytes,
                 ceilings: self.ceilings,
-                // Inherit and "unlimited" alike: no limit on the group.
-                identity_limits: self.identity.apply(&ResourceLimits::default()),
+                // Inherit: the daemon's identity limits (`jobsd
+                // --identity-max-*`); "unlimited" lifts one.
+                identity_limits: self.identity,
                 permits: JobPermits::default(),
             },
         }

@@ -38,7 +38,7 @@ use crate::auth::Identity;
 use crate::client::units::{parse_cpus, parse_size};
 use crate::limits::{
     CeilingOverrides, JobPermits, JobQuota, MAX_PIDS, MIN_CPU_MILLIS, MIN_MEMORY_BYTES, MIN_PIDS,
-    Override, ResourceLimits, human_bytes,
+    Override, human_bytes,
 };
 
 /// The period of `requests_per_second` and `[handshakes] per_second`.

@@ -2,6 +2,7 @@
 //! where errors point.
 
 use super::*;
+use crate::limits::ResourceLimits;
 use crate::policy::{PolicyChanges, PolicySummary};
 
 fn fp(name: &str) -> String {
@@ -100,11 +101,11 @@ fn the_example_file_parses() {
                 io_read_bps: Override::Limit(100 << 20),
                 io_write_bps: Override::Limit(100 << 20),
             },
-            identity_limits: ResourceLimits {
-                memory_bytes: Some(4 << 30),
-                cpu_millis: Some(2000),
-                pids: Some(2048),
-                ..ResourceLimits::default()
+            identity_limits: CeilingOverrides {
+                memory_bytes: Override::Limit(4 << 30),
+                cpu_millis: Override::Limit(2000),
+                pids: Override::Limit(2048),
+                ..CeilingOverrides::default()
             },
             permits: JobPermits::default(),
         },
@@ -125,9 +126,9 @@ fn the_example_file_parses() {
                     ..top.jobs.ceilings
                 },
                 // Its own memory, "unlimited" cpus, the top level's pids.
-                identity_limits: ResourceLimits {
-                    memory_bytes: Some(16 << 30),
-                    cpu_millis: None,
+                identity_limits: CeilingOverrides {
+                    memory_bytes: Override::Limit(16 << 30),
+                    cpu_millis: Override::Unlimited,
                     ..top.jobs.identity_limits
                 },
                 permits: JobPermits {
@@ -215,7 +216,7 @@ rate = {{ requests_per_second = 1 }}
                 io_read_bps: Override::Inherit,
                 io_write_bps: Override::Unlimited,
             },
-            identity_limits: ResourceLimits::default(),
+            identity_limits: CeilingOverrides::default(),
             permits: JobPermits::default(),
         },
     };
@@ -1234,12 +1235,55 @@ fn positions_are_one_based_characters() {
 }
 
 /// The identity limits of `text`'s top level and of alice.
+/// The identity limits of anyone and of alice, over a daemon without
+/// identity limits of its own.
 fn identity_limits_of(text: &str) -> (ResourceLimits, ResourceLimits) {
     let p = parsed(text);
+    let none = ResourceLimits::default();
     (
-        p.rules(&id("anyone")).jobs.identity_limits,
-        p.rules(&id("alice")).jobs.identity_limits,
+        p.rules(&id("anyone")).jobs.identity_limits.apply(&none),
+        p.rules(&id("alice")).jobs.identity_limits.apply(&none),
     )
+}
+
+// A daemon's identity limits apply where the policy says nothing; the
+// policy replaces one field, and "unlimited" lifts one.
+#[test]
+fn identity_limits_override_the_daemons_field_by_field() {
+    let daemon = ResourceLimits {
+        memory_bytes: Some(8 << 30),
+        cpu_millis: None,
+        pids: Some(4096),
+        ..ResourceLimits::default()
+    };
+    let alice = fp("alice");
+    let p = parsed(&format!(
+        "[identity_limits]\nmemory = \"2G\"\n\
+         [users.\"{alice}\".identity_limits]\npids = \"unlimited\"\n"
+    ));
+    assert_eq!(
+        p.rules(&id("anyone")).jobs.identity_limits.apply(&daemon),
+        ResourceLimits {
+            memory_bytes: Some(2 << 30),
+            ..daemon
+        }
+    );
+    assert_eq!(
+        p.rules(&id("alice")).jobs.identity_limits.apply(&daemon),
+        ResourceLimits {
+            memory_bytes: Some(2 << 30),
+            pids: None,
+            ..daemon
+        }
+    );
+    assert_eq!(
+        parsed("")
+            .rules(&id("anyone"))
+            .jobs
+            .identity_limits
+            .apply(&daemon),
+        daemon
+    );
 }
 
 // Top-level [identity_limits] is everyone's; a user's table overrides it
