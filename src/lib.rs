@@ -81,8 +81,14 @@
 //! - Landlock and seccomp need kernel support (Landlock ABI 6 for every
 //!   part); with `--containment auto` a kernel without them runs jobs
 //!   without those parts, and says so at start-up. Jobs may create user
-//!   namespaces only with the `user_namespaces` permit, and bind TCP ports
-//!   only with the `listen` permit.
+//!   namespaces only with the `user_namespaces` permit, and bind or listen
+//!   only with the `listen` permit (the filter cannot tell a socket's family
+//!   on `listen`, so Unix stream sockets cannot listen without it either).
+//! - With the host network (the default) jobs share the host's loopback and
+//!   addresses: they see every socket of the host in `/proc/net/*`, may bind
+//!   UDP ports (Landlock has no UDP rules yet), and may open unauthenticated
+//!   connections to jobsd itself, filling the per-address cap of pending
+//!   handshakes that local clients share (see the last item).
 //! - On a pure cgroup v2 host `jobsd` moves itself into a leaf of its own
 //!   cgroup (`jobsd-daemon`) so that the cgroup may hand controllers to job
 //!   groups; if other processes share that cgroup it refuses to start and
@@ -93,6 +99,9 @@
 //!   rate-limit buckets start full, and jobs that ran are `lost` (never
 //!   resumed). Every job record is also held in memory while the daemon runs
 //!   (bounded by retention).
+//! - Identity limits bound each identity (by default half the machine's
+//!   memory and 4096 processes), not all identities together: several of
+//!   them can still fill the machine's memory.
 //! - Rate limits and quotas are per identity. Aggregate memory, CPU and pids
 //!   per identity (`[identity_limits]`) and the equal CPU share between
 //!   identities need containment (cgroups); without it they are not
