@@ -203,6 +203,79 @@ async fn run() {
         dir.path(),
     )
     .await;
+    if nix::unistd::geteuid().is_root() {
+        sandbox_cost(&dir.path().join("state4")).await;
+    }
+}
+
+/// What the kernel sandbox (seccomp filter, Landlock, cgroup namespace)
+/// adds to a contained start: the executor alone (no server, no store)
+/// starts `true` and waits for its end, 200 times with the sandbox the
+/// kernel offers and 200 times without, interleaved so that other load on
+/// the machine falls on both alike.
+async fn sandbox_cost(state: &std::path::Path) {
+    use jobs::exec::{ContainConfig, LocalExecutor};
+    use jobs::job::{Account, Executor, JobPermits, JobSpec, Launch, ResourceLimits};
+    use jobs::sandbox::SandboxPlan;
+    std::fs::create_dir_all(state).expect("state dir");
+    let executor = |sandbox: SandboxPlan, name: &str| {
+        LocalExecutor::contained(ContainConfig {
+            init: env!("CARGO_BIN_EXE_jobs-init").into(),
+            account: Some(Account::lookup("nobody", false).expect("nobody")),
+            namespaces: jobs::exec::Namespaces::default(),
+            io_devices: Vec::new(),
+            cgroup_name: format!("{}-{name}", jobs::exec::cgroup_name_for(state)),
+            sandbox,
+        })
+        .expect("contain")
+    };
+    let none = SandboxPlan {
+        seccomp: false,
+        landlock_abi: 0,
+        cgroup_namespace: false,
+        writable: Vec::new(),
+    };
+    let executors = [
+        executor(SandboxPlan::detected(), "sandboxed"),
+        executor(none, "bare"),
+    ];
+    let spec = JobSpec::new("true".into(), Vec::new()).expect("spec");
+    let limits = ResourceLimits::default();
+    let mut took: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..400 {
+        let which = i % 2;
+        let name = format!("bench-{i}");
+        let t = Instant::now();
+        let mut spawned = executors[which]
+            .spawn(Launch {
+                name: &name,
+                spec: &spec,
+                limits: &limits,
+                account: None,
+                owner: "id-0000000000000000",
+                owner_limits: &limits,
+                permits: JobPermits::default(),
+            })
+            .await
+            .expect("spawn");
+        spawned.process.exited().await.expect("exited");
+        spawned.process.finish().await.expect("finish");
+        took[which].push(t.elapsed());
+    }
+    for executor in &executors {
+        executor.close();
+    }
+    let [mut with, mut without] = took;
+    with.sort();
+    without.sort();
+    let median = |v: &[Duration]| v[v.len() / 2];
+    println!(
+        "sandbox cost per contained start (executor only, 200 each, interleaved): \
+         median {:?} with the sandbox, {:?} without, +{:?}",
+        median(&with),
+        median(&without),
+        median(&with).saturating_sub(median(&without))
+    );
 }
 
 /// Writes 2000 finished job records through the store (one transaction

@@ -1570,7 +1570,7 @@ fn jobsd_refuses_to_start_with_a_broken_policy_naming_file_line_and_key() {
     for (text, at) in [
         (
             format!("denylst = [\"{alice}\"]\n"),
-            ":1:1: key 'denylst': unknown key; expected one of: denylist, admins, rate, quota, limits, handshakes, identity_limits, users",
+            ":1:1: key 'denylst': unknown key; expected one of: denylist, admins, rate, quota, limits, handshakes, identity_limits, keep_jobs_when_banned, users",
         ),
         (
             format!("[rate]\ndenylist = [\"{alice}\"]\n"),

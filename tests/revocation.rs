@@ -380,6 +380,50 @@ async fn a_denylist_reload_ends_streams_closes_connections_and_stops_jobs() {
     server.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_may_keep_a_denylisted_identitys_jobs_running() {
+    // Scenario: jobsd runs with the default --on-revoke stop, but the policy
+    // says keep_jobs_when_banned = true; the operator denylists carol: her
+    // stream ends and her requests are refused, her job keeps running (an
+    // admin still sees it running) and no daemon stop is audited.
+    let audit = Audit::new();
+    let keep = "keep_jobs_when_banned = true\n";
+    let handle = PolicyHandle::new(policy(keep));
+    let (a, p) = (audit.log.clone(), handle.clone());
+    let server = TestServer::start_with(move |c| {
+        c.audit = Some(a);
+        c.policy = p;
+    })
+    .await;
+    let alice = client(&server, "alice").await;
+    let carol = client(&server, "carol").await;
+    let theirs = chatty(&carol).await;
+    let mut her_stream = carol.stream(&theirs.id).await.unwrap();
+    read_lines(&mut her_stream, 1).await;
+
+    handle.replace(policy(&format!(
+        "{keep}denylist = [\"{}\"]\n",
+        identity("carol")
+    )));
+
+    let status = read_until_error(&mut her_stream).await;
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::PermissionDenied, DENIED)
+    );
+    // The ban has been acted on (the stream ended); the job is untouched.
+    assert_eq!(
+        alice.status(&theirs.id).await.unwrap().state(),
+        State::Running
+    );
+    assert!(
+        audit.about(&theirs.id).into_iter().all(|l| l.0 != "jobsd"),
+        "a daemon stop was audited"
+    );
+    alice.stop(&theirs.id).await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
 #[test]
 fn a_bad_crl_is_refused_at_start_naming_the_file() {
     // Scenario: garbage, a CRL signed by another key under the CA's name,

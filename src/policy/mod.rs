@@ -82,6 +82,7 @@ pub struct Policy {
     defaults: Rules,
     users: HashMap<Identity, Rules>,
     handshakes: Option<HandshakeRate>,
+    keep_jobs_when_banned: Option<bool>,
 }
 
 impl Policy {
@@ -154,6 +155,14 @@ impl Policy {
                 r.jobs.ceilings != crate::limits::CeilingOverrides::default()
                     || r.jobs.identity_limits != crate::limits::CeilingOverrides::default()
             })
+    }
+
+    /// Whether the running jobs of an identity that becomes revoked or
+    /// denylisted keep running (`true`) or are stopped (`false`), as the
+    /// file's top-level `keep_jobs_when_banned` says; `None` when it says
+    /// nothing, and `jobsd --on-revoke` decides.
+    pub fn keep_jobs_when_banned(&self) -> Option<bool> {
+        self.keep_jobs_when_banned
     }
 
     /// The rate of unauthenticated handshakes allowed per source address, if

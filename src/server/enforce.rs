@@ -200,7 +200,13 @@ impl Enforcer {
     }
 
     fn act(&self, identity: Identity, why: Why) {
-        let jobs = match self.on_revoke {
+        // The policy in force decides if it says; else `jobsd --on-revoke`.
+        let on_revoke = match self.policy.current().keep_jobs_when_banned() {
+            Some(true) => OnRevoke::Keep,
+            Some(false) => OnRevoke::Stop,
+            None => self.on_revoke,
+        };
+        let jobs = match on_revoke {
             OnRevoke::Stop => self.jobs.running_of(identity),
             OnRevoke::Keep => Vec::new(),
         };

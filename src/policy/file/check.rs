@@ -192,6 +192,7 @@ impl Check<'_> {
             defaults: top.rules(),
             users,
             handshakes,
+            keep_jobs_when_banned: raw.keep_jobs_when_banned,
         })
     }
 

@@ -16,6 +16,9 @@ pub(super) struct RawPolicy {
     pub(super) limits: Option<RawLimits>,
     pub(super) handshakes: Option<RawHandshakes>,
     pub(super) identity_limits: Option<RawIdentityLimits>,
+    /// What happens to the running jobs of an identity that becomes revoked
+    /// or denylisted ([`Policy::keep_jobs_when_banned`]).
+    pub(super) keep_jobs_when_banned: Option<bool>,
     pub(super) users: Option<BTreeMap<String, RawUser>>,
 }
 

@@ -67,7 +67,7 @@ fn out_of_range(value: &str, expected: &str) -> PolicyErrorKind {
     }
 }
 
-const TOP_KEYS: &str = "denylist, admins, rate, quota, limits, handshakes, identity_limits, users";
+const TOP_KEYS: &str = "denylist, admins, rate, quota, limits, handshakes, identity_limits, keep_jobs_when_banned, users";
 const USER_KEYS: &str = "rate, quota, limits, identity_limits, allow_listen, allow_user_namespaces";
 const RATE_KEYS: &str = "requests_per_second, request_burst, starts_per_minute, start_burst";
 
@@ -344,7 +344,7 @@ fn a_misspelled_key_is_refused() {
     assert_eq!(
         e.to_string(),
         "policy.toml:1:1: key 'denylst': unknown key; expected one of: \
-         denylist, admins, rate, quota, limits, handshakes, identity_limits, users"
+         denylist, admins, rate, quota, limits, handshakes, identity_limits, keep_jobs_when_banned, users"
     );
 }
 
@@ -1460,4 +1460,29 @@ fn a_grant_inside_a_users_quota_is_refused() {
         Some(format!("users.\"{alice}\".quota.allow_listen").as_str())
     );
     assert_eq!(e.kind, unknown("max_running_jobs, max_output_bytes"));
+}
+
+// keep_jobs_when_banned is read as written, absent is "jobsd decides", and a
+// string where a boolean belongs is refused, naming the key.
+#[test]
+fn keep_jobs_when_banned_is_a_top_level_boolean() {
+    assert_eq!(parsed("").keep_jobs_when_banned(), None);
+    assert_eq!(
+        parsed("keep_jobs_when_banned = true\n").keep_jobs_when_banned(),
+        Some(true)
+    );
+    assert_eq!(
+        parsed("keep_jobs_when_banned = false\n").keep_jobs_when_banned(),
+        Some(false)
+    );
+    let e = rejected("keep_jobs_when_banned = \"yes\"\n");
+    assert_eq!(e.key.as_deref(), Some("keep_jobs_when_banned"));
+    let alice = fp("alice");
+    let e = rejected(&format!(
+        "[users.\"{alice}\"]\nkeep_jobs_when_banned = true\n"
+    ));
+    assert_eq!(
+        e.key.as_deref(),
+        Some(format!("users.\"{alice}\".keep_jobs_when_banned").as_str())
+    );
 }
