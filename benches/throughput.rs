@@ -233,6 +233,7 @@ async fn sandbox_cost(state: &std::path::Path) {
         seccomp: false,
         landlock_abi: 0,
         cgroup_namespace: false,
+        bind_hook: false,
         writable: Vec::new(),
     };
     let executors = [

@@ -85,8 +85,9 @@
 //!   only with the `listen` permit (the filter cannot tell a socket's family
 //!   on `listen`, so Unix stream sockets cannot listen without it either).
 //! - With the host network (the default) jobs share the host's loopback and
-//!   addresses: they see every socket of the host in `/proc/net/*`, may bind
-//!   UDP ports (Landlock has no UDP rules yet), and may open unauthenticated
+//!   addresses: they see every socket of the host in `/proc/net/*`, receive
+//!   datagrams on the port the kernel picked for a socket they sent from
+//!   (the bind hook refuses named ports only), and may open unauthenticated
 //!   connections to jobsd itself, filling the per-address cap of pending
 //!   handshakes that local clients share (see the last item).
 //! - On a pure cgroup v2 host `jobsd` moves itself into a leaf of its own

@@ -151,7 +151,8 @@ pub struct JobQuota {
 /// strict sandbox.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JobPermits {
-    /// May bind TCP ports, and so listen, on the host network.
+    /// May bind ports (TCP: Landlock; any other protocol: the bind hook) and
+    /// listen on the host network.
     pub listen: bool,
     /// May create user namespaces and use the calls that make or enter
     /// namespaces (`unshare`, `clone` with namespace flags, `setns`).

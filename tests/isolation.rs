@@ -615,6 +615,48 @@ async fn a_job_cannot_listen_without_binding_unless_permitted() {
     assert_eq!(allowed.stdout, "listening\n", "{}", allowed.stderr);
 }
 
+/// Binds UDP sockets: IPv4 and IPv6 to the named port `$ARGV[0]`, IPv4 to
+/// port 0; then sends "hi" over a connected UDP socket to `$ARGV[1]`, as a
+/// resolver asks its DNS server. One word each: `ok` or the errno.
+const UDP: &str = r#"use Socket qw(:all); my ($port, $to) = @ARGV; my @r; socket(A, PF_INET, SOCK_DGRAM, 0) or die "socket: $!"; push @r, bind(A, pack_sockaddr_in($port, inet_aton("127.0.0.1"))) ? "ok" : $! + 0; socket(B, PF_INET6, SOCK_DGRAM, 0) or die "socket6: $!"; push @r, bind(B, pack_sockaddr_in6($port, inet_pton(AF_INET6, "::1"))) ? "ok" : $! + 0; socket(C, PF_INET, SOCK_DGRAM, 0) or die; push @r, bind(C, pack_sockaddr_in(0, inet_aton("127.0.0.1"))) ? "ok" : $! + 0; socket(D, PF_INET, SOCK_DGRAM, 0) or die; connect(D, pack_sockaddr_in($to, inet_aton("127.0.0.1"))) or die "connect: $!"; push @r, send(D, "hi", 0) == 2 ? "ok" : $! + 0; print "@r
+""#;
+
+#[tokio::test]
+async fn a_job_cannot_bind_udp_ports_on_the_host_network_unless_permitted() {
+    // Scenario: Landlock rules TCP only; a job binding a UDP port on the
+    // host's addresses would serve anyone, other identities' jobs included.
+    // The bind hook refuses named ports (EPERM) over IPv4 and IPv6, leaves
+    // port 0 and outbound datagrams alone, and the listen permit lifts it.
+    require_root!("a_job_cannot_bind_udp_ports_on_the_host_network_unless_permitted");
+    let (exec, _state) = executor(|_| {});
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    server.set_read_timeout(Some(DEADLINE)).unwrap();
+    let to = server.local_addr().unwrap().port().to_string();
+    // A port free on both loopbacks for the permitted job to bind.
+    let port = {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port().to_string()
+    };
+    let denied = run(&exec, "perl", &["-e", UDP, &port, &to]).await;
+    assert_eq!(
+        denied.stdout,
+        format!("{} {} ok ok\n", libc::EPERM, libc::EPERM),
+        "{}",
+        denied.stderr
+    );
+    let mut got = [0u8; 16];
+    let (n, _) = server.recv_from(&mut got).unwrap();
+    assert_eq!(&got[..n], b"hi");
+    let permits = JobPermits {
+        listen: true,
+        ..NO_PERMITS
+    };
+    let allowed = run_with(&exec, None, permits, "perl", &["-e", UDP, &port, &to]).await;
+    assert_eq!(allowed.stdout, "ok ok ok ok\n", "{}", allowed.stderr);
+    let (n, _) = server.recv_from(&mut got).unwrap();
+    assert_eq!(&got[..n], b"hi");
+}
+
 #[tokio::test]
 async fn a_job_cannot_open_vsock_sockets() {
     // Scenario: a job opens an AF_VSOCK socket to talk to the hypervisor or
@@ -826,6 +868,7 @@ fn jobsd_reports_every_sandbox_part_at_start_up() {
         "seccomp filter",
         "landlock filesystem",
         "landlock network",
+        "bind hook",
         "landlock scopes",
         "capabilities",
         "cgroup namespace",

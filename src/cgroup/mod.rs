@@ -635,6 +635,16 @@ impl JobCgroup {
     pub fn paths(&self) -> Vec<PathBuf> {
         self.nodes.iter().map(|n| n.dir.clone()).collect()
     }
+
+    /// The group's directory in the cgroup2 hierarchy (pure v2, or the
+    /// hybrid's cgroup2 mount), where cgroup BPF programs attach; `None` on
+    /// a v1-only host.
+    pub fn unified_dir(&self) -> Option<&Path> {
+        self.nodes
+            .iter()
+            .find(|n| n.flavor == Flavor::V2)
+            .map(|n| n.dir.as_path())
+    }
 }
 
 /// Creates a job group `name` under each of `parents` with `limits`; see

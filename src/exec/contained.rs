@@ -44,7 +44,7 @@ use crate::job::{
     Account, BoxFuture, Capabilities, Ended, ExitInfo, JobSignal, Launch, Meter, Process,
     ResourceLimits, ResourceUsage, SpawnError, Spawned,
 };
-use crate::sandbox::{InitArgs, PRIVATE_HOME, Report, SandboxPlan};
+use crate::sandbox::{BindHook, InitArgs, PRIVATE_HOME, Report, SandboxPlan};
 
 /// How long `jobs-init` may take to set up and execute the program before the
 /// start is abandoned. Setup is a few system calls and one exec (milliseconds);
@@ -192,6 +192,9 @@ pub enum ContainError {
         #[source]
         source: io::Error,
     },
+    /// The bind hook the sandbox plan asks for cannot be loaded.
+    #[error("cannot load the bind hook (cgroup BPF programs)")]
+    BindHook(#[source] io::Error),
     /// An IO device is not usable.
     #[error("cannot use {} for IO limits", path.display())]
     IoDevice {
@@ -210,6 +213,8 @@ pub(super) struct Containment {
     home_root: bool,
     /// The daemon's subtree; `None` once closed.
     cgroups: RwLock<Option<Cgroups>>,
+    /// Loaded when the plan has the bind hook.
+    bind_hook: Option<BindHook>,
 }
 
 impl Drop for Containment {
@@ -229,6 +234,11 @@ impl Containment {
         check_init(&config.init)?;
         let layout = Layout::detect()?;
         tracing::info!(%layout, "cgroup layout");
+        let bind_hook = if config.sandbox.bind_hook {
+            Some(BindHook::load().map_err(ContainError::BindHook)?)
+        } else {
+            None
+        };
         let cgroups = Cgroups::open(layout, &config.cgroup_name)?;
         tracing::info!(
             shared_account = config.account.as_ref().map_or("none", |a| a.name.as_str()),
@@ -241,6 +251,7 @@ impl Containment {
             config,
             home_root: Path::new("/home").is_dir(),
             cgroups: RwLock::new(Some(cgroups)),
+            bind_hook,
         })
     }
 
@@ -331,12 +342,29 @@ impl Containment {
                 source: io::Error::other("the engine named none and there is no default"),
             })?;
         let ns = self.config.namespaces;
+        let permits = launch.permits;
+        // In a network namespace of its own a job's ports reach nobody
+        // else, so only the host network needs the listen permit.
+        let allow_listen = permits.listen || ns.network == Network::None;
         let cgroup = self.create_cgroup(&launch)?;
         // From here on every failure must leave nothing behind.
         let mut starting = Starting {
             cgroup: Some(Arc::new(cgroup)),
             child: None,
         };
+        if let (Some(hook), false) = (&self.bind_hook, allow_listen) {
+            let attached = match starting.cgroup().unified_dir() {
+                Some(dir) => hook.attach(dir),
+                None => Err(io::Error::other("the job's cgroup has no cgroup2 group")),
+            };
+            if let Err(source) = attached {
+                starting.clean_up().await;
+                return Err(SpawnError::Containment {
+                    what: "cannot attach the bind hook to the job's cgroup".into(),
+                    source,
+                });
+            }
+        }
         let (status_rx, status_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| SpawnError::Os(e.into()))?;
         let sandbox = &self.config.sandbox;
@@ -351,14 +379,13 @@ impl Containment {
         } else {
             account.home.as_path()
         };
-        let permits = launch.permits;
         if permits.user_namespaces || permits.listen {
             tracing::info!(
                 job = launch.name,
                 owner = launch.owner,
                 user_namespaces = permits.user_namespaces,
                 listen = permits.listen,
-                "job starts with sandbox permits: user_namespaces lets the seccomp filter allow unshare, setns, clone with namespace flags and mounts; listen lets Landlock allow TCP bind"
+                "job starts with sandbox permits: user_namespaces lets the seccomp filter allow unshare, setns, clone with namespace flags and mounts; listen lets Landlock and the bind hook allow binding ports"
             );
         }
         let args = InitArgs {
@@ -378,9 +405,7 @@ impl Containment {
             seccomp: sandbox.seccomp,
             allow_namespaces: permits.user_namespaces,
             landlock_abi: sandbox.landlock_abi,
-            // In a network namespace of its own a job's ports reach nobody
-            // else, so only the host network needs the listen permit.
-            allow_listen: permits.listen || ns.network == Network::None,
+            allow_listen,
             // Under a private home the host's /home is hidden: a shared
             // directory there cannot be reached, and is left out.
             writable: sandbox

@@ -48,9 +48,14 @@
 //! - `plan.rs`: what the kernel offers and what `jobsd` decides
 //!   ([`SandboxPlan`]), checked and logged at start-up.
 //! - `ruleset.rs`: the Landlock ruleset. [`seccomp`]: the seccomp filter.
-//! - `sys.rs`: the system calls without a safe wrapper; the only `unsafe` of
-//!   the sandbox.
+//! - `sys.rs`: the init's system calls without a safe wrapper; the only
+//!   `unsafe` of the init.
+//! - `bind.rs`: [`BindHook`], the cgroup BPF programs `jobsd` attaches to
+//!   each job's group so that it binds no port without the `listen` permit
+//!   (UDP included, which Landlock does not rule); its own `unsafe`, for
+//!   `bpf(2)`.
 
+mod bind;
 mod init;
 mod plan;
 mod ruleset;
@@ -64,6 +69,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+pub use bind::BindHook;
 pub use init::run_init;
 pub use plan::{KernelSupport, PartLine, SandboxError, SandboxPlan, check_writable};
 pub use ruleset::{LandlockParts, MAX_ABI};

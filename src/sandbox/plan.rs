@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::ruleset::{LandlockParts, MAX_ABI, PRIVATE_WRITABLE};
-use super::{seccomp, sys};
+use super::{BindHook, seccomp, sys};
 
 /// What the running kernel (and this build) offers, as detected.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,11 +16,15 @@ pub struct KernelSupport {
     pub landlock_abi: Result<u32, String>,
     /// Cgroup namespaces (`/proc/self/ns/cgroup` exists; Linux 4.6+).
     pub cgroup_namespace: bool,
+    /// The bind hook ([`BindHook`]) loads and a cgroup2 hierarchy is
+    /// mounted for it to attach to, or why not.
+    pub bind_hook: Result<(), String>,
 }
 
 impl KernelSupport {
     /// Asks the kernel: `seccomp(SECCOMP_GET_ACTION_AVAIL)`,
-    /// `landlock_create_ruleset(…VERSION)`, `/proc/self/ns/cgroup`.
+    /// `landlock_create_ruleset(…VERSION)`, `/proc/self/ns/cgroup`, loading
+    /// the bind hook and `/proc/self/mountinfo` for a cgroup2 mount.
     pub fn detect() -> Self {
         let seccomp = match seccomp::target_arch() {
             None => Err(format!(
@@ -37,12 +41,32 @@ impl KernelSupport {
             }
             Err(e) => Err(format!("the kernel has no Landlock ({e})")),
         };
+        let bind_hook = match BindHook::load() {
+            Err(e) => Err(format!(
+                "the kernel loads no cgroup socket-address programs ({e})"
+            )),
+            Ok(_) if !cgroup2_mounted() => {
+                Err("no cgroup2 hierarchy is mounted for its programs to attach to".into())
+            }
+            Ok(_) => Ok(()),
+        };
         Self {
             seccomp,
             landlock_abi,
             cgroup_namespace: Path::new("/proc/self/ns/cgroup").exists(),
+            bind_hook,
         }
     }
+}
+
+/// Whether `/proc/self/mountinfo` lists a `cgroup2` file system.
+fn cgroup2_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|text| {
+        text.lines().any(|line| {
+            line.split_once(" - ")
+                .is_some_and(|(_, fs)| fs.starts_with("cgroup2 "))
+        })
+    })
 }
 
 /// What every contained job gets, as decided at start-up.
@@ -55,6 +79,9 @@ pub struct SandboxPlan {
     pub landlock_abi: u8,
     /// A cgroup namespace and a masked `/sys/fs/cgroup`.
     pub cgroup_namespace: bool,
+    /// Attach the bind hook to every job's group without the `listen`
+    /// permit on the host network.
+    pub bind_hook: bool,
     /// Host directories shared writable with every job (`--writable`),
     /// checked by [`check_writable`].
     pub writable: Vec<PathBuf>,
@@ -126,6 +153,7 @@ impl SandboxPlan {
             seccomp: support.seccomp.is_ok(),
             landlock_abi: abi,
             cgroup_namespace: support.cgroup_namespace,
+            bind_hook: support.bind_hook.is_ok(),
             writable,
         };
         let lines = plan.lines(support);
@@ -204,6 +232,14 @@ impl SandboxPlan {
                 },
             },
             PartLine {
+                part: "bind hook",
+                on: self.bind_hook,
+                detail: match &support.bind_hook {
+                    Ok(()) => "jobs cannot bind a named port of any protocol (UDP included) on the host network unless permitted; port 0 and outbound traffic stay allowed".into(),
+                    Err(why) => why.clone(),
+                },
+            },
+            PartLine {
                 part: "landlock scopes",
                 on: parts.scopes,
                 detail: if parts.scopes {
@@ -271,6 +307,7 @@ mod tests {
             seccomp: Ok(()),
             landlock_abi: Ok(7),
             cgroup_namespace: true,
+            bind_hook: Ok(()),
         }
     }
 
@@ -283,11 +320,12 @@ mod tests {
                 seccomp: true,
                 landlock_abi: 7,
                 cgroup_namespace: true,
+                bind_hook: true,
                 writable: vec![]
             }
         );
         assert!(lines.iter().all(|l| l.on), "{lines:?}");
-        assert_eq!(lines.len(), 6);
+        assert_eq!(lines.len(), 7);
     }
 
     #[test]
@@ -308,13 +346,14 @@ mod tests {
             seccomp: Err("no filters".into()),
             landlock_abi: Ok(3),
             cgroup_namespace: true,
+            bind_hook: Err("no cgroup2 hierarchy is mounted".into()),
         };
         let err = SandboxPlan::decide(&support, true, vec![])
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
-            "--containment on needs the whole job sandbox, and this kernel lacks: seccomp filter (no filters); landlock network (the kernel's Landlock ABI is 3; this needs 4); landlock scopes (the kernel's Landlock ABI is 3; this needs 6)"
+            "--containment on needs the whole job sandbox, and this kernel lacks: seccomp filter (no filters); landlock network (the kernel's Landlock ABI is 3; this needs 4); bind hook (no cgroup2 hierarchy is mounted); landlock scopes (the kernel's Landlock ABI is 3; this needs 6)"
         );
     }
 
@@ -326,6 +365,7 @@ mod tests {
             seccomp: Ok(()),
             landlock_abi: Err("the kernel has no Landlock (ENOSYS)".into()),
             cgroup_namespace: false,
+            bind_hook: Ok(()),
         };
         let (plan, lines) = SandboxPlan::decide(&support, false, vec![]).unwrap();
         assert_eq!(plan.landlock_abi, 0);

@@ -30,7 +30,7 @@ pub(super) struct RawUser {
     pub(super) quota: Option<RawQuota>,
     pub(super) limits: Option<RawLimits>,
     pub(super) identity_limits: Option<RawIdentityLimits>,
-    /// The grant to bind TCP ports ([`crate::limits::JobPermits::listen`]).
+    /// The grant to bind ports and listen ([`crate::limits::JobPermits::listen`]).
     pub(super) allow_listen: Option<bool>,
     /// The grant to make user namespaces
     /// ([`crate::limits::JobPermits::user_namespaces`]).
