@@ -4,7 +4,7 @@
 //! account of the machine, or is malformed, stops jobsd at start-up.
 //!
 //! Most tests need root (containment); CI runs them as root, elsewhere each
-//! prints why it skips.
+//! is reported as ignored (needs root) when built as another user.
 
 mod common;
 
@@ -52,14 +52,13 @@ fn host_userns() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn each_identity_has_its_own_uid_for_good() {
     // Scenario: alice and bob use one server: their jobs run as different
     // uids and gids (so the kernel gives them different user keyrings and
     // per-user limits); alice's jobs always as the same one, after a
     // restart too, whoever starts first then.
-    if skip_unless_root("each_identity_has_its_own_uid_for_good") {
-        return;
-    }
+    require_root();
     let userns = host_userns();
     let server = TestServer::start().await;
     let (alice, bob) = (client(&server, "alice").await, client(&server, "bob").await);
@@ -81,12 +80,11 @@ async fn each_identity_has_its_own_uid_for_good() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn parallel_first_starts_give_each_identity_one_uid() {
     // Scenario: three identities start three jobs each, all at once, on a
     // new server: every identity's jobs share one uid, no two identities do.
-    if skip_unless_root("parallel_first_starts_give_each_identity_one_uid") {
-        return;
-    }
+    require_root();
     let range = private_range(1, 16);
     let server = TestServer::start_with(|c| c.jobs.uid_range = Some(range)).await;
     let mut clients = Vec::new();
@@ -114,13 +112,12 @@ async fn parallel_first_starts_give_each_identity_one_uid() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn one_identity_using_up_its_inotify_instances_leaves_others_theirs() {
     // Scenario: alice's job opens inotify instances until the kernel's
     // per-user limit refuses more; bob's job can still open one. With one
     // shared account the limit would have been reached for both.
-    if skip_unless_root("one_identity_using_up_its_inotify_instances_leaves_others_theirs") {
-        return;
-    }
+    require_root();
     let limit: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
         .unwrap()
         .trim()
@@ -131,8 +128,11 @@ async fn one_identity_using_up_its_inotify_instances_leaves_others_theirs() {
     let (nofile, _) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     if limit as u64 + 16 > nofile {
-        eprintln!(
-            "skipped: fs.inotify.max_user_instances ({limit}) is not below the open-file limit ({nofile})"
+        skip_here(
+            "one_identity_using_up_its_inotify_instances_leaves_others_theirs",
+            &format!(
+                "fs.inotify.max_user_instances ({limit}) is not below the open-file limit ({nofile})"
+            ),
         );
         return;
     }
@@ -161,13 +161,12 @@ async fn one_identity_using_up_its_inotify_instances_leaves_others_theirs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_full_range_refuses_new_identities_and_creates_nothing() {
     // Scenario: two uids, three identities: the third is refused with
     // RESOURCE_EXHAUSTED naming the range; no job or record of it exists,
     // not even after a restart; the first two keep working.
-    if skip_unless_root("a_full_range_refuses_new_identities_and_creates_nothing") {
-        return;
-    }
+    require_root();
     let range = private_range(3, 2);
     let server = TestServer::start_with(|c| c.jobs.uid_range = Some(range)).await;
     let alice = client(&server, "alice").await;
@@ -227,12 +226,11 @@ async fn a_full_range_refuses_new_identities_and_creates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_shared_account_is_still_possible() {
     // Scenario: the operator chose one account for everyone (jobsd
     // --run-as): jobs of both identities run as it.
-    if skip_unless_root("a_shared_account_is_still_possible") {
-        return;
-    }
+    require_root();
     let server = TestServer::start_contained(
         |c| c.account = Some(jobs::job::Account::lookup("nobody", false).unwrap()),
         |c| c.jobs.uid_range = None,
@@ -244,13 +242,12 @@ async fn a_shared_account_is_still_possible() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_real_account_for_an_identity_wins_over_the_range() {
     // Scenario: the operator maps alice to a real account (--run-as-for):
     // her jobs run as it and she takes no uid of the range; bob gets the
     // range's first.
-    if skip_unless_root("a_real_account_for_an_identity_wins_over_the_range") {
-        return;
-    }
+    require_root();
     let range = private_range(4, 2);
     let server = TestServer::start_with(|c| {
         c.jobs.uid_range = Some(range);
@@ -270,14 +267,13 @@ async fn a_real_account_for_an_identity_wins_over_the_range() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_uid_that_a_local_account_has_is_never_used() {
     // Scenario: the range holds the uid of a real account that the start-up
     // check did not see (a name service that does not list its accounts,
     // here a server built without the check): the start is refused and
     // nothing runs as that account; a later start is refused again.
-    if skip_unless_root("a_uid_that_a_local_account_has_is_never_used") {
-        return;
-    }
+    require_root();
     let daemon = jobs::job::Account::lookup("daemon", false).unwrap();
     let range = UidRange::new(daemon.uid, daemon.uid).unwrap();
     let server = TestServer::start_with(|c| c.jobs.uid_range = Some(range)).await;
@@ -367,13 +363,12 @@ fn a_malformed_uid_range_is_a_one_line_error_naming_the_flag() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn a_uid_range_over_an_existing_account_stops_jobsd() {
     // Scenario: the operator's range holds the uid of a real account
     // (`daemon`): its files and processes would become some identity's, so
     // jobsd refuses to start, naming the account and the range.
-    if skip_unless_root("a_uid_range_over_an_existing_account_stops_jobsd") {
-        return;
-    }
+    require_root();
     let daemon = jobs::job::Account::lookup("daemon", false).unwrap();
     let range = format!("{}-{}", daemon.uid, daemon.uid + 1);
     assert_eq!(

@@ -1069,18 +1069,12 @@ fn a_second_jobsd_cannot_share_a_state_directory() {
     assert_eq!(daemon.jobs(&daemon.alice, &["status", &id]).code, 0);
 }
 
-/// Prints why a root-only test does nothing and returns true when not root.
-fn skip_unless_root(test: &str) -> bool {
-    common::skip_unless_root(test)
-}
-
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn start_takes_limits_and_status_shows_them() {
     // Scenario: `jobs start --memory 256M --cpus 0.5 --pids 64` runs the job
     // under those limits; `jobs status` names them and the job's use.
-    if skip_unless_root("start_takes_limits_and_status_shows_them") {
-        return;
-    }
+    common::require_root();
     let d = Daemon::start();
     let out = d.jobs(
         &d.alice,
@@ -1141,13 +1135,12 @@ fn malformed_limits_are_usage_errors() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn a_restarted_jobsd_kills_what_a_killed_one_left_running() {
     // Scenario: jobsd is SIGKILLed with a job running; its processes keep
     // running unowned until a new jobsd on the same state directory starts,
     // kills them and removes their cgroup.
-    if skip_unless_root("a_restarted_jobsd_kills_what_a_killed_one_left_running") {
-        return;
-    }
+    common::require_root();
     let mut first = Daemon::start();
     let id = first.start_job(&first.alice, &["sleep", "600"]);
     let procs = common::job_processes(&id);
@@ -1206,13 +1199,12 @@ fn containment_off_is_loud() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn jobsd_gives_each_identity_its_own_uid_unless_told_to_share_one() {
     // Scenario: by default alice's and bob's jobs run as different uids of
     // the default range; with --run-as the operator shares one account, and
     // jobsd says at start-up what that shares.
-    if skip_unless_root("jobsd_gives_each_identity_its_own_uid_unless_told_to_share_one") {
-        return;
-    }
+    common::require_root();
     let d = Daemon::start();
     for (user, uid) in [(&d.alice, 2013265920), (&d.bob, 2013265921)] {
         let id = d.start_job(user, &["id", "-u"]);
@@ -1263,16 +1255,13 @@ fn identity_group_limits(job: &str) -> (Option<String>, Option<String>) {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn jobsd_limits_each_identity_to_half_the_memory_and_4096_processes_by_default() {
     // Scenario: with default settings one identity starts job after job; all
     // of its jobs together may not take more than half of the machine's
     // memory, nor more than 4096 processes, so other identities keep the
     // rest. The --identity-max-* flags change or lift these.
-    if skip_unless_root(
-        "jobsd_limits_each_identity_to_half_the_memory_and_4096_processes_by_default",
-    ) {
-        return;
-    }
+    common::require_root();
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap();
     let kib: u64 = meminfo
         .lines()
@@ -1340,12 +1329,11 @@ fn jobsd_refuses_bad_retention_settings_before_anything_else() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn jobsd_refuses_root_or_unknown_job_accounts() {
     // Scenario: an operator maps jobs to root by mistake, or misspells an
     // account; jobsd refuses to start and says which option is wrong.
-    if skip_unless_root("jobsd_refuses_root_or_unknown_job_accounts") {
-        return;
-    }
+    common::require_root();
     let sb = Sandbox::new();
     let state = sb.dir.path().join("state");
     let out = jobsd_refusing_with(&sb, &state, &["--run-as", "root"]);
@@ -1376,13 +1364,12 @@ fn jobsd_refuses_root_or_unknown_job_accounts() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn jobsd_as_an_ordinary_user_runs_uncontained_and_says_so() {
     // Scenario: someone starts jobsd without root; it serves anyway, warns
     // that containment is off, runs jobs as that user, and refuses limits
     // rather than ignoring them.
-    if skip_unless_root("jobsd_as_an_ordinary_user_runs_uncontained_and_says_so") {
-        return;
-    }
+    common::require_root();
     let nobody = 65534;
     let sb = Sandbox::new();
     // The daemon's files must be its own (keys stay 0600).
@@ -1409,20 +1396,22 @@ fn jobsd_as_an_ordinary_user_runs_uncontained_and_says_so() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn a_daemon_out_of_processes_says_so_and_recovers() {
     // Scenario: jobsd runs in a cgroup with a process limit (as under systemd's
     // TasksMax) and its jobs use it up; a start is refused with
     // RESOURCE_EXHAUSTED instead of crashing the daemon, other calls are
     // answered, and starts work again once jobs end.
-    if skip_unless_root("a_daemon_out_of_processes_says_so_and_recovers") {
-        return;
-    }
+    common::require_root();
     let own = fs::read_to_string("/proc/self/cgroup")
         .unwrap()
         .lines()
         .find_map(|l| l.split_once(":pids:").map(|(_, p)| p.to_owned()));
     let Some(own) = own else {
-        eprintln!("a_daemon_out_of_processes_says_so_and_recovers: skipped: no v1 pids hierarchy");
+        common::skip_here(
+            "a_daemon_out_of_processes_says_so_and_recovers",
+            "no v1 pids hierarchy",
+        );
         return;
     };
     let group = PathBuf::from(format!(
@@ -1509,13 +1498,12 @@ fn sighup_does_not_kill_jobsd_and_an_early_sigterm_is_orderly() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn the_oom_killer_prefers_jobs_to_jobsd() {
     // Scenario: job cgroups sit beneath jobsd's own, so an out-of-memory
     // condition there makes the kernel choose between jobsd and the jobs;
     // jobsd shields itself, and its jobs do not inherit the shield.
-    if skip_unless_root("the_oom_killer_prefers_jobs_to_jobsd") {
-        return;
-    }
+    common::require_root();
     let d = Daemon::start();
     let id = d.start_job(&d.alice, &["cat", "/proc/self/oom_score_adj"]);
     assert_eq!(d.jobs(&d.alice, &["stream", &id]).stdout_str(), "0\n");
@@ -1813,12 +1801,6 @@ impl Containment {
             Containment::Off if common::is_root() => &["--containment", "off", "--allow-root"],
             Containment::Off => &["--containment", "off"],
         }
-    }
-
-    /// Prints why `test` cannot run in this mode here and returns true
-    /// (containing jobs needs root).
-    fn skip(self, test: &str) -> bool {
-        self == Containment::On && skip_unless_root(test)
     }
 
     /// Host pids of the live processes of job `id`, whose first process
@@ -2119,15 +2101,14 @@ fn kill_9_mid_output_repeatedly(mode: Containment) {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn kill_9_mid_output_repeatedly_contained() {
     // Scenario: jobsd is SIGKILLed three times on one state directory, each
     // time while a contained job is writing (after its first line, 256 KiB,
     // 2 MiB). After each restart the job is `lost`, nothing of it runs, its
     // output is a byte-exact prefix of what it wrote holding all its follower
     // saw, and every earlier job keeps its state and output.
-    if Containment::On.skip("kill_9_mid_output_repeatedly_contained") {
-        return;
-    }
+    common::require_root();
     kill_9_mid_output_repeatedly(Containment::On);
 }
 
@@ -2186,13 +2167,12 @@ fn kill_9_after_a_burst_of_starts(mode: Containment) {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn kill_9_after_a_burst_of_starts_contained() {
     // Scenario: 20 `jobs start` in a row, jobsd SIGKILLed the moment the
     // last id is printed: every acknowledged job is listed after the
     // restart, as lost, and none of them still runs.
-    if Containment::On.skip("kill_9_after_a_burst_of_starts_contained") {
-        return;
-    }
+    common::require_root();
     kill_9_after_a_burst_of_starts(Containment::On);
 }
 
@@ -2267,14 +2247,13 @@ fn finished_jobs_survive_kill_9(mode: Containment) {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn finished_jobs_survive_kill_9_contained() {
     // Scenario: jobs that exited 3, died of SIGKILL, interleaved stdout and
     // stderr, or wrote 1 MiB of random bytes have ended when jobsd is
     // SIGKILLed: after the restart each has the same status (text and JSON)
     // and byte-exact output, stdout and stderr still in their order.
-    if Containment::On.skip("finished_jobs_survive_kill_9_contained") {
-        return;
-    }
+    common::require_root();
     finished_jobs_survive_kill_9(Containment::On);
 }
 
@@ -2501,14 +2480,13 @@ impl Drop for Tmpfs {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn a_full_disk_fails_the_job_not_the_daemon() {
     // Scenario: the state directory is on a 2 MiB file system and a job
     // writes 10 MiB. The job is stopped in state output_failed keeping what
     // was written; the daemon keeps answering; once the job is removed the
     // space is back and a new job runs with exact output.
-    if skip_unless_root("a_full_disk_fails_the_job_not_the_daemon") {
-        return;
-    }
+    common::require_root();
     let sb = Sandbox::new();
     let _tmpfs = Tmpfs::mount(&sb.dir.path().join("state"), "2m", sb.dir.path());
     let d = Daemon::start_in(sb, &[]);
@@ -2581,6 +2559,7 @@ fn a_full_disk_fails_the_job_not_the_daemon() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn a_daemon_killed_on_a_full_disk_comes_back_and_removal_frees_space() {
     // Scenario: while a job runs, something else fills the state
     // directory's 4 MiB disk, and jobsd is killed. The next jobsd starts all
@@ -2588,9 +2567,7 @@ fn a_daemon_killed_on_a_full_disk_comes_back_and_removal_frees_space() {
     // finished one works and deletes its output; after the disk has room
     // again, a restart shows the lost mark and the removal were recorded,
     // and jobs run. (Starts refused on a full disk: the test above.)
-    if skip_unless_root("a_daemon_killed_on_a_full_disk_comes_back_and_removal_frees_space") {
-        return;
-    }
+    common::require_root();
     let sb = Sandbox::new();
     let state = sb.dir.path().join("state");
     let _tmpfs = Tmpfs::mount(&state, "4m", sb.dir.path());
@@ -2647,6 +2624,7 @@ fn within(within: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn one_identity_filling_the_disk_ends_only_its_own_job_and_rm_works_at_once() {
     // Scenario (the bug report): on an 8 MiB state disk bob's job writes a
     // line every 50 ms while alice's job writes 20 MiB. Alice's job is
@@ -2654,10 +2632,7 @@ fn one_identity_filling_the_disk_ends_only_its_own_job_and_rm_works_at_once() {
     // keeps running, its writes wait, and its output is intact; the store's
     // reserve was never needed; `jobs rm` of alice's job works at once and
     // bob's job writes again.
-    if skip_unless_root("one_identity_filling_the_disk_ends_only_its_own_job_and_rm_works_at_once")
-    {
-        return;
-    }
+    common::require_root();
     let sb = Sandbox::new();
     let state = sb.dir.path().join("state");
     let _tmpfs = Tmpfs::mount(&state, "8m", sb.dir.path());

@@ -2,7 +2,7 @@
 //! its own namespaces; stop leaves nothing behind.
 //!
 //! These tests need root (cgroups, namespaces, changing user). CI runs them as
-//! root; elsewhere each one prints why it skips.
+//! root; built as another user, each is reported as ignored (needs root).
 
 mod common;
 
@@ -73,22 +73,20 @@ async fn stop_leaves_nothing(namespaces: Namespaces) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn setsid_nohup_and_double_fork_do_not_survive_stop() {
     // Scenario: a job detaches children every way a shell can; after stop
     // returns none of them is alive and its cgroup is gone.
-    if skip_unless_root("setsid_nohup_and_double_fork_do_not_survive_stop") {
-        return;
-    }
+    require_root();
     stop_leaves_nothing(Namespaces::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn without_a_pid_namespace_the_cgroup_kill_still_gets_every_process() {
     // Scenario: the same escapes with the PID namespace off, so only the
     // cgroup kill can find the escaped processes.
-    if skip_unless_root("without_a_pid_namespace_the_cgroup_kill_still_gets_every_process") {
-        return;
-    }
+    require_root();
     stop_leaves_nothing(Namespaces {
         pid: false,
         ..Namespaces::default()
@@ -97,11 +95,10 @@ async fn without_a_pid_namespace_the_cgroup_kill_still_gets_every_process() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_fast_forker_is_gone_after_stop() {
     // Scenario: a job forks as fast as it can while it is being stopped.
-    if skip_unless_root("a_fast_forker_is_gone_after_stop") {
-        return;
-    }
+    require_root();
     let server = TestServer::start_with_namespaces(
         Namespaces {
             pid: false,
@@ -132,13 +129,12 @@ fn placed_lines(text: &str) -> Vec<&str> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_memory_hog_ends_oom_and_nothing_else_is_disturbed() {
     // Scenario (C04): a job over its 64 MiB limit is killed by the kernel and
     // ends in state OOM; it and its first child were in the job's cgroup from
     // the start; another job and the daemon carry on.
-    if skip_unless_root("a_memory_hog_ends_oom_and_nothing_else_is_disturbed") {
-        return;
-    }
+    require_root();
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let bob = client(&server, "bob").await;
@@ -187,13 +183,12 @@ async fn a_memory_hog_ends_oom_and_nothing_else_is_disturbed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn the_pids_limit_caps_a_fork_bomb() {
     // Scenario: a fork loop under a limit of 16 processes saturates at
     // exactly 16, the daemon keeps serving, and stop (while the bomb keeps
     // forking) leaves nothing.
-    if skip_unless_root("the_pids_limit_caps_a_fork_bomb") {
-        return;
-    }
+    require_root();
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let limits = proto::Limits {
@@ -229,12 +224,11 @@ async fn the_pids_limit_caps_a_fork_bomb() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_cpu_spinner_gets_its_share_and_no_more() {
     // Scenario: a busy loop under --cpus 0.2 uses about 20 % of one core, as
     // the job's own cgroup counters measure it.
-    if skip_unless_root("a_cpu_spinner_gets_its_share_and_no_more") {
-        return;
-    }
+    require_root();
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let job = start_limited(
@@ -261,13 +255,12 @@ async fn a_cpu_spinner_gets_its_share_and_no_more() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn jobs_run_as_their_own_uid_without_capabilities_or_new_privileges() {
     // Scenario: the daemon is root; its jobs are not, cannot regain it, and
     // have no supplementary groups. The first identity on a new state
     // directory gets the default range's first uid.
-    if skip_unless_root("jobs_run_as_their_own_uid_without_capabilities_or_new_privileges") {
-        return;
-    }
+    require_root();
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let job = start(
@@ -288,12 +281,11 @@ async fn jobs_run_as_their_own_uid_without_capabilities_or_new_privileges() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_job_sees_only_its_own_processes() {
     // Scenario: with the PID namespace on, /proc inside the job lists its init
     // and its own processes, nothing of the host or other jobs.
-    if skip_unless_root("a_job_sees_only_its_own_processes") {
-        return;
-    }
+    require_root();
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let other = start(&alice, "sleep", &["600"]).await;
@@ -315,13 +307,12 @@ async fn a_job_sees_only_its_own_processes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_job_cannot_read_the_daemons_keys_state_or_environment() {
     // Scenario (C28): a job tries to read the server's private key, another
     // user's output log, and its init's environment; every read fails, while
     // the same files are there for the daemon.
-    if skip_unless_root("a_job_cannot_read_the_daemons_keys_state_or_environment") {
-        return;
-    }
+    require_root();
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let bob = client(&server, "bob").await;
@@ -349,13 +340,12 @@ async fn a_job_cannot_read_the_daemons_keys_state_or_environment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn scratch_places_are_private_to_each_job() {
     // Scenario: one job leaves a file in every world-writable scratch place
     // (/tmp, /var/tmp, /dev/shm, /run/lock); a second job and the host see
     // nothing of it.
-    if skip_unless_root("scratch_places_are_private_to_each_job") {
-        return;
-    }
+    require_root();
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let name = format!("jobs-private-{}", std::process::id());
@@ -386,12 +376,11 @@ async fn scratch_places_are_private_to_each_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn network_none_leaves_only_loopback() {
     // Scenario: with `network = none` a job has a loopback interface that is
     // up and nothing else.
-    if skip_unless_root("network_none_leaves_only_loopback") {
-        return;
-    }
+    require_root();
     let server = TestServer::start_with_namespaces(
         Namespaces {
             network: Network::None,
@@ -411,12 +400,11 @@ async fn network_none_leaves_only_loopback() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn no_cgroup_is_left_after_jobs_end_and_the_daemon_stops() {
     // Scenario: jobs that exit, are stopped, and are OOM-killed each leave no
     // cgroup once final; after shutdown the daemon's subtree is gone too.
-    if skip_unless_root("no_cgroup_is_left_after_jobs_end_and_the_daemon_stops") {
-        return;
-    }
+    require_root();
     let server = TestServer::start().await;
     let subtree = jobs::exec::cgroup_name_for(server.state_dir());
     assert!(!cgroup_dirs_named(&subtree).is_empty());
@@ -435,12 +423,11 @@ async fn no_cgroup_is_left_after_jobs_end_and_the_daemon_stops() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn limits_default_to_the_ceiling_and_may_only_be_lowered() {
     // Scenario: the operator's ceilings are a job's defaults; a request may
     // ask for less, never for more, and never for nothing.
-    if skip_unless_root("limits_default_to_the_ceiling_and_may_only_be_lowered") {
-        return;
-    }
+    require_root();
     let ceiling = ResourceLimits {
         memory_bytes: Some(128 << 20),
         cpu_millis: Some(1000),
@@ -521,11 +508,10 @@ async fn limits_default_to_the_ceiling_and_may_only_be_lowered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn status_reports_usage_from_the_cgroup() {
     // Scenario: a finished job's status carries its CPU time and peak memory.
-    if skip_unless_root("status_reports_usage_from_the_cgroup") {
-        return;
-    }
+    require_root();
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let job = start(
@@ -543,13 +529,12 @@ async fn status_reports_usage_from_the_cgroup() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_job_whose_cgroup_cannot_be_made_does_not_start() {
     // Scenario (C04): the daemon cannot create the job's cgroup (its subtree
     // vanished in one hierarchy); the start fails, no job exists and nothing
     // ran.
-    if skip_unless_root("a_job_whose_cgroup_cannot_be_made_does_not_start") {
-        return;
-    }
+    require_root();
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let subtree = jobs::exec::cgroup_name_for(server.state_dir());
@@ -609,15 +594,15 @@ fn a_block_device() -> Option<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn io_limits_are_written_for_every_configured_device() {
     // Scenario: the operator names a disk and a write ceiling; a job asking
     // for less gets exactly that bandwidth limit on that disk, in its cgroup.
-    if skip_unless_root("io_limits_are_written_for_every_configured_device") {
-        return;
-    }
+    require_root();
     let Some(disk) = a_block_device() else {
-        eprintln!(
-            "io_limits_are_written_for_every_configured_device: skipped: no disk in /sys/block"
+        skip_here(
+            "io_limits_are_written_for_every_configured_device",
+            "no disk in /sys/block",
         );
         return;
     };
@@ -693,13 +678,12 @@ fn host_shm_segments() -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn system_v_ipc_is_private_to_each_job_and_dies_with_it() {
     // Scenario: a job leaves a System V shared memory segment behind (memory
     // that would outlive its limit, readable by every job of the same
     // account); another job does not see it and the host has none left.
-    if skip_unless_root("system_v_ipc_is_private_to_each_job_and_dies_with_it") {
-        return;
-    }
+    require_root();
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let bob = client(&server, "bob").await;
@@ -719,13 +703,12 @@ async fn system_v_ipc_is_private_to_each_job_and_dies_with_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn start_errors_do_not_reveal_files_only_root_can_see() {
     // Scenario: a user probes the daemon's private state directory by asking
     // to run paths in it; an existing and a missing file get the same answer,
     // because the path is checked as the job's account, not as root.
-    if skip_unless_root("start_errors_do_not_reveal_files_only_root_can_see") {
-        return;
-    }
+    require_root();
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let job = start(&alice, "true", &[]).await;
@@ -761,12 +744,11 @@ async fn start_errors_do_not_reveal_files_only_root_can_see() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn without_private_scratch_places_proc_stays_private() {
     // Scenario: an operator shares /tmp with jobs (--no-mount-namespace); a
     // job still sees only its own processes in /proc, not the host's.
-    if skip_unless_root("without_private_scratch_places_proc_stays_private") {
-        return;
-    }
+    require_root();
     let server = TestServer::start_with_namespaces(
         Namespaces {
             mount: false,
@@ -797,12 +779,11 @@ async fn without_private_scratch_places_proc_stays_private() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn jobs_do_not_share_terminals() {
     // Scenario: one job holds a pseudo-terminal (script(1) makes one); another
     // job lists /dev/pts and finds no terminal of it to open or write to.
-    if skip_unless_root("jobs_do_not_share_terminals") {
-        return;
-    }
+    require_root();
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let bob = client(&server, "bob").await;
@@ -830,14 +811,13 @@ fn identity_groups_of(job: &str) -> Vec<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn each_identitys_jobs_share_one_group_with_the_policys_identity_limits() {
     // Scenario: with [identity_limits] pids = 64 and bob's "unlimited",
     // alice's two jobs sit in one group `id-…` with pids.max 64 and the
     // equal CPU weight; bob's job sits in another without a pids limit; once
     // alice's jobs end, her group is gone and bob's stays.
-    if skip_unless_root("each_identitys_jobs_share_one_group_with_the_policys_identity_limits") {
-        return;
-    }
+    require_root();
     let text = format!(
         "[identity_limits]\npids = 64\n[users.\"{}\".identity_limits]\npids = \"unlimited\"\n",
         identity("bob")

@@ -940,15 +940,14 @@ async fn a_job_left_running_by_a_killed_daemon_comes_back_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_contained_daemon_reclaims_what_an_uncontained_predecessor_left() {
     // Scenario: jobsd ran uncontained (no root, or --containment off) on a
     // state directory and was killed with SIGKILL; a process its job forked
     // stays in the job's process group. A contained jobsd started next on
     // that directory kills it through the recovery record (its own jobs never
     // need one) and lists the job as lost.
-    if skip_unless_root("a_contained_daemon_reclaims_what_an_uncontained_predecessor_left") {
-        return;
-    }
+    require_root();
     let state = tempfile::Builder::new()
         .prefix("jobs-state-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))

@@ -6,7 +6,8 @@
 //! Jobs run through the real contained executor (cgroup, `jobs-init`,
 //! namespaces, account) made from the harness's [`common::contain_config`],
 //! so a test can set a job's permits and account; one test goes through the
-//! whole server. Every test needs root and says so when skipped. Probes are
+//! whole server. Every test needs root (ignored, with the reason, when built as
+//! another user). Probes are
 //! `/bin/sh` and `/usr/bin/perl -e 'syscall(…)'` (perl-base is Essential on
 //! Debian) with the x86_64 system-call numbers.
 
@@ -32,14 +33,6 @@ const NO_PERMITS: JobPermits = JobPermits {
     listen: false,
     user_namespaces: false,
 };
-
-macro_rules! require_root {
-    ($name:expr) => {
-        if skip_unless_root($name) {
-            return;
-        }
-    };
-}
 
 /// A contained executor as the harness's servers have, changed by `tweak`.
 /// The temporary directory names its cgroup subtree and must outlive it.
@@ -161,12 +154,13 @@ fn refused(call: &str, errno: i32) -> String {
 // The filter is installed, capabilities are gone
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_job_runs_under_a_seccomp_filter_with_no_capabilities() {
     // Scenario: a job reads its own status through the real server; it has
     // a seccomp filter (mode 2), no_new_privs and empty capability sets,
     // bounding set included, so no setuid or file-capability program can
     // give it anything.
-    require_root!("a_job_runs_under_a_seccomp_filter_with_no_capabilities");
+    require_root();
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let job = start(
@@ -194,8 +188,9 @@ async fn a_job_runs_under_a_seccomp_filter_with_no_capabilities() {
 macro_rules! refused_group {
     ($name:ident, $scenario:literal, $errno:expr, [$($call:literal),+ $(,)?]) => {
         #[tokio::test]
+        #[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
         async fn $name() {
-            require_root!(stringify!($name));
+            require_root();
             let (exec, _state) = executor(|_| {});
             let calls = [$($call),+];
             let lines = probe(&exec, NO_PERMITS, &calls).await;
@@ -341,12 +336,13 @@ mod groups {
 
 #[cfg(target_arch = "x86_64")]
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn the_filter_answers_where_the_kernel_would_not() {
     // Scenario: the same calls without the filter succeed or fail with
     // another errno, so the EPERMs above come from the filter, not from the
     // kernel's own permission checks; the harmless personality query and
     // ordinary calls still work with it.
-    require_root!("the_filter_answers_where_the_kernel_would_not");
+    require_root();
     let calls = [
         "250,0,0,0",      // keyctl(GET_KEYRING_ID, 0): ENOKEY or EINVAL
         "248,0,0,0,0,0",  // add_key(NULL…): EFAULT
@@ -383,11 +379,12 @@ async fn the_filter_answers_where_the_kernel_would_not() {
 // User namespaces
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn unshare_ur_is_refused_without_the_permit_and_works_with_it() {
     // Scenario: `unshare -Ur` (an unprivileged user namespace, the door to
     // most root-only kernel code) fails in a job; a job with the
     // user_namespaces permit becomes root of its own namespace.
-    require_root!("unshare_ur_is_refused_without_the_permit_and_works_with_it");
+    require_root();
     let (exec, _state) = executor(|_| {});
     let denied = run(&exec, "unshare", &["-Ur", "/usr/bin/id", "-u"]).await;
     assert_eq!(denied.exit, ExitInfo::Exited(1), "{}", denied.stderr);
@@ -417,11 +414,12 @@ async fn unshare_ur_is_refused_without_the_permit_and_works_with_it() {
 // cgroup view
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_job_sees_no_other_jobs_cgroup() {
     // Scenario: while another job runs, a job's /proc/self/cgroup shows
     // only "/" paths and /sys/fs/cgroup holds nothing of the host's trees,
     // so neither job's id (its cgroup name) nor its usage is visible.
-    require_root!("a_job_sees_no_other_jobs_cgroup");
+    require_root();
     let (exec, _state) = executor(|_| {});
     let other_name = job_name();
     let mut other = spawn(&exec, None, NO_PERMITS, &other_name, "sleep", &["600"]).await;
@@ -493,11 +491,12 @@ impl Drop for Scratch {
 const TOUCH_BOTH: &str = "touch \"$1/f\" 2>/dev/null; echo host=$?; touch /tmp/f; echo tmp=$?; echo x > /dev/null; echo null=$?";
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn the_host_is_read_only_outside_the_private_places() {
     // Scenario: a world-writable host directory (the classic shared drop
     // box) is not writable by a job, while its private /tmp and /dev/null
     // are.
-    require_root!("the_host_is_read_only_outside_the_private_places");
+    require_root();
     let scratch = Scratch::new();
     let (exec, _state) = executor(|_| {});
     let dir = scratch.0.to_str().unwrap();
@@ -507,9 +506,10 @@ async fn the_host_is_read_only_outside_the_private_places() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_writable_directory_is_shared_with_jobs() {
     // Scenario: `jobsd --writable DIR` lets jobs write there, and only there.
-    require_root!("a_writable_directory_is_shared_with_jobs");
+    require_root();
     let shared = Scratch::new();
     let other = Scratch::new();
     let path = jobs::sandbox::check_writable(&shared.0).unwrap();
@@ -532,11 +532,12 @@ async fn a_writable_directory_is_shared_with_jobs() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_private_home_is_empty_owned_by_the_job_and_hides_the_hosts() {
     // Scenario: an account made for one identity gets HOME=/home/job, its
     // own empty 0700 directory on a fresh tmpfs; the host's homes are not
     // there, and it can write its home.
-    require_root!("a_private_home_is_empty_owned_by_the_job_and_hides_the_hosts");
+    require_root();
     let account = Account {
         name: "jobs-isolation-test".into(),
         uid: 2_000_000_123,
@@ -567,10 +568,11 @@ async fn a_private_home_is_empty_owned_by_the_job_and_hides_the_hosts() {
 const BIND: &str = r#"use Socket; socket(S, PF_INET, SOCK_STREAM, 0) or die "socket: $!"; if (bind(S, pack_sockaddr_in(0, inet_aton("127.0.0.1")))) { listen(S, 1) or die; print "listening\n" } else { print "bind=", $! + 0, "\n" }"#;
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_job_cannot_listen_on_the_host_network_unless_permitted() {
     // Scenario: a job binding a TCP port (to listen, on the host's network)
     // is refused with EACCES; with the listen permit it listens.
-    require_root!("a_job_cannot_listen_on_the_host_network_unless_permitted");
+    require_root();
     let (exec, _state) = executor(|_| {});
     let denied = run(&exec, "perl", &["-e", BIND]).await;
     assert_eq!(
@@ -594,11 +596,12 @@ const AUTOBIND: &str = r#"use Socket; socket(S, PF_INET, SOCK_STREAM, 0) or die 
 " }"#;
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_job_cannot_listen_without_binding_unless_permitted() {
     // Scenario: a job skips bind(2) and calls listen(2) on a fresh TCP
     // socket, so that the kernel binds it to a free port on every address;
     // the filter refuses listen itself (EPERM); with the permit it listens.
-    require_root!("a_job_cannot_listen_without_binding_unless_permitted");
+    require_root();
     let (exec, _state) = executor(|_| {});
     let denied = run(&exec, "perl", &["-e", AUTOBIND]).await;
     assert_eq!(
@@ -622,12 +625,13 @@ const UDP: &str = r#"use Socket qw(:all); my ($port, $to) = @ARGV; my @r; socket
 ""#;
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_job_cannot_bind_udp_ports_on_the_host_network_unless_permitted() {
     // Scenario: Landlock rules TCP only; a job binding a UDP port on the
     // host's addresses would serve anyone, other identities' jobs included.
     // The bind hook refuses named ports (EPERM) over IPv4 and IPv6, leaves
     // port 0 and outbound datagrams alone, and the listen permit lifts it.
-    require_root!("a_job_cannot_bind_udp_ports_on_the_host_network_unless_permitted");
+    require_root();
     let (exec, _state) = executor(|_| {});
     let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     server.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -658,11 +662,12 @@ async fn a_job_cannot_bind_udp_ports_on_the_host_network_unless_permitted() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_job_cannot_open_vsock_sockets() {
     // Scenario: a job opens an AF_VSOCK socket to talk to the hypervisor or
     // other guests, which neither its network namespace nor Landlock
     // describes; socket(2) and socketpair(2) answer EPERM.
-    require_root!("a_job_cannot_open_vsock_sockets");
+    require_root();
     let (exec, _state) = executor(|_| {});
     let probe = r#"use Socket; my @r; push @r, socket(S, 40, SOCK_STREAM, 0) ? "ok" : $! + 0; push @r, socketpair(A, B, 40, SOCK_STREAM, 0) ? "ok" : $! + 0; print "@r\n""#;
     let done = run(&exec, "perl", &["-e", probe]).await;
@@ -675,12 +680,13 @@ async fn a_job_cannot_open_vsock_sockets() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_job_has_no_controlling_terminal() {
     // Scenario: jobsd was started from an admin's terminal; a job that kept
     // it could type commands into the admin's shell (TIOCSTI) or send jobsd
     // SIGINT through it. Every job runs in a session of its own (led by its
     // init, PID 1 of the job) with no terminal (tty_nr 0).
-    require_root!("a_job_has_no_controlling_terminal");
+    require_root();
     let (exec, _state) = executor(|_| {});
     let probe =
         r#"open S, "/proc/self/stat" or die; my @f = split / /, <S>; print "$f[5] $f[6]\n""#;
@@ -689,10 +695,11 @@ async fn a_job_has_no_controlling_terminal() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn outbound_connections_still_work() {
     // Scenario: Landlock refuses binds only: a job connects to a listener
     // the test owns on loopback and its bytes arrive.
-    require_root!("outbound_connections_still_work");
+    require_root();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let accept = std::thread::spawn(move || {
@@ -714,11 +721,12 @@ async fn outbound_connections_still_work() {
 // Landlock: scopes
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn an_abstract_socket_of_one_job_is_unreachable_from_another() {
     // Scenario: two jobs of the same uid; one binds an abstract Unix socket,
     // the other cannot connect to it (EPERM), though the host (outside any
     // job) can, so the socket is there.
-    require_root!("an_abstract_socket_of_one_job_is_unreachable_from_another");
+    require_root();
     let (exec, _state) = executor(|_| {});
     let name = format!("jobs-isolation-{}", job_name());
     let server = format!(
@@ -767,11 +775,12 @@ async fn an_abstract_socket_of_one_job_is_unreachable_from_another() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_job_cannot_signal_outside_itself() {
     // Scenario: the job's init (PID 1 of its namespace, same uid once it
     // dropped privileges, but outside the job's Landlock domain) cannot be
     // signalled by the job, while the job's own processes can.
-    require_root!("a_job_cannot_signal_outside_itself");
+    require_root();
     let (exec, _state) = executor(|_| {});
     let done = run(
         &exec,
@@ -809,10 +818,11 @@ fn jobsd(state: &Path, extra: &[&str]) -> std::process::Command {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn jobsd_refuses_a_bad_writable_directory() {
     // Scenario: an operator's `--writable` typo (a relative path, a file)
     // stops jobsd at start-up with a one-line reason, before it listens.
-    require_root!("jobsd_refuses_a_bad_writable_directory");
+    require_root();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("file");
     std::fs::write(&file, "").unwrap();
@@ -836,11 +846,12 @@ fn jobsd_refuses_a_bad_writable_directory() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn jobsd_reports_every_sandbox_part_at_start_up() {
     // Scenario: the operator reads in jobsd's log, one line per part, what
     // the sandbox of every job is (here, on a kernel that has it all, with
     // --containment on, everything is on).
-    require_root!("jobsd_reports_every_sandbox_part_at_start_up");
+    require_root();
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let mut child = jobsd(dir.path(), &["--containment", "on"])
@@ -886,11 +897,12 @@ fn jobsd_reports_every_sandbox_part_at_start_up() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_job_whose_sandbox_cannot_be_set_up_does_not_start() {
     // Scenario: a shared directory vanished after jobsd checked it; the init
     // cannot apply the Landlock ruleset jobsd decided on, so the start fails
     // (naming the step) instead of running the job with less.
-    require_root!("a_job_whose_sandbox_cannot_be_set_up_does_not_start");
+    require_root();
     let gone = Scratch::new();
     let path = gone.0.clone();
     drop(gone);
@@ -921,10 +933,11 @@ async fn a_job_whose_sandbox_cannot_be_set_up_does_not_start() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_job_with_its_own_network_may_listen_there() {
     // Scenario: with `--network none` the job's loopback is its own, so it
     // may bind without the listen permit (a test suite's local server).
-    require_root!("a_job_with_its_own_network_may_listen_there");
+    require_root();
     let (exec, _state) = executor(|c| c.namespaces.network = jobs::exec::Network::None);
     let done = run(&exec, "perl", &["-e", BIND]).await;
     assert_eq!(done.stdout, "listening\n", "{}", done.stderr);

@@ -3,8 +3,8 @@
 //! environment, and (for the PID-namespace tests) as PID 1 of a fresh PID
 //! namespace, made by a thread that unshares CLONE_NEWPID before spawning.
 //!
-//! The program runs as uid/gid 65534. Tests that need root print why and
-//! pass when not run as root. No test sleeps to synchronise: each waits on
+//! The program runs as uid/gid 65534. Tests that need root are reported
+//! as ignored (with the reason) when built as another user. No test sleeps to synchronise: each waits on
 //! a report, an exit or EOF, under [`DEADLINE`] (a watchdog kills the init
 //! when it is exceeded); where the only observation is a condition in
 //! `/proc`, the job's own script polls it under a deadline.
@@ -44,13 +44,13 @@ const ENV: [(&str, &str); 4] = [
 /// what any test needs; reaching it means the test failed.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-macro_rules! require_root {
-    () => {
-        if !geteuid().is_root() {
-            eprintln!("skipped: jobs-init needs root to change uid and make namespaces");
-            return;
-        }
-    };
+/// Guards a root-only test (marked ignored unless built as root, see
+/// `build.rs`): jobs-init needs root to change uid and make namespaces.
+fn require_root() {
+    assert!(
+        geteuid().is_root(),
+        "needs root: jobs-init changes uid and makes namespaces (this build was made as root, or the test was run with --include-ignored)"
+    );
 }
 
 /// A job running `program` as nobody, without namespaces.
@@ -391,8 +391,9 @@ fn missing_status_pipe_refuses_to_run() {
 // /proc can only show the job's own processes from PID 1 of a fresh PID
 // namespace; anywhere else mounting it would show the host's.
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn mount_proc_outside_a_pid_namespace_is_refused() {
-    require_root!();
+    require_root();
     let args = InitArgs {
         mount_namespace: true,
         mount_proc: true,
@@ -413,8 +414,9 @@ fn mount_proc_outside_a_pid_namespace_is_refused() {
 // ---------------------------------------------------------------- identity
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn program_runs_as_nobody_with_no_supplementary_groups() {
-    require_root!();
+    require_root();
     for (flag, expected) in [("-u", "65534\n"), ("-g", "65534\n"), ("-G", "65534\n")] {
         let out = run(&job("/usr/bin/id", &[flag]));
         out.assert_exited(0);
@@ -426,8 +428,9 @@ fn program_runs_as_nobody_with_no_supplementary_groups() {
 // no capabilities, and no_new_privs set (so no set-user-ID program can give
 // root back). The gid differs from the uid to show each is set on its own.
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn program_has_no_way_back_to_root() {
-    require_root!();
+    require_root();
     let args = InitArgs {
         gid: 65533,
         ..job("/usr/bin/cat", &["/proc/self/status"])
@@ -451,8 +454,9 @@ fn program_has_no_way_back_to_root() {
 // A program only root may execute is refused: privileges are dropped before
 // exec, not after.
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn root_only_program_is_refused() {
-    require_root!();
+    require_root();
     let dir = world_readable_tempdir();
     let program = dir.path().join("root-only");
     std::fs::write(&program, "#!/bin/sh\necho ran\n").unwrap();
@@ -472,8 +476,9 @@ fn root_only_program_is_refused() {
 // Once the program runs, the init itself is nobody too, with no_new_privs,
 // and non-dumpable: its /proc files belong to root, not to the job's uid.
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn init_drops_its_own_privileges() {
-    require_root!();
+    require_root();
     let mut init = spawn(&job("/bin/sh", &["-c", "read go"]), Pidns::Host);
     assert_eq!(init.next_report(), Some(Report::Started));
     let status = std::fs::read_to_string(format!("/proc/{}/status", init.pid)).unwrap();
@@ -495,8 +500,9 @@ fn init_drops_its_own_privileges() {
 // that may reach the program (with SIGPIPE ignored, a job's pipelines would
 // fail with EPIPE errors instead of ending quietly).
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn program_starts_with_default_signal_state() {
-    require_root!();
+    require_root();
     let out = run(&job("/usr/bin/cat", &["/proc/self/status"]));
     out.assert_exited(0);
     assert_eq!(
@@ -508,8 +514,9 @@ fn program_starts_with_default_signal_state() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn environment_passes_through_exactly() {
-    require_root!();
+    require_root();
     let out = run(&job("/usr/bin/env", &[]));
     out.assert_exited(0);
     let mut got: Vec<&str> = out.stdout.lines().collect();
@@ -520,8 +527,9 @@ fn environment_passes_through_exactly() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn argv0_and_arguments_reach_the_program_verbatim() {
-    require_root!();
+    require_root();
     let args = InitArgs {
         argv0: "my cat".into(),
         ..job("/usr/bin/cat", &["/proc/self/cmdline"])
@@ -538,8 +546,9 @@ fn argv0_and_arguments_reach_the_program_verbatim() {
 
 // The job starts in `/`, not wherever jobsd happens to be.
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn program_starts_in_the_root_directory() {
-    require_root!();
+    require_root();
     assert_ne!(std::env::current_dir().unwrap(), PathBuf::from("/"));
     let out = run(&job("/usr/bin/pwd", &[]));
     out.assert_exited(0);
@@ -549,8 +558,9 @@ fn program_starts_in_the_root_directory() {
 // The status pipe on fd 3 must not reach the program: `ls` lists only 0-2 and
 // the descriptor it opened itself to read the directory (3).
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn only_stdio_descriptors_reach_the_program() {
-    require_root!();
+    require_root();
     let out = run(&job("/usr/bin/ls", &["/proc/self/fd"]));
     out.assert_exited(0);
     assert_eq!(out.stdout, "0\n1\n2\n3\n");
@@ -559,8 +569,9 @@ fn only_stdio_descriptors_reach_the_program() {
 // jobsd raises its own descriptor limit; the job gets the usual 1024 back
 // (the hard limit is kept).
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn open_file_limit_is_reset_to_1024() {
-    require_root!();
+    require_root();
     let (_, hard) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     let out = run(&shell("ulimit -n; ulimit -Hn"));
@@ -574,10 +585,11 @@ fn open_file_limit_is_reset_to_1024() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn oom_score_adjustment_is_reset_to_0() {
     // Scenario: jobsd lowers its own OOM score; its jobs must not inherit
     // that (here the init starts with +500, as the harness sets it).
-    require_root!();
+    require_root();
     let out = run(&shell("cat /proc/self/oom_score_adj"));
     out.assert_exited(0);
     assert_eq!(out.stdout, "0\n");
@@ -586,14 +598,16 @@ fn oom_score_adjustment_is_reset_to_0() {
 // ---------------------------------------------------------------- outcomes
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn exit_code_comes_back() {
-    require_root!();
+    require_root();
     run(&shell("exit 3")).assert_exited(3);
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn signal_death_comes_back() {
-    require_root!();
+    require_root();
     let out = run(&shell("kill -SEGV $$"));
     assert_eq!(
         out.reports,
@@ -611,8 +625,9 @@ fn signal_death_comes_back() {
 // A real-time signal is not one nix's wait status knows; the death must
 // still be reported, not lost.
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn realtime_signal_death_comes_back() {
-    require_root!();
+    require_root();
     let out = run(&shell("kill -s RTMIN+3 $$"));
     let signal = libc::SIGRTMIN() + 3;
     assert_eq!(
@@ -629,8 +644,9 @@ fn realtime_signal_death_comes_back() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn missing_program_is_exec_failed_enoent() {
-    require_root!();
+    require_root();
     let out = run(&job("/nonexistent/program", &[]));
     assert_eq!(
         out.reports,
@@ -643,8 +659,9 @@ fn missing_program_is_exec_failed_enoent() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn non_executable_file_is_exec_failed_eacces() {
-    require_root!();
+    require_root();
     let dir = world_readable_tempdir();
     let program = dir.path().join("not-executable");
     std::fs::write(&program, "#!/bin/sh\necho ran\n").unwrap();
@@ -665,8 +682,9 @@ fn non_executable_file_is_exec_failed_eacces() {
 // SIGTERM sent to the init (as jobsd does to stop a job) reaches the program
 // through its process group.
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn sigterm_is_forwarded_to_the_program() {
-    require_root!();
+    require_root();
     sigterm_is_forwarded(Pidns::Host);
 }
 
@@ -674,8 +692,9 @@ fn sigterm_is_forwarded_to_the_program() {
 // namespace (the kernel drops signals an init leaves at SIG_DFL) and forward
 // it to every process of the namespace.
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn sigterm_is_forwarded_by_pid1() {
-    require_root!();
+    require_root();
     sigterm_is_forwarded(Pidns::New);
 }
 
@@ -697,8 +716,9 @@ fn sigterm_is_forwarded(pidns: Pidns) {
 // Forwarding reaches the program's whole process group, not just the program:
 // here a shell that handles SIGTERM, and its background sleep, which dies of it.
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn sigterm_reaches_the_programs_process_group() {
-    require_root!();
+    require_root();
     // "ready" only once the child runs `sleep`: before its exec it is a copy
     // of the shell, with the shell's trap, and would swallow the signal.
     let script = "trap 'echo got TERM' TERM; sleep 100 & child=$!; \
@@ -712,8 +732,9 @@ fn sigterm_reaches_the_programs_process_group() {
 // left the program's process group and session (setsid). "ready" only once
 // the helper has its own session, which `setsid` makes right before exec.
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn pid1_forwards_to_the_whole_namespace() {
-    require_root!();
+    require_root();
     let script = "trap 'echo got TERM' TERM; setsid sleep 100 & child=$!; \
                   i=0; until [ \"$(cut -d' ' -f6 /proc/$child/stat)\" = $child ]; do \
                   i=$((i + 1)); [ $i -gt 1000 ] && exit 1; sleep 0.01; done; echo ready; \
@@ -764,16 +785,18 @@ echo reaped
 // Not PID 1: the init is a child subreaper, so orphans come to it (not to the
 // host's PID 1, which may never reap them) and it reaps them.
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn orphans_are_reaped_by_the_subreaper() {
-    require_root!();
+    require_root();
     let out = run(&shell(ORPHAN_SCRIPT));
     out.assert_exited(0);
     assert_eq!(out.stdout, "adopted by the init\nreaped\n");
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn orphans_are_reaped_by_pid1() {
-    require_root!();
+    require_root();
     let args = InitArgs {
         mount_namespace: true,
         mount_proc: true,
@@ -788,8 +811,9 @@ fn orphans_are_reaped_by_pid1() {
 // namespace: the background sleep, which holds stdout, is gone at once
 // (`finish` reads stdout to EOF under the deadline).
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn pid1_exit_ends_the_whole_namespace() {
-    require_root!();
+    require_root();
     let out = run_as_pid1(&shell("sleep 100 & exit 0"));
     out.assert_exited(0);
 }
@@ -799,8 +823,9 @@ fn pid1_exit_ends_the_whole_namespace() {
 // With a fresh /proc, the job sees only its namespace: the init (1) and
 // itself (2).
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn proc_shows_only_the_job() {
-    require_root!();
+    require_root();
     let args = InitArgs {
         mount_namespace: true,
         mount_proc: true,
@@ -817,8 +842,9 @@ fn proc_shows_only_the_job() {
 }
 
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn pid1_is_jobs_init() {
-    require_root!();
+    require_root();
     let args = InitArgs {
         mount_namespace: true,
         mount_proc: true,
@@ -839,8 +865,9 @@ fn pid1_is_jobs_init() {
 // waits on stdin until the init has reported Started, so it looks only after
 // the init dropped its privileges.
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn job_cannot_read_the_inits_environment() {
-    require_root!();
+    require_root();
     let args = InitArgs {
         mount_namespace: true,
         mount_proc: true,
@@ -863,8 +890,9 @@ fn job_cannot_read_the_inits_environment() {
 // A private /tmp and /dev/shm: empty, sticky and world-writable, and what the
 // job writes there never reaches the host (nor does the mount itself).
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn private_tmp_is_not_the_hosts() {
-    require_root!();
+    require_root();
     let name = format!("jobs-sandbox-test-{}", std::process::id());
     let host_marker = tempfile::Builder::new()
         .prefix(&name)
@@ -900,8 +928,9 @@ fn private_tmp_is_not_the_hosts() {
 // No network but loopback, and loopback up: connecting to a closed local port
 // is refused (with lo down it would be "Network is unreachable").
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn network_none_has_only_loopback_up() {
-    require_root!();
+    require_root();
     let args = InitArgs {
         network_none: true,
         ipc_namespace: false,

@@ -26,21 +26,25 @@ mod identity;
 /// Generous bound for a kill to take effect; measured: about a millisecond.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The detected layout, or `None` (after saying why) when these tests cannot
-/// run here.
-fn real_layout(test: &str) -> Option<Layout> {
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipping {test}: needs root to create cgroups");
-        return None;
-    }
-    match Layout::detect() {
-        Ok(layout) => Some(layout),
-        Err(CgroupError::NotMounted) => {
-            println!("skipping {test}: no cgroup file system is mounted");
-            None
-        }
-        Err(e) => panic!("cannot detect the cgroup layout: {e:?}"),
-    }
+/// A test that needs another cgroup layout than this host's says why on
+/// stderr and passes; with `JOBS_NO_SKIPS` set (`.ci/run` sets it: the CI
+/// host has every layout these tests need) it fails instead.
+fn layout_skip(test: &str, why: &str) {
+    assert!(
+        std::env::var_os("JOBS_NO_SKIPS").is_none(),
+        "{test}: {why}, and JOBS_NO_SKIPS forbids skipping"
+    );
+    eprintln!("skipping {test}: {why}");
+}
+
+/// The detected layout. Only root-only tests call this (marked ignored
+/// unless built as root, see `build.rs`); a host without cgroups fails them.
+fn real_layout() -> Layout {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root to create cgroups (this build was made as root, or the test was run with --include-ignored)"
+    );
+    Layout::detect().unwrap_or_else(|e| panic!("cannot detect the cgroup layout: {e:?}"))
 }
 
 fn subtree_name(test: &str) -> String {
@@ -208,10 +212,9 @@ fn root_disk_limit() -> Option<IoLimit> {
 // kill takes them all, the wait sees it, usage has counters, and removal and
 // close leave nothing behind.
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn job_group_life() {
-    let Some(layout) = real_layout("job_group_life") else {
-        return;
-    };
+    let layout = real_layout();
     become_subreaper();
     let name = subtree_name("job_group_life");
     let _cleanup = Cleanup::new(&layout, &name);
@@ -314,10 +317,9 @@ async fn job_group_life() {
 // Scenario: a job that allocates without bound under a 32 MiB limit is
 // killed by the kernel's OOM killer, and the group counts it.
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn memory_hog_is_oom_killed() {
-    let Some(layout) = real_layout("memory_hog_is_oom_killed") else {
-        return;
-    };
+    let layout = real_layout();
     let name = subtree_name("memory_hog_is_oom_killed");
     let _cleanup = Cleanup::new(&layout, &name);
     let cgroups = Cgroups::open(layout, &name).unwrap();
@@ -366,10 +368,9 @@ impl std::io::Write for Captured {
 // child group, is still there); the next open of the same subtree kills the
 // job, removes its groups and warns about each.
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn open_removes_leftovers() {
-    let Some(layout) = real_layout("open_removes_leftovers") else {
-        return;
-    };
+    let layout = real_layout();
     let name = subtree_name("open_removes_leftovers");
     let _cleanup = Cleanup::new(&layout, &name);
     let cgroups = Cgroups::open(layout.clone(), &name).unwrap();
@@ -406,10 +407,9 @@ async fn open_removes_leftovers() {
 // exist) fails the create and leaves no directory; a second group of the
 // same name is refused without touching the first; a bad name is refused.
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn create_errors_leave_nothing() {
-    let Some(layout) = real_layout("create_errors_leave_nothing") else {
-        return;
-    };
+    let layout = real_layout();
     let name = subtree_name("create_errors_leave_nothing");
     let _cleanup = Cleanup::new(&layout, &name);
     let cgroups = Cgroups::open(layout, &name).unwrap();
@@ -448,16 +448,15 @@ async fn create_errors_leave_nothing() {
 // has no controllers here): cgroup.kill, cgroup.events, cpu.stat, and the
 // v2 freezer fallback of kill; a limit without its controller is refused.
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn v2_paths_on_the_unified_mount() {
-    let Some(layout) = real_layout("v2_paths_on_the_unified_mount") else {
-        return;
-    };
+    let layout = real_layout();
     let Layout::V1 {
         unified: Some(unified),
         ..
     } = layout
     else {
-        println!("skipping v2_paths_on_the_unified_mount: no hybrid cgroup2 mount");
+        layout_skip("v2_paths_on_the_unified_mount", "no hybrid cgroup2 mount");
         return;
     };
     become_subreaper();
@@ -518,19 +517,18 @@ async fn v2_paths_on_the_unified_mount() {
 // Scenario: pure v1 (the cgroup2 mount ignored): kill goes through the v1
 // freezer and leaves the group thawed, and wait_empty polls cgroup.procs.
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn v1_freezer_kill_and_polling_wait() {
-    let Some(layout) = real_layout("v1_freezer_kill_and_polling_wait") else {
-        return;
-    };
+    let layout = real_layout();
     let Layout::V1 { hierarchies, .. } = layout else {
-        println!("skipping v1_freezer_kill_and_polling_wait: not a v1 layout");
+        layout_skip("v1_freezer_kill_and_polling_wait", "not a v1 layout");
         return;
     };
     if !hierarchies
         .iter()
         .any(|h| h.controllers.iter().any(|c| c == "freezer"))
     {
-        println!("skipping v1_freezer_kill_and_polling_wait: no v1 freezer");
+        layout_skip("v1_freezer_kill_and_polling_wait", "no v1 freezer");
         return;
     }
     become_subreaper();
@@ -563,10 +561,9 @@ async fn v1_freezer_kill_and_polling_wait() {
 // (std runs setuid before pre_exec hooks); the descriptors opened by root
 // still let it place itself.
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn unprivileged_child_joins_through_the_descriptors() {
-    let Some(layout) = real_layout("unprivileged_child_joins_through_the_descriptors") else {
-        return;
-    };
+    let layout = real_layout();
     let name = subtree_name("unprivileged_child_joins");
     let _cleanup = Cleanup::new(&layout, &name);
     let cgroups = Cgroups::open(layout.clone(), &name).unwrap();
@@ -590,10 +587,9 @@ async fn unprivileged_child_joins_through_the_descriptors() {
 // its group populated and does not block rmdir, so a job's groups can be
 // removed even while its orphans wait for a reaper.
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn zombies_do_not_keep_a_group_busy() {
-    let Some(layout) = real_layout("zombies_do_not_keep_a_group_busy") else {
-        return;
-    };
+    let layout = real_layout();
     let name = subtree_name("zombies_do_not_keep_a_group_busy");
     let _cleanup = Cleanup::new(&layout, &name);
     let cgroups = Cgroups::open(layout, &name).unwrap();
@@ -626,10 +622,9 @@ async fn zombies_do_not_keep_a_group_busy() {
 // Scenario: a job group whose owner dropped it without removing it is
 // swept by close (killed, removed) and the subtree goes too.
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn close_sweeps_a_job_group_left_behind() {
-    let Some(layout) = real_layout("close_sweeps_a_job_group_left_behind") else {
-        return;
-    };
+    let layout = real_layout();
     let name = subtree_name("close_sweeps_a_job_group_left_behind");
     let _cleanup = Cleanup::new(&layout, &name);
     let cgroups = Cgroups::open(layout, &name).unwrap();
@@ -754,16 +749,17 @@ fn subtree_is_made_reused_and_closed() {
 // in a process of its own (it moves its whole process), with the v2 mount of
 // the hybrid layout and its `hugetlb` controller standing in for a v2 host.
 #[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn v2_open_moves_the_daemon_out_of_its_own_cgroup() {
     let test = "v2_open_moves_the_daemon_out_of_its_own_cgroup";
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipping {test}: needs root to create cgroups");
-        return;
-    }
+    real_layout();
     let controllers =
         std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
     if !controllers.split_whitespace().any(|c| c == "hugetlb") {
-        println!("skipping {test}: no cgroup v2 mount with a controller at /sys/fs/cgroup/unified");
+        layout_skip(
+            test,
+            "no cgroup v2 mount with a controller at /sys/fs/cgroup/unified",
+        );
         return;
     }
     let status = std::process::Command::new(std::env::current_exe().unwrap())

@@ -631,15 +631,28 @@ pub fn contain_config(state_dir: &Path) -> Option<jobs::exec::ContainConfig> {
     })
 }
 
-/// Prints why a root-only test does nothing and returns true when not root.
-pub fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!(
-        "{test}: skipped: needs root (cgroups, namespaces, changing user); CI runs it as root"
+/// A test that cannot check its claim on this host (a cgroup layout, a
+/// tool, a kernel limit it needs is missing) says why on stderr and
+/// passes; with `JOBS_NO_SKIPS` set (`.ci/run` sets it: the CI host has all
+/// of them) it fails instead, so CI never passes a check it did not make.
+pub fn skip_here(test: &str, why: &str) {
+    assert!(
+        std::env::var_os("JOBS_NO_SKIPS").is_none(),
+        "{test}: cannot run here: {why}; JOBS_NO_SKIPS forbids skipping"
     );
-    true
+    eprintln!("{test}: skipped: {why}");
+}
+
+/// The guard of a root-only test. Such a test is marked
+/// `#[cfg_attr(not(jobs_root), ignore = "needs root …")]`, so that a build
+/// made as another user reports it as ignored, with the reason (`build.rs`
+/// sets `jobs_root` when it runs as root); it panics only when run anyway
+/// (`--include-ignored`) or when a build made as root runs as someone else.
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "needs root (cgroups, namespaces, changing user): this build was made as root, or the test was run with --include-ignored; rebuild as this user or run as root"
+    );
 }
 
 // ---------------------------------------------------------------------------

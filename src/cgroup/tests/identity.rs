@@ -27,10 +27,9 @@ fn cpu_usec(dirs: &[PathBuf]) -> u64 {
 // group carries the equal weight and its limits, stays while any of its jobs
 // is there, and goes with the last; another owner's group is its own.
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn identity_group_life() {
-    let Some(layout) = real_layout("identity_group_life") else {
-        return;
-    };
+    let layout = real_layout();
     let name = subtree_name("identity_group_life");
     let _cleanup = Cleanup::new(&layout, &name);
     let cgroups = Cgroups::open(layout.clone(), &name).unwrap();
@@ -115,10 +114,9 @@ async fn identity_group_life() {
 // start never lands in a group being removed (each create succeeds), and
 // once all ended nothing of the identity is left.
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn identity_group_survives_racing_starts_and_ends() {
-    let Some(layout) = real_layout("identity_group_survives_racing_starts_and_ends") else {
-        return;
-    };
+    let layout = real_layout();
     let name = subtree_name("identity_group_survives_racing_starts_and_ends");
     let _cleanup = Cleanup::new(&layout, &name);
     let cgroups = Arc::new(Cgroups::open(layout, &name).unwrap());
@@ -152,10 +150,9 @@ async fn identity_group_survives_racing_starts_and_ends() {
 // Scenario: a leftover identity group with a job group and a process in it
 // (a daemon died) is killed and removed by the next open.
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn open_removes_leftover_identity_groups() {
-    let Some(layout) = real_layout("open_removes_leftover_identity_groups") else {
-        return;
-    };
+    let layout = real_layout();
     let name = subtree_name("open_removes_leftover_identity_groups");
     let _cleanup = Cleanup::new(&layout, &name);
     let cgroups = Cgroups::open(layout.clone(), &name).unwrap();
@@ -186,10 +183,9 @@ fn spin(job: &JobCgroup) -> Child {
 // share per job). Measured from the groups' own usage counters over at least
 // 3 s of CPU time, so a loaded machine only makes it slower.
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn identities_share_cpu_equally_whatever_their_number_of_jobs() {
-    let Some(layout) = real_layout("identities_share_cpu_equally") else {
-        return;
-    };
+    let layout = real_layout();
     let name = subtree_name("identities_share_cpu_equally");
     let _cleanup = Cleanup::new(&layout, &name);
     let cgroups = Cgroups::open(layout, &name).unwrap();
@@ -250,10 +246,9 @@ async fn identities_share_cpu_equally_whatever_their_number_of_jobs() {
 // that each fit alone do not fit together, and the kernel kills one of them,
 // while another identity's job with the same allocation is unaffected.
 #[tokio::test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn identity_memory_limit_holds_across_its_jobs() {
-    let Some(layout) = real_layout("identity_memory_limit_holds_across_its_jobs") else {
-        return;
-    };
+    let layout = real_layout();
     let name = subtree_name("identity_memory_limit_holds_across_its_jobs");
     let _cleanup = Cleanup::new(&layout, &name);
     let cgroups = Cgroups::open(layout, &name).unwrap();
