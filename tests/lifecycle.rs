@@ -525,8 +525,19 @@ async fn list_is_oldest_first() {
 async fn a_file_the_kernel_cannot_execute_is_refused_at_start() {
     // Scenario (C29): an executable-mode text file without `#!` (exec fails
     // with ENOEXEC) is a start error, not a job that "exits 126".
+    refuses_a_file_without_a_shebang(TestServer::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncontained_daemon_refuses_a_file_the_kernel_cannot_execute() {
+    // Scenario: the same without containment (jobsd as a developer runs it);
+    // the C library's execvp would run the file through /bin/sh, so the job
+    // printed "hi" instead of failing to start.
+    refuses_a_file_without_a_shebang(TestServer::start_uncontained(|_| {}).await).await;
+}
+
+async fn refuses_a_file_without_a_shebang(server: TestServer) {
     use std::os::unix::fs::PermissionsExt;
-    let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
     let dir = scratch();
     let script = dir.path().join("no-shebang");

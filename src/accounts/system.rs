@@ -388,17 +388,27 @@ mod tests {
         assert!(incomplete.is_none(), "{incomplete:?}");
         assert!(users.iter().any(|u| u == &("root".to_owned(), 0, 0)));
         assert!(groups.iter().any(|g| g == &("root".to_owned(), 0)));
+        // Run in a user namespace that maps only some ids (a rootless
+        // container), an unmapped range is refused as such, before any
+        // account is looked at; so each expectation says which it is.
+        let map = Path::new("/proc/self/uid_map");
+        let map_text = std::fs::read_to_string(map).unwrap();
+        let unmapped = |r: UidRange| check_mapped(r, &map_text, map).err().map(|e| e.to_string());
         // The default range is free here, as on any machine set up as usual.
-        check_system(super::super::DEFAULT_UID_RANGE).unwrap();
+        let default = super::super::DEFAULT_UID_RANGE;
+        assert_eq!(
+            check_system(default).err().map(|e| e.to_string()),
+            unmapped(default)
+        );
         // root's neighbour, `daemon` (uid 1 on Debian), is an account.
         let daemon = crate::job::Account::lookup("daemon", false).unwrap();
         let r = range(daemon.uid, daemon.uid);
-        assert_eq!(
-            check_system(r).unwrap_err().to_string(),
+        let expected = unmapped(r).unwrap_or_else(|| {
             format!(
                 "{r} overlaps the account 'daemon' (uid {}) of the user database",
                 daemon.uid
             )
-        );
+        });
+        assert_eq!(check_system(r).unwrap_err().to_string(), expected);
     }
 }

@@ -9,6 +9,7 @@
 //! is an unreaped zombie neither its pid nor its group id can be reused, so
 //! every signal sent here reaches the job and nothing else.
 
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -33,13 +34,22 @@ pub(super) fn spawn(spec: &JobSpec) -> Result<Spawned, SpawnError> {
     // Its own session (and so its own process group, which stop and reclaim
     // signal), without jobsd's controlling terminal.
     sys::new_session(&mut command);
+    let env: [(&str, &OsStr); 3] = [
+        ("PATH", JOB_PATH.as_ref()),
+        ("HOME", "/".as_ref()),
+        ("LANG", "C.UTF-8".as_ref()),
+    ];
+    let argv: Vec<&OsStr> = std::iter::once(spec.program().as_ref())
+        .chain(spec.args().iter().map(|a| a.as_ref()))
+        .collect();
+    // Last of the hooks: the program itself, never a shell's guess at it.
+    sys::exec_exactly(&mut command, &path, &argv, &env)
+        .map_err(|e| spawn_error(spec.program(), e))?;
     let mut child = command
         .arg0(spec.program())
         .args(spec.args())
         .env_clear()
-        .env("PATH", JOB_PATH)
-        .env("HOME", "/")
-        .env("LANG", "C.UTF-8")
+        .envs(env)
         .current_dir(JOB_CWD)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

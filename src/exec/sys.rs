@@ -97,6 +97,86 @@ pub(super) fn enter_cgroup_before_exec(
     }
 }
 
+/// What [`exec_exactly`] hands to execve(2), made before the fork: C strings
+/// and the null-terminated pointer arrays into them.
+struct ExecImage {
+    path: std::ffi::CString,
+    _strings: Vec<std::ffi::CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the pointers point into `_strings`' heap buffers, which the image
+// owns and never changes; they are only read, by execve in the child.
+unsafe impl Send for ExecImage {}
+// SAFETY: as above; nothing mutates the image after it is made.
+unsafe impl Sync for ExecImage {}
+
+/// Makes the child of `cmd` end its set-up with execve(2) of exactly `path`,
+/// `argv` and `env` (as the last `pre_exec` hook: add it after every other).
+/// The standard library's own exec is execvp(3), which runs a file the
+/// kernel refuses with ENOEXEC (a text file without `#!`) through
+/// `/bin/sh` instead; a job must run the program it named or fail to start.
+/// On success the hook never returns; on failure `Command::spawn` returns
+/// execve's error.
+///
+/// # Errors
+/// `InvalidInput` when a string holds a NUL byte.
+pub(super) fn exec_exactly(
+    cmd: &mut std::process::Command,
+    path: &std::path::Path,
+    argv: &[&std::ffi::OsStr],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let c = |bytes: &[u8]| {
+        CString::new(bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let path = c(path.as_os_str().as_bytes())?;
+    let args = argv
+        .iter()
+        .map(|a| c(a.as_bytes()))
+        .collect::<io::Result<Vec<_>>>()?;
+    let vars = env
+        .iter()
+        .map(|(k, v)| c(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+        .collect::<io::Result<Vec<_>>>()?;
+    let pointers = |strings: &[CString]| {
+        strings
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain([std::ptr::null()])
+            .collect::<Vec<_>>()
+    };
+    let image = ExecImage {
+        path,
+        argv: pointers(&args),
+        envp: pointers(&vars),
+        _strings: args.into_iter().chain(vars).collect(),
+    };
+    // SAFETY: the hook runs in the forked child of a multi-threaded process,
+    // where only async-signal-safe calls are allowed; it makes one execve(2)
+    // on memory made before the fork (kept alive by the closure, which owns
+    // the image) and builds its error in place.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The whole image, not its fields one by one (edition 2024
+            // closures capture disjoint fields; the raw pointers alone are
+            // not Send).
+            let image = &image;
+            libc::execve(
+                image.path.as_ptr(),
+                image.argv.as_ptr(),
+                image.envp.as_ptr(),
+            );
+            Err(io::Error::last_os_error())
+        });
+    }
+    Ok(())
+}
+
 /// Makes the child of `cmd` the leader of a new session (setsid(2)), and so
 /// of a new process group whose id is its pid, with no controlling terminal.
 /// A job that kept the daemon's terminal could type into the shell that
