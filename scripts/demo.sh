@@ -119,8 +119,8 @@ if "$bin/jobs-ca" sign "$tmp/bob/bob.csr" --dir "$tmp/certs" --name mallory --ou
 fi
 
 if [ "$(id -u)" = 0 ]; then
-  say "Containment: each job has its own cgroup, account and namespaces"
-  grep -E 'cgroup layout|jobs are contained' "$tmp/jobsd.log" | sed 's/^/jobsd log: /' || true
+  say "Containment: each job has its own cgroup, account, namespaces and kernel sandbox"
+  grep -E 'cgroup layout|sandbox: ' "$tmp/jobsd.log" | sed 's/^/jobsd log: /' || true
   echo '$ jobs run -- sh -c '"'"'id; echo "processes visible: $(ls /proc | grep -c "^[0-9]")"'"'"
   as_alice run -- sh -c 'id; echo "processes visible: $(ls /proc | grep -c "^[0-9]")"'
   echo '$ jobs run --memory 32M -- sh -c '"'"'x=$(head -c 200M /dev/zero | tr "\0" a); echo survived'"'"'   (a memory hog)'
