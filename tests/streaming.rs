@@ -714,3 +714,60 @@ async fn output_of_a_running_job_is_what_it_wrote_so_far() {
         (b"before\nafter\n".to_vec(), vec![])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_one_identity_follows_256_times_on_one_connection_and_no_more() {
+    // Scenario: the documented defaults, not a test-sized cap: one identity
+    // opens 256 follows of one job over a single connection (HTTP/2 allows
+    // 1024 streams per connection, so none waits for a free stream); the
+    // 257th is refused at once with RESOURCE_EXHAUSTED while the 256 keep
+    // receiving the job's output, and another identity still follows.
+    let server = TestServer::start().await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+    let job = start(
+        &alice,
+        "sh",
+        &["-c", "while :; do echo tick; sleep 0.2; done"],
+    )
+    .await;
+    let mut open = Vec::with_capacity(jobs::server::DEFAULT_MAX_STREAMS_PER_IDENTITY);
+    for i in 0..256 {
+        match tokio::time::timeout(Duration::from_secs(30), alice.stream(&job.id)).await {
+            Ok(Ok(s)) => open.push(s),
+            Ok(Err(e)) => panic!("follow {i}: {e:?}"),
+            Err(_) => panic!("follow {i} waited for a free stream"),
+        }
+    }
+    let refused = tokio::time::timeout(Duration::from_secs(30), alice.stream(&job.id))
+        .await
+        .expect("the 257th follow waited instead of being refused")
+        .unwrap_err();
+    assert_eq!(
+        (code(&refused), message(&refused).as_str()),
+        (
+            tonic::Code::ResourceExhausted,
+            "too many open output streams for this identity; close some and retry"
+        )
+    );
+    let bobs = start(&bob, "sleep", &["600"]).await;
+    drop(bob.stream(&bobs.id).await.unwrap());
+    // Every one of the 256 still flows: each reads output after the refusal.
+    for (i, stream) in open.iter_mut().enumerate() {
+        let got = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match stream.message().await.unwrap().and_then(|e| e.event) {
+                    Some(Event::Chunk(c)) if !c.data.is_empty() => break c.data,
+                    Some(Event::FinalStatus(s)) => panic!("follow {i} ended: {s:?}"),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("follow {i} received nothing"));
+        assert!(got.starts_with(b"tick\n"), "follow {i}: {got:?}");
+    }
+    drop(open);
+    alice.stop(&job.id).await.unwrap();
+    bob.stop(&bobs.id).await.unwrap();
+}
