@@ -1559,3 +1559,89 @@ async fn a_start_with_a_grant_is_audited_with_the_grant_named() {
     assert!(bobs.get("grants").is_none(), "{bobs}");
     server.shutdown().await.expect("serve failed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
+async fn an_audit_line_that_cannot_be_written_fails_the_request_and_changes_nothing() {
+    // Scenario: the audit log's file system fills up. Every request whose
+    // line cannot be written gets INTERNAL and is not carried out: no job
+    // starts, a running job is not stopped, a finished one is not removed.
+    // Once there is room again, the same requests work.
+    require_root();
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let dir = tempfile::Builder::new()
+        .prefix("jobs-audit-full-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let fs = dir.path().join("fs");
+    std::fs::create_dir(&fs).unwrap();
+    mount(
+        Some("tmpfs"),
+        &fs,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("size=64k,mode=0700"),
+    )
+    .unwrap();
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = umount2(self.0, MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(&fs);
+    let log = Arc::new(AuditLog::open(&fs.join("audit.log")).unwrap());
+    let server = TestServer::start_with(move |c| c.audit = Some(log)).await;
+    let alice = client(&server, "alice").await;
+    let sleeper = start(&alice, "sleep", &["600"]).await;
+    let done = start(&alice, "true", &[]).await;
+    assert_eq!(follow(&alice, &done.id).await.status.state(), State::Exited);
+
+    // Fill the file system; the audit file's last page may still take a few
+    // lines, so ask (a status, which changes nothing) until one fails.
+    let filler = fs.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 128 * 1024]);
+    let mut failed = None;
+    for _ in 0..100 {
+        if let Err(e) = alice.status(&sleeper.id).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    let internal = |e: &ClientError| {
+        assert_eq!(code(e), Code::Internal, "{e:?}");
+        assert!(
+            message(e).starts_with("internal error (reference "),
+            "{}",
+            message(e)
+        );
+    };
+    internal(&failed.expect("the audit file system never filled"));
+    internal(
+        &alice
+            .start("echo", &["unrecorded".into()])
+            .await
+            .unwrap_err(),
+    );
+    internal(&alice.stop(&sleeper.id).await.unwrap_err());
+    internal(&alice.remove(&done.id).await.unwrap_err());
+
+    std::fs::remove_file(&filler).unwrap();
+    let mut listed: Vec<(String, State)> = alice
+        .list(false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| (j.id.clone(), j.state()))
+        .collect();
+    listed.sort();
+    let mut want = vec![
+        (sleeper.id.clone(), State::Running),
+        (done.id.clone(), State::Exited),
+    ];
+    want.sort();
+    assert_eq!(listed, want, "a refused request changed something");
+    alice.stop(&sleeper.id).await.unwrap();
+    alice.remove(&done.id).await.unwrap();
+    server.shutdown().await.unwrap();
+}
