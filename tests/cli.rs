@@ -1171,6 +1171,45 @@ fn a_restarted_jobsd_kills_what_a_killed_one_left_running() {
 }
 
 #[test]
+fn containment_on_refuses_to_start_without_root() {
+    // Scenario: an operator asks for containment but starts jobsd as an
+    // ordinary user: it must refuse, in one line, before it listens, rather
+    // than run jobs uncontained. As root the test runs jobsd as nobody
+    // (65534), with the CA, the server certificate and key and the state
+    // directory given to it.
+    use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new();
+    let state = sb.dir.path().join("state");
+    fs::create_dir(&state).unwrap();
+    let mut cmd = Command::new(JOBSD);
+    cmd.args(["--listen", "127.0.0.1:0", "--containment", "on", "--ca"])
+        .arg(&sb.ca)
+        .arg("--cert")
+        .arg(&sb.server.cert)
+        .arg("--key")
+        .arg(&sb.server.key)
+        .arg("--state-dir")
+        .arg(&state)
+        .stdin(Stdio::null());
+    if common::is_root() {
+        let nobody = Some(nix::unistd::Uid::from_raw(65534));
+        let nogroup = Some(nix::unistd::Gid::from_raw(65534));
+        for path in [&state, &sb.ca, &sb.server.cert, &sb.server.key] {
+            nix::unistd::chown(path.as_path(), nobody, nogroup).unwrap();
+        }
+        cmd.uid(65534).gid(65534);
+    }
+    let out = run(cmd);
+    assert_eq!((out.code, out.stdout_str()), (1, ""), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .ends_with("jobsd: error: --containment on needs jobsd to run as root\n"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn containment_off_is_loud() {
     // Scenario: an operator turns containment off; jobsd says so on stderr
     // and its jobs run as its own user.
