@@ -993,3 +993,93 @@ async fn a_contained_daemon_reclaims_what_an_uncontained_predecessor_left() {
     );
     server.shutdown().await.expect("serve failed");
 }
+
+/// `ended_at_ns` of job `id` as the store holds it now (read-only, beside
+/// the running daemon: SQLite's WAL lets a reader in).
+fn recorded_end(state: &Path, id: &str) -> Option<i64> {
+    let db = rusqlite::Connection::open_with_flags(
+        state.join(jobs::store::FILE_NAME),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.query_row("SELECT ended_at_ns FROM jobs WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
+/// Fills the file system of `dir` with `name`, until the kernel says it is
+/// full.
+fn fill(dir: &Path, name: &str) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join(name)).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
+async fn an_end_the_full_disk_refused_is_recorded_once_there_is_room() {
+    // Scenario: the state disk is full and the store's reserve already
+    // spent when a job is stopped; its end cannot be recorded then, so it is
+    // kept and retried: once space is back (and another job ends), the
+    // store holds it, and a restart shows the job stopped, not lost.
+    require_root();
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let state = tempfile::Builder::new()
+        .prefix("jobs-state-full-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    mount(
+        Some("tmpfs"),
+        state.path(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("size=4m,mode=0700"),
+    )
+    .unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(state.path().to_owned());
+    let dir = state.path().to_owned();
+    let server = TestServer::start_on(state, false, |c| c.jobs.disk_headroom = 0).await;
+    let alice = client(&server, "alice").await;
+    let job = start(&alice, "sleep", &["600"]).await;
+
+    std::fs::remove_file(dir.join(jobs::store::RESERVE_FILE)).unwrap();
+    fill(&dir, "filler");
+    alice.stop(&job.id).await.unwrap();
+    assert_eq!(alice.status(&job.id).await.unwrap().state(), State::Stopped);
+    assert_eq!(recorded_end(&dir, &job.id), None, "recorded on a full disk");
+
+    std::fs::remove_file(dir.join("filler")).unwrap();
+    let other = start(&alice, "true", &[]).await;
+    assert_eq!(
+        follow(&alice, &other.id).await.status.state(),
+        State::Exited
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || recorded_end(&dir, &job.id)
+            .is_some())
+        .await,
+        "the deferred end was never recorded"
+    );
+
+    let (result, state) = server.shutdown_keeping_state().await;
+    result.unwrap();
+    let server = TestServer::start_on(state, false, |c| c.jobs.disk_headroom = 0).await;
+    let alice = client(&server, "alice").await;
+    let after = alice.status(&job.id).await.unwrap();
+    assert_eq!(after.state(), State::Stopped);
+    assert_eq!(after.signal, Some(libc::SIGTERM));
+    server.shutdown().await.unwrap();
+}
