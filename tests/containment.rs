@@ -657,6 +657,70 @@ async fn io_limits_are_written_for_every_configured_device() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
+async fn an_io_write_limit_slows_a_jobs_direct_writes_to_it() {
+    // Scenario: the limit is not only written, it holds: a job limited to
+    // 1 MiB/s on the disk under a shared directory writes 3 MiB there with
+    // O_DIRECT (which the throttle sees on cgroup v1 and v2 alike); it takes
+    // at least 1.5 s (about 3 s; unthrottled it takes milliseconds). A lower
+    // bound: a loaded machine only makes it slower.
+    require_root();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = scratch();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let dev = std::fs::metadata(dir.path()).unwrap().dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let device = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .map(|e| Path::new("/dev").join(e.file_name()))
+        .filter_map(|p| jobs::exec::IoDevice::from_path(&p).ok())
+        .find(|d| (d.major, d.minor) == (major, minor));
+    let Some(device) = device else {
+        skip_here(
+            "an_io_write_limit_slows_a_jobs_direct_writes_to_it",
+            &format!(
+                "{} is not on a whole disk ({major}:{minor})",
+                dir.path().display()
+            ),
+        );
+        return;
+    };
+    let shared = dir.path().to_owned();
+    let server = TestServer::start_contained(
+        move |contain| {
+            contain.io_devices = vec![device];
+            contain.sandbox.writable = vec![shared];
+        },
+        |_| {},
+    )
+    .await;
+    let alice = client(&server, "alice").await;
+    let script = format!(
+        "s=$(date +%s%N); dd if=/dev/zero of={}/f bs=64k count=48 oflag=direct 2>/dev/null || exit 9; e=$(date +%s%N); echo $(( (e - s) / 1000000 ))",
+        dir.path().display()
+    );
+    let job = start_limited(
+        &alice,
+        proto::Limits {
+            io_write_bps: Some(1 << 20),
+            ..Default::default()
+        },
+        "sh",
+        &["-c", &script],
+    )
+    .await;
+    let done = follow(&alice, &job.id).await;
+    assert_eq!(done.status.exit_code, Some(0), "{:?}", done.chunks);
+    let ms: u64 = String::from_utf8(done.stdout())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ms >= 1500, "3 MiB at 1 MiB/s took {ms} ms");
+}
+
 #[test]
 fn io_limits_need_a_block_device() {
     // Scenario: an operator passes a file that is not a disk to --io-device.
