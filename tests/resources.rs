@@ -36,6 +36,18 @@ async fn no_zombies_after_many_short_stopped_and_cancelled_jobs() {
     for task in &cancelled {
         task.abort();
     }
+    // Each was cut off before its answer came (a start takes milliseconds
+    // of network and spawning; the abort came one yield after the spawn):
+    // none completed.
+    let mut cut_off = 0;
+    for task in cancelled {
+        match task.await {
+            Err(e) if e.is_cancelled() => cut_off += 1,
+            Err(e) => panic!("a cancelled start panicked: {e:?}"),
+            Ok(answer) => panic!("a start finished before its cancel: {answer:?}"),
+        }
+    }
+    assert_eq!(cut_off, 50);
 
     let short: Vec<_> = (0..200)
         .map(|_| {
