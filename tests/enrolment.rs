@@ -694,7 +694,14 @@ fn a_batch_killed_at_any_moment_leaves_the_record_matching_the_files() {
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
     child.kill().unwrap();
-    child.wait().unwrap();
+    // The kill interrupted the batch: it ended by SIGKILL, not by finishing
+    // (eight RSA-4096 keys take seconds; the first file appeared long before).
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "the batch was not running when killed: {status}"
+    );
 
     let (out, _) = ok(&["list", "--dir", s(&ca), "--json"]);
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
