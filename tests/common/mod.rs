@@ -1326,10 +1326,60 @@ impl Pidfd {
     }
 }
 
-/// Every directory under the cgroup mounts whose name is `name` (a job id or
-/// a daemon's subtree name).
+/// This process's own cgroup directory in every mounted hierarchy (v1
+/// controllers, `name=` hierarchies, cgroup2), from `/proc/self/mountinfo`
+/// and `/proc/self/cgroup`: where a daemon started by the tests (in-process
+/// or a child, which inherits it) makes its subtree. On pure v2 a daemon may
+/// have moved this process into its `jobsd-daemon` leaf; the subtree is then
+/// beside it, so the leaf's parent is given.
+pub fn own_cgroup_dirs() -> Vec<PathBuf> {
+    let membership = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    let mut dirs = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount_point = before.split(' ').nth(4).unwrap_or_default();
+        let mut after = after.split(' ');
+        let (fstype, options) = (after.next(), after.nth(1).unwrap_or_default());
+        // The controllers (or `name=`) the hierarchy has, as /proc/self/cgroup
+        // lists them: "" for cgroup2.
+        let wanted: Vec<&str> = match fstype {
+            Some("cgroup2") => Vec::new(),
+            Some("cgroup") => options
+                .split(',')
+                .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains("clone_children"))
+                .filter(|o| !o.starts_with("release_agent") && *o != "noprefix" && *o != "xattr")
+                .collect(),
+            _ => continue,
+        };
+        let path = membership.lines().find_map(|m| {
+            let mut f = m.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            let mut have: Vec<&str> = controllers.split(',').filter(|c| !c.is_empty()).collect();
+            let mut want = wanted.clone();
+            have.sort_unstable();
+            want.sort_unstable();
+            (have == want).then_some(path)
+        });
+        let Some(path) = path else { continue };
+        let mut dir = Path::new(mount_point).join(path.trim_start_matches('/'));
+        if dir.file_name().is_some_and(|n| n == "jobsd-daemon") {
+            dir.pop();
+        }
+        dirs.push(dir);
+    }
+    assert!(!dirs.is_empty(), "no cgroup hierarchy is mounted");
+    dirs
+}
+
+/// Every directory named `name` (a job id or a daemon's subtree name) under
+/// this process's own cgroups ([`own_cgroup_dirs`]), at any depth: where a
+/// daemon the tests started keeps its groups, on v1, hybrid and pure v2.
 pub fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
-    fn walk(dir: &Path, name: &str, depth: usize, found: &mut Vec<PathBuf>) {
+    fn walk(dir: &Path, name: &str, found: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
@@ -1341,12 +1391,14 @@ pub fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
             if e.file_name() == name {
                 found.push(path.clone());
             }
-            if depth > 0 {
-                walk(&path, name, depth - 1, found);
-            }
+            walk(&path, name, found);
         }
     }
     let mut found = Vec::new();
-    walk(Path::new("/sys/fs/cgroup"), name, 6, &mut found);
+    for dir in own_cgroup_dirs() {
+        walk(&dir, name, &mut found);
+    }
+    found.sort();
+    found.dedup();
     found
 }
