@@ -661,8 +661,11 @@ async fn the_request_rate_holds_across_connections_and_spares_other_users() {
         .iter()
         .filter(|(w, r)| *w == "alice" && r.is_ok())
         .count();
-    assert_eq!(
-        alice_ok, 10,
+    // The burst, plus one token per second the flood lasted: on a loaded
+    // machine the 40 calls may take longer than a second. Never all 40.
+    let refilled = took.as_secs() as usize + 1;
+    assert!(
+        (10..=(10 + refilled).min(39)).contains(&alice_ok),
         "alice got {alice_ok} calls through (the flood took {took:?}; one more token per second)"
     );
     for (who, result) in &results {
@@ -674,10 +677,29 @@ async fn the_request_rate_holds_across_connections_and_spares_other_users() {
         }
     }
     assert_eq!(results.len(), 50);
-    // The bucket is per identity: a new connection does not reset it.
+    // The bucket is per identity: a new connection does not reset it (a
+    // reset would let 10 calls through at once; at 1 token per second only
+    // what refilled since passes).
     let fresh = client(&server, "alice").await;
+    let since = tokio::time::Instant::now();
+    let mut refusal = None;
+    let mut passed = 0;
+    for _ in 0..10 {
+        match fresh.list(false).await {
+            Ok(_) => passed += 1,
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    let refilled = (since - began).as_secs() as usize + since.elapsed().as_secs() as usize + 1;
+    assert!(
+        passed <= refilled.min(9),
+        "{passed} calls passed on a new connection"
+    );
     assert_retry_later(
-        &fresh.list(false).await.unwrap_err(),
+        &refusal.expect("a new connection reset the bucket"),
         TOO_MANY_REQUESTS,
         Duration::from_secs(1),
     );
@@ -693,11 +715,20 @@ async fn the_start_rate_holds_across_connections_and_certificates() {
     let file = PolicyFile::new("[rate]\nstarts_per_minute = 5\n");
     let policy = file.handle();
     let server = server_with(&policy, None).await;
+    let began = tokio::time::Instant::now();
     let results = parallel_starts(&server, 10, 5, "/bin/true", &[]).await;
+    let took = began.elapsed();
     let alice = client(&server, "alice").await;
     assert_eq!(results.len(), 50);
     let started: Vec<&proto::JobStatus> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-    assert_eq!(started.len(), 5, "{} starts passed", started.len());
+    // The burst of 5, plus one start per 12 s the flood lasted (a loaded
+    // machine may take that long for 50 starts and 10 handshakes).
+    let refilled = (took.as_secs() / 12) as usize;
+    assert!(
+        (5..=5 + refilled).contains(&started.len()),
+        "{} starts passed in {took:?}",
+        started.len()
+    );
     for e in results.iter().filter_map(|r| r.as_ref().err()) {
         assert_retry_later(e, TOO_MANY_STARTS, Duration::from_secs(12));
     }
@@ -1503,16 +1534,30 @@ async fn a_handshake_flood_from_one_address_is_cut_off_before_tls() {
         outcomes.push(outcome);
     }
     let took = began.elapsed();
-    let mut expected = vec!["handshake"; 5];
-    expected.extend(["closed"; 10]);
-    assert_eq!(outcomes, expected, "the 15 attempts took {took:?}");
+    // The burst of 5 first; after it, one more per second the attempts
+    // lasted (a loaded machine may take over a second for five RSA-4096
+    // handshakes), every other attempt closed before any TLS byte.
+    let refilled = took.as_secs() as usize + 1;
+    assert_eq!(outcomes[..5], ["handshake"; 5], "{outcomes:?} in {took:?}");
+    let later = outcomes[5..].iter().filter(|o| **o == "handshake").count();
+    assert!(later <= refilled.min(9), "{outcomes:?} in {took:?}");
 
-    match connect(&server, pem("alice")).await {
-        Err(ClientError::Connect {
-            source: ConnectError::ClosedBeforeHandshake,
-            ..
-        }) => {}
-        other => panic!("alice from 127.0.0.1 was not cut off: {other:?}"),
+    // alice from 127.0.0.1 shares the bucket: cut off once what refilled
+    // meanwhile is spent.
+    let mut through = 0;
+    loop {
+        match connect(&server, pem("alice")).await {
+            Err(ClientError::Connect {
+                source: ConnectError::ClosedBeforeHandshake,
+                ..
+            }) => break,
+            Ok(_) => through += 1,
+            other => panic!("alice from 127.0.0.1: {other:?}"),
+        }
+        assert!(
+            through <= began.elapsed().as_secs() as usize + 1,
+            "alice from 127.0.0.1 was not cut off"
+        );
     }
     let alice = pem("alice").client_config().expect("alice's TLS config");
     let first = tls_from(IpAddr::from([127, 0, 0, 2]), &server, alice)
