@@ -190,7 +190,9 @@ async fn shutdown_with_an_idle_client_returns_within_grace_and_a_moment() {
         .expect("serve did not return")
         .expect("serve failed");
     let took = asked.elapsed();
-    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    // SIGTERM ends `sleep` at once; waiting out the grace period (5 s)
+    // would mean the job was not told. Generous for a loaded machine.
+    assert!(took < jobs::job::DEFAULT_GRACE, "shutdown took {took:?}");
     assert!(dies(pid).await);
     drop(alice);
 }
@@ -204,8 +206,10 @@ async fn shutdown_of_an_idle_server_is_prompt() {
         .await
         .expect("serve did not return")
         .expect("serve failed");
+    // Under the drain every open stream gets (2 s): an idle server waits
+    // for nothing.
     assert!(
-        asked.elapsed() < Duration::from_secs(1),
+        asked.elapsed() < jobs::server::SHUTDOWN_DRAIN,
         "took {:?}",
         asked.elapsed()
     );

@@ -56,6 +56,15 @@ async fn cat_file_is_byte_exact(len: usize) {
     assert_eq!(err, b"");
 }
 
+/// Generous bound for "at once" on a loaded 2-core machine: what happens in
+/// milliseconds when idle. A daemon that waits for a timer or a poll instead
+/// of the event still misses it (its timers are seconds long).
+const LATENCY: Duration = Duration::from_secs(5);
+
+/// The longest pause a follow may show while handshakes load the server:
+/// seconds of stall mean the runtime's workers were blocked.
+const STALL: Duration = Duration::from_secs(3);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_mib_of_random_bytes_comes_back_byte_exact() {
     // Scenario: `cat` of a 1 MiB random file, followed live and read after exit.
@@ -282,11 +291,7 @@ async fn a_follower_attached_after_exit_gets_everything_and_ends() {
     let first = follow(&alice, &job.id).await;
     let t = Instant::now();
     let late = follow(&alice, &job.id).await;
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < LATENCY, "took {:?}", t.elapsed());
     assert_eq!(late.stdout(), b"out\n");
     assert_eq!(late.stderr(), b"err\n");
     assert_eq!(
@@ -396,38 +401,29 @@ async fn a_follow_ends_promptly_when_the_job_ends() {
         (f.status.state(), f.status.exit_code),
         (State::Exited, Some(0))
     );
-    assert!(
-        lag < Duration::from_secs(1),
-        "exit 0: final status {lag:?} after the end"
-    );
+    assert!(lag < LATENCY, "exit 0: final status {lag:?} after the end");
     let (f, lag) = b;
     assert_eq!(
         (f.status.state(), f.status.exit_code),
         (State::Exited, Some(1))
     );
-    assert!(
-        lag < Duration::from_secs(1),
-        "exit 1: final status {lag:?} after the end"
-    );
+    assert!(lag < LATENCY, "exit 1: final status {lag:?} after the end");
     let (f, lag) = c;
     assert_eq!(
         (f.status.state(), f.status.signal),
         (State::Stopped, Some(15))
     );
-    assert!(
-        lag < Duration::from_secs(1),
-        "stop: final status {lag:?} after the end"
-    );
+    assert!(lag < LATENCY, "stop: final status {lag:?} after the end");
     assert_eq!(stopper.await.unwrap().unwrap(), f.status);
 
     // `echo hello`, followed at once and again after it ended.
     let job = start(&alice, "echo", &["hello"]).await;
     let (f, lag) = follow_lag(&alice, &job.id).await;
     assert_eq!(f.stdout(), b"hello\n");
-    assert!(lag < Duration::from_secs(1));
+    assert!(lag < LATENCY);
     let t = Instant::now();
     let again = follow(&alice, &job.id).await;
-    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(t.elapsed() < LATENCY);
     assert_eq!(again.stdout(), b"hello\n");
 }
 
@@ -683,10 +679,7 @@ async fn a_burst_of_new_connections_does_not_disturb_a_follow() {
     );
     assert_eq!((status.state(), status.exit_code), (State::Exited, Some(0)));
     let gap = arrivals.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-    assert!(
-        gap < Duration::from_secs(1),
-        "the follow stalled for {gap:?}"
-    );
+    assert!(gap < STALL, "the follow stalled for {gap:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
