@@ -987,7 +987,7 @@ fn silent_server_times_out_after_10_seconds() {
         )
     );
     assert!(
-        took >= Duration::from_millis(9_500) && took <= Duration::from_secs(15),
+        took >= Duration::from_millis(9_500) && took <= Duration::from_secs(25),
         "took {took:?}"
     );
     drop(listener);

@@ -208,14 +208,26 @@ async fn the_pids_limit_caps_a_fork_bomb() {
     )
     .await;
     let _stream = until_ready(&alice, &bomb.id).await;
-    let mut most = 0;
-    for _ in 0..50 {
+    // Sampled until the bomb is seen at the limit (a loaded machine may take
+    // a while to fork 15 processes), never above it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
         let n = job_processes(&bomb.id).len();
         assert!(n <= 16, "{n} processes under a limit of 16");
-        most = most.max(n);
+        if n == 16 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bomb never reached the limit"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(most, 16, "the bomb never reached the limit");
+    for _ in 0..20 {
+        let n = job_processes(&bomb.id).len();
+        assert!(n <= 16, "{n} processes under a limit of 16");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let after = start(&alice, "echo", &["ok"]).await;
     assert_eq!(follow(&alice, &after.id).await.stdout(), b"ok\n");
     let s = alice.stop(&bomb.id).await.unwrap();
@@ -227,7 +239,9 @@ async fn the_pids_limit_caps_a_fork_bomb() {
 #[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 async fn a_cpu_spinner_gets_its_share_and_no_more() {
     // Scenario: a busy loop under --cpus 0.2 uses about 20 % of one core, as
-    // the job's own cgroup counters measure it.
+    // the job's own cgroup counters measure it, and never more than 30 %. A
+    // loaded machine may give it less (other work competes), so the lower
+    // bound only says that it ran.
     require_root();
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
@@ -249,7 +263,7 @@ async fn a_cpu_spinner_gets_its_share_and_no_more() {
     let share = (u1 - u0) as f64 / (t1 - t0).as_micros() as f64;
     alice.stop(&job.id).await.unwrap();
     assert!(
-        (0.1..=0.3).contains(&share),
+        (0.02..=0.3).contains(&share),
         "the spinner used {share:.3} of a core under a limit of 0.2"
     );
 }
