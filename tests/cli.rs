@@ -1000,6 +1000,12 @@ fn jobsd_refusing(sb: &Sandbox, state_dir: &Path) -> Out {
 }
 
 fn jobsd_refusing_with(sb: &Sandbox, state_dir: &Path, extra: &[&str]) -> Out {
+    run(jobsd_command(sb, state_dir, extra))
+}
+
+/// `jobsd` on 127.0.0.1:0 with the sandbox's CA and server files, the state
+/// directory `state_dir` and `extra` options, stdin closed.
+fn jobsd_command(sb: &Sandbox, state_dir: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(JOBSD);
     cmd.args(["--listen", "127.0.0.1:0", "--ca"])
         .arg(&sb.ca)
@@ -1011,7 +1017,7 @@ fn jobsd_refusing_with(sb: &Sandbox, state_dir: &Path, extra: &[&str]) -> Out {
         .arg(state_dir)
         .args(extra)
         .stdin(Stdio::null());
-    run(cmd)
+    cmd
 }
 
 #[test]
@@ -1177,16 +1183,7 @@ fn containment_on_refuses_to_start_without_root() {
     let sb = Sandbox::new();
     let state = sb.dir.path().join("state");
     fs::create_dir(&state).unwrap();
-    let mut cmd = Command::new(JOBSD);
-    cmd.args(["--listen", "127.0.0.1:0", "--containment", "on", "--ca"])
-        .arg(&sb.ca)
-        .arg("--cert")
-        .arg(&sb.server.cert)
-        .arg("--key")
-        .arg(&sb.server.key)
-        .arg("--state-dir")
-        .arg(&state)
-        .stdin(Stdio::null());
+    let mut cmd = jobsd_command(&sb, &state, &["--containment", "on"]);
     if common::is_root() {
         let nobody = Some(nix::unistd::Uid::from_raw(65534));
         let nogroup = Some(nix::unistd::Gid::from_raw(65534));
@@ -2478,40 +2475,6 @@ fn jobsd_refuses_a_file_that_is_not_a_job_database_and_leaves_it_alone() {
     assert!(stderr.ends_with(&message), "another program's: {stderr}");
 }
 
-/// A tmpfs mounted for one test; unmounted (even if the test panics) when
-/// dropped, which then removes `cleanup`, the directory it was mounted in.
-struct Tmpfs {
-    at: PathBuf,
-    cleanup: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str, cleanup: &Path) -> Self {
-        use nix::mount::{MsFlags, mount};
-        fs::create_dir(at).unwrap();
-        let data = format!("size={size},mode=0700");
-        mount(
-            Some("tmpfs"),
-            at,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(data.as_str()),
-        )
-        .unwrap();
-        Self {
-            at: at.to_owned(),
-            cleanup: cleanup.to_owned(),
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.at, nix::mount::MntFlags::MNT_DETACH);
-        let _ = fs::remove_dir_all(&self.cleanup);
-    }
-}
-
 #[test]
 #[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
 fn a_full_disk_fails_the_job_not_the_daemon() {
@@ -2521,7 +2484,7 @@ fn a_full_disk_fails_the_job_not_the_daemon() {
     // space is back and a new job runs with exact output.
     common::require_root();
     let sb = Sandbox::new();
-    let _tmpfs = Tmpfs::mount(&sb.dir.path().join("state"), "2m", sb.dir.path());
+    let _tmpfs = common::Tmpfs::mount(&sb.dir.path().join("state"), "2m", Some(sb.dir.path()));
     let d = Daemon::start_in(sb, &[]);
     let small = d.start_job(&d.alice, &["echo", "small"]);
     assert_eq!(d.jobs(&d.alice, &["stream", &small]).code, 0);
@@ -2603,7 +2566,7 @@ fn a_daemon_killed_on_a_full_disk_comes_back_and_removal_frees_space() {
     common::require_root();
     let sb = Sandbox::new();
     let state = sb.dir.path().join("state");
-    let _tmpfs = Tmpfs::mount(&state, "4m", sb.dir.path());
+    let _tmpfs = common::Tmpfs::mount(&state, "4m", Some(sb.dir.path()));
     let d = Daemon::start_in(sb, &[]);
     let done = d.start_job(&d.alice, &["head", "-c", "100000", "/dev/zero"]);
     assert_eq!(d.jobs(&d.alice, &["stream", &done]).code, 0);
@@ -2668,7 +2631,7 @@ fn one_identity_filling_the_disk_ends_only_its_own_job_and_rm_works_at_once() {
     common::require_root();
     let sb = Sandbox::new();
     let state = sb.dir.path().join("state");
-    let _tmpfs = Tmpfs::mount(&state, "8m", sb.dir.path());
+    let _tmpfs = common::Tmpfs::mount(&state, "8m", Some(sb.dir.path()));
     let d = Daemon::start_in(sb, &[]);
     let ticker = d.start_job(
         &d.bob,

@@ -1030,26 +1030,11 @@ async fn an_end_the_full_disk_refused_is_recorded_once_there_is_room() {
     // kept and retried: once space is back (and another job ends), the
     // store holds it, and a restart shows the job stopped, not lost.
     require_root();
-    use nix::mount::{MntFlags, MsFlags, mount, umount2};
     let state = tempfile::Builder::new()
         .prefix("jobs-state-full-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
-    mount(
-        Some("tmpfs"),
-        state.path(),
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("size=4m,mode=0700"),
-    )
-    .unwrap();
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = umount2(&self.0, MntFlags::MNT_DETACH);
-        }
-    }
-    let _unmount = Unmount(state.path().to_owned());
+    let _tmpfs = Tmpfs::mount(state.path(), "4m", None);
     let dir = state.path().to_owned();
     let server = TestServer::start_on(state, false, |c| c.jobs.disk_headroom = 0).await;
     let alice = client(&server, "alice").await;

@@ -253,7 +253,9 @@ async fn a_job_that_ignores_sigterm_is_killed_after_the_grace_period() {
         took >= grace - Duration::from_millis(100),
         "killed before the grace period: {took:?}"
     );
-    assert!(took <= grace + Duration::from_secs(2), "stop took {took:?}");
+    // The grace period plus room for a loaded machine; a stop that waited
+    // for an exit that never comes would hit the test's deadline instead.
+    assert!(took <= grace + Duration::from_secs(5), "stop took {took:?}");
     assert_eq!(
         (s.state(), s.exit_code, s.signal),
         (State::Stopped, None, Some(9))

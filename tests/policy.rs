@@ -1613,28 +1613,12 @@ async fn an_audit_line_that_cannot_be_written_fails_the_request_and_changes_noth
     // starts, a running job is not stopped, a finished one is not removed.
     // Once there is room again, the same requests work.
     require_root();
-    use nix::mount::{MntFlags, MsFlags, mount, umount2};
     let dir = tempfile::Builder::new()
         .prefix("jobs-audit-full-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     let fs = dir.path().join("fs");
-    std::fs::create_dir(&fs).unwrap();
-    mount(
-        Some("tmpfs"),
-        &fs,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("size=64k,mode=0700"),
-    )
-    .unwrap();
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = umount2(self.0, MntFlags::MNT_DETACH);
-        }
-    }
-    let _unmount = Unmount(&fs);
+    let _tmpfs = Tmpfs::mount(&fs, "64k", None);
     let log = Arc::new(AuditLog::open(&fs.join("audit.log")).unwrap());
     let server = TestServer::start_with(move |c| c.audit = Some(log)).await;
     let alice = client(&server, "alice").await;

@@ -1402,3 +1402,44 @@ pub fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
     found.dedup();
     found
 }
+
+/// A tmpfs of `size` (e.g. `"4m"`) mounted at `at` (made if missing) for one
+/// test; unmounted when dropped (even if the test panics), which then
+/// removes `cleanup` if given (the directory it was mounted in, whose owner
+/// may have tried to remove it while the mount still covered it).
+pub struct Tmpfs {
+    at: PathBuf,
+    cleanup: Option<PathBuf>,
+}
+
+impl Tmpfs {
+    /// Mounts it (root only).
+    pub fn mount(at: &Path, size: &str, cleanup: Option<&Path>) -> Self {
+        use nix::mount::{MsFlags, mount};
+        if !at.exists() {
+            std::fs::create_dir(at).expect("create the mount point");
+        }
+        let data = format!("size={size},mode=0700");
+        mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(data.as_str()),
+        )
+        .expect("mount a tmpfs");
+        Self {
+            at: at.to_owned(),
+            cleanup: cleanup.map(Path::to_owned),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.at, nix::mount::MntFlags::MNT_DETACH);
+        if let Some(dir) = &self.cleanup {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
