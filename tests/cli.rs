@@ -2090,7 +2090,7 @@ fn kill_9_mid_output_repeatedly(mode: Containment) {
     let mut earlier: Vec<(String, String, Vec<u8>)> =
         vec![(finished.clone(), finished_line, b"done\n".to_vec())];
     for (round, offset) in [1, 256 << 10, 2 << 20].into_iter().enumerate() {
-        let script = COUNTERS[round % COUNTERS.len()];
+        let script = COUNTERS[(round + 1) % COUNTERS.len()];
         let (sandbox, job) = crash_mid_output(d, mode, script, offset);
         d = Daemon::start_in(sandbox, mode.args());
         let kept = check_lost(&d, mode, &job);

@@ -276,7 +276,8 @@ async fn a_sigstopped_job_still_stops_within_the_bound() {
     let grace = Duration::from_secs(2);
     let server = TestServer::start_with(|c| c.jobs.grace = grace).await;
     let alice = client(&server, "alice").await;
-    let (job, stream, pid) = start_with_pid(&alice, "exec sleep 600").await;
+    let (job, stream, main) = start_with_pid(&alice, "exec sleep 600").await;
+    let pid = main.pid();
     // `exec` keeps the pid; wait until it is sleep that runs there.
     assert!(
         eventually(Duration::from_secs(5), || {
@@ -284,11 +285,7 @@ async fn a_sigstopped_job_still_stops_within_the_bound() {
         })
         .await
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
+    main.signal(libc::SIGSTOP).unwrap();
     assert!(
         eventually(Duration::from_secs(5), || matches!(
             proc_state(pid),
@@ -311,7 +308,7 @@ async fn a_sigstopped_job_still_stops_within_the_bound() {
         (s.state(), s.exit_code, s.signal),
         (State::Stopped, None, Some(15))
     );
-    assert!(dies(pid).await);
+    assert!(main.dies().await);
     let (_, _, status) = follow_to_end(stream).await;
     assert_eq!(status, s);
 }
@@ -451,7 +448,8 @@ async fn each_job_is_its_own_process_group() {
     // signals reach all of the job and nothing else.
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
-    let (job, _stream, pid) = start_with_pid(&alice, "exec sleep 600").await;
+    let (job, _stream, main) = start_with_pid(&alice, "exec sleep 600").await;
+    let pid = main.pid();
     let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
     assert_eq!(pgid.as_raw(), pid);
     assert_ne!(

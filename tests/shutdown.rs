@@ -77,7 +77,7 @@ async fn shutdown_ends_open_streams_at_once_then_stops_and_records_the_jobs() {
     // Opened, not read: the server blocks on the client's flow control.
     let output = alice.output(&big.id).await.unwrap();
 
-    let (polite, polite_stream, polite_pid) = start_with_pid(&alice, "exec sleep 600").await;
+    let (polite, polite_stream, polite_main) = start_with_pid(&alice, "exec sleep 600").await;
     let stubborn = start(
         &alice,
         "sh",
@@ -131,7 +131,7 @@ async fn shutdown_ends_open_streams_at_once_then_stops_and_records_the_jobs() {
         "the Output call ended only {:?} into the shutdown",
         arrived - asked
     );
-    for pid in [polite_pid, pids[0], pids[1]] {
+    for pid in [polite_main.pid(), pids[0], pids[1]] {
         assert!(
             dies(pid).await,
             "process {pid} outlived the server: {:?}",
@@ -183,7 +183,7 @@ async fn shutdown_with_an_idle_client_returns_within_grace_and_a_moment() {
     // for alice to hang up.
     let server = TestServer::start().await;
     let alice = client(&server, "alice").await;
-    let (_job, _stream, pid) = start_with_pid(&alice, "exec sleep 600").await;
+    let (_job, _stream, main) = start_with_pid(&alice, "exec sleep 600").await;
     let asked = Instant::now();
     tokio::time::timeout(Duration::from_secs(20), server.shutdown())
         .await
@@ -193,7 +193,7 @@ async fn shutdown_with_an_idle_client_returns_within_grace_and_a_moment() {
     // SIGTERM ends `sleep` at once; waiting out the grace period (5 s)
     // would mean the job was not told. Generous for a loaded machine.
     assert!(took < jobs::job::DEFAULT_GRACE, "shutdown took {took:?}");
-    assert!(dies(pid).await);
+    assert!(main.dies().await);
     drop(alice);
 }
 

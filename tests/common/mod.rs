@@ -1009,13 +1009,14 @@ pub async fn read_lines(stream: &mut Streaming<proto::StreamEvent>, lines: usize
 }
 
 /// Starts `sh -c 'echo $$; SCRIPT'`, follows it, and returns the job's
-/// status, its stream (past the pid line) and the pid as the host sees it.
-/// SCRIPT must not print at once (its output could arrive in the same chunk as
-/// the pid).
+/// status, its stream (past the pid line) and its main process held by a
+/// pidfd (opened while the process was seen in the job's cgroup, so the
+/// handle names the job's process and no other). SCRIPT must not print at
+/// once (its output could arrive in the same chunk as the pid).
 pub async fn start_with_pid(
     client: &Client,
     script: &str,
-) -> (proto::JobStatus, Streaming<proto::StreamEvent>, i32) {
+) -> (proto::JobStatus, Streaming<proto::StreamEvent>, Pidfd) {
     let job = start(client, "sh", &["-c", &format!("echo $$; {script}")]).await;
     let mut stream = client.stream(&job.id).await.expect("open stream");
     let line = read_lines(&mut stream, 1).await;
@@ -1025,7 +1026,23 @@ pub async fn start_with_pid(
         1,
         "SCRIPT printed more before the pid line was read: {line:?}"
     );
-    (job, stream, pids[0])
+    let held = Pidfd::open(pids[0]).expect("the job's main process runs");
+    // Checked again with the handle held: had the pid been reused between
+    // the search and the open, the process would not be the job's. As root
+    // that is its cgroup and NSpid; without containment the job's main
+    // process is a child of this process (the server runs in-process).
+    let job_s = if is_root() {
+        host_pid(&job.id, parse_pids(&line)[0]) == Some(pids[0])
+    } else {
+        proc_state(pids[0]).is_some_and(|(_, ppid)| ppid == std::process::id() as i32)
+    };
+    assert!(
+        held.alive() && job_s,
+        "job {}: process {} is gone or not the job's",
+        job.id,
+        pids[0]
+    );
+    (job, stream, held)
 }
 
 /// The pids a job printed (one per line, as `$$` or `$!` print them inside
@@ -1277,7 +1294,10 @@ pub async fn listed_ids(client: &Client) -> Vec<String> {
 /// A process held by a pidfd (pidfd_open(2)): a handle that names one
 /// process for as long as it is held, so that checking or signalling it can
 /// never reach another process that reused the pid.
-pub struct Pidfd(std::os::fd::OwnedFd);
+pub struct Pidfd {
+    fd: std::os::fd::OwnedFd,
+    pid: i32,
+}
 
 impl Pidfd {
     /// Opens a pidfd for `pid`; `None` if no such process runs.
@@ -1290,16 +1310,26 @@ impl Pidfd {
         }
         // SAFETY: the kernel just returned this descriptor; nothing else
         // owns it.
-        Some(Self(unsafe {
-            std::os::fd::OwnedFd::from_raw_fd(fd as i32)
-        }))
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        Some(Self { fd, pid })
+    }
+
+    /// The pid it was opened for (to read `/proc`; signal through the
+    /// handle).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits (up to 2 s, as [`dies`]) until the process has exited.
+    pub async fn dies(&self) -> bool {
+        eventually(Duration::from_secs(2), || !self.alive()).await
     }
 
     /// True while the process has not exited (the pidfd is not readable).
     pub fn alive(&self) -> bool {
         use std::os::fd::AsRawFd;
         let mut poll = libc::pollfd {
-            fd: self.0.as_raw_fd(),
+            fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
@@ -1312,17 +1342,27 @@ impl Pidfd {
     /// Sends SIGKILL to the process (pidfd_send_signal(2)); nothing if it has
     /// exited.
     pub fn kill(&self) {
+        let _ = self.signal(libc::SIGKILL);
+    }
+
+    /// Sends `signal` to the process (pidfd_send_signal(2)); an error (ESRCH)
+    /// once it has exited.
+    pub fn signal(&self, signal: i32) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         // SAFETY: pidfd_send_signal with a null siginfo reads no memory.
-        unsafe {
+        let r = unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
-                self.0.as_raw_fd(),
-                libc::SIGKILL,
+                self.fd.as_raw_fd(),
+                signal,
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
-            );
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
         }
+        Ok(())
     }
 }
 
