@@ -155,15 +155,28 @@ pub struct ContainConfig {
 }
 
 /// The cgroup subtree name for the daemon using `state_dir`: `jobsd-` and 16
-/// hex digits of the SHA-256 of the directory's device and inode numbers
-/// (stat(2)), so that every path to one directory (symlinks, `..`, trailing
-/// slashes, bind mounts) gives one name; of its path as given if it cannot be
-/// stat'ed. A state directory is locked by one daemon at a time, so the
-/// subtree is that daemon's alone, and a daemon restarted on the same state
-/// directory finds what its predecessor left.
+/// hex digits of the SHA-256 of the directory's device and inode numbers and
+/// its birth time (statx(2)), so that every path to one directory (symlinks,
+/// `..`, trailing slashes, bind mounts) gives one name; of its path as given
+/// if it cannot be stat'ed. A state directory is locked by one daemon at a
+/// time, so the subtree is that daemon's alone, and a daemon restarted on the
+/// same state directory finds what its predecessor left. The birth time
+/// keeps a new directory that reuses a removed one's inode (ext4 hands the
+/// number out again at once) from naming, and so reclaiming, the subtree a
+/// daemon on the removed directory may still use; filesystems without birth
+/// times name by device and inode alone.
 pub fn cgroup_name_for(state_dir: &Path) -> String {
     let digest = match std::fs::metadata(state_dir) {
-        Ok(meta) => Sha256::digest(format!("{}:{}", meta.dev(), meta.ino())),
+        Ok(meta) => {
+            let born = meta
+                .created()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(String::new(), |d| {
+                    format!(":{}.{:09}", d.as_secs(), d.subsec_nanos())
+                });
+            Sha256::digest(format!("{}:{}{born}", meta.dev(), meta.ino()))
+        }
         Err(_) => Sha256::digest(state_dir.as_os_str().as_encoded_bytes()),
     };
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
@@ -839,5 +852,47 @@ mod tests {
         let elsewhere = dir.path().join("other");
         std::fs::create_dir(&elsewhere).unwrap();
         assert_ne!(cgroup_name_for(&elsewhere), name);
+    }
+
+    #[test]
+    fn a_new_directory_on_a_removed_ones_inode_names_another_subtree() {
+        // Scenario: a state directory is removed while its daemon's subtree
+        // still exists, and a new one gets the same inode number (ext4 and
+        // tmpfs hand it out again); a daemon on the new directory must not
+        // take, and reclaim, the other's subtree.
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let first = (
+            std::fs::metadata(&state).unwrap().ino(),
+            cgroup_name_for(&state),
+        );
+        let mut reused = None;
+        for _ in 0..100 {
+            std::fs::remove_dir(&state).unwrap();
+            std::fs::create_dir(&state).unwrap();
+            let ino = std::fs::metadata(&state).unwrap().ino();
+            if ino == first.0 {
+                reused = Some(cgroup_name_for(&state));
+                break;
+            }
+        }
+        let Some(again) = reused else {
+            // A filesystem that never reuses at once cannot show the fault.
+            eprintln!(
+                "{}: no inode reused in 100 tries; nothing to check",
+                dir.path().display()
+            );
+            return;
+        };
+        if std::fs::metadata(&state).unwrap().created().is_err() {
+            // The documented limit: such a filesystem names by inode alone.
+            eprintln!(
+                "{}: no birth times here; nothing to check",
+                dir.path().display()
+            );
+            return;
+        }
+        assert_ne!(again, first.1);
     }
 }
