@@ -473,11 +473,19 @@ async fn statuses_carry_command_times_and_owner() {
     let uuid = uuid::Uuid::parse_str(&started.id).unwrap();
     assert_eq!(uuid.get_version_num(), 4);
     assert_eq!(uuid.hyphenated().to_string(), started.id);
-    assert_eq!(started.state(), State::Running);
-    assert_eq!(
-        (started.exit_code, started.signal, started.ended_at),
-        (None, None, None)
-    );
+    // The reply describes the job as it is when the reply is built: running,
+    // or (on a loaded machine the job can be quicker) already exited 4.
+    match started.state() {
+        State::Running => assert_eq!(
+            (started.exit_code, started.signal, started.ended_at),
+            (None, None, None)
+        ),
+        State::Exited => assert_eq!(
+            (started.exit_code, started.signal, started.ended_at.is_some()),
+            (Some(4), None, true)
+        ),
+        other => panic!("a started job is {other:?}"),
+    }
     assert_eq!(started.command, ["sh", "-c", "echo hi; exit 4"]);
     assert_eq!(started.owner, identity("alice").to_string());
     let started_at = SystemTime::try_from(started.started_at.unwrap()).unwrap();
