@@ -88,8 +88,10 @@
 //!   addresses: they see every socket of the host in `/proc/net/*`, receive
 //!   datagrams on the port the kernel picked for a socket they sent from
 //!   (the bind hook refuses named ports only), and may open unauthenticated
-//!   connections to jobsd itself, filling the per-address cap of pending
-//!   handshakes that local clients share (see the last item).
+//!   connections to jobsd itself. Pending handshakes are shared fairly per
+//!   source at the cap, a local peer counted by the uid owning its socket,
+//!   so such a job takes only its own share; the signing permits are first
+//!   come, first served, so a flood slows others' new connections.
 //! - On a pure cgroup v2 host `jobsd` moves itself into a leaf of its own
 //!   cgroup (`jobsd-daemon`) so that the cgroup may hand controllers to job
 //!   groups; if other processes share that cgroup it refuses to start and
@@ -132,10 +134,12 @@
 //! - Without a PID namespace, orphans of a job whose init was killed are
 //!   reparented to PID 1, which on some container hosts never reaps them; they
 //!   stay as zombies there. With it (the default), the job's init reaps them.
-//! - Unauthenticated connections are shed at 1024 pending handshakes in all
-//!   and 128 per source address; on loopback every client shares one address,
-//!   so a local user holding 128 idle sockets locks other local clients out
-//!   (promptly, not by hanging) until the sockets close or time out (5 s).
+//! - Unauthenticated connections are queued up to 1024 pending handshakes;
+//!   beyond that the slots are shared fairly between sources (a remote
+//!   address or IPv6 /64, or on this machine the uid owning the peer's
+//!   socket), so a source can be held to an equal share but never kept out.
+//!   Local peers in another network namespace (a container on a bridge)
+//!   count by their address; NAT puts everyone behind it in one source.
 
 pub mod accounts;
 pub mod audit;

@@ -41,8 +41,9 @@ pub enum ConnectError {
     #[error("TLS handshake failed: {0}")]
     Tls(rustls::Error),
     /// The server closed the connection before the TLS handshake finished,
-    /// without an alert: it sheds connections it cannot take (too many
-    /// pending ones, from everyone or from this address), or it is not jobsd.
+    /// without an alert: it sheds connections it cannot take (every pending
+    /// slot taken, this source holding its share), or it is not jobsd.
+    /// [`crate::client::Client::connect`] retries it with jittered backoff.
     #[error(
         "the server closed the connection before the TLS handshake finished; it may be overloaded (too many connections in progress), or it is not jobsd; retry later"
     )]

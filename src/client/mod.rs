@@ -37,6 +37,23 @@ pub use expiry::{EXPIRY_WARNING, ExpiryWarning, expiry_warning};
 /// Default deadline for connecting and for each unary call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many times a connection the server closed before the TLS handshake
+/// (it sheds load when every pending slot is taken) is tried again, after a
+/// random 50–100 % of [`SHED_FIRST_BACKOFF`], then twice that, and so on:
+/// at most 3.1 s of waiting over the five, all within the call's timeout.
+/// The randomness spreads a burst of refused clients over time, so that
+/// they do not come back at once.
+pub const SHED_RETRIES: u32 = 5;
+
+/// The first wait of [`SHED_RETRIES`].
+pub const SHED_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A random 50–100 % of `base`.
+fn jittered(base: Duration) -> Duration {
+    let random = uuid::Uuid::new_v4().as_u128() as u64 % 1_000_000;
+    base / 2 + base.mul_f64(random as f64 / 2_000_000.0)
+}
+
 /// Interval of the client's HTTP/2 PINGs, sent also while no call is open.
 /// The server accepts pings at any rate, so this never provokes GOAWAY.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -188,17 +205,34 @@ impl Client {
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW);
         let connector = connect::connector(target, tls);
-        let channel =
-            tokio::time::timeout(options.timeout, endpoint.connect_with_connector(connector))
-                .await
-                .map_err(|_| ClientError::Timeout {
-                    addr: options.addr.clone(),
-                    timeout: options.timeout,
-                })?
-                .map_err(|e| ClientError::Connect {
-                    addr: options.addr.clone(),
-                    source: ConnectError::from_transport(&e),
-                })?;
+        let attempts = async {
+            let mut backoff = SHED_FIRST_BACKOFF;
+            let mut retries = 0;
+            loop {
+                match endpoint.connect_with_connector(connector.clone()).await {
+                    Ok(channel) => return Ok(channel),
+                    Err(e) => match ConnectError::from_transport(&e) {
+                        ConnectError::ClosedBeforeHandshake if retries < SHED_RETRIES => {
+                            retries += 1;
+                            tokio::time::sleep(jittered(backoff)).await;
+                            backoff *= 2;
+                        }
+                        source => {
+                            return Err(ClientError::Connect {
+                                addr: options.addr.clone(),
+                                source,
+                            });
+                        }
+                    },
+                }
+            }
+        };
+        let channel = tokio::time::timeout(options.timeout, attempts)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                addr: options.addr.clone(),
+                timeout: options.timeout,
+            })??;
         Ok(Self {
             rpc: JobServiceClient::new(channel),
             addr: options.addr.clone(),
@@ -424,5 +458,27 @@ pub fn pem_files_in(dir: &std::path::Path, name: &str) -> PemFiles {
         ca: dir.join("ca.crt"),
         cert: dir.join(format!("{name}.crt")),
         key: dir.join(format!("{name}.key")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoffs_are_jittered_between_half_and_all_of_the_base() {
+        // Scenario: refused clients of one burst must not come back at once.
+        let base = SHED_FIRST_BACKOFF;
+        let waits: Vec<_> = (0..200).map(|_| jittered(base)).collect();
+        assert!(
+            waits.iter().all(|w| *w >= base / 2 && *w <= base),
+            "{waits:?}"
+        );
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "not random: {} distinct",
+            distinct.len()
+        );
     }
 }

@@ -9,22 +9,28 @@
 //! or abandoned. Each pending connection costs a descriptor, a task and
 //! rustls's buffer for a ClientHello (at most 64 KiB, the largest handshake
 //! message rustls accepts), and none of that is tied to an identity yet, so
-//! pending connections are capped:
-//! - [`ServerConfig::max_pending_connections`] (default
-//!   [`DEFAULT_MAX_PENDING_CONNECTIONS`], 1024) over all peers, which bounds
-//!   ClientHello buffers at about 64 MiB and pending descriptors at 1024
-//!   (the daemon's descriptor limit must be well above that, or accept fails
-//!   with EMFILE before the cap is reached);
-//! - [`ServerConfig::max_pending_per_ip`] (default
-//!   [`DEFAULT_MAX_PENDING_PER_IP`], 128) per source address, so one host
-//!   cannot take the whole global cap. IPv6 peers count per /64, the block a
-//!   single host is usually given; IPv4-mapped IPv6 addresses count as the
-//!   IPv4 address. On loopback every client shares 127.0.0.1, which is why
-//!   the default is generous.
+//! pending connections are capped at [`ServerConfig::max_pending_connections`]
+//! (default [`DEFAULT_MAX_PENDING_CONNECTIONS`], 1024), which bounds
+//! ClientHello buffers at about 64 MiB and pending descriptors at 1024 (the
+//! daemon's descriptor limit must be well above that, or accept fails with
+//! EMFILE before the cap is reached).
 //!
-//! A connection over either cap is closed without reading from it and logged
-//! at debug level with its address (an attacker sets the rate of these, so
-//! they must not flood the log at the default level).
+//! Below the cap every connection is taken and waits its turn: a burst of
+//! clients from one place (hundreds of `jobs` processes started at once on
+//! one host) is queued and served at the pace of the signing permits below,
+//! not refused. At the cap the slots are shared out between *sources*
+//! ([`peer::Source`]: a remote address or IPv6 /64; on this machine, the uid
+//! owning the peer's socket, so that each local user and each identity's
+//! jobs count apart although all of them are 127.0.0.1): a connection from a
+//! source holding at least two slots fewer than the busiest one takes the
+//! newest slot of the busiest, whose connection is closed; a connection from
+//! a source that already holds its share is closed at once. One source alone
+//! may use every slot, and no source can keep another out.
+//!
+//! A connection closed for want of a slot is closed without reading from it
+//! and logged at debug level (an attacker sets the rate of these, so they
+//! must not flood the log at the default level); the CLI retries such a
+//! close with a jittered backoff.
 //!
 //! The handshake then runs in two phases with different costs:
 //! 1. **ClientHello.** The task reads the ClientHello with
@@ -56,14 +62,13 @@
 //! on a blocking thread finishes first (milliseconds; the tracker waits).
 //!
 //! [`ServerConfig::max_pending_connections`]: super::ServerConfig::max_pending_connections
-//! [`ServerConfig::max_pending_per_ip`]: super::ServerConfig::max_pending_per_ip
 //! [`ServerConfig::client_hello_timeout`]: super::ServerConfig::client_hello_timeout
 //! [`ServerConfig::max_handshakes`]: super::ServerConfig::max_handshakes
 //! [`ServerConfig::handshake_timeout`]: super::ServerConfig::handshake_timeout
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -81,6 +86,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected;
 
 use super::enforce::{Connections, Registration};
+use super::peer::{self, Source};
 use super::revocation::TlsHandle;
 use crate::auth::{Caller, Identity};
 use crate::policy::{HandshakeLimiter, PolicyHandle, source_of};
@@ -96,13 +102,6 @@ pub(crate) const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5)
 /// all, and one descriptor each: the daemon needs a descriptor limit well
 /// above 1024 (systemd's default soft limit for services is exactly 1024).
 pub(crate) const DEFAULT_MAX_PENDING_CONNECTIONS: usize = 1024;
-
-/// Default cap on pending connections from one source address (IPv6: one
-/// /64). An eighth of [`DEFAULT_MAX_PENDING_CONNECTIONS`], so a single host
-/// cannot fill the global cap; generous because every client on loopback,
-/// or behind one NAT, shares an address, and a burst of real clients
-/// connecting at once must not be refused.
-pub(crate) const DEFAULT_MAX_PENDING_PER_IP: usize = 128;
 
 /// Default cap on handshakes computing the server's signature at once: twice
 /// the available parallelism (at least 2). A signature keeps one core busy
@@ -242,7 +241,7 @@ enum HandshakeError {
     Refused(#[source] io::Error),
 }
 
-/// The pending-connection caps and the current counts.
+/// The pending-connection cap and who holds the slots.
 ///
 /// Cloning shares the counts.
 #[derive(Clone, Debug)]
@@ -251,53 +250,88 @@ pub(crate) struct Pending(Arc<PendingInner>);
 #[derive(Debug)]
 struct PendingInner {
     max_total: usize,
-    max_per_source: usize,
     counts: Mutex<PendingCounts>,
 }
 
 #[derive(Debug, Default)]
 struct PendingCounts {
     total: usize,
+    /// For tie-free "newest": every slot gets the next number.
+    next: u64,
     /// Only sources with at least one pending connection, so the map is no
-    /// larger than the global cap.
-    per_source: HashMap<IpAddr, usize>,
+    /// larger than the cap. Each source's slots by number, with the token
+    /// that tells the slot's task to give the slot up.
+    per_source: HashMap<Source, BTreeMap<u64, CancellationToken>>,
 }
 
-/// Which cap refused a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum OverCap {
-    Total,
-    Source,
+/// What became of a new connection.
+#[derive(Debug)]
+enum Admitted {
+    /// A free slot.
+    Free(PendingSlot),
+    /// Every slot was taken: this one was given up by the newest pending
+    /// connection of the source that held the most (`from`), which is now
+    /// told to close.
+    Displaced(PendingSlot, Source),
 }
 
 impl Pending {
-    /// Caps of `max_total` pending connections in all and `max_per_source`
-    /// per source address (see [`source_of`]); values below 1 count as 1.
-    pub(crate) fn new(max_total: usize, max_per_source: usize) -> Self {
+    /// A cap of `max_total` pending connections (values below 1 count as 1).
+    pub(crate) fn new(max_total: usize) -> Self {
         Self(Arc::new(PendingInner {
             max_total: max_total.max(1),
-            max_per_source: max_per_source.max(1),
             counts: Mutex::new(PendingCounts::default()),
         }))
     }
 
-    /// Counts a new connection from `peer`, or says which cap is full. The
-    /// slot is freed when the returned guard is dropped.
-    fn admit(&self, peer: IpAddr) -> Result<PendingSlot, OverCap> {
-        let source = source_of(peer);
+    /// Counts a new connection from `source`. With a slot free it takes it.
+    /// With every slot taken, the slots are shared out fairly: if some source
+    /// holds at least two more than `source` does, the newest connection of
+    /// the one holding the most gives its slot to this one (and is closed);
+    /// otherwise `source` already holds its share and `None` is returned (the
+    /// new connection is closed). So one source alone may use every slot,
+    /// yet any other source still gets in, up to an equal share. The slot is
+    /// freed when the returned guard is dropped.
+    fn admit(&self, source: Source) -> Option<Admitted> {
         let mut counts = self.lock();
+        let mut displaced = None;
         if counts.total >= self.0.max_total {
-            return Err(OverCap::Total);
+            let mine = counts.per_source.get(&source).map_or(0, BTreeMap::len);
+            let (busiest, most) = counts
+                .per_source
+                .iter()
+                .map(|(source, slots)| (*source, slots.len()))
+                .max_by_key(|&(_, held)| held)?;
+            if most < mine + 2 {
+                return None;
+            }
+            let slots = counts.per_source.get_mut(&busiest)?;
+            let (_, newest) = slots.pop_last()?;
+            if slots.is_empty() {
+                counts.per_source.remove(&busiest);
+            }
+            newest.cancel();
+            counts.total -= 1;
+            displaced = Some(busiest);
         }
-        let from_source = counts.per_source.entry(source).or_insert(0);
-        if *from_source >= self.0.max_per_source {
-            return Err(OverCap::Source);
-        }
-        *from_source += 1;
+        let number = counts.next;
+        counts.next += 1;
+        let evicted = CancellationToken::new();
+        counts
+            .per_source
+            .entry(source)
+            .or_default()
+            .insert(number, evicted.clone());
         counts.total += 1;
-        Ok(PendingSlot {
+        let slot = PendingSlot {
             pending: self.clone(),
             source,
+            number,
+            evicted,
+        };
+        Some(match displaced {
+            None => Admitted::Free(slot),
+            Some(from) => Admitted::Displaced(slot, from),
         })
     }
 
@@ -312,19 +346,26 @@ impl Pending {
 #[derive(Debug)]
 struct PendingSlot {
     pending: Pending,
-    source: IpAddr,
+    source: Source,
+    number: u64,
+    /// Cancelled when another source's connection took this slot.
+    evicted: CancellationToken,
 }
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
         let mut counts = self.pending.lock();
-        counts.total -= 1;
-        if let Some(n) = counts.per_source.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                counts.per_source.remove(&self.source);
-            }
+        // A displaced slot was already taken out of the counts.
+        let Some(slots) = counts.per_source.get_mut(&self.source) else {
+            return;
+        };
+        if slots.remove(&self.number).is_none() {
+            return;
         }
+        if slots.is_empty() {
+            counts.per_source.remove(&self.source);
+        }
+        counts.total -= 1;
     }
 }
 
@@ -374,14 +415,18 @@ impl AcceptLoop {
                 }
             };
             let accepted_at = Instant::now();
-            let slot = match self.pending.admit(remote.ip()) {
-                Ok(slot) => slot,
-                Err(cap) => {
-                    let cap = match cap {
-                        OverCap::Total => "max_pending_connections",
-                        OverCap::Source => "max_pending_per_ip",
-                    };
-                    tracing::debug!(%remote, cap, "too many pending connections; closed");
+            let source = match tcp.local_addr() {
+                Ok(local) => peer::source(remote, local),
+                Err(_) => Source::Address(source_of(remote.ip())),
+            };
+            let slot = match self.pending.admit(source) {
+                Some(Admitted::Free(slot)) => slot,
+                Some(Admitted::Displaced(slot, from)) => {
+                    tracing::debug!(%remote, %source, displaced = %from, "every pending slot taken; the busiest source's newest connection gave up its slot");
+                    slot
+                }
+                None => {
+                    tracing::debug!(%remote, %source, "every pending slot taken, this source holding its share; closed");
                     drop(tcp);
                     continue;
                 }
@@ -410,8 +455,13 @@ impl AcceptLoop {
             let cancel = self.cancel.clone();
             self.tracker.spawn(async move {
                 let _ = tcp.set_nodelay(true);
+                let evicted = slot.evicted.clone();
                 let result = tokio::select! {
                     _ = cancel.cancelled() => return,
+                    _ = evicted.cancelled() => {
+                        tracing::debug!(%remote, "pending slot given to another source; closed");
+                        return;
+                    }
                     r = handshake.run(tcp, remote) => r,
                 };
                 // No longer pending, whatever the outcome.
@@ -530,74 +580,93 @@ impl Handshake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("test address")
+    fn from(n: u8) -> Source {
+        Source::Address(IpAddr::from([192, 0, 2, n]))
     }
 
-    fn counts(p: &Pending) -> (usize, usize) {
+    fn counts(p: &Pending) -> (usize, Vec<(Source, usize)>) {
         let c = p.lock();
-        (c.total, c.per_source.len())
+        let mut per: Vec<_> = c.per_source.iter().map(|(s, v)| (*s, v.len())).collect();
+        per.sort_by_key(|(s, _)| format!("{s}"));
+        (c.total, per)
+    }
+
+    fn free(a: Option<Admitted>) -> PendingSlot {
+        match a {
+            Some(Admitted::Free(slot)) => slot,
+            other => panic!("expected a free slot, got {other:?}"),
+        }
     }
 
     #[test]
-    fn the_per_source_cap_refuses_only_that_source() {
-        // Scenario: one address fills its cap of 2; a third connection from it
-        // is refused, another address still gets in.
-        let p = Pending::new(10, 2);
-        let a1 = p.admit(ip("192.0.2.1")).unwrap();
-        let _a2 = p.admit(ip("192.0.2.1")).unwrap();
-        assert_eq!(p.admit(ip("192.0.2.1")).unwrap_err(), OverCap::Source);
-        let _b = p.admit(ip("192.0.2.2")).unwrap();
-        assert_eq!(counts(&p), (3, 2));
-        // A freed slot is usable again.
-        drop(a1);
-        let _a3 = p.admit(ip("192.0.2.1")).unwrap();
-        assert_eq!(counts(&p), (3, 2));
+    fn one_source_alone_may_take_every_slot() {
+        // Scenario: a burst of 5 from one address under a cap of 5 is all
+        // taken; the 6th from it is refused; a freed slot is usable again.
+        let p = Pending::new(5);
+        let mut slots: Vec<_> = (0..5).map(|_| free(p.admit(from(1)))).collect();
+        assert!(p.admit(from(1)).is_none());
+        assert_eq!(counts(&p), (5, vec![(from(1), 5)]));
+        slots.pop();
+        slots.push(free(p.admit(from(1))));
+        assert_eq!(counts(&p), (5, vec![(from(1), 5)]));
     }
 
     #[test]
-    fn the_global_cap_refuses_every_source() {
-        // Scenario: two addresses fill the global cap of 2; a third address is
-        // refused until a slot is freed.
-        let p = Pending::new(2, 10);
-        let a = p.admit(ip("192.0.2.1")).unwrap();
-        let _b = p.admit(ip("192.0.2.2")).unwrap();
-        assert_eq!(p.admit(ip("192.0.2.3")).unwrap_err(), OverCap::Total);
-        drop(a);
-        let _c = p.admit(ip("192.0.2.3")).unwrap();
+    fn at_the_cap_another_source_displaces_the_busiest_sources_newest() {
+        // Scenario: source 1 holds all 4 slots; source 2 takes the newest
+        // of them (slot 1's last), then a second; a third from source 2 would
+        // leave it ahead of source 1 and is refused, as is one more from 1.
+        let p = Pending::new(4);
+        let ones: Vec<_> = (0..4).map(|_| free(p.admit(from(1)))).collect();
+        let take = |p: &Pending| match p.admit(from(2)) {
+            Some(Admitted::Displaced(slot, busiest)) => {
+                assert_eq!(busiest, from(1));
+                slot
+            }
+            other => panic!("expected to displace source 1, got {other:?}"),
+        };
+        let two_a = take(&p);
+        assert!(ones[3].evicted.is_cancelled(), "the newest gave way");
+        assert!(ones[..3].iter().all(|s| !s.evicted.is_cancelled()));
+        let _two_b = take(&p);
+        assert!(ones[2].evicted.is_cancelled());
+        assert_eq!(counts(&p), (4, vec![(from(1), 2), (from(2), 2)]));
+        assert!(p.admit(from(2)).is_none());
+        assert!(p.admit(from(1)).is_none());
+        // A third source still gets in: source 1 and 2 hold 2 each, and one
+        // of them (either is the busiest) gives way.
+        let Some(Admitted::Displaced(three, gave)) = p.admit(from(3)) else {
+            panic!("source 3 was kept out");
+        };
+        let mut expected = vec![(from(1), 2), (from(2), 2), (from(3), 1)];
+        expected.iter_mut().find(|(s, _)| *s == gave).unwrap().1 = 1;
+        assert_eq!(counts(&p), (4, expected));
+        // Every guard, displaced or not, frees its slot once: nothing is
+        // left and nothing underflows.
+        drop((ones, two_a, _two_b, three));
+        assert_eq!(counts(&p), (0, vec![]));
     }
 
     #[test]
     fn freed_slots_leave_no_entries() {
         // Scenario: every slot is dropped; the map of sources is empty again,
         // so it cannot grow with the number of distinct peers over time.
-        let p = Pending::new(10, 10);
-        let slots: Vec<_> = ["192.0.2.1", "192.0.2.2", "2001:db8::1"]
+        let p = Pending::new(10);
+        let slots: Vec<_> = [from(1), from(2), Source::LocalUser(1000)]
             .into_iter()
-            .map(|a| p.admit(ip(a)).unwrap())
+            .map(|s| free(p.admit(s)))
             .collect();
-        assert_eq!(counts(&p), (3, 3));
+        assert_eq!(counts(&p).0, 3);
         drop(slots);
-        assert_eq!(counts(&p), (0, 0));
+        assert_eq!(counts(&p), (0, vec![]));
     }
 
     #[test]
     fn ipv6_peers_count_per_64_and_mapped_ipv4_as_ipv4() {
-        // Scenario: two addresses in one /64 share a count; another /64 does
-        // not; ::ffff:192.0.2.1 is the same source as 192.0.2.1.
-        let p = Pending::new(10, 1);
-        let _a = p.admit(ip("2001:db8:0:1::1")).unwrap();
-        assert_eq!(
-            p.admit(ip("2001:db8:0:1:ffff::2")).unwrap_err(),
-            OverCap::Source
-        );
-        let _b = p.admit(ip("2001:db8:0:2::1")).unwrap();
-        let _c = p.admit(ip("192.0.2.1")).unwrap();
-        assert_eq!(
-            p.admit(ip("::ffff:192.0.2.1")).unwrap_err(),
-            OverCap::Source
-        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(source_of(ip("2001:db8:0:1:aaaa::1")), ip("2001:db8:0:1::"));
+        assert_eq!(source_of(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
     }
 }

@@ -15,6 +15,7 @@ mod convert;
 mod enforce;
 mod limits;
 mod paging;
+mod peer;
 mod revocation;
 mod service;
 mod state;
@@ -134,17 +135,14 @@ pub struct ServerConfig {
     /// handshake deadline.
     pub client_hello_timeout: Duration,
     /// Most pending connections (accepted, handshake not yet verified) over
-    /// all peers; a connection over the cap is closed at once, never queued.
-    /// Default 1024: each may buffer up to 64 KiB of ClientHello, so about
-    /// 64 MiB in all, and holds a descriptor, so the daemon's descriptor
-    /// limit must be well above this value. Values below 1 count as 1.
+    /// all peers. Below it every connection waits its turn; at it, sources
+    /// share the slots fairly (a source with fewer takes the busiest one's
+    /// newest slot, one holding its share is closed at once; see the
+    /// `accept` module). Default 1024: each may buffer up to 64 KiB of
+    /// ClientHello, so about 64 MiB in all, and holds a descriptor, so the
+    /// daemon's descriptor limit must be well above this value. Values below
+    /// 1 count as 1.
     pub max_pending_connections: usize,
-    /// Most pending connections from one source address (IPv6: one /64); a
-    /// connection over the cap is closed at once. Default 128, an eighth of
-    /// the global cap, so that one host cannot fill it; generous because
-    /// every client on loopback or behind one NAT shares an address. Values
-    /// below 1 count as 1.
-    pub max_pending_per_ip: usize,
     /// Most handshakes computing the server's half (its RSA-4096 signature,
     /// a few milliseconds of CPU) at once, each on a blocking thread. Waiting
     /// for a peer holds no permit, so idle or stalled peers cannot use them
@@ -157,8 +155,8 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Defaults for everything but TLS and the state directory: 5 s stop grace
     /// period, [`DEFAULT_MAX_STREAMS_PER_IDENTITY`], 10 s handshake deadline,
-    /// 5 s ClientHello deadline, 1024 pending connections in all and 128 per
-    /// source address, and twice the available parallelism (at least 2) in
+    /// 5 s ClientHello deadline, 1024 pending connections shared fairly between
+    /// sources, and twice the available parallelism (at least 2) in
     /// concurrent handshake signatures. Each field's doc says why.
     pub fn new(tls: Arc<rustls::ServerConfig>, state: StateDir) -> Self {
         Self {
@@ -172,7 +170,6 @@ impl ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             client_hello_timeout: accept::DEFAULT_CLIENT_HELLO_TIMEOUT,
             max_pending_connections: accept::DEFAULT_MAX_PENDING_CONNECTIONS,
-            max_pending_per_ip: accept::DEFAULT_MAX_PENDING_PER_IP,
             max_handshakes: accept::default_max_handshakes(),
             state: Arc::new(state),
         }
@@ -260,10 +257,7 @@ pub async fn serve(
             conns: conns_tx,
             client_hello_timeout: config.client_hello_timeout,
             handshake_timeout: config.handshake_timeout,
-            pending: accept::Pending::new(
-                config.max_pending_connections,
-                config.max_pending_per_ip,
-            ),
+            pending: accept::Pending::new(config.max_pending_connections),
             signing: Arc::new(Semaphore::new(config.max_handshakes.max(1))),
             policy: config.policy.clone(),
             handshakes: HandshakeLimiter::new(),
