@@ -481,7 +481,11 @@ async fn statuses_carry_command_times_and_owner() {
             (None, None, None)
         ),
         State::Exited => assert_eq!(
-            (started.exit_code, started.signal, started.ended_at.is_some()),
+            (
+                started.exit_code,
+                started.signal,
+                started.ended_at.is_some()
+            ),
             (Some(4), None, true)
         ),
         other => panic!("a started job is {other:?}"),
