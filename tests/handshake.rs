@@ -144,6 +144,19 @@ async fn idle_connections_do_not_delay_a_real_client() {
     }
 }
 
+/// A server with `cap` pending slots and 60 s deadlines, so that only the
+/// cap closes anything; alice's certificate is made first.
+async fn capped(cap: usize) -> TestServer {
+    let server = TestServer::start_with(|c| {
+        c.max_pending_connections = cap;
+        c.client_hello_timeout = Duration::from_secs(60);
+        c.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    pem("alice");
+    server
+}
+
 /// A TCP connection to `server` from a socket made under fsuid `uid`: the
 /// uid the kernel stamps a socket with, which the server counts a local
 /// peer by (a job runs under its identity's uid). Needs root.
@@ -191,14 +204,7 @@ async fn at_the_cap_another_local_user_takes_the_busiest_ones_newest_slot() {
     require_root();
     const CAP: usize = 8;
     const HOG: u32 = 65534;
-    let server = TestServer::start_with(|c| {
-        c.max_pending_connections = CAP;
-        // Only the cap may close anything in this test.
-        c.client_hello_timeout = Duration::from_secs(60);
-        c.handshake_timeout = Duration::from_secs(60);
-    })
-    .await;
-    pem("alice");
+    let server = capped(CAP).await;
 
     // The server accepts in connection order, so these 8 are counted before
     // any later connection is.
@@ -227,13 +233,7 @@ async fn a_source_holding_every_slot_is_refused_after_jittered_retries() {
     // growing, jittered waits (at least half of 100+200+400+800+1600 ms in
     // all) and then says the server may be overloaded.
     const CAP: usize = 8;
-    let server = TestServer::start_with(|c| {
-        c.max_pending_connections = CAP;
-        c.client_hello_timeout = Duration::from_secs(60);
-        c.handshake_timeout = Duration::from_secs(60);
-    })
-    .await;
-    pem("alice");
+    let server = capped(CAP).await;
     let held: Vec<TcpStream> = {
         let mut held = Vec::new();
         for _ in 0..CAP {
