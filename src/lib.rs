@@ -113,7 +113,7 @@
 //! - The denylist is checked per request, not at the TLS handshake: a
 //!   denylisted key still completes handshakes (and they still cost the
 //!   server a signature each; `[handshakes]` in the policy limits that per
-//!   source address). A reload that denylists an identity, or a CRL that
+//!   source: a remote address, or the local user owning the socket). A reload that denylists an identity, or a CRL that
 //!   revokes a certificate it was seen using, ends its streams, closes its
 //!   connections and stops its jobs; revocation reaches a running daemon
 //!   only through `jobsd --crl` (there is no OCSP), and a revoked identity

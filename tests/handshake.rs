@@ -8,7 +8,7 @@
 mod common;
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::*;
@@ -155,24 +155,6 @@ async fn capped(cap: usize) -> TestServer {
     .await;
     pem("alice");
     server
-}
-
-/// A TCP connection to `server` from a socket made under fsuid `uid`: the
-/// uid the kernel stamps a socket with, which the server counts a local
-/// peer by (a job runs under its identity's uid). Needs root.
-fn connect_as(uid: u32, server: &TestServer) -> TcpStream {
-    let addr: SocketAddr = server.addr().parse().expect("the server's address");
-    let tcp = std::thread::spawn(move || {
-        // SAFETY: setfsuid changes this thread's credentials only, and this
-        // thread ends right after.
-        unsafe { libc::setfsuid(uid) };
-        std::net::TcpStream::connect(addr)
-    })
-    .join()
-    .expect("connecting thread")
-    .expect("connect");
-    tcp.set_nonblocking(true).unwrap();
-    TcpStream::from_std(tcp).unwrap()
 }
 
 /// Waits (at most [`PROMPT`]) until the server closes `tcp`, which must

@@ -1,8 +1,9 @@
-//! Token buckets per identity and per source address (GCRA via `governor`).
+//! Token buckets per identity and per connection source (GCRA via
+//! `governor`).
 //!
 //! This file owns the rate-limiting state of the daemon: [`Limiters`] (a
 //! request bucket and a start bucket per identity) and [`HandshakeLimiter`]
-//! (a bucket per source address, for TLS handshakes before anyone is
+//! (a bucket per [`Source`], for TLS handshakes before anyone is
 //! authenticated). Both live as long as the server, so a limit holds across
 //! every connection and every certificate of one identity, or of one source.
 //! It does not decide which rate applies: callers pass the rate the policy in
@@ -38,6 +39,34 @@ use crate::auth::Identity;
 /// `u64::MAX` whatever a [`Rate`] says. Any rate near it is "practically
 /// never refills" anyway.
 const MAX_FILL_NANOS: u64 = 1 << 62;
+
+/// What a connection is counted under before anyone is authenticated: by
+/// the pending-connection caps and by the handshake buckets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A peer elsewhere: its address as [`source_of`] counts it (build it
+    /// with `Source::from(ip)`, which does).
+    Address(IpAddr),
+    /// A peer on this machine: the uid owning its socket. Every local user
+    /// connects from the same loopback addresses, so counting them by
+    /// address would let one of them spend every other's share.
+    LocalUser(u32),
+}
+
+impl From<IpAddr> for Source {
+    fn from(ip: IpAddr) -> Self {
+        Self::Address(source_of(ip))
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Address(ip) => write!(f, "{ip}"),
+            Self::LocalUser(uid) => write!(f, "local uid {uid}"),
+        }
+    }
+}
 
 /// Handshake buckets kept before full ones are dropped. 4096 entries cost
 /// well under a megabyte, and the pending-connection caps in
@@ -111,7 +140,7 @@ type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddle
 
 /// Buckets keyed by source address, all under one quota.
 type KeyedLimiter =
-    RateLimiter<IpAddr, HashMapStateStore<IpAddr>, TokioClock, NoOpMiddleware<Tick>>;
+    RateLimiter<Source, HashMapStateStore<Source>, TokioClock, NoOpMiddleware<Tick>>;
 
 /// The governor quota of `rate`: one token every `period / count` (rounded
 /// down to whole nanoseconds, at least 1 ns), at most `burst` saved — e.g.
@@ -269,8 +298,9 @@ struct Handshakes {
     sweep_at: usize,
 }
 
-/// Handshake buckets, one per source address: an IPv4 address (an
-/// IPv4-mapped IPv6 address counts as that IPv4 address) or an IPv6 /64.
+/// Handshake buckets, one per [`Source`]: a local user (the uid owning the
+/// peer's socket), or a remote address: an IPv4 address (an IPv4-mapped
+/// IPv6 address counts as that IPv4 address) or an IPv6 /64.
 ///
 /// Memory stays bounded without a background task or polling: when the map
 /// reaches 4096 sources, a check sweeps out the buckets that are full again
@@ -305,7 +335,7 @@ impl HandshakeLimiter {
     ///
     /// # Errors
     /// How long until a token is available (never zero); no token was taken.
-    pub fn check(&self, source: IpAddr, rate: Option<Rate>) -> Result<(), Duration> {
+    pub fn check(&self, source: impl Into<Source>, rate: Option<Rate>) -> Result<(), Duration> {
         // As in `Buckets::check`: every update leaves the state consistent.
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(rate) = rate else {
@@ -320,7 +350,10 @@ impl HandshakeLimiter {
                 sweep_at: HANDSHAKE_SWEEP_AT,
             }),
         };
-        let key = source_of(source);
+        let key = match source.into() {
+            Source::Address(ip) => Source::from(ip),
+            local @ Source::LocalUser(_) => local,
+        };
         let result = take(|| handshakes.limiter.check_key(&key));
         if handshakes.limiter.len() >= handshakes.sweep_at {
             handshakes.limiter.retain_recent();
@@ -613,6 +646,22 @@ mod tests {
         assert_eq!(limiter.check(ip("192.0.2.8"), r), Ok(()));
         let peer: SocketAddr = "[::ffff:192.0.2.8]:443".parse().unwrap();
         assert_eq!(limiter.check(peer.ip(), r), Err(Duration::from_secs(1)));
+    }
+
+    // Local users are counted by uid: each has its own bucket, apart from
+    // each other and from every address (127.0.0.1 included).
+    #[tokio::test(start_paused = true)]
+    async fn each_local_user_has_its_own_bucket() {
+        let limiter = HandshakeLimiter::new();
+        let r = per_second(1, 1);
+        assert_eq!(limiter.check(Source::LocalUser(1000), r), Ok(()));
+        assert_eq!(
+            limiter.check(Source::LocalUser(1000), r),
+            Err(Duration::from_secs(1))
+        );
+        assert_eq!(limiter.check(Source::LocalUser(1001), r), Ok(()));
+        assert_eq!(limiter.check(ip("127.0.0.1"), r), Ok(()));
+        assert_eq!(limiter.len(), 3);
     }
 
     // No handshake rate: always passes, and the buckets of an earlier rate

@@ -5,7 +5,7 @@
 //! made from it before a request reaches a job:
 //! - [`Policy`]: the validated file — denylist, admins, per-identity rate
 //!   limits and quotas with per-identity overrides, per-job limit overrides,
-//!   and the rate of unauthenticated TLS handshakes per source address.
+//!   and the rate of unauthenticated TLS handshakes per [`Source`].
 //!   Parsing is strict (`file.rs`): unknown keys, wrong types, malformed or
 //!   duplicate fingerprints and duplicate keys are errors naming file, line
 //!   and key. An absent section means "no restriction of that kind"; nothing
@@ -25,8 +25,7 @@
 mod file;
 mod limiter;
 
-pub(crate) use limiter::source_of;
-pub use limiter::{HandshakeLimiter, Limiters};
+pub use limiter::{HandshakeLimiter, Limiters, Source};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -55,8 +54,8 @@ pub struct Rate {
     pub burst: NonZeroU32,
 }
 
-/// Limits of unauthenticated TLS handshakes from one source address (an IPv4
-/// address or an IPv6 /64).
+/// Limits of unauthenticated TLS handshakes from one [`Source`] (a local
+/// user, an IPv4 address or an IPv6 /64).
 pub type HandshakeRate = Rate;
 
 /// What applies to one identity, after its overrides are merged with the
@@ -165,7 +164,7 @@ impl Policy {
         self.keep_jobs_when_banned
     }
 
-    /// The rate of unauthenticated handshakes allowed per source address, if
+    /// The rate of unauthenticated handshakes allowed per [`Source`], if
     /// limited.
     pub fn handshakes(&self) -> Option<HandshakeRate> {
         self.handshakes

@@ -89,7 +89,7 @@ use super::enforce::{Connections, Registration};
 use super::peer::{self, Source};
 use super::revocation::TlsHandle;
 use crate::auth::{Caller, Identity};
-use crate::policy::{HandshakeLimiter, PolicyHandle, source_of};
+use crate::policy::{HandshakeLimiter, PolicyHandle};
 
 /// Default deadline for a peer's ClientHello, from TCP accept. A real client
 /// sends it in its first packet after connecting, so 5 s covers any link a
@@ -386,9 +386,9 @@ pub(crate) struct AcceptLoop {
     pub pending: Pending,
     /// Permits to compute the server's half of a handshake.
     pub signing: Arc<Semaphore>,
-    /// The policy in force, for its handshake rate per source address.
+    /// The policy in force, for its handshake rate per source.
     pub policy: PolicyHandle,
-    /// Handshake token buckets per source address.
+    /// Handshake token buckets per source.
     pub handshakes: HandshakeLimiter,
     pub tracker: TaskTracker,
     pub cancel: CancellationToken,
@@ -417,7 +417,7 @@ impl AcceptLoop {
             let accepted_at = Instant::now();
             let source = match tcp.local_addr() {
                 Ok(local) => peer::source(remote, local),
-                Err(_) => Source::Address(source_of(remote.ip())),
+                Err(_) => Source::from(remote.ip()),
             };
             let slot = match self.pending.admit(source) {
                 Some(Admitted::Free(slot)) => slot,
@@ -436,7 +436,7 @@ impl AcceptLoop {
             // permits that every client shares.
             if let Err(wait) = self
                 .handshakes
-                .check(remote.ip(), self.policy.current().handshakes())
+                .check(source, self.policy.current().handshakes())
             {
                 tracing::debug!(%remote, retry_ms = wait.as_millis() as u64, "handshake rate of this source exceeded; closed");
                 drop((slot, tcp));
@@ -661,12 +661,5 @@ mod tests {
         assert_eq!(counts(&p).0, 3);
         drop(slots);
         assert_eq!(counts(&p), (0, vec![]));
-    }
-
-    #[test]
-    fn ipv6_peers_count_per_64_and_mapped_ipv4_as_ipv4() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(source_of(ip("2001:db8:0:1:aaaa::1")), ip("2001:db8:0:1::"));
-        assert_eq!(source_of(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
     }
 }

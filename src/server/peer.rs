@@ -1,8 +1,8 @@
-//! Who is behind a TCP connection, as far as counting pending handshakes
-//! goes: the [`Source`] a connection is counted under.
+//! Who is behind a TCP connection, as far as counting pending handshakes and
+//! their rate goes: the [`Source`] a connection is counted under.
 //!
 //! A remote peer is its address (an IPv4 address or an IPv6 /64, see
-//! [`source_of`]). A peer on this machine would share one address with every
+//! `policy::source_of`). A peer on this machine would share one address with every
 //! local user and every job (127.0.0.1, or the host's own address), so one
 //! local program could take every local client's share; it is told apart by
 //! the uid that owns its socket instead. The kernel knows that uid
@@ -18,37 +18,19 @@
 //! at once) falls back to its address.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use crate::policy::source_of;
-
-/// What a pending connection is counted under.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Source {
-    /// A peer elsewhere: its address (IPv6: its /64).
-    Address(IpAddr),
-    /// A peer on this machine: the uid owning its socket.
-    LocalUser(u32),
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Address(ip) => write!(f, "{ip}"),
-            Self::LocalUser(uid) => write!(f, "local uid {uid}"),
-        }
-    }
-}
+pub(crate) use crate::policy::Source;
 
 /// The source of a connection from `peer` accepted on `local`.
 pub(crate) fn source(peer: SocketAddr, local: SocketAddr) -> Source {
     match local_owner(peer, local) {
         Ok(Some(uid)) => Source::LocalUser(uid),
-        Ok(None) => Source::Address(source_of(peer.ip())),
+        Ok(None) => Source::from(peer.ip()),
         Err(e) => {
             tracing::debug!(%peer, error = %e, "cannot look up the peer's socket; counting it by address");
-            Source::Address(source_of(peer.ip()))
+            Source::from(peer.ip())
         }
     }
 }

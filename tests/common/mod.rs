@@ -701,8 +701,18 @@ pub async fn raw_tls(
     server: &TestServer,
     config: Arc<rustls::ClientConfig>,
 ) -> Result<Vec<u8>, io::Error> {
+    let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(server.addr))
+        .await
+        .expect("connect within the deadline")?;
+    raw_tls_on(tcp, config).await
+}
+
+/// [`raw_tls`] over a connection already made.
+pub async fn raw_tls_on(
+    tcp: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Vec<u8>, io::Error> {
     let attempt = async {
-        let tcp = TcpStream::connect(server.addr).await?;
         let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
         let mut tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
@@ -718,6 +728,24 @@ pub async fn raw_tls(
     tokio::time::timeout(TIMEOUT, attempt)
         .await
         .expect("the server neither answered nor refused within the deadline")
+}
+
+/// A TCP connection to `server` from a socket made under fsuid `uid`: the
+/// uid the kernel stamps a socket with, which the server counts a local
+/// peer by (a job runs under its identity's uid). Needs root.
+pub fn connect_as(uid: u32, server: &TestServer) -> TcpStream {
+    let addr = server.addr;
+    let tcp = std::thread::spawn(move || {
+        // SAFETY: setfsuid changes this thread's credentials only, and this
+        // thread ends right after.
+        unsafe { libc::setfsuid(uid) };
+        std::net::TcpStream::connect(addr)
+    })
+    .join()
+    .expect("connecting thread")
+    .expect("connect");
+    tcp.set_nonblocking(true).unwrap();
+    TcpStream::from_std(tcp).unwrap()
 }
 
 /// A TLS 1.3 client configuration that trusts our CA and offers `client` as
