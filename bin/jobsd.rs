@@ -698,7 +698,8 @@ fn reload(policy: &PolicyHandle, audit: Option<&AuditLog>) {
         }
     }
     if let Some(audit) = audit {
-        match audit.reopen() {
+        // On a blocking thread (see `shutdown_signal`): wait for the writer.
+        match tokio::runtime::Handle::current().block_on(audit.reopen()) {
             Ok(()) => tracing::info!(file = %audit.path().display(), "audit log reopened"),
             Err(e) => {
                 tracing::error!(error = %e, "cannot reopen the audit log; still writing to the old file")

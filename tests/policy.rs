@@ -21,9 +21,11 @@ use jobs::audit::AuditLog;
 use jobs::client::{Client, ClientError};
 use jobs::policy::{Policy, PolicyHandle};
 use jobs::proto::{self, State};
+use serde_json::Value;
 use tempfile::TempDir;
 use tokio::net::TcpSocket;
 use tokio::task::JoinSet;
+use tokio::time::timeout;
 use tonic::{Code, Streaming};
 use tonic_types::StatusExt;
 
@@ -1638,6 +1640,223 @@ async fn a_start_with_a_grant_is_audited_with_the_grant_named() {
     assert_eq!(bobs["outcome"], "allowed");
     assert!(bobs.get("grants").is_none(), "{bobs}");
     server.shutdown().await.expect("serve failed");
+}
+
+/// A 16 MiB ext4 file system on a loop device, mounted at `at` for as long
+/// as this lives (root only).
+struct LoopExt4 {
+    at: PathBuf,
+}
+
+impl LoopExt4 {
+    fn mount(dir: &Path) -> Self {
+        let image = dir.join("fs.img");
+        let at = dir.join("fs");
+        std::fs::create_dir(&at).unwrap();
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(16 << 20))
+            .unwrap();
+        run_ok("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()]);
+        run_ok(
+            "mount",
+            &["-o", "loop", image.to_str().unwrap(), at.to_str().unwrap()],
+        );
+        Self { at }
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        // The loop device goes with the last reference to the mount.
+        let _ = nix::mount::umount2(&self.at, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The file system at `at` frozen (`fsfreeze`: every write to it waits)
+/// until this is dropped, or until a watchdog thaws it after `at_most`, so
+/// a test that would hang on the frozen disk fails instead.
+struct Frozen {
+    at: PathBuf,
+    thawed: Arc<std::sync::atomic::AtomicBool>,
+    by_watchdog: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Frozen {
+    fn freeze(at: &Path, at_most: Duration) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        run_ok("fsfreeze", &["-f", at.to_str().unwrap()]);
+        let (thawed, by_watchdog) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (path, done, flag) = (at.to_owned(), thawed.clone(), by_watchdog.clone());
+        std::thread::spawn(move || {
+            let began = std::time::Instant::now();
+            while began.elapsed() < at_most {
+                if done.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            flag.store(true, Ordering::SeqCst);
+            let _ = std::process::Command::new("fsfreeze")
+                .arg("-u")
+                .arg(&path)
+                .status();
+        });
+        Self {
+            at: at.to_owned(),
+            thawed,
+            by_watchdog,
+        }
+    }
+
+    /// Thaws now; fails the test if the watchdog had to.
+    fn thaw(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.thawed.swap(true, Ordering::SeqCst) {
+            let _ = std::process::Command::new("fsfreeze")
+                .arg("-u")
+                .arg(&self.at)
+                .status();
+        }
+        assert!(
+            !self.by_watchdog.load(Ordering::SeqCst),
+            "the test was stuck behind the frozen disk until the watchdog thawed it"
+        );
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.thawed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let _ = std::process::Command::new("fsfreeze")
+                .arg("-u")
+                .arg(&self.at)
+                .status();
+        }
+    }
+}
+
+/// Runs `program` with `args`; panics unless it succeeds.
+fn run_ok(program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The number on the last complete line of `text` that holds one.
+fn last_count(text: &[u8]) -> Option<u64> {
+    let complete = &text[..text.iter().rposition(|b| *b == b'\n')? + 1];
+    complete
+        .split(|b| *b == b'\n')
+        .rev()
+        .find_map(|l| std::str::from_utf8(l).ok()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
+async fn a_stalled_audit_disk_holds_only_the_requests_waiting_for_their_line() {
+    // Scenario: the audit log's disk stalls (here: frozen with fsfreeze)
+    // while alice follows a job that prints a line every 10 ms. Two status
+    // requests, as many as the runtime has worker threads, wait for their
+    // audit lines; the stream keeps flowing meanwhile. Once the disk
+    // thaws, both requests answer and their lines are in the log.
+    let dir = tempfile::Builder::new()
+        .prefix("jobs-audit-frozen-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let fs = LoopExt4::mount(dir.path());
+    let path = fs.at.join("audit.log");
+    let log = Arc::new(AuditLog::open(&path).unwrap());
+    let server = TestServer::start_with(move |c| c.audit = Some(log)).await;
+    let alice = client(&server, "alice").await;
+    let counter = start(
+        &alice,
+        "sh",
+        &[
+            "-c",
+            "i=0; while [ $i -lt 100000 ]; do echo $i; i=$((i+1)); sleep 0.01; done",
+        ],
+    )
+    .await;
+    let mut stream = alice.stream(&counter.id).await.expect("open stream");
+    let mut stdout = Vec::new();
+    let mut read_until = async |stdout: &mut Vec<u8>, count: u64| {
+        while last_count(stdout).is_none_or(|n| n < count) {
+            match next_chunk(&mut stream).await {
+                Some(data) => stdout.extend(data),
+                None => panic!("the stream ended: {:?}", String::from_utf8_lossy(stdout)),
+            }
+        }
+    };
+    timeout(TIMEOUT, read_until(&mut stdout, 5))
+        .await
+        .expect("the job's first lines");
+    let lines_before = std::fs::read_to_string(&path).unwrap().lines().count();
+
+    let frozen = Frozen::freeze(&fs.at, Duration::from_secs(30));
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let (alice, id) = (alice.clone(), counter.id.clone());
+            tokio::spawn(async move { alice.status(&id).await })
+        })
+        .collect();
+    // 50 more lines (half a second or more) reach the follower while both
+    // requests wait for the disk.
+    let seen = last_count(&stdout).unwrap();
+    timeout(TIMEOUT, read_until(&mut stdout, seen + 50))
+        .await
+        .expect("the stream stalled behind the frozen audit disk");
+    assert!(
+        waiting.iter().all(|w| !w.is_finished()),
+        "a request answered without its audit line being written"
+    );
+    frozen.thaw();
+    for w in waiting {
+        let status = timeout(TIMEOUT, w)
+            .await
+            .expect("a status after the thaw")
+            .unwrap()
+            .expect("status");
+        assert_eq!(status.state(), State::Running);
+    }
+    let lines: Vec<Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .skip(lines_before)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for line in &lines {
+        assert_eq!(
+            (&line["rpc"], &line["job"], &line["outcome"]),
+            (
+                &Value::from("Status"),
+                &Value::from(counter.id.as_str()),
+                &Value::from("allowed")
+            )
+        );
+    }
+    alice.stop(&counter.id).await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+/// The data of the next output chunk of a Stream call; `None` at its end.
+async fn next_chunk(stream: &mut Streaming<proto::StreamEvent>) -> Option<Vec<u8>> {
+    use proto::stream_event::Event;
+    match stream.message().await.expect("stream failed")?.event {
+        Some(Event::Chunk(c)) => Some(c.data),
+        Some(Event::FinalStatus(s)) => panic!("the job ended: {s:?}"),
+        None => panic!("stream event without content"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

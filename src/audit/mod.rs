@@ -1,10 +1,23 @@
 //! The audit log: one JSON line per access decision (`jobsd --audit-log FILE`).
 //!
-//! This module owns the audit file and its line format. [`AuditLog::open`]
-//! opens the file append-only and private to the daemon's user (mode 0600;
-//! a symbolic link or anything but a regular file at the path is refused),
-//! [`AuditLog::record`] appends one [`Entry`] as one line, and
-//! [`AuditLog::reopen`] opens the path again after the file was rotated.
+//! This module owns the audit file, its writer thread and its line format.
+//! [`AuditLog::open`] opens the file append-only and private to the daemon's
+//! user (mode 0600; a symbolic link or anything but a regular file at the
+//! path is refused), [`AuditLog::record`] appends one [`Entry`] as one line
+//! and waits for the write, [`AuditLog::record_in_background`] does so
+//! without waiting, and [`AuditLog::reopen`] opens the path again after the
+//! file was rotated.
+//!
+//! # The writer thread
+//! Every write and every reopen happens on one thread of the log's own, in
+//! the order they were asked for; callers wait for it asynchronously. A
+//! disk that stalls (a frozen file system, a hung network mount) therefore
+//! stalls only the requests that wait for their audit line, never the async
+//! runtime's threads, so open streams, and requests that need no line, go
+//! on. What is queued for the thread is one line per request in flight (or
+//! per stop and stream end the daemon makes), so the queue is bounded by
+//! what the server admits at once, not by time. The thread ends when the
+//! log is dropped, after writing what was queued.
 //!
 //! A line is one JSON object with these keys, in this order:
 //!
@@ -55,12 +68,13 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use serde::{Serialize, Serializer};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio::sync::oneshot;
 
 use crate::auth::Identity;
 use crate::policy::{Limiters, Rate, Rpc};
@@ -78,16 +92,34 @@ pub const DENIED_LINES_PER_SECOND: u32 = 10;
 /// [`DENIED_LINES_PER_SECOND`] applies.
 pub const DENIED_LINES_BURST: u32 = 100;
 
-/// The audit file, shared by every request. Lines from concurrent callers
+/// Refusals not written, per identity, since its last refusal line.
+type Suppressed = Arc<Mutex<HashMap<Identity, u64>>>;
+
+/// The audit log, shared by every request. Lines from concurrent callers
 /// never interleave.
 pub struct AuditLog {
     path: PathBuf,
-    /// The open file; replaced by [`AuditLog::reopen`].
-    file: Mutex<File>,
+    /// To the writer thread, which owns the file.
+    tasks: mpsc::Sender<Task>,
     /// Refusal lines per identity.
     denied: Limiters,
-    /// Refusals not written, per identity, since its last refusal line.
-    suppressed: Mutex<HashMap<Identity, u64>>,
+    /// Shared with the writer thread, which gives a count back when the line
+    /// carrying it could not be written.
+    suppressed: Suppressed,
+}
+
+/// What the writer thread is asked to do.
+enum Task {
+    Line {
+        line: Vec<u8>,
+        /// The refusal count the line carries, given back to `identity` if
+        /// the line is not written.
+        identity: Identity,
+        suppressed: u64,
+        /// `None`: nobody waits; a failure is logged.
+        done: Option<oneshot::Sender<io::Result<()>>>,
+    },
+    Reopen(oneshot::Sender<Result<(), AuditError>>),
 }
 
 impl fmt::Debug for AuditLog {
@@ -100,57 +132,104 @@ impl fmt::Debug for AuditLog {
 
 impl AuditLog {
     /// Opens the audit file at `path` for appending, creating it with mode
-    /// 0600 if it is missing. An existing file whose mode gives the group or
-    /// others any permission is changed to 0600 (with a warning in the log).
-    /// The file is opened with `O_APPEND`, `O_CLOEXEC` and `O_NOFOLLOW`, and
-    /// never truncated.
+    /// 0600 if it is missing, and starts its writer thread. An existing file
+    /// whose mode gives the group or others any permission is changed to
+    /// 0600 (with a warning in the log). The file is opened with `O_APPEND`,
+    /// `O_CLOEXEC` and `O_NOFOLLOW`, and never truncated. This opens the
+    /// file on the calling thread (at start-up).
     ///
     /// # Errors
     /// [`AuditError::Open`] when the file cannot be created, opened or
     /// changed to 0600, or the path is not a regular file: a symbolic link
     /// (ELOOP), a directory (EISDIR), a FIFO without a reader or a socket
-    /// (ENXIO), or a device or a FIFO with a reader ("not a regular file").
+    /// (ENXIO), or a device or a FIFO with a reader ("not a regular file");
+    /// or when the writer thread cannot be started.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
+        let file = open_file(path)?;
+        let (tasks, queue) = mpsc::channel();
+        let suppressed = Suppressed::default();
+        let writer = Writer {
+            path: path.to_path_buf(),
+            file,
+            suppressed: Arc::clone(&suppressed),
+        };
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(queue))
+            .map_err(|source| AuditError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
-            file: Mutex::new(open_file(path)?),
+            tasks,
             denied: Limiters::new(),
-            suppressed: Mutex::new(HashMap::new()),
+            suppressed,
         })
     }
 
     /// Opens the path again and writes later lines there, for log rotation
     /// (`jobsd` calls it on SIGHUP): after the old file was renamed, a new
-    /// one is created at the path. Checks as [`AuditLog::open`].
+    /// one is created at the path. Checks as [`AuditLog::open`]; done by the
+    /// writer thread after every line asked for before.
     ///
     /// # Errors
     /// As [`AuditLog::open`]; the old file is kept and lines still go to it.
-    pub fn reopen(&self) -> Result<(), AuditError> {
-        let file = open_file(&self.path)?;
-        *self.lock() = file;
-        Ok(())
+    pub async fn reopen(&self) -> Result<(), AuditError> {
+        let (done, result) = oneshot::channel();
+        if self.tasks.send(Task::Reopen(done)).is_err() {
+            return Err(self.open_error(writer_gone()));
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Err(self.open_error(writer_gone())))
     }
 
-    /// Appends `entry` as one line. The whole line, newline included, is
-    /// built first and handed to the kernel in one `write(2)` (more only if
-    /// the kernel writes less, e.g. on a full disk), under a lock, so lines
-    /// never interleave. Returns once the write returned; the line is then in
-    /// the page cache, not necessarily on disk (no `fsync`).
+    /// Appends `entry` as one line and waits until the write returned. The
+    /// whole line, newline included, is built first (its `time` is now) and
+    /// handed to the kernel in one `write(2)` (more only if the kernel
+    /// writes less, e.g. on a full disk) by the writer thread, so lines
+    /// never interleave. The line is then in the page cache, not
+    /// necessarily on disk (no `fsync`).
     ///
-    /// This blocks the calling thread for the write; on a disk that stalls,
-    /// it stalls. A refusal over its identity's budget (see "Refusal floods"
-    /// in the module doc) is counted instead of written, and `Ok`.
+    /// On a disk that stalls, this waits (asynchronously) as long as the
+    /// disk does. A refusal over its identity's budget (see "Refusal floods"
+    /// in the module doc) is counted instead of written, and `Ok` at once.
     ///
     /// # Errors
     /// [`AuditError::Write`] when the write fails (e.g. the disk is full), or
     /// when the system clock is outside the years 0–9999 that RFC 3339 can
     /// write. A part of the line that reached the file is cut off again
     /// (best effort), so the next line starts on a line of its own.
-    pub fn record(&self, entry: &Entry<'_>) -> Result<(), AuditError> {
-        let write_error = |source| AuditError::Write {
-            path: self.path.clone(),
-            source,
-        };
+    pub async fn record(&self, entry: &Entry<'_>) -> Result<(), AuditError> {
+        let (done, result) = oneshot::channel();
+        if !self.submit(entry, Some(done))? {
+            return Ok(());
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Err(writer_gone()))
+            .map_err(|source| self.write_error(source))
+    }
+
+    /// Queues `entry` as [`AuditLog::record`] does, without waiting: for
+    /// what the daemon does whether or not the line can be written (a stop
+    /// of a banned identity's job, the end of a stream). A line that cannot
+    /// be written is logged as an error.
+    pub fn record_in_background(&self, entry: &Entry<'_>) {
+        if let Err(e) = self.submit(entry, None) {
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            tracing::error!(error = %e, cause, "cannot write the audit log");
+        }
+    }
+
+    /// Builds `entry`'s line and queues it; `false` when it was counted as
+    /// a suppressed refusal instead.
+    fn submit(
+        &self,
+        entry: &Entry<'_>,
+        done: Option<oneshot::Sender<io::Result<()>>>,
+    ) -> Result<bool, AuditError> {
         let mut suppressed = 0;
         if entry.outcome == Outcome::Denied {
             let mut counts = self
@@ -167,30 +246,24 @@ impl AuditLog {
                     tracing::warn!(identity = %entry.identity, "refusals of this identity come faster than the audit log records them; counting the rest");
                 }
                 *n += 1;
-                return Ok(());
+                return Ok(false);
             }
             suppressed = counts.remove(&entry.identity).unwrap_or(0);
         }
-        let written = line(entry, suppressed, OffsetDateTime::now_utc()).and_then(|line| {
-            let file = self.lock();
-            let before = file.metadata().map(|m| m.len());
-            (&*file).write_all(&line).inspect_err(|_| {
-                // A torn line would glue the next one to it: cut it off.
-                if let Ok(before) = before {
-                    let _ = file.set_len(before);
-                }
-            })
+        let task = line(entry, suppressed, OffsetDateTime::now_utc()).map(|line| Task::Line {
+            line,
+            identity: entry.identity,
+            suppressed,
+            done,
         });
-        if written.is_err() && suppressed > 0 {
-            // Not written: the count goes to the next refusal line instead.
-            *self
-                .suppressed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(entry.identity)
-                .or_insert(0) += suppressed;
-        }
-        written.map_err(write_error)
+        let sent = match task {
+            Ok(task) => self.tasks.send(task).map_err(|_| writer_gone()),
+            Err(e) => Err(e),
+        };
+        sent.map(|()| true).map_err(|source| {
+            give_back(&self.suppressed, entry.identity, suppressed);
+            self.write_error(source)
+        })
     }
 
     /// The path the log was opened with.
@@ -198,10 +271,88 @@ impl AuditLog {
         &self.path
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, File> {
-        // Nothing panics while holding the lock but a write, which leaves
-        // the file handle as it was.
-        self.file.lock().unwrap_or_else(PoisonError::into_inner)
+    fn write_error(&self, source: io::Error) -> AuditError {
+        AuditError::Write {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn open_error(&self, source: io::Error) -> AuditError {
+        AuditError::Open {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// What a caller gets if the writer thread is gone (it panicked).
+fn writer_gone() -> io::Error {
+    io::Error::other("the audit log's writer thread has ended")
+}
+
+/// Adds `n` refusals not written back to `identity`'s count.
+fn give_back(suppressed: &Mutex<HashMap<Identity, u64>>, identity: Identity, n: u64) {
+    if n > 0 {
+        *suppressed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(identity)
+            .or_insert(0) += n;
+    }
+}
+
+/// The writer thread's state: the only owner of the open file.
+struct Writer {
+    path: PathBuf,
+    file: File,
+    suppressed: Suppressed,
+}
+
+impl Writer {
+    /// Does each task in turn until every sender is gone.
+    fn run(mut self, queue: mpsc::Receiver<Task>) {
+        for task in queue {
+            match task {
+                Task::Line {
+                    line,
+                    identity,
+                    suppressed,
+                    done,
+                } => {
+                    let written = self.append(&line);
+                    if written.is_err() {
+                        // Not written: the count goes to the next refusal line.
+                        give_back(&self.suppressed, identity, suppressed);
+                    }
+                    match done {
+                        Some(done) => {
+                            let _ = done.send(written);
+                        }
+                        None => {
+                            if let Err(e) = written {
+                                tracing::error!(path = %self.path.display(), error = %e, "cannot write the audit log");
+                            }
+                        }
+                    }
+                }
+                Task::Reopen(done) => {
+                    let reopened = open_file(&self.path).map(|file| self.file = file);
+                    let _ = done.send(reopened);
+                }
+            }
+        }
+    }
+
+    /// One line in one write; a part that reached the file is cut off
+    /// again, since a torn line would glue the next one to it.
+    fn append(&self, line: &[u8]) -> io::Result<()> {
+        let before = self.file.metadata().map(|m| m.len());
+        (&self.file).write_all(line).inspect_err(|_| {
+            if let Ok(before) = before {
+                let _ = self.file.set_len(before);
+            }
+        })
     }
 }
 

@@ -107,13 +107,13 @@ fn nulls_denials_and_ipv6() {
 
 // A recorded line parses as JSON with exactly the entry's fields, stamped
 // with the current time.
-#[test]
-fn recorded_line_parses_with_exact_fields() {
+#[tokio::test]
+async fn recorded_line_parses_with_exact_fields() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     let log = AuditLog::open(&path).unwrap();
     let before = OffsetDateTime::now_utc();
-    log.record(&entry()).unwrap();
+    log.record(&entry()).await.unwrap();
     let after = OffsetDateTime::now_utc();
 
     let lines = lines(&path);
@@ -140,8 +140,8 @@ fn recorded_line_parses_with_exact_fields() {
 // A certificate subject and a job id crafted to break the line (newline,
 // quote, backslash, NUL, escape sequences, U+2028) stay on one line and
 // read back unchanged.
-#[test]
-fn hostile_text_stays_on_one_line_and_round_trips() {
+#[tokio::test]
+async fn hostile_text_stays_on_one_line_and_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     let log = AuditLog::open(&path).unwrap();
@@ -154,8 +154,9 @@ fn hostile_text_stays_on_one_line_and_round_trips() {
         reason: Some("malformed_job_id"),
         ..entry()
     })
+    .await
     .unwrap();
-    log.record(&entry()).unwrap();
+    log.record(&entry()).await.unwrap();
 
     let text = fs::read_to_string(&path).unwrap();
     assert_eq!(text.matches('\n').count(), 2);
@@ -192,18 +193,18 @@ fn existing_0644_file_is_tightened() {
 
 // Opening an existing log, or reopening it, appends after what is there and
 // never truncates.
-#[test]
-fn appends_never_truncate() {
+#[tokio::test]
+async fn appends_never_truncate() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     fs::write(&path, "line from an earlier run\n").unwrap();
     let log = AuditLog::open(&path).unwrap();
-    log.record(&entry()).unwrap();
-    log.reopen().unwrap();
-    log.record(&entry()).unwrap();
+    log.record(&entry()).await.unwrap();
+    log.reopen().await.unwrap();
+    log.record(&entry()).await.unwrap();
     drop(log);
     let log = AuditLog::open(&path).unwrap();
-    log.record(&entry()).unwrap();
+    log.record(&entry()).await.unwrap();
 
     let lines = lines(&path);
     assert_eq!(lines.len(), 4);
@@ -214,31 +215,31 @@ fn appends_never_truncate() {
     }
 }
 
-// 8 threads recording 200 lines each at once: 1600 complete lines, each
-// entry exactly once, none torn or interleaved.
-#[test]
-fn concurrent_records_never_interleave() {
+// 8 tasks on 4 threads recording 200 lines each at once: 1600 complete
+// lines, each entry exactly once, none torn or interleaved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_records_never_interleave() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     let log = Arc::new(AuditLog::open(&path).unwrap());
     // A long subject makes a torn or interleaved write likely to show.
-    let padding = "x".repeat(4000);
-    std::thread::scope(|scope| {
-        for thread in 0..8 {
-            let log = Arc::clone(&log);
-            let padding = &padding;
-            scope.spawn(move || {
-                for i in 0..200 {
-                    let subject = format!("CN={thread}-{i},O={padding}");
-                    log.record(&Entry {
-                        subject: &subject,
-                        ..entry()
-                    })
-                    .unwrap();
-                }
-            });
-        }
-    });
+    let padding = Arc::new("x".repeat(4000));
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..8 {
+        let (log, padding) = (Arc::clone(&log), Arc::clone(&padding));
+        tasks.spawn(async move {
+            for i in 0..200 {
+                let subject = format!("CN={task}-{i},O={padding}");
+                log.record(&Entry {
+                    subject: &subject,
+                    ..entry()
+                })
+                .await
+                .unwrap();
+            }
+        });
+    }
+    tasks.join_all().await;
 
     let lines = lines(&path);
     assert_eq!(lines.len(), 1600);
@@ -252,7 +253,7 @@ fn concurrent_records_never_interleave() {
             .unwrap()
             .split_once(",O=")
             .unwrap();
-        assert_eq!(rest, padding);
+        assert_eq!(rest, *padding);
         assert!(seen.insert(who.to_owned()), "{who} twice");
     }
     assert_eq!(seen.len(), 1600);
@@ -260,21 +261,22 @@ fn concurrent_records_never_interleave() {
 
 // Rotation: the log was renamed away, reopen creates a new file (0600) at
 // the path and later lines go there; the renamed file keeps the old lines.
-#[test]
-fn reopen_after_rename_writes_a_new_file() {
+#[tokio::test]
+async fn reopen_after_rename_writes_a_new_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     let rotated = dir.path().join("audit.log.1");
     let log = AuditLog::open(&path).unwrap();
-    log.record(&entry()).unwrap();
+    log.record(&entry()).await.unwrap();
     fs::rename(&path, &rotated).unwrap();
     // Before the reopen, lines still follow the renamed file.
-    log.record(&entry()).unwrap();
-    log.reopen().unwrap();
+    log.record(&entry()).await.unwrap();
+    log.reopen().await.unwrap();
     log.record(&Entry {
         subject: "CN=after",
         ..entry()
     })
+    .await
     .unwrap();
 
     assert_eq!(lines(&rotated).len(), 2);
@@ -287,16 +289,16 @@ fn reopen_after_rename_writes_a_new_file() {
 
 // A reopen that fails (a directory now sits at the path) keeps the old
 // file: lines keep going to it.
-#[test]
-fn failed_reopen_keeps_the_old_file() {
+#[tokio::test]
+async fn failed_reopen_keeps_the_old_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     let rotated = dir.path().join("audit.log.1");
     let log = AuditLog::open(&path).unwrap();
     fs::rename(&path, &rotated).unwrap();
     fs::create_dir(&path).unwrap();
-    assert!(matches!(log.reopen(), Err(AuditError::Open { .. })));
-    log.record(&entry()).unwrap();
+    assert!(matches!(log.reopen().await, Err(AuditError::Open { .. })));
+    log.record(&entry()).await.unwrap();
     assert_eq!(lines(&rotated).len(), 1);
 }
 
@@ -389,12 +391,12 @@ async fn a_flood_of_refusals_is_counted_not_written() {
     denied.reason = Some("denylisted");
     let burst = DENIED_LINES_BURST as usize;
     for _ in 0..burst + 50 {
-        log.record(&denied).unwrap();
+        log.record(&denied).await.unwrap();
     }
     let mut other = denied.clone();
     other.identity = Identity::from_spki_der(b"someone else");
-    log.record(&other).unwrap();
-    log.record(&entry()).unwrap();
+    log.record(&other).await.unwrap();
+    log.record(&entry()).await.unwrap();
     let read = || -> Vec<Value> {
         std::fs::read_to_string(&path)
             .unwrap()
@@ -412,7 +414,7 @@ async fn a_flood_of_refusals_is_counted_not_written() {
         1000 / u64::from(DENIED_LINES_PER_SECOND),
     ))
     .await;
-    log.record(&denied).unwrap();
+    log.record(&denied).await.unwrap();
     let lines = read();
     assert_eq!(lines.len(), burst + 3);
     assert_eq!(lines[burst + 2]["suppressed"], Value::from(50));

@@ -225,10 +225,9 @@ impl Enforcer {
                     reason: Some(why.reason()),
                     grants: &[],
                 };
-                if let Err(e) = audit.record(&entry) {
-                    // The job stops all the same: stopping is the safe side.
-                    tracing::error!(error = %super::status::error_chain(&e), "cannot write the audit log");
-                }
+                // The job stops whether or not the line can be written:
+                // stopping is the safe side.
+                audit.record_in_background(&entry);
             }
             self.tracker.spawn(async move {
                 job.stop().await;

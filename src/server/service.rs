@@ -91,7 +91,7 @@ impl Service {
     ///
     /// # Errors
     /// INTERNAL when the line cannot be written; the caller must not act.
-    fn record(&self, d: Decision<'_>) -> Result<(), Status> {
+    async fn record(&self, d: Decision<'_>) -> Result<(), Status> {
         tracing::debug!(remote = %d.conn.remote, caller = %d.conn.caller.identity(), rpc = d.rpc.name(), job = ?d.job, outcome = ?d.outcome, reason = ?d.reason, "decision");
         let Some(audit) = &self.audit else {
             return Ok(());
@@ -109,13 +109,14 @@ impl Service {
                 reason: d.reason,
                 grants: d.grants,
             })
+            .await
             .map_err(|e| internal("cannot write the audit log", &error_chain(&e)))
     }
 
     /// Step 1: the gate, after the CRL (a revoked identity's connection is
     /// about to be closed: nothing more gets through it). A refusal is
     /// audited and becomes the status.
-    fn admit(&self, conn: &ConnInfo, rpc: Rpc, job: Option<&str>) -> Result<Grant, Status> {
+    async fn admit(&self, conn: &ConnInfo, rpc: Rpc, job: Option<&str>) -> Result<Grant, Status> {
         if self
             .tls
             .revoked()
@@ -131,29 +132,34 @@ impl Service {
                 outcome: Outcome::Denied,
                 reason: Some("revoked"),
                 grants: &[],
-            })?;
+            })
+            .await?;
             return Err(Status::permission_denied(REVOKED));
         }
-        self.gate.admit(&conn.caller, rpc).or_else(|denial| {
-            self.record(Decision {
-                conn,
-                rpc,
-                job: job.map(shown_id),
-                owner: None,
-                admin: false,
-                outcome: Outcome::Denied,
-                reason: Some(denial.reason()),
-                grants: &[],
-            })?;
-            Err(denial_status(denial))
-        })
+        match self.gate.admit(&conn.caller, rpc) {
+            Ok(grant) => Ok(grant),
+            Err(denial) => {
+                self.record(Decision {
+                    conn,
+                    rpc,
+                    job: job.map(shown_id),
+                    owner: None,
+                    admin: false,
+                    outcome: Outcome::Denied,
+                    reason: Some(denial.reason()),
+                    grants: &[],
+                })
+                .await?;
+                Err(denial_status(denial))
+            }
+        }
     }
 
     /// Steps 1–3 for an RPC on the job `id`: admission, access, a stream
     /// slot when `stream`, and the audit line.
-    fn access<T>(&self, request: &Request<T>, rpc: Rpc, id: &str) -> Result<Access, Status> {
+    async fn access<T>(&self, request: &Request<T>, rpc: Rpc, id: &str) -> Result<Access, Status> {
         let conn = conn(request)?;
-        let grant = self.admit(&conn, rpc, Some(id))?;
+        let grant = self.admit(&conn, rpc, Some(id)).await?;
         let job = match self.jobs.authorize(&grant, id) {
             Ok(job) => job,
             Err(denied) => {
@@ -169,7 +175,8 @@ impl Service {
                     outcome: Outcome::Denied,
                     reason: Some(denied.reason()),
                     grants: &[],
-                })?;
+                })
+                .await?;
                 return Err(to_status(denied.into()));
             }
         };
@@ -188,7 +195,8 @@ impl Service {
             match self.streams.acquire(grant.identity()) {
                 Some(permit) => Some(permit),
                 None => {
-                    self.record(decision(Outcome::Denied, Some("too_many_streams")))?;
+                    self.record(decision(Outcome::Denied, Some("too_many_streams")))
+                        .await?;
                     return Err(Status::resource_exhausted(
                         "too many open output streams for this identity; close some and retry",
                     ));
@@ -197,7 +205,7 @@ impl Service {
         } else {
             None
         };
-        self.record(decision(Outcome::Allowed, None))?;
+        self.record(decision(Outcome::Allowed, None)).await?;
         if admin {
             tracing::info!(caller = %grant.identity(), owner = %job.owner(), job = %job.id(), rpc = rpc.name(), "admin access to another user's job");
         }
@@ -348,7 +356,9 @@ impl Watch {
         let identity = self.conn.caller.identity();
         tracing::info!(caller = %identity, job = %self.job, rpc = self.rpc.name(), reason, "open stream ended by a new policy or CRL");
         if let Some(audit) = &self.audit {
-            if let Err(e) = audit.record(&Entry {
+            // The stream ends whether or not the line can be written:
+            // refusing is the safe side.
+            audit.record_in_background(&Entry {
                 identity,
                 subject: &self.conn.subject,
                 peer: self.conn.remote,
@@ -359,10 +369,7 @@ impl Watch {
                 outcome: Outcome::Denied,
                 reason: Some(reason),
                 grants: &[],
-            }) {
-                // The stream ends all the same: refusing is the safe side.
-                tracing::error!(error = %error_chain(&e), "cannot write the audit log");
-            }
+            });
         }
     }
 }
@@ -374,7 +381,7 @@ impl JobService for Service {
         request: Request<proto::StartRequest>,
     ) -> Result<Response<proto::StartResponse>, Status> {
         let conn = conn(&request)?;
-        let grant = self.admit(&conn, Rpc::Start, None)?;
+        let grant = self.admit(&conn, Rpc::Start, None).await?;
         let proto::StartRequest {
             program,
             args,
@@ -405,7 +412,8 @@ impl JobService for Service {
         let ticket = match reserved {
             Ok(ticket) => ticket,
             Err(e @ JobError::TooManyRunningJobs { .. }) => {
-                self.record(decision(None, Outcome::Denied, Some("running_jobs_quota")))?;
+                self.record(decision(None, Outcome::Denied, Some("running_jobs_quota")))
+                    .await?;
                 return Err(to_status(e));
             }
             Err(e) => {
@@ -414,13 +422,15 @@ impl JobService for Service {
                     None,
                     Outcome::Failed,
                     Some(code_name(status.code())),
-                ))?;
+                ))
+                .await?;
                 return Err(status);
             }
         };
         let (ticket, spec) = ticket;
         let id = ticket.id().to_string();
-        self.record(decision(Some(id.clone()), Outcome::Allowed, None))?;
+        self.record(decision(Some(id.clone()), Outcome::Allowed, None))
+            .await?;
         let job = match self.jobs.launch(ticket, spec).await {
             Ok(job) => job,
             Err(e) => {
@@ -430,7 +440,8 @@ impl JobService for Service {
                     Some(id),
                     Outcome::Failed,
                     Some(code_name(status.code())),
-                ))?;
+                ))
+                .await?;
                 return Err(status);
             }
         };
@@ -444,7 +455,9 @@ impl JobService for Service {
         &self,
         request: Request<proto::StopRequest>,
     ) -> Result<Response<proto::StopResponse>, Status> {
-        let access = self.access(&request, Rpc::Stop, &request.get_ref().id)?;
+        let access = self
+            .access(&request, Rpc::Stop, &request.get_ref().id)
+            .await?;
         let status = access.job.stop().await;
         Ok(Response::new(proto::StopResponse {
             status: Some(status_message(&status)),
@@ -456,7 +469,7 @@ impl JobService for Service {
         request: Request<proto::StopOwnerRequest>,
     ) -> Result<Response<proto::StopOwnerResponse>, Status> {
         let conn = conn(&request)?;
-        let grant = self.admit(&conn, Rpc::StopOwner, None)?;
+        let grant = self.admit(&conn, Rpc::StopOwner, None).await?;
         let decision = |job: Option<String>, owner, outcome, reason| Decision {
             conn: &conn,
             rpc: Rpc::StopOwner,
@@ -470,7 +483,8 @@ impl JobService for Service {
         // The admin check first, so that a non-admin learns nothing, not
         // even whether the fingerprint is well formed.
         if !grant.is_admin() {
-            self.record(decision(None, None, Outcome::Denied, Some("admin_only")))?;
+            self.record(decision(None, None, Outcome::Denied, Some("admin_only")))
+                .await?;
             return Err(Status::permission_denied(STOP_OWNER_ADMIN_ONLY));
         }
         let Ok(owner) = request.get_ref().owner.parse::<Identity>() else {
@@ -479,7 +493,8 @@ impl JobService for Service {
                 None,
                 Outcome::Failed,
                 Some("invalid_argument"),
-            ))?;
+            ))
+            .await?;
             return Err(Status::invalid_argument(
                 "owner must be 'sha256:' and 64 lower-case hex digits",
             ));
@@ -495,7 +510,8 @@ impl JobService for Service {
                 Some(owner),
                 Outcome::Allowed,
                 None,
-            ))?;
+            ))
+            .await?;
         }
         tracing::info!(caller = %grant.identity(), %owner, jobs = jobs.len(), "admin stops every running job of an identity");
         for job in &jobs {
@@ -512,7 +528,9 @@ impl JobService for Service {
         &self,
         request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
-        let access = self.access(&request, Rpc::Status, &request.get_ref().id)?;
+        let access = self
+            .access(&request, Rpc::Status, &request.get_ref().id)
+            .await?;
         Ok(Response::new(proto::StatusResponse {
             status: Some(status_message(&access.job.status())),
         }))
@@ -523,7 +541,7 @@ impl JobService for Service {
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
         let conn = conn(&request)?;
-        let grant = self.admit(&conn, Rpc::List, None)?;
+        let grant = self.admit(&conn, Rpc::List, None).await?;
         let proto::ListRequest {
             all_users,
             page_size,
@@ -546,18 +564,20 @@ impl JobService for Service {
             Ok(page) => page,
             Err(e) => {
                 let status = page_status(e);
-                self.record(decision(Outcome::Failed, Some(code_name(status.code()))))?;
+                self.record(decision(Outcome::Failed, Some(code_name(status.code()))))
+                    .await?;
                 return Err(status);
             }
         };
         let jobs = match self.jobs.list(&grant, all_users) {
             Ok(jobs) => jobs,
             Err(e) => {
-                self.record(decision(Outcome::Denied, Some("admin_only")))?;
+                self.record(decision(Outcome::Denied, Some("admin_only")))
+                    .await?;
                 return Err(to_status(e));
             }
         };
-        self.record(decision(Outcome::Allowed, None))?;
+        self.record(decision(Outcome::Allowed, None)).await?;
         Ok(Response::new(page.of(&jobs)))
     }
 
@@ -567,7 +587,9 @@ impl JobService for Service {
         &self,
         request: Request<proto::OutputRequest>,
     ) -> Result<Response<Self::OutputStream>, Status> {
-        let mut access = self.access(&request, Rpc::Output, &request.get_ref().id)?;
+        let mut access = self
+            .access(&request, Rpc::Output, &request.get_ref().id)
+            .await?;
         let permit = access.permit.take();
         let reader = access.job.output().map_err(output_status)?;
         let stream = chunks(reader, permit, chunk_message);
@@ -580,7 +602,9 @@ impl JobService for Service {
         &self,
         request: Request<proto::StreamRequest>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let mut access = self.access(&request, Rpc::Stream, &request.get_ref().id)?;
+        let mut access = self
+            .access(&request, Rpc::Stream, &request.get_ref().id)
+            .await?;
         let permit = access.permit.take();
         let job = access.job.clone();
         let reader = job.follow().map_err(output_status)?;
@@ -610,7 +634,9 @@ impl JobService for Service {
         &self,
         request: Request<proto::RemoveRequest>,
     ) -> Result<Response<proto::RemoveResponse>, Status> {
-        let access = self.access(&request, Rpc::Remove, &request.get_ref().id)?;
+        let access = self
+            .access(&request, Rpc::Remove, &request.get_ref().id)
+            .await?;
         self.jobs.remove(&access.job).await.map_err(to_status)?;
         Ok(Response::new(proto::RemoveResponse {}))
     }
