@@ -410,7 +410,7 @@ pub(super) async fn supervise(s: Supervisor) {
         },
     );
     tracing::info!(job = %id, ?state, ?exit, ?usage, bytes = sink.log.data_len(), discarded = sink.discarded, "job final");
-    match sink.log.sync() {
+    match sink.log.sync().await {
         Ok(()) => {
             let end = JobEnd {
                 state,

@@ -22,7 +22,10 @@
 //! The writer's file descriptor is closed when the log is sealed, and each
 //! reader opens the file for itself, so a finished job holds no descriptor.
 //! Reads and writes are plain `pread`/`write` on a regular file, which hit the
-//! page cache; they are not routed through the blocking pool.
+//! page cache; they are not routed through the blocking pool, so a disk that
+//! stalls under the output directory stalls the threads that append or read
+//! (see the README's "Security model"). The flush at a job's end
+//! ([`LogWriter::sync`]) waits for the disk and runs on the blocking pool.
 
 use std::fs::File;
 use std::io;
@@ -314,12 +317,17 @@ impl LogWriter {
     }
 
     /// Flushes every appended record to the disk (fdatasync(2)), so that a
-    /// record saying the job ended never outlives its output in a crash.
+    /// record saying the job ended never outlives its output in a crash. The
+    /// flush runs on tokio's blocking pool (on a duplicate of the
+    /// descriptor), never on a runtime worker thread: it waits for the disk.
     ///
     /// # Errors
     /// [`OutputError::Io`] if the flush fails.
-    pub fn sync(&self) -> Result<(), OutputError> {
-        self.file.sync_data()?;
+    pub async fn sync(&self) -> Result<(), OutputError> {
+        let file = self.file.try_clone()?;
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(io::Error::other)??;
         Ok(())
     }
 
@@ -690,7 +698,7 @@ mod tests {
         let path = dir.path().join("log");
         let (mut w, _) = create(&path).unwrap();
         write(&mut w, Fd::Stdout, b"abc");
-        w.sync().unwrap();
+        w.sync().await.unwrap();
         w.seal();
         let log = open_sealed(&path, 3).unwrap();
         assert_eq!(
