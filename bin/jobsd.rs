@@ -567,7 +567,9 @@ fn parse_pids(s: &str) -> anyhow::Result<u32> {
         .map_err(|_| anyhow::anyhow!("'{s}' is not a number of processes"))
 }
 
-/// Half of this machine's memory (`MemTotal` of /proc/meminfo), in bytes.
+/// Half of this machine's memory (`MemTotal` of /proc/meminfo), in bytes,
+/// rounded down to whole pages: the kernel keeps a memory limit in pages,
+/// so this is the limit it applies, and the one jobs report.
 fn half_the_memory() -> anyhow::Result<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
     let kib: u64 = meminfo
@@ -576,7 +578,13 @@ fn half_the_memory() -> anyhow::Result<u64> {
         .and_then(|v| v.trim().strip_suffix("kB"))
         .and_then(|v| v.trim().parse().ok())
         .context("no MemTotal in /proc/meminfo")?;
-    Ok(kib * 1024 / 2)
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .unwrap_or(4096);
+    Ok(kib * 1024 / 2 / page * page)
 }
 
 fn optional<T, E: Into<anyhow::Error>>(

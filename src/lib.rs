@@ -151,6 +151,7 @@ pub mod client;
 pub mod exec;
 pub mod job;
 pub mod limits;
+pub mod model;
 pub mod output;
 pub mod policy;
 pub mod sandbox;

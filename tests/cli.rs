@@ -1301,12 +1301,19 @@ fn jobsd_limits_each_identity_to_half_the_memory_and_4096_processes_by_default()
         .and_then(|v| v.trim().strip_suffix("kB"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap();
+    // The kernel keeps memory limits in whole pages: half, rounded down.
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .unwrap()
+        .unwrap() as u64;
     let d = Daemon::start();
     let id = d.start_job(&d.alice, &["sleep", "600"]);
     let (memory, pids) = identity_group_limits(&id);
     assert_eq!(
         (memory, pids.as_deref()),
-        (Some((kib * 1024 / 2).to_string()), Some("4096"))
+        (
+            Some((kib * 1024 / 2 / page * page).to_string()),
+            Some("4096")
+        )
     );
     assert_eq!(d.jobs(&d.alice, &["stop", &id]).code, 0);
     drop(d);

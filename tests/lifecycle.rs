@@ -682,7 +682,7 @@ async fn state_and_output_are_owner_only_even_in_a_loose_directory() {
         std::sync::Arc::new(jobs::exec::LocalExecutor::uncontained()),
         jobs::job::JobsConfig::new(output.clone()),
         state_dir.store().clone(),
-        state_dir.records().unwrap(),
+        state_dir.record_ids().unwrap(),
     )
     .unwrap();
     assert_eq!(mode(&output), 0o700);

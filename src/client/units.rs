@@ -76,7 +76,7 @@ pub fn parse_cpus(s: &str) -> Result<u32, UnitError> {
     u32::try_from(millis).map_err(|_| UnitError::TooLarge(s.to_owned()))
 }
 
-pub use crate::job::human_bytes;
+pub use crate::limits::human_bytes;
 
 /// Thousandths of a core for people: `0.500 cores`, `1 core`.
 pub fn human_cpus(millis: u32) -> String {

@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use super::JobId;
 use crate::auth::Identity;
+use crate::store::Ended;
 
 /// A finished job, as the ledger knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +24,26 @@ pub(super) struct Finished {
     pub id: JobId,
     pub ended_at: SystemTime,
     pub bytes: u64,
+}
+
+impl From<Ended> for Finished {
+    fn from(e: Ended) -> Self {
+        Self {
+            id: e.id,
+            ended_at: e.ended_at,
+            bytes: e.output_bytes,
+        }
+    }
+}
+
+/// An identity whose output is over the cap, for retention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Over {
+    pub owner: Identity,
+    /// Bytes of its finished jobs to remove to fit the cap again.
+    pub excess: u64,
+    /// Its latest finished job, which is never removed.
+    pub latest: Option<JobId>,
 }
 
 /// One identity's output bytes.
@@ -102,34 +123,58 @@ impl Ledger {
         t.note(job);
     }
 
-    /// Counts a finished job (one restored at start, or a removal undone).
+    /// Counts a finished job (one restored at start).
     pub(super) fn add_finished(&self, owner: Identity, job: Finished) {
-        let mut totals = self.lock();
-        let t = totals.entry(owner).or_default();
-        t.finished += job.bytes;
-        t.note(job);
+        self.add_totals(owner, job.bytes, job);
     }
 
-    /// The finished job `id` of `owner`, with `bytes` of output, is being
-    /// removed. If it was the latest, `next` names the one after it (the
-    /// identity's most recently ended job among those left).
-    pub(super) fn forget(
-        &self,
-        owner: Identity,
-        id: JobId,
-        bytes: u64,
-        next: impl FnOnce() -> Option<Finished>,
-    ) {
+    /// Counts `bytes` of `owner`'s finished jobs, `latest` the most
+    /// recently ended of them (the store's sums, at start).
+    pub(super) fn add_totals(&self, owner: Identity, bytes: u64, latest: Finished) {
         let mut totals = self.lock();
-        if let Some(t) = totals.get_mut(&owner) {
-            t.finished = t.finished.saturating_sub(bytes);
-            if t.latest.is_some_and(|l| l.id == id) {
-                t.latest = next();
-            }
-            if t.all() == 0 && t.latest.is_none() {
-                totals.remove(&owner);
-            }
+        let t = totals.entry(owner).or_default();
+        t.finished += bytes;
+        t.note(latest);
+    }
+
+    /// The finished job `id` of `owner`, with `bytes` of output, was
+    /// removed. Returns true if it was the identity's latest: then the
+    /// caller names the next with [`Ledger::note_latest`].
+    pub(super) fn forget(&self, owner: Identity, id: JobId, bytes: u64) -> bool {
+        let mut totals = self.lock();
+        let Some(t) = totals.get_mut(&owner) else {
+            return false;
+        };
+        t.finished = t.finished.saturating_sub(bytes);
+        let was_latest = t.latest.is_some_and(|l| l.id == id);
+        if was_latest {
+            t.latest = None;
         }
+        if t.all() == 0 && t.latest.is_none() {
+            totals.remove(&owner);
+        }
+        was_latest
+    }
+
+    /// `job` is `owner`'s most recently ended job among those kept, unless
+    /// one that ended later was counted meanwhile.
+    pub(super) fn note_latest(&self, owner: Identity, job: Finished) {
+        if let Some(t) = self.lock().get_mut(&owner) {
+            t.note(job);
+        }
+    }
+
+    /// The identities whose output, finished jobs included, is over `cap`.
+    pub(super) fn over(&self, cap: u64) -> Vec<Over> {
+        self.lock()
+            .iter()
+            .filter(|(_, t)| t.all() > cap)
+            .map(|(owner, t)| Over {
+                owner: *owner,
+                excess: t.all() - cap,
+                latest: t.latest.map(|l| l.id),
+            })
+            .collect()
     }
 
     /// The identity whose running jobs have written the most, if any wrote
@@ -155,7 +200,7 @@ mod tests {
 
     fn done(n: u128, at: u64, bytes: u64) -> Finished {
         Finished {
-            id: JobId(uuid::Uuid::from_u128(n)),
+            id: JobId::from_u128(n),
             ended_at: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
             bytes,
         }
@@ -188,11 +233,18 @@ mod tests {
             }
         );
         // The latest is removed: the one before it counts instead.
-        ledger.forget(alice, JobId(uuid::Uuid::from_u128(2)), 300, || {
-            Some(done(1, 1, 500))
-        });
+        assert_eq!(
+            ledger.over(1000),
+            vec![Over {
+                owner: alice,
+                excess: 500,
+                latest: Some(JobId::from_u128(2)),
+            }]
+        );
+        assert!(ledger.forget(alice, JobId::from_u128(2), 300));
+        ledger.note_latest(alice, done(1, 1, 500));
         assert_eq!(ledger.take(alice, 1, Some(1000)).granted, 0);
-        ledger.forget(alice, JobId(uuid::Uuid::from_u128(1)), 500, || None);
+        assert!(ledger.forget(alice, JobId::from_u128(1), 500));
         assert_eq!(ledger.take(alice, 500, Some(1000)).granted, 300);
         ledger.finish(alice, 1000, done(3, 3, 1000));
         assert_eq!(ledger.take(alice, 5, None).granted, 5);

@@ -127,17 +127,6 @@ fn pick(
     }
 }
 
-/// What a job used, from its cgroup's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ResourceUsage {
-    /// Highest memory use of all its processes together, in bytes.
-    pub peak_memory_bytes: Option<u64>,
-    /// CPU time of all its processes, in microseconds.
-    pub cpu_usec: Option<u64>,
-    /// Processes the kernel killed for exceeding the memory limit.
-    pub oom_kills: u64,
-}
-
 /// A local account jobs run as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Account {

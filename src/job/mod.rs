@@ -16,11 +16,14 @@
 //!
 //! Jobs outlive the daemon: each job's record is written to the
 //! [`crate::store::Store`] when it starts (before the start is acknowledged)
-//! and when it ends (after its output is flushed to disk), and
-//! [`Jobs::open`] rebuilds the registry from the store, marking the jobs a
-//! dead daemon left running [`State::Lost`] and killing what is left of
-//! them. Finished jobs are removed by age and by their owner's total output
-//! (`retention.rs`), or by [`Jobs::remove`].
+//! and when it ends (after its output is flushed to disk). Only jobs whose
+//! end the store does not hold yet are kept in memory; a finished job is
+//! read from the store when it is asked for ([`Jobs::authorize`],
+//! [`Jobs::list`]), so the daemon's memory does not grow with the number
+//! of records. [`Jobs::open`] marks the jobs a dead daemon left running
+//! [`State::Lost`] and kills what is left of them. Finished jobs are
+//! removed by age and by their owner's total output (`retention.rs`), or
+//! by [`Jobs::remove`].
 
 mod disk;
 mod executor;
@@ -32,17 +35,14 @@ mod spec;
 mod supervisor;
 mod uids;
 
-use std::collections::HashMap;
-use std::fmt;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
 pub use executor::{
     BoxFuture, Capabilities, Ended, Executor, JobSignal, Launch, Meter, OutputPipe, Process,
@@ -50,16 +50,18 @@ pub use executor::{
 };
 pub use limits::{
     Account, AccountError, CeilingOverrides, JobPermits, JobQuota, MAX_PIDS, MIN_CPU_MILLIS,
-    MIN_MEMORY_BYTES, MIN_PIDS, Override, Resource, ResourceLimits, ResourceUsage, human_bytes,
+    MIN_MEMORY_BYTES, MIN_PIDS, Override, Resource, ResourceLimits, human_bytes,
 };
 pub use retention::{DEFAULT_MAX_AGE, Retention};
 pub use spec::{JobSpec, MAX_ARGS, MAX_ARGV_BYTES, MAX_PROGRAM_LEN};
+
+pub use crate::model::{ExitInfo, JobId, MalformedJobId, ResourceUsage, State};
 
 use crate::accounts::UidRange;
 use crate::auth::Identity;
 use crate::output::{self, Log, LogReader};
 use crate::policy::Grant;
-use crate::store::{JobEnd, JobRecord, Store, StoreError};
+use crate::store::{Cursor, JobEnd, JobRecord, Store, StoreError};
 
 /// Default time between SIGTERM and SIGKILL when a job is stopped.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -73,97 +75,6 @@ pub const MAX_GRACE: Duration = Duration::from_secs(60);
 /// EOF as soon as their buffered bytes are read; only a process that left the
 /// group (`setsid`) can hold them open, and it is not waited for beyond this.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A job's id: a UUID v4, written in canonical hyphenated lower-case form.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct JobId(Uuid);
-
-impl JobId {
-    fn new_random() -> Self {
-        Self(Uuid::new_v4())
-    }
-
-    /// The name of the job's output log in the output directory:
-    /// `<id>.log`.
-    fn log_name(&self) -> String {
-        format!("{self}.log")
-    }
-}
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0.hyphenated(), f)
-    }
-}
-
-impl fmt::Debug for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for JobId {
-    type Err = JobError;
-
-    /// Accepts only the canonical form (36 characters, lower-case, hyphens), so
-    /// one job has one spelling.
-    fn from_str(s: &str) -> Result<Self, JobError> {
-        let uuid = Uuid::try_parse(s).map_err(|_| JobError::InvalidId)?;
-        if s.len() != 36 || uuid.hyphenated().to_string() != s {
-            return Err(JobError::InvalidId);
-        }
-        Ok(Self(uuid))
-    }
-}
-
-/// How the main process of a job ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExitInfo {
-    /// It called exit(2) with this code (0..=255).
-    Exited(i32),
-    /// It was killed by this signal.
-    Signaled {
-        /// The signal number (signal(7)).
-        signal: i32,
-        /// The kernel wrote a core dump.
-        core_dumped: bool,
-    },
-}
-
-/// A job's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    /// Not final yet: the main process runs, or its output is still draining.
-    Running,
-    /// The main process exited on its own.
-    Exited,
-    /// The main process was killed by a signal the daemon did not send.
-    Killed,
-    /// Its owner, an admin, or the daemon's shutdown stopped it.
-    Stopped,
-    /// The kernel's OOM killer killed at least one of its processes and
-    /// nobody stopped it: the job reached its memory limit, or the machine or
-    /// the daemon's own cgroup ran out of memory ([`Status::usage`] has the
-    /// peak, [`Status::limits`] the limit). [`Status::exit`] tells how the
-    /// main process ended.
-    Oom,
-    /// It wrote more than its output quota ([`Status::max_output_bytes`]):
-    /// the log keeps exactly that many bytes, later output was discarded, and
-    /// the job, if still running, was stopped as by a stop request.
-    /// [`Status::exit`] tells how the main process ended.
-    OutputLimit,
-    /// The daemon ended (killed, or the machine went down) while the job
-    /// ran; the next daemon on the same state directory found its record
-    /// unfinished, killed what was left of its processes and kept its output
-    /// up to the last complete record. [`Status::exit`] is `None` (nobody saw
-    /// the main process end); [`Status::ended_at`] is when it was found.
-    Lost,
-    /// The daemon could not store the job's output (disk full, or the write
-    /// failed), so the job was stopped as by a stop request; the log keeps
-    /// every byte written before the failure. [`Status::exit`] tells how the
-    /// main process ended.
-    OutputFailed,
-}
 
 /// A point-in-time view of a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,6 +102,17 @@ pub struct Status {
     pub output_bytes: u64,
     /// Its output quota in bytes; `None` when unlimited.
     pub max_output_bytes: Option<u64>,
+}
+
+impl From<MalformedJobId> for JobError {
+    fn from(_: MalformedJobId) -> Self {
+        JobError::InvalidId
+    }
+}
+
+/// The name of job `id`'s output log in the output directory: `<id>.log`.
+fn log_name(id: JobId) -> String {
+    format!("{id}.log")
 }
 
 /// Errors of job operations. The server maps each variant to one gRPC status.
@@ -328,7 +250,8 @@ fn too_many_running(max: u32) -> String {
 /// Why [`Jobs::authorize`] refused, in more detail than the caller is told:
 /// the audit log records it, the peer sees only [`JobError::InvalidId`] or
 /// [`JobError::NotFound`] (via `From`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
+#[non_exhaustive]
 pub enum AccessDenied {
     /// The id is not a UUID in canonical form.
     MalformedId,
@@ -339,6 +262,9 @@ pub enum AccessDenied {
         /// The job's owner.
         owner: Identity,
     },
+    /// The store could not be read, so nobody can tell (a failure, not a
+    /// refusal).
+    Store(StoreError),
 }
 
 impl AccessDenied {
@@ -348,6 +274,7 @@ impl AccessDenied {
             AccessDenied::MalformedId => "malformed_job_id",
             AccessDenied::NoSuchJob => "no_such_job",
             AccessDenied::NotOwner { .. } => "not_owner",
+            AccessDenied::Store(_) => "store_unreadable",
         }
     }
 }
@@ -358,6 +285,7 @@ impl From<AccessDenied> for JobError {
             AccessDenied::MalformedId => JobError::InvalidId,
             // Same answer for both, so that job ids cannot be probed.
             AccessDenied::NoSuchJob | AccessDenied::NotOwner { .. } => JobError::NotFound,
+            AccessDenied::Store(e) => JobError::Store(e),
         }
     }
 }
@@ -452,16 +380,23 @@ struct Job {
 }
 
 impl Job {
-    /// The job as the output ledger knows a finished one; `None` while it
-    /// runs (its bytes count as running output).
-    fn finished(&self) -> Option<ledger::Finished> {
-        match *self.phase.borrow() {
-            Phase::Running => None,
-            Phase::Final { ended_at, .. } => Some(ledger::Finished {
-                id: self.id,
-                ended_at,
-                bytes: self.log.data_len(),
-            }),
+    /// A job that is final for good (`phase` is not [`Phase::Running`]),
+    /// as `record` describes it, with output `log`.
+    fn final_of(record: JobRecord, phase: Phase, log: Log) -> Self {
+        // The sender goes away at once: the phase is final for good.
+        let (_, phase) = watch::channel(phase);
+        let (stop, _) = watch::channel(false);
+        Self {
+            id: record.id,
+            owner: record.owner,
+            command: record.command,
+            started_at: record.started_at,
+            phase,
+            stop,
+            log,
+            limits: record.limits,
+            max_output_bytes: record.max_output_bytes,
+            meter: None,
         }
     }
 
@@ -511,9 +446,12 @@ pub struct Jobs {
     shutdown: CancellationToken,
 }
 
-/// Every job the daemon knows, by id, and what wakes the retention task.
+/// The jobs held in memory, by id, and what wakes the retention task.
 #[derive(Default)]
 struct Registry {
+    /// The jobs whose end the store does not hold: running ones, and
+    /// ended ones whose end is still to be recorded. Every other job is
+    /// read from the store.
     jobs: Mutex<HashMap<JobId, Arc<Job>>>,
     /// Notified when a job ends (its owner's total may now be over the cap)
     /// or is removed (space was freed for ends not yet recorded).
@@ -546,9 +484,12 @@ impl Registry {
         let mut failed = Vec::new();
         for (id, end) in pending {
             match store.finish(id, end.clone()).await {
-                Ok(()) => tracing::info!(job = %id, "recorded the job's end after all"),
-                // Removed meanwhile (`jobs rm`, retention): nothing to record.
-                Err(StoreError::NotRunning { .. }) => {}
+                Ok(()) => {
+                    tracing::info!(job = %id, "recorded the job's end after all");
+                    self.retire(id);
+                }
+                // Removed meanwhile (`jobs rm`): nothing to record.
+                Err(StoreError::NotRunning { .. }) => self.retire(id),
                 Err(_) => failed.push((id, end)),
             }
         }
@@ -557,22 +498,27 @@ impl Registry {
         unrecorded.len()
     }
 
-    /// Gives back the output of `job`, just taken out of `jobs`, to its
-    /// owner's count.
-    fn forget_output(&self, jobs: &HashMap<JobId, Arc<Job>>, job: &Job) {
-        self.output
-            .forget(job.owner, job.id, job.log.data_len(), || {
-                jobs.values()
-                    .filter(|j| j.owner == job.owner)
-                    .filter_map(|j| j.finished())
-                    .max_by_key(|f| f.ended_at)
-            });
+    /// Forgets job `id` in memory: the store holds its end (or it was
+    /// removed), so it is read from there from now on.
+    fn retire(&self, id: JobId) {
+        self.lock().remove(&id);
     }
 
-    /// Counts `job`'s output again (a removal that failed).
-    fn count_output(&self, job: &Job) {
-        if let Some(finished) = job.finished() {
-            self.output.add_finished(job.owner, finished);
+    /// Gives back the output of `owner`'s finished job `id` (`bytes`), just
+    /// removed from the store, to its owner's count; if it was the owner's
+    /// latest, the store names the next.
+    async fn forget_output(&self, store: &Store, owner: Identity, id: JobId, bytes: u64) {
+        if !self.output.forget(owner, id, bytes) {
+            return;
+        }
+        match store.latest_ended_of(owner).await {
+            Ok(Some(latest)) => self.output.note_latest(owner, latest.into()),
+            Ok(None) => {}
+            // Counted without a latest job: the cap is then looser by one
+            // job's output until the owner's next job ends.
+            Err(e) => {
+                tracing::error!(error = %e, owner = %owner, "cannot read the identity's latest finished job")
+            }
         }
     }
 
@@ -609,9 +555,10 @@ pub enum OpenError {
 pub struct OwnedJob(Arc<Job>);
 
 impl Jobs {
-    /// The registry of the jobs in `store` (`records`, as [`Store::load`]
-    /// read them), which starts new jobs with `executor`; starts the
-    /// retention task (so it must be called within a tokio runtime).
+    /// The registry of the jobs in `store`, whose record ids are `ids` (as
+    /// [`Store::scan`] returned them), which starts new jobs with
+    /// `executor`; starts the retention task (so it must be called within a
+    /// tokio runtime).
     ///
     /// Every job the store has is listed again: finished ones with their
     /// final status and output; ones a dead daemon left running become
@@ -619,17 +566,19 @@ impl Jobs {
     /// them and their output was cut after its last complete record
     /// ([`output::recover`]). Output logs with no record (a crash between
     /// creating a log and recording its job, or between removing a record
-    /// and its log) are deleted.
+    /// and its log) are deleted. Reads the store (blocking): call it at
+    /// start-up.
     ///
     /// # Errors
-    /// [`OpenError::OutputDir`] if the output directory cannot be created.
-    /// (Lost jobs that cannot be recorded as lost now, on a full disk, are
-    /// recorded later, as ends are.)
+    /// [`OpenError::OutputDir`] if the output directory cannot be created;
+    /// [`OpenError::Store`] if the store cannot be read. (Lost jobs that
+    /// cannot be recorded as lost now, on a full disk, are recorded later,
+    /// as ends are.)
     pub fn open(
         executor: Arc<dyn Executor>,
         config: JobsConfig,
         store: Store,
-        records: Vec<JobRecord>,
+        ids: HashSet<JobId>,
     ) -> Result<Self, OpenError> {
         let dir_error = |source| OpenError::OutputDir {
             path: config.output_dir.clone(),
@@ -648,8 +597,9 @@ impl Jobs {
             executor.as_ref(),
             &config.output_dir,
             &store,
-            records,
-        );
+            &ids,
+        )?;
+        drop(ids);
         let jobs = Self {
             uids: config
                 .uid_range
@@ -687,38 +637,92 @@ impl Jobs {
     /// [`AccessDenied::NoSuchJob`]; [`AccessDenied::NotOwner`] for another
     /// identity's job. Converted to [`JobError`], the last two are the same
     /// [`JobError::NotFound`].
-    pub fn authorize(&self, grant: &Grant, id: &str) -> Result<OwnedJob, AccessDenied> {
+    ///
+    /// A job held in memory is found there; any other is read from the
+    /// store (the access check comes before its output file is looked at).
+    /// [`AccessDenied::Store`] when the store cannot be read.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn authorize(&self, grant: &Grant, id: &str) -> Result<OwnedJob, AccessDenied> {
         let id: JobId = id.parse().map_err(|_| AccessDenied::MalformedId)?;
-        let job = self
-            .registry
-            .lock()
-            .get(&id)
-            .cloned()
-            .ok_or(AccessDenied::NoSuchJob)?;
-        if job.owner != grant.identity() && !grant.is_admin() {
-            return Err(AccessDenied::NotOwner { owner: job.owner });
+        let allowed = |owner: Identity| {
+            if owner != grant.identity() && !grant.is_admin() {
+                return Err(AccessDenied::NotOwner { owner });
+            }
+            Ok(())
+        };
+        let held = self.registry.lock().get(&id).cloned();
+        if let Some(job) = held {
+            allowed(job.owner)?;
+            return Ok(OwnedJob(job));
         }
-        Ok(OwnedJob(job))
+        let record = self
+            .store
+            .get(id)
+            .await
+            .map_err(AccessDenied::Store)?
+            .ok_or(AccessDenied::NoSuchJob)?;
+        allowed(record.owner)?;
+        match self.finished_job(record).await {
+            Some(job) => Ok(OwnedJob(Arc::new(job))),
+            // Recorded as running but not held: a start between its record
+            // and its registration, whose id nobody has been told yet.
+            None => Err(AccessDenied::NoSuchJob),
+        }
     }
 
-    /// The caller's own jobs, or with `all_users` every user's jobs (admins
-    /// only), oldest first.
+    /// The finished job `record` describes, with its output log (whose
+    /// length is read on the blocking pool); `None` if it has no end.
+    async fn finished_job(&self, mut record: JobRecord) -> Option<Job> {
+        let end = record.end.take()?;
+        let path = self.config.output_dir.join(log_name(record.id));
+        let id = record.id;
+        let log = tokio::task::spawn_blocking(move || {
+            // Its record says it ended with its output flushed, so only
+            // someone else can have taken the file away: reading it then
+            // fails (INTERNAL), rather than look empty.
+            output::open_sealed(&path, end.output_bytes).unwrap_or_else(|e| {
+                tracing::error!(job = %id, error = %e, "cannot open the job's output log; reading its output will fail");
+                output::sealed_empty(&path)
+            })
+        })
+        .await
+        .ok()?;
+        Some(Job::final_of(record, end.into(), log))
+    }
+
+    /// Up to `limit` of the caller's own jobs, or with `all_users` of every
+    /// user's jobs (admins only), oldest first (by start time, then id),
+    /// from just after `after` (from the first without). Read from the
+    /// store's index: the cost is the page's, however many jobs there are.
     ///
     /// # Errors
-    /// [`JobError::AdminOnly`] when a non-admin asks for `all_users`.
-    pub fn list(&self, grant: &Grant, all_users: bool) -> Result<Vec<Status>, JobError> {
+    /// [`JobError::AdminOnly`] when a non-admin asks for `all_users`;
+    /// [`JobError::Store`] when the store cannot be read.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn list(
+        &self,
+        grant: &Grant,
+        all_users: bool,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Vec<Status>, JobError> {
         if all_users && !grant.is_admin() {
             return Err(JobError::AdminOnly);
         }
-        let mut jobs: Vec<Status> = self
-            .registry
-            .lock()
-            .values()
-            .filter(|j| all_users || j.owner == grant.identity())
-            .map(|j| j.status())
-            .collect();
-        jobs.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
-        Ok(jobs)
+        let owner = (!all_users).then(|| grant.identity());
+        let records = self.store.page(owner, after, limit).await?;
+        let held = self.registry.lock();
+        Ok(records
+            .into_iter()
+            .map(|record| match held.get(&record.id) {
+                Some(job) => job.status(),
+                None => record_status(record),
+            })
+            .collect())
     }
 
     /// Every job of `owner` still running, oldest first, for an admin: the
@@ -889,7 +893,7 @@ impl Jobs {
         // is supervised even if the caller goes away. Output waits in the
         // pipes meanwhile. If the log cannot be made, dropping `spawned`
         // kills the job.
-        let log_path = self.config.output_dir.join(id.log_name());
+        let log_path = self.config.output_dir.join(log_name(id));
         let (writer, log) = output::create(&log_path)?;
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -955,35 +959,34 @@ impl Jobs {
     /// stays as it was, output included).
     ///
     /// # Cancel safety
-    /// The record's deletion completes even if the future is dropped; the
-    /// log file may then remain until the next start of the daemon.
+    /// The removal (record, log, and its owner's output count) completes
+    /// even if the future is dropped.
     pub async fn remove(&self, job: &OwnedJob) -> Result<(), JobError> {
         if matches!(*job.0.phase.borrow(), Phase::Running) {
             return Err(JobError::StillRunning);
         }
-        let id = job.id();
-        // Out of the registry first, so that retention and a second remove
-        // cannot delete it twice.
-        let entry = {
-            let mut jobs = self.registry.lock();
-            let Some(entry) = jobs.remove(&id) else {
+        let (id, owner, bytes) = (job.id(), job.owner(), job.0.log.data_len());
+        let registry = self.registry.clone();
+        let store = self.store.clone();
+        let output_dir = self.config.output_dir.clone();
+        // A task of its own, so that the count of its owner's output is
+        // given back even if the request goes away halfway.
+        let task = self.tracker.spawn(async move {
+            let removed = retention::delete_jobs(&store, &output_dir, &[id]).await?;
+            if removed.is_empty() {
+                // By another request or by retention, meanwhile.
                 return Err(JobError::NotFound);
-            };
-            // Given back before the await: a dropped future completes the
-            // deletion (see above), so the count stays right.
-            self.registry.forget_output(&jobs, &entry);
-            entry
-        };
-        if let Err(e) = retention::delete_jobs(&self.store, &self.config.output_dir, &[id]).await {
-            self.registry.count_output(&entry);
-            self.registry.lock().insert(id, entry);
-            return Err(e.into());
-        }
-        self.registry.disk.recheck();
-        tracing::info!(job = %id, owner = %entry.owner, "job removed");
-        // Space was freed: ends that could not be recorded may fit now.
-        self.registry.ended.notify_one();
-        Ok(())
+            }
+            // Held in memory only if its end was still to be recorded.
+            registry.retire(id);
+            registry.forget_output(&store, owner, id, bytes).await;
+            registry.disk.recheck();
+            tracing::info!(job = %id, owner = %owner, "job removed");
+            // Space was freed: ends that could not be recorded may fit now.
+            registry.ended.notify_one();
+            Ok(())
+        });
+        task.await.unwrap_or(Err(JobError::ShuttingDown))
     }
 
     /// Stops every running job (SIGTERM, grace period, SIGKILL) and waits until
@@ -1022,6 +1025,45 @@ impl Jobs {
 }
 
 use std::os::unix::fs::DirBuilderExt;
+
+/// The status of a job from its record alone (one not held in memory).
+fn record_status(record: JobRecord) -> Status {
+    let (state, exit, ended_at, usage, output_bytes) = match record.end {
+        Some(end) => (
+            end.state,
+            end.exit,
+            Some(end.ended_at),
+            end.usage,
+            end.output_bytes,
+        ),
+        // Recorded an instant ago and not registered yet.
+        None => (State::Running, None, None, None, 0),
+    };
+    Status {
+        id: record.id,
+        state,
+        exit,
+        command: record.command,
+        started_at: record.started_at,
+        ended_at,
+        owner: record.owner,
+        limits: record.limits,
+        usage,
+        output_bytes,
+        max_output_bytes: record.max_output_bytes,
+    }
+}
+
+impl From<JobEnd> for Phase {
+    fn from(end: JobEnd) -> Self {
+        Phase::Final {
+            state: end.state,
+            exit: end.exit,
+            ended_at: end.ended_at,
+            usage: end.usage,
+        }
+    }
+}
 
 impl OwnedJob {
     /// The job's id.

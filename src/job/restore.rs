@@ -1,139 +1,117 @@
 //! Rebuilding the registry from the store when the daemon starts.
 //!
-//! Finished jobs come back as they were recorded. A job without a recorded
-//! end was running when the previous daemon died: what is left of its
-//! processes is killed through the executor's recovery token, its output is
-//! cut after the last complete record, and it is recorded as
-//! [`State::Lost`]. Output logs without a record are deleted.
+//! Finished jobs stay in the store, read when asked for; only their
+//! output's sums per identity are read now, for the output ledger. A job
+//! without a recorded end was running when the previous daemon died: what
+//! is left of its processes is killed through the executor's recovery
+//! token, its output is cut after the last complete record, and it is
+//! recorded as [`State::Lost`]. Output logs without a record are deleted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::watch;
-
-use super::{Executor, Job, Phase, Registry, State, retention};
+use super::{Executor, Job, JobId, Phase, Registry, State, retention};
 use crate::output;
-use crate::store::{JobEnd, JobRecord, Store};
+use crate::store::{JobEnd, Store, StoreError};
 
-/// Fills `registry` from `store` for [`Jobs::open`].
+/// Fills `registry` from `store` for [`Jobs::open`]: the output ledger
+/// from the store's sums, the lost jobs recorded as such (held in memory
+/// only while that record cannot be written). `ids` are every record's.
 pub(super) fn restore(
     registry: &Registry,
     executor: &dyn Executor,
     output_dir: &std::path::Path,
     store: &Store,
-    records: Vec<JobRecord>,
-) {
+    ids: &HashSet<JobId>,
+) -> Result<(), StoreError> {
+    for (owner, kept) in store.finished_output()? {
+        registry
+            .output
+            .add_totals(owner, kept.bytes, kept.latest.into());
+    }
     let now = SystemTime::now();
-    let mut lost = HashMap::new();
-    let mut jobs = registry.lock();
-    for record in &records {
-        let path = output_dir.join(record.id.log_name());
-        let (log, phase) = match &record.end {
-            Some(end) => {
-                // Its record says it ended with its output flushed, so only
-                // someone else can have taken the file away: reading it
-                // then fails (INTERNAL), rather than look empty.
-                let log = output::open_sealed(&path, end.output_bytes);
-                (
-                    log,
-                    Phase::Final {
-                        state: end.state,
-                        exit: end.exit,
-                        ended_at: end.ended_at,
-                        usage: end.usage,
-                    },
-                )
-            }
-            None => {
-                // Left running by a dead daemon: kill what is left of it
-                // before anything else reads its state.
-                if let Some(token) = &record.recovery {
-                    match executor.reclaim(token) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::warn!(job = %record.id, killed = n, "killed what a dead daemon's job left running")
-                        }
-                        Err(e) => {
-                            tracing::error!(job = %record.id, error = %e, "cannot kill what a dead daemon's job left running")
-                        }
-                    }
+    let mut lost = Vec::new();
+    for record in store.load_unfinished()? {
+        // Left running by a dead daemon: kill what is left of it before
+        // anything else reads its state.
+        if let Some(token) = &record.recovery {
+            match executor.reclaim(token) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(job = %record.id, killed = n, "killed what a dead daemon's job left running")
                 }
-                let log = output::recover(&path).map(|(log, found)| {
-                    if found.cut > 0 {
-                        tracing::warn!(job = %record.id, cut = found.cut, "cut an unfinished record from the end of a lost job's output");
-                    }
-                    lost.insert(record.id, found.data);
-                    log
-                });
-                (
-                    log,
-                    Phase::Final {
-                        state: State::Lost,
-                        exit: None,
-                        ended_at: now,
-                        usage: None,
-                    },
-                )
+                Err(e) => {
+                    tracing::error!(job = %record.id, error = %e, "cannot kill what a dead daemon's job left running")
+                }
             }
-        };
-        let log = match log {
-            Ok(log) => log,
+        }
+        let path = output_dir.join(super::log_name(record.id));
+        let (log, data) = match output::recover(&path) {
+            Ok((log, found)) => {
+                if found.cut > 0 {
+                    tracing::warn!(job = %record.id, cut = found.cut, "cut an unfinished record from the end of a lost job's output");
+                }
+                (log, found.data)
+            }
             Err(e) => {
                 tracing::error!(job = %record.id, error = %e, "cannot open the job's output log; reading its output will fail");
-                output::sealed_empty(&path)
+                (output::sealed_empty(&path), 0)
             }
         };
-        // The sender goes away at once: the phase is final for good.
-        let (_, phase) = watch::channel(phase);
-        let (stop, _) = watch::channel(false);
-        jobs.insert(
-            record.id,
-            Arc::new(Job {
-                id: record.id,
-                owner: record.owner,
-                command: record.command.clone(),
-                started_at: record.started_at,
-                phase,
-                stop,
-                log,
-                limits: record.limits,
-                max_output_bytes: record.max_output_bytes,
-                meter: None,
-            }),
-        );
+        lost.push((record, log, data));
     }
-    for job in jobs.values() {
-        registry.count_output(job);
-    }
-    drop(jobs);
     if !lost.is_empty() {
-        match store.mark_lost(now, |id| lost.get(&id).copied().unwrap_or(0)) {
+        let bytes: HashMap<JobId, u64> = lost.iter().map(|(r, _, data)| (r.id, *data)).collect();
+        let marked = store.mark_lost(now, |id| bytes.get(&id).copied().unwrap_or(0));
+        match &marked {
             Ok(marked) => tracing::warn!(
                 jobs = marked.len(),
                 "jobs were running when the previous daemon died; they are now marked lost"
             ),
-            // The daemon serves all the same (the jobs are lost in memory);
-            // the ends are recorded once the store can be written.
             Err(e) => {
-                tracing::error!(error = %e, jobs = lost.len(), "cannot record the jobs of the previous daemon as lost now; will retry");
-                for (id, bytes) in &lost {
-                    registry.defer_end(
-                        *id,
-                        JobEnd {
-                            state: State::Lost,
-                            exit: None,
-                            ended_at: now,
-                            usage: None,
-                            output_bytes: *bytes,
-                        },
-                    );
-                }
+                tracing::error!(error = %e, jobs = lost.len(), "cannot record the jobs of the previous daemon as lost now; will retry")
+            }
+        }
+        let phase = Phase::Final {
+            state: State::Lost,
+            exit: None,
+            ended_at: now,
+            usage: None,
+        };
+        for (record, log, data) in lost {
+            let (id, owner) = (record.id, record.owner);
+            registry.output.add_finished(
+                owner,
+                super::ledger::Finished {
+                    id,
+                    ended_at: now,
+                    bytes: data,
+                },
+            );
+            if marked.is_err() {
+                // The daemon serves all the same (the job is lost in
+                // memory); the end is recorded once the store can be
+                // written.
+                registry
+                    .lock()
+                    .insert(id, Arc::new(Job::final_of(record, phase, log)));
+                registry.defer_end(
+                    id,
+                    JobEnd {
+                        state: State::Lost,
+                        exit: None,
+                        ended_at: now,
+                        usage: None,
+                        output_bytes: data,
+                    },
+                );
             }
         }
     }
-    retention::sweep_orphan_logs(output_dir, &registry.lock());
-    tracing::info!(jobs = records.len(), "job records loaded");
+    retention::sweep_orphan_logs(output_dir, ids);
+    tracing::info!(jobs = ids.len(), "job records checked");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -230,14 +208,14 @@ mod tests {
         let executor = Arc::new(Reclaimer::default());
         let mut config = JobsConfig::new(output_dir.clone());
         config.retention.max_age = None;
-        let records = store.load().unwrap();
-        let jobs = Jobs::open(executor.clone(), config, store.clone(), records).unwrap();
+        let ids = store.scan().unwrap();
+        let jobs = Jobs::open(executor.clone(), config, store.clone(), ids).unwrap();
 
         assert_eq!(*executor.reclaimed.lock().unwrap(), ["pgid=4242,start=7"]);
         let grant = Gate::new(PolicyHandle::default())
             .admit(&Caller::from_verified(owner), Rpc::List)
             .unwrap();
-        let listed = jobs.list(&grant, false).unwrap();
+        let listed = jobs.list(&grant, false, None, 10).await.unwrap();
         assert_eq!(
             listed.iter().map(|s| s.id).collect::<Vec<_>>(),
             [done, running]
@@ -262,7 +240,7 @@ mod tests {
         assert_eq!(d.command, ["prog", "arg with space"]);
         assert_eq!((r.state, r.exit, r.output_bytes), (State::Lost, None, 8));
 
-        let done_job = jobs.authorize(&grant, &done.to_string()).unwrap();
+        let done_job = jobs.authorize(&grant, &done.to_string()).await.unwrap();
         assert_eq!(
             drain(done_job.output().unwrap()).await,
             [
@@ -276,7 +254,7 @@ mod tests {
                 }
             ]
         );
-        let lost = jobs.authorize(&grant, &running.to_string()).unwrap();
+        let lost = jobs.authorize(&grant, &running.to_string()).await.unwrap();
         assert_eq!(
             drain(lost.follow().unwrap()).await,
             [Chunk {

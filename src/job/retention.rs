@@ -8,6 +8,8 @@
 //! a user just ran is never gone the moment it ends (a single job's size is
 //! bounded by the output quota instead). Running jobs are never removed.
 //!
+//! Both rules are queries on the store's indexes (finished jobs are not
+//! held in memory); the per-identity totals come from the output ledger.
 //! The task sleeps until the next job is due or a job ends; it never polls
 //! (it wakes at least hourly, so that a change of the wall clock is noticed).
 //! It also records the job ends the store could not write when they happened
@@ -17,16 +19,15 @@
 //! crash in between leaves logs without records, which [`super::Jobs::open`]
 //! deletes.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Job, JobId, Phase, Registry};
-use crate::auth::Identity;
-use crate::store::Store;
+use super::{JobId, Registry};
+use crate::store::{Ended, Store};
 
 /// How long finished jobs are kept by default: 7 days, long enough to come
 /// back after a weekend.
@@ -62,76 +63,25 @@ impl Default for Retention {
     }
 }
 
-/// What retention needs to know of one job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Entry {
-    pub id: JobId,
-    pub owner: Identity,
-    /// `None` while running.
-    pub ended_at: Option<SystemTime>,
-    pub output_bytes: u64,
-}
+/// Most jobs one query of a retention pass returns; a pass repeats it
+/// until nothing more is due, so memory holds one batch at a time.
+const BATCH: usize = 1000;
 
-impl Entry {
-    fn of(job: &Job) -> Self {
-        Self {
-            id: job.id,
-            owner: job.owner,
-            ended_at: match *job.phase.borrow() {
-                Phase::Running => None,
-                Phase::Final { ended_at, .. } => Some(ended_at),
-            },
-            output_bytes: job.log.data_len(),
-        }
-    }
-}
-
-/// The jobs due for removal at `now` under `rules`, and when the next one
-/// falls due by age (`None`: none will). Pure, so that it is tested without
-/// waiting.
-pub(super) fn due(
-    jobs: &[Entry],
-    now: SystemTime,
-    rules: &Retention,
-) -> (Vec<JobId>, Option<SystemTime>) {
-    let mut doomed = Vec::new();
-    let mut next: Option<SystemTime> = None;
-    let mut kept: HashMap<Identity, Vec<&Entry>> = HashMap::new();
-    for job in jobs {
-        let expires = match (job.ended_at, rules.max_age) {
-            (Some(ended), Some(age)) => ended.checked_add(age),
-            _ => None,
-        };
-        match expires {
-            Some(at) if at <= now => doomed.push(job.id),
-            _ => {
-                if let Some(at) = expires {
-                    next = Some(next.map_or(at, |n| n.min(at)));
-                }
-                kept.entry(job.owner).or_default().push(job);
-            }
-        }
-    }
-    if let Some(cap) = rules.max_output_per_identity {
-        for mut owned in kept.into_values() {
-            let mut total: u64 = owned.iter().map(|j| j.output_bytes).sum();
-            if total <= cap {
-                continue;
-            }
-            owned.retain(|j| j.ended_at.is_some());
-            owned.sort_by_key(|j| (j.ended_at, j.id));
-            // Never the most recently ended one.
-            owned.pop();
-            for job in owned {
-                if total <= cap {
-                    break;
-                }
-                total -= job.output_bytes;
-                doomed.push(job.id);
-            }
-        }
-    }
-    (doomed, next)
+/// The jobs of one identity to remove so that `excess` bytes are freed:
+/// from `oldest` (its finished jobs, oldest end first), as few as that
+/// takes, never `latest`. Pure, so that it is tested without a store.
+pub(super) fn to_free(oldest: &[Ended], excess: u64, latest: Option<JobId>) -> Vec<Ended> {
+    let mut freed = 0u64;
+    oldest
+        .iter()
+        .filter(|job| Some(job.id) != latest)
+        .take_while(|job| {
+            let more = freed < excess;
+            freed = freed.saturating_add(job.output_bytes);
+            more
+        })
+        .copied()
+        .collect()
 }
 
 pub(super) struct Task {
@@ -142,24 +92,27 @@ pub(super) struct Task {
     pub shutdown: CancellationToken,
 }
 
+/// What one retention pass found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Pass {
+    /// When the next job falls due by age (`None`: none will).
+    pub next: Option<SystemTime>,
+    /// The store refused a read or a removal: try again soon.
+    pub refused: bool,
+}
+
 /// The retention task: removes due jobs, then sleeps until the next is due,
 /// a job ends, or the registry shuts down.
 pub(super) async fn run(task: Task) {
     loop {
         let unrecorded = task.registry.record_deferred_ends(&task.store).await;
-        let entries: Vec<Entry> = task
-            .registry
-            .lock()
-            .values()
-            .map(|j| Entry::of(j))
-            .collect();
         let now = SystemTime::now();
-        let (doomed, next) = due(&entries, now, &task.retention);
-        let refused = !doomed.is_empty() && !remove(&task, doomed).await;
-        let mut sleep = next
+        let pass = pass(&task, now).await;
+        let mut sleep = pass
+            .next
             .map_or(MAX_SLEEP, |at| at.duration_since(now).unwrap_or_default())
             .min(MAX_SLEEP);
-        if unrecorded > 0 || refused {
+        if unrecorded > 0 || pass.refused {
             sleep = sleep.min(RETRY_UNRECORDED);
         }
         tokio::select! {
@@ -170,38 +123,106 @@ pub(super) async fn run(task: Task) {
     }
 }
 
-/// Removes `ids` from the registry, the store and the disk. Returns false
-/// if the store refused (they are back in the registry, to be tried again).
-async fn remove(task: &Task, ids: Vec<JobId>) -> bool {
-    let taken: Vec<Arc<Job>> = {
-        let mut jobs = task.registry.lock();
-        let taken: Vec<Arc<Job>> = ids.iter().filter_map(|id| jobs.remove(id)).collect();
-        for job in &taken {
-            task.registry.forget_output(&jobs, job);
-        }
-        taken
+/// Removes what is due at `now`: every job that ended `max_age` ago or
+/// earlier, then, for each identity over its cap, its oldest finished jobs
+/// until it fits (never its latest). Each query reads the store's index a
+/// batch at a time; nothing is scanned in memory.
+pub(super) async fn pass(task: &Task, now: SystemTime) -> Pass {
+    let mut pass = Pass::default();
+    let refused = |e: crate::store::StoreError, pass: &mut Pass| {
+        tracing::error!(error = %e, "cannot read the job store for retention");
+        pass.refused = true;
     };
-    let ids: Vec<JobId> = taken.iter().map(|j| j.id).collect();
-    if let Err(e) = delete_jobs(&task.store, &task.output_dir, &ids).await {
-        // Put them back: they are tried again at the next wake-up.
-        tracing::error!(error = %e, jobs = ids.len(), "cannot remove expired jobs from the store");
-        let mut jobs = task.registry.lock();
-        for job in taken {
-            task.registry.count_output(&job);
-            jobs.insert(job.id, job);
+    if let Some(cutoff) = task.retention.max_age.and_then(|age| now.checked_sub(age)) {
+        loop {
+            match task.store.ended_by(cutoff, BATCH).await {
+                Ok(due) if due.is_empty() => break,
+                Ok(due) => {
+                    let full = due.len() == BATCH;
+                    if !remove(task, due).await {
+                        pass.refused = true;
+                        break;
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    refused(e, &mut pass);
+                    break;
+                }
+            }
         }
-        return false;
+        match task.store.first_end_after(cutoff).await {
+            Ok(first) => {
+                pass.next = first
+                    .and_then(|end| task.retention.max_age.and_then(|age| end.checked_add(age)))
+            }
+            Err(e) => refused(e, &mut pass),
+        }
+    }
+    if let Some(cap) = task.retention.max_output_per_identity {
+        for over in task.registry.output.over(cap) {
+            let mut excess = over.excess;
+            // At most as many batches as it takes; each removes its jobs
+            // before the next is read.
+            while excess > 0 {
+                let oldest = match task.store.oldest_ended_of(over.owner, BATCH).await {
+                    Ok(oldest) => oldest,
+                    Err(e) => {
+                        refused(e, &mut pass);
+                        break;
+                    }
+                };
+                let doomed = to_free(&oldest, excess, over.latest);
+                if doomed.is_empty() {
+                    break;
+                }
+                let freed: u64 = doomed.iter().map(|j| j.output_bytes).sum();
+                if !remove(task, doomed).await {
+                    pass.refused = true;
+                    break;
+                }
+                excess = excess.saturating_sub(freed);
+            }
+        }
+    }
+    pass
+}
+
+/// Removes the finished jobs `doomed` from the store and the disk, and
+/// gives their output back to their owners' counts. Returns false if the
+/// store refused (nothing changed; they are tried again at the next
+/// wake-up).
+async fn remove(task: &Task, doomed: Vec<Ended>) -> bool {
+    let ids: Vec<JobId> = doomed.iter().map(|j| j.id).collect();
+    let removed = match delete_jobs(&task.store, &task.output_dir, &ids).await {
+        Ok(removed) => removed,
+        Err(e) => {
+            tracing::error!(error = %e, jobs = ids.len(), "cannot remove expired jobs from the store");
+            return false;
+        }
+    };
+    // Only what this removal deleted: a `jobs rm` meanwhile gave its own
+    // job's bytes back already.
+    let removed: HashSet<JobId> = removed.into_iter().collect();
+    for job in doomed.iter().filter(|j| removed.contains(&j.id)) {
+        task.registry
+            .forget_output(&task.store, job.owner, job.id, job.output_bytes)
+            .await;
     }
     task.registry.disk.recheck();
-    tracing::info!(jobs = ids.len(), "removed finished jobs by retention");
+    tracing::info!(jobs = removed.len(), "removed finished jobs by retention");
     true
 }
 
-/// Deletes the records of `ids` from the store, then their output logs, so
-/// that a crash in between leaves only logs without records (deleted at the
-/// next start), and a deletion the store refuses changes nothing. On a full
-/// disk the store spends its reserve to record the deletion; the space the
-/// logs free then makes the reserve again.
+/// Deletes the records of `ids` from the store, then the output logs of
+/// those it deleted, so that a crash in between leaves only logs without
+/// records (deleted at the next start), and a deletion the store refuses
+/// changes nothing. On a full disk the store spends its reserve to record
+/// the deletion; the space the logs free then makes the reserve again.
+/// Returns the ids whose records it deleted (not those gone already). The
+/// logs are deleted on the blocking pool.
 ///
 /// # Errors
 /// The store's error when the records cannot be deleted (on a disk full
@@ -211,18 +232,26 @@ pub(super) async fn delete_jobs(
     store: &Store,
     output_dir: &Path,
     ids: &[JobId],
-) -> Result<(), crate::store::StoreError> {
-    store.remove(ids.to_vec()).await?;
-    for id in ids {
-        delete_log(output_dir, *id);
+) -> Result<Vec<JobId>, crate::store::StoreError> {
+    let removed = store.remove(ids.to_vec()).await?;
+    let dir = output_dir.to_owned();
+    let logs = removed.clone();
+    let deleted = tokio::task::spawn_blocking(move || {
+        for id in logs {
+            delete_log(&dir, id);
+        }
+    })
+    .await;
+    if deleted.is_err() {
+        tracing::warn!("output logs of removed jobs left for the next start to delete");
     }
     store.replenish_reserve().await;
-    Ok(())
+    Ok(removed)
 }
 
 /// Deletes the output log of job `id`; a log already gone is fine.
 pub(super) fn delete_log(output_dir: &Path, id: JobId) {
-    let path = output_dir.join(id.log_name());
+    let path = output_dir.join(super::log_name(id));
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -230,9 +259,9 @@ pub(super) fn delete_log(output_dir: &Path, id: JobId) {
     }
 }
 
-/// Deletes every `<job id>.log` in `output_dir` whose job is not in `jobs`
+/// Deletes every `<job id>.log` in `output_dir` whose job is not in `ids`
 /// (left by a crash); other files are left alone.
-pub(super) fn sweep_orphan_logs(output_dir: &Path, jobs: &HashMap<JobId, Arc<Job>>) {
+pub(super) fn sweep_orphan_logs(output_dir: &Path, ids: &HashSet<JobId>) {
     let Ok(entries) = std::fs::read_dir(output_dir) else {
         return;
     };
@@ -246,7 +275,7 @@ pub(super) fn sweep_orphan_logs(output_dir: &Path, jobs: &HashMap<JobId, Arc<Job
         else {
             continue;
         };
-        if !jobs.contains_key(&id) {
+        if !ids.contains(&id) {
             delete_log(output_dir, id);
             swept += 1;
         }
@@ -262,9 +291,12 @@ pub(super) fn sweep_orphan_logs(output_dir: &Path, jobs: &HashMap<JobId, Arc<Job
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Identity;
+    use crate::model::{ExitInfo, State};
+    use crate::store::{JobEnd, JobRecord};
 
     fn id(n: u128) -> JobId {
-        JobId(uuid::Uuid::from_u128(n))
+        JobId::from_u128(n)
     }
 
     fn owner(n: u8) -> Identity {
@@ -275,81 +307,177 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
     }
 
-    fn job(n: u128, who: u8, ended: Option<u64>, bytes: u64) -> Entry {
-        Entry {
+    fn ended(n: u128, who: u8, end: u64, bytes: u64) -> Ended {
+        Ended {
             id: id(n),
             owner: owner(who),
-            ended_at: ended.map(at),
+            ended_at: at(end),
             output_bytes: bytes,
         }
     }
 
-    const BY_AGE: Retention = Retention {
-        max_age: Some(Duration::from_secs(100)),
-        max_output_per_identity: None,
-    };
-
     #[test]
-    fn finished_jobs_go_at_their_age_and_running_ones_never() {
-        let jobs = [
-            job(1, 1, Some(1000), 0),
-            job(2, 1, Some(1050), 0),
-            job(3, 1, None, 0),
+    fn over_the_size_cap_the_oldest_finished_go_first_but_never_the_latest() {
+        // Owner 1 is 90 bytes over: oldest first, 50 then 40 free 90.
+        let oldest = [
+            ended(11, 1, 1, 50),
+            ended(12, 1, 2, 40),
+            ended(10, 1, 3, 60),
         ];
+        let ids = |jobs: Vec<Ended>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+        assert_eq!(ids(to_free(&oldest, 90, Some(id(10)))), [id(11), id(12)]);
+        // One byte over takes one job; nothing over takes none.
+        assert_eq!(ids(to_free(&oldest, 1, Some(id(10)))), [id(11)]);
+        assert_eq!(ids(to_free(&oldest, 0, Some(id(10)))), Vec::<JobId>::new());
+        // The latest stays even when the others do not make up the excess.
+        assert_eq!(ids(to_free(&oldest, 1000, Some(id(10)))), [id(11), id(12)]);
+        let alone = [ended(30, 3, 5, 1000)];
+        assert_eq!(ids(to_free(&alone, 900, Some(id(30)))), Vec::<JobId>::new());
+    }
+
+    /// A registry over a real store holding `jobs` (id, owner, end, bytes;
+    /// `None`: running) with their logs, its ledger filled as at start.
+    async fn task_with(
+        jobs: &[(u128, u8, Option<u64>, u64)],
+        retention: Retention,
+    ) -> (tempfile::TempDir, Task) {
+        let dir = tempfile::tempdir().unwrap();
+        let output_dir = dir.path().join("output");
+        std::fs::create_dir(&output_dir).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for &(n, who, end, bytes) in jobs {
+            store
+                .insert(JobRecord {
+                    id: id(n),
+                    owner: owner(who),
+                    command: vec!["true".into()],
+                    started_at: at(0),
+                    limits: None,
+                    max_output_bytes: None,
+                    recovery: None,
+                    end: None,
+                })
+                .await
+                .unwrap();
+            std::fs::write(output_dir.join(super::super::log_name(id(n))), b"").unwrap();
+            if let Some(end) = end {
+                let end = JobEnd {
+                    state: State::Exited,
+                    exit: Some(ExitInfo::Exited(0)),
+                    ended_at: at(end),
+                    usage: None,
+                    output_bytes: bytes,
+                };
+                store.finish(id(n), end).await.unwrap();
+            }
+        }
+        let registry = Arc::new(Registry::default());
+        for (who, kept) in store.finished_output().unwrap() {
+            registry
+                .output
+                .add_totals(who, kept.bytes, kept.latest.into());
+        }
+        let task = Task {
+            registry,
+            store,
+            retention,
+            output_dir,
+            shutdown: CancellationToken::new(),
+        };
+        (dir, task)
+    }
+
+    fn left(task: &Task) -> Vec<JobId> {
+        task.store
+            .load()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn finished_jobs_go_at_their_age_and_running_ones_never() {
+        let rules = Retention {
+            max_age: Some(Duration::from_secs(100)),
+            max_output_per_identity: None,
+        };
+        let (_dir, task) = task_with(
+            &[
+                (1, 1, Some(1000), 0),
+                (2, 1, Some(1050), 0),
+                (3, 1, None, 0),
+            ],
+            rules,
+        )
+        .await;
         // Job 1 expires at 1100 exactly; job 2 is next, at 1150.
-        assert_eq!(due(&jobs, at(1099), &BY_AGE), (vec![], Some(at(1100))));
-        assert_eq!(due(&jobs, at(1100), &BY_AGE), (vec![id(1)], Some(at(1150))));
-        assert_eq!(due(&jobs, at(5000), &BY_AGE), (vec![id(1), id(2)], None));
-        let forever = Retention {
+        let pass_at = |secs| pass(&task, at(secs));
+        assert_eq!(
+            pass_at(1099).await,
+            Pass {
+                next: Some(at(1100)),
+                refused: false
+            }
+        );
+        assert_eq!(left(&task), [id(1), id(2), id(3)]);
+        assert_eq!(
+            pass_at(1100).await,
+            Pass {
+                next: Some(at(1150)),
+                refused: false
+            }
+        );
+        assert_eq!(left(&task), [id(2), id(3)]);
+        assert!(!task.output_dir.join(super::super::log_name(id(1))).exists());
+        assert_eq!(
+            pass_at(5000).await,
+            Pass {
+                next: None,
+                refused: false
+            }
+        );
+        assert_eq!(left(&task), [id(3)]);
+    }
+
+    #[tokio::test]
+    async fn without_a_max_age_nothing_goes_by_age() {
+        let rules = Retention {
             max_age: None,
             max_output_per_identity: None,
         };
-        assert_eq!(due(&jobs, at(u32::MAX as u64), &forever), (vec![], None));
+        let (_dir, task) = task_with(&[(1, 1, Some(0), 0)], rules).await;
+        assert_eq!(pass(&task, at(u32::MAX as u64)).await, Pass::default());
+        assert_eq!(left(&task), [id(1)]);
     }
 
-    #[test]
-    fn over_the_size_cap_the_oldest_finished_go_first_but_never_the_latest() {
-        let rules = Retention {
-            max_age: None,
-            max_output_per_identity: Some(100),
-        };
-        // Owner 1: 60 + 50 + 40 finished (ended 3, 1, 2) and 30 running = 180.
-        // Oldest first: the job ended at 1 (50) → 130, then at 2 (40) → 90.
-        let jobs = [
-            job(10, 1, Some(3), 60),
-            job(11, 1, Some(1), 50),
-            job(12, 1, Some(2), 40),
-            job(13, 1, None, 30),
-            // Owner 2 is under the cap and keeps everything.
-            job(20, 2, Some(0), 100),
-        ];
-        let (mut doomed, _) = due(&jobs, at(10), &rules);
-        doomed.sort();
-        assert_eq!(doomed, vec![id(11), id(12)]);
-
-        // One job over the cap alone is kept (the latest is never removed).
-        let alone = [job(30, 3, Some(5), 1000)];
-        assert_eq!(due(&alone, at(10), &rules), (vec![], None));
-        // Exactly at the cap is within it.
-        let exact = [job(40, 4, Some(1), 50), job(41, 4, Some(2), 50)];
-        assert_eq!(due(&exact, at(10), &rules).0, vec![]);
-    }
-
-    #[test]
-    fn age_and_size_together_count_each_job_once() {
+    #[tokio::test]
+    async fn age_and_size_together_count_each_job_once() {
         let rules = Retention {
             max_age: Some(Duration::from_secs(10)),
             max_output_per_identity: Some(50),
         };
         // Job 1 is expired (and its bytes no longer count); 2 + 3 = 60 > 50,
-        // so job 2, the older of the two left, goes too.
-        let jobs = [
-            job(1, 1, Some(0), 500),
-            job(2, 1, Some(95), 30),
-            job(3, 1, Some(96), 30),
-        ];
-        let (doomed, next) = due(&jobs, at(100), &rules);
-        assert_eq!(doomed, vec![id(1), id(2)]);
-        assert_eq!(next, Some(at(105)));
+        // so job 2, the older of the two left, goes too. Owner 2 is under
+        // its cap and keeps everything.
+        let (_dir, task) = task_with(
+            &[
+                (1, 1, Some(0), 500),
+                (2, 1, Some(95), 30),
+                (3, 1, Some(96), 30),
+                (4, 2, Some(97), 50),
+            ],
+            rules,
+        )
+        .await;
+        assert_eq!(
+            pass(&task, at(100)).await,
+            Pass {
+                next: Some(at(105)),
+                refused: false
+            }
+        );
+        assert_eq!(left(&task), [id(3), id(4)]);
+        assert_eq!(task.registry.output.over(50), vec![]);
     }
 }

@@ -410,6 +410,9 @@ pub(super) async fn supervise(s: Supervisor) {
         },
     );
     tracing::info!(job = %id, ?state, ?exit, ?usage, bytes = sink.log.data_len(), discarded = sink.discarded, "job final");
+    // Whether the store holds the end now: then the job is read from there
+    // and no longer held in memory.
+    let mut recorded = false;
     match sink.log.sync().await {
         Ok(()) => {
             let end = JobEnd {
@@ -419,10 +422,16 @@ pub(super) async fn supervise(s: Supervisor) {
                 usage,
                 output_bytes: sink.log.data_len(),
             };
-            if let Err(e) = store.finish(id, end.clone()).await {
-                // Most likely a full disk: retried when space may be free.
-                tracing::error!(job = %id, error = %e, "cannot record the job's end now; will retry (until then, a restart shows it as lost)");
-                registry.defer_end(id, end);
+            match store.finish(id, end.clone()).await {
+                Ok(()) => recorded = true,
+                // Removed already (`jobs rm` of the final job): nothing to
+                // record, nothing to hold.
+                Err(crate::store::StoreError::NotRunning { .. }) => recorded = true,
+                Err(e) => {
+                    // Most likely a full disk: retried when space may be free.
+                    tracing::error!(job = %id, error = %e, "cannot record the job's end now; will retry (until then, a restart shows it as lost)");
+                    registry.defer_end(id, end);
+                }
             }
         }
         // Recording the end now could leave a record of output a crash
@@ -442,6 +451,9 @@ pub(super) async fn supervise(s: Supervisor) {
         usage,
     });
     sink.log.seal();
+    if recorded {
+        registry.retire(id);
+    }
     registry.ended.notify_one();
 }
 

@@ -219,14 +219,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let store = config.state.store().clone();
-    let records = config.state.records()?;
+    let ids = config.state.record_ids()?;
     let jobs = Arc::new(
-        Jobs::open(config.executor.clone(), config.jobs.clone(), store, records).map_err(|e| {
-            match e {
+        Jobs::open(config.executor.clone(), config.jobs.clone(), store, ids).map_err(
+            |e| match e {
                 OpenError::OutputDir { path, source } => ServerError::StateDir { path, source },
                 OpenError::Store(e) => ServerError::Store(e),
-            }
-        })?,
+            },
+        )?,
     );
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();

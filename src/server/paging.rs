@@ -81,9 +81,22 @@ impl PageRequest {
         Ok(Self { size, after })
     }
 
+    /// The key the page starts after (`None`: from the first job).
+    pub(crate) fn after(&self) -> Option<(SystemTime, JobId)> {
+        self.after
+    }
+
+    /// How many jobs to read for this page: one more than it holds, which
+    /// tells whether a next page exists.
+    pub(crate) fn fetch(&self) -> usize {
+        self.size + 1
+    }
+
     /// The page of `jobs` (sorted by `(started_at, id)`, as
-    /// [`crate::job::Jobs::list`] returns them) this request asks for,
-    /// with the token of the next page if any jobs are left after it.
+    /// [`crate::job::Jobs::list`] returns them: from after the token, at
+    /// least [`PageRequest::fetch`] of them when more exist) this request
+    /// asks for, with the token of the next page if any jobs are left
+    /// after it.
     pub(crate) fn of(&self, jobs: &[Status]) -> proto::ListResponse {
         let start = match self.after {
             None => 0,

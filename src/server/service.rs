@@ -160,7 +160,7 @@ impl Service {
     async fn access<T>(&self, request: &Request<T>, rpc: Rpc, id: &str) -> Result<Access, Status> {
         let conn = conn(request)?;
         let grant = self.admit(&conn, rpc, Some(id)).await?;
-        let job = match self.jobs.authorize(&grant, id) {
+        let job = match self.jobs.authorize(&grant, id).await {
             Ok(job) => job,
             Err(denied) => {
                 self.record(Decision {
@@ -172,7 +172,11 @@ impl Service {
                         _ => None,
                     },
                     admin: false,
-                    outcome: Outcome::Denied,
+                    // The store failing is not a decision about the caller.
+                    outcome: match denied {
+                        crate::job::AccessDenied::Store(_) => Outcome::Failed,
+                        _ => Outcome::Denied,
+                    },
                     reason: Some(denied.reason()),
                     grants: &[],
                 })
@@ -569,12 +573,22 @@ impl JobService for Service {
                 return Err(status);
             }
         };
-        let jobs = match self.jobs.list(&grant, all_users) {
+        let jobs = match self
+            .jobs
+            .list(&grant, all_users, page.after(), page.fetch())
+            .await
+        {
             Ok(jobs) => jobs,
-            Err(e) => {
+            Err(e @ JobError::AdminOnly) => {
                 self.record(decision(Outcome::Denied, Some("admin_only")))
                     .await?;
                 return Err(to_status(e));
+            }
+            Err(e) => {
+                let status = to_status(e);
+                self.record(decision(Outcome::Failed, Some(code_name(status.code()))))
+                    .await?;
+                return Err(status);
             }
         };
         self.record(decision(Outcome::Allowed, None)).await?;

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::ServerError;
-use crate::store::{JobRecord, Store, StoreError};
+use std::collections::HashSet;
+
+use crate::model::JobId;
+use crate::store::{Store, StoreError};
 
 /// Name of the lock file inside the state directory.
 const LOCK_FILE: &str = "jobsd.lock";
@@ -24,14 +27,14 @@ pub const OUTPUT_DIR: &str = "output";
 pub struct StateDir {
     path: PathBuf,
     store: Store,
-    /// The records read at open, until the server takes them.
-    records: std::sync::Mutex<Option<Vec<JobRecord>>>,
+    /// The ids of the records checked at open, until the server takes them.
+    ids: std::sync::Mutex<Option<HashSet<JobId>>>,
     _lock: Flock<File>,
 }
 
 impl StateDir {
     /// Creates (if needed) and locks `path`, then opens (or creates) its
-    /// job store and reads every record in it, so that a store the daemon
+    /// job store and decodes every record in it (one at a time), so that a store the daemon
     /// cannot use is found before it says it is ready.
     ///
     /// # Errors
@@ -77,11 +80,11 @@ impl StateDir {
                 source,
             })?;
         let store = Store::open(&path)?;
-        let records = store.load()?;
+        let ids = store.scan()?;
         Ok(Self {
             path,
             store,
-            records: std::sync::Mutex::new(Some(records)),
+            ids: std::sync::Mutex::new(Some(ids)),
             _lock: lock,
         })
     }
@@ -96,20 +99,20 @@ impl StateDir {
         &self.store
     }
 
-    /// The records read when the directory was opened (the first call), or
-    /// read again from the store (later calls).
+    /// The ids of every record: those checked when the directory was
+    /// opened (the first call), or scanned again (later calls).
     ///
     /// # Errors
     /// [`StoreError`] if the store must be read again and cannot be.
-    pub fn records(&self) -> Result<Vec<JobRecord>, StoreError> {
+    pub fn record_ids(&self) -> Result<HashSet<JobId>, StoreError> {
         let cached = self
-            .records
+            .ids
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         match cached {
-            Some(records) => Ok(records),
-            None => self.store.load(),
+            Some(ids) => Ok(ids),
+            None => self.store.scan(),
         }
     }
 }

@@ -18,11 +18,13 @@
 //! reserve of disk space (`reserve.rs`) keeps removals, job ends and lost
 //! marks possible on a full disk.
 
+mod read;
 mod reserve;
 mod row;
 mod schema;
 mod uids;
 
+pub use read::{Cursor, Ended, OwnerOutput};
 pub use reserve::{RESERVE_BYTES, RESERVE_FILE};
 pub use uids::UidAssignment;
 
@@ -38,14 +40,15 @@ use std::{fmt, panic};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior, params};
 
 use crate::auth::Identity;
-use crate::job::{ExitInfo, JobId, ResourceLimits, ResourceUsage, State};
+use crate::limits::ResourceLimits;
+use crate::model::{ExitInfo, JobId, ResourceUsage, State};
 
 /// The version of the on-disk schema this build writes and reads: how many
 /// migrations have been applied to a database, stored in SQLite's
 /// `PRAGMA user_version` (0 = an empty, new database). Changing the schema
 /// means bumping this and appending one migration to the list in `schema.rs`
 /// (a compile-time assertion keeps the two in step).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The database's file name inside the state directory. SQLite keeps its
 /// write-ahead log next to it as `jobs.db-wal` and `jobs.db-shm`.
@@ -269,6 +272,10 @@ impl StoreError {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// A second, read-only connection for the reads requests make: in WAL
+    /// mode they see the last commit without waiting for a write (and its
+    /// fsync) on `conn`.
+    reader: Arc<Mutex<Connection>>,
     path: Arc<Path>,
     reserve: Arc<reserve::Reserve>,
 }
@@ -312,12 +319,18 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(&path, flags).map_err(open_err)?;
         schema::check_and_migrate(&mut conn, &path)?;
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
         let reserve = reserve::Reserve::new(dir);
         if let Err(e) = reserve.ensure() {
             tracing::warn!(error = %e, "cannot reserve space for the job store; on a full disk, jobs can then not be removed or recorded as ended");
         }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
             path: path.into(),
             reserve: Arc::new(reserve),
         })
@@ -338,6 +351,138 @@ impl Store {
     /// [`StoreError::Read`] if SQLite fails.
     pub fn load(&self) -> Result<Vec<JobRecord>, StoreError> {
         row::load_all(&self.lock())
+    }
+
+    /// Every record without an end (jobs a dead daemon left running, at
+    /// start-up), oldest first.
+    ///
+    /// Blocking: call it at start-up, not from an async task.
+    ///
+    /// # Errors
+    /// As [`Store::load`].
+    pub fn load_unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
+        read::unfinished(&self.lock())
+    }
+
+    /// Decodes every record, one at a time, and returns their ids: at
+    /// start-up, a database with a row that cannot be read is refused
+    /// before anything is served (rather than fail the first request that
+    /// reads it), and the ids tell which output logs have a record.
+    ///
+    /// Blocking: call it at start-up, not from an async task.
+    ///
+    /// # Errors
+    /// As [`Store::load`].
+    pub fn scan(&self) -> Result<std::collections::HashSet<JobId>, StoreError> {
+        read::scan(&self.lock())
+    }
+
+    /// Every identity's finished output: the bytes its finished jobs keep
+    /// and its most recently ended job. Identities without a finished job
+    /// are not listed.
+    ///
+    /// Blocking: call it at start-up, not from an async task.
+    ///
+    /// # Errors
+    /// As [`Store::load`].
+    pub fn finished_output(&self) -> Result<Vec<(Identity, OwnerOutput)>, StoreError> {
+        Ok(read::finished_output(&self.lock())?
+            .into_iter()
+            .map(|o| (o.latest.owner, o))
+            .collect())
+    }
+
+    /// The record `id`, if there is one.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] if its row cannot be decoded;
+    /// [`StoreError::Read`] if SQLite fails; [`StoreError::NotRun`] if the
+    /// runtime shuts down first.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        self.reading(move |conn| read::get(conn, id)).await
+    }
+
+    /// Up to `limit` records in start order (by `started_at`, then id)
+    /// strictly after `after` (from the first without), of `owner` only or
+    /// of everyone. Reads an index from the cursor on: the cost is the
+    /// page's, whatever the number of records.
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn page(
+        &self,
+        owner: Option<Identity>,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        self.reading(move |conn| read::page(conn, owner, after, limit))
+            .await
+    }
+
+    /// Up to `limit` finished jobs that ended at or before `cutoff`, oldest
+    /// end first.
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn ended_by(
+        &self,
+        cutoff: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<Ended>, StoreError> {
+        self.reading(move |conn| read::ended_by(conn, cutoff, limit))
+            .await
+    }
+
+    /// The earliest end of a job that ended after `cutoff`, if any.
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn first_end_after(
+        &self,
+        cutoff: SystemTime,
+    ) -> Result<Option<SystemTime>, StoreError> {
+        self.reading(move |conn| read::first_end_after(conn, cutoff))
+            .await
+    }
+
+    /// Up to `limit` finished jobs of `owner`, oldest end first.
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn oldest_ended_of(
+        &self,
+        owner: Identity,
+        limit: usize,
+    ) -> Result<Vec<Ended>, StoreError> {
+        self.reading(move |conn| read::oldest_ended_of(conn, owner, limit))
+            .await
+    }
+
+    /// The most recently ended job of `owner`, if it has a finished one.
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn latest_ended_of(&self, owner: Identity) -> Result<Option<Ended>, StoreError> {
+        self.reading(move |conn| read::latest_ended_of(conn, owner))
+            .await
     }
 
     /// Marks every record that has no end as lost: state [`State::Lost`], no
@@ -448,8 +593,8 @@ impl Store {
     }
 
     /// Deletes the records with these ids, whatever their state, in one
-    /// transaction. Returns how many of them existed (an id given twice
-    /// counts once; unknown ids count zero).
+    /// transaction. Returns the ids of those that existed, in the order
+    /// given (an id given twice is returned once; unknown ids not at all).
     ///
     /// # Errors
     /// [`StoreError::Full`] / [`StoreError::Write`] if SQLite fails (a
@@ -462,16 +607,20 @@ impl Store {
     /// future is dropped: then either all of the records are gone or none.
     /// Only a runtime shutting down before the pool started the delete can
     /// prevent it; then nothing was deleted.
-    pub async fn remove(&self, ids: Vec<JobId>) -> Result<usize, StoreError> {
+    pub async fn remove(&self, ids: Vec<JobId>) -> Result<Vec<JobId>, StoreError> {
         self.write_spending_reserve(move |tx| {
             let mut delete = tx
                 .prepare("DELETE FROM jobs WHERE id = ?1")
                 .map_err(StoreError::write)?;
-            let mut removed = 0;
+            let mut removed = Vec::new();
             for id in &ids {
-                removed += delete
+                if delete
                     .execute(params![id.to_string()])
-                    .map_err(StoreError::write)?;
+                    .map_err(StoreError::write)?
+                    == 1
+                {
+                    removed.push(*id);
+                }
             }
             Ok(removed)
         })
@@ -583,6 +732,25 @@ impl Store {
         // and a panic inside one drops its `Transaction`, which rolls it back,
         // so the connection is never left in the middle of a write.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs the read `work` on the read-only connection on tokio's blocking
+    /// pool.
+    async fn reading<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        // Poisoning is safe to ignore: a read changes nothing.
+        let task = tokio::task::spawn_blocking(move || {
+            work(&reader.lock().unwrap_or_else(PoisonError::into_inner))
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(StoreError::NotRun),
+        }
     }
 
     /// Runs `work` on the connection on tokio's blocking pool. The spawned

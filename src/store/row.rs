@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{JobEnd, JobRecord, StoreError};
 use crate::auth::Identity;
-use crate::job::{ExitInfo, JobId, ResourceLimits, ResourceUsage, State};
+use crate::limits::ResourceLimits;
+use crate::model::{ExitInfo, JobId, ResourceUsage, State};
 
 /// Defines `state_name` and `state_from_name` from one table, so that the
 /// two directions cannot disagree and a new [`State`] does not build until
@@ -153,7 +154,7 @@ fn json<T: Serialize>(value: &T) -> String {
 }
 
 /// `time` in nanoseconds since the Unix epoch.
-fn to_ns(id: JobId, column: &'static str, time: SystemTime) -> Result<i64, StoreError> {
+pub(super) fn to_ns(id: JobId, column: &'static str, time: SystemTime) -> Result<i64, StoreError> {
     time.duration_since(UNIX_EPOCH)
         .ok()
         .and_then(|d| i64::try_from(d.as_nanos()).ok())
@@ -161,7 +162,7 @@ fn to_ns(id: JobId, column: &'static str, time: SystemTime) -> Result<i64, Store
 }
 
 /// The time `ns` nanoseconds after the Unix epoch; `None` if negative.
-fn from_ns(ns: i64) -> Option<SystemTime> {
+pub(super) fn from_ns(ns: i64) -> Option<SystemTime> {
     let ns = u64::try_from(ns).ok()?;
     Some(UNIX_EPOCH + Duration::from_nanos(ns))
 }
@@ -259,24 +260,42 @@ pub(super) fn running_ids(conn: &Connection) -> Result<Vec<JobId>, StoreError> {
     texts.into_iter().map(|text| parse_id(&text)).collect()
 }
 
-/// Every record, oldest first.
-pub(super) fn load_all(conn: &Connection) -> Result<Vec<JobRecord>, StoreError> {
-    let mut select = conn
-        .prepare(
-            "SELECT id, owner, command, started_at_ns, limits, max_output_bytes, recovery,
-                    ended_at_ns, state, exit_code, signal, core_dumped, usage, output_bytes
-             FROM jobs ORDER BY started_at_ns, id",
-        )
-        .map_err(StoreError::read)?;
+/// The columns of a record, in the order [`RawRow::read`] takes them.
+pub(super) const COLUMNS: &str = "id, owner, command, started_at_ns, limits, max_output_bytes, \
+    recovery, ended_at_ns, state, exit_code, signal, core_dumped, usage, output_bytes";
+
+/// The records `sql` (a `SELECT` of [`COLUMNS`]) returns for `params`, in
+/// its order.
+pub(super) fn select(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let mut select = conn.prepare_cached(sql).map_err(StoreError::read)?;
     let raws = select
-        .query_map([], RawRow::read)
+        .query_map(params, RawRow::read)
         .map_err(StoreError::read)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(StoreError::read)?;
     raws.into_iter().map(RawRow::decode).collect()
 }
 
-fn parse_id(text: &str) -> Result<JobId, StoreError> {
+/// The record in the row `r` of a `SELECT` of [`COLUMNS`].
+pub(super) fn decode_row(r: &Row<'_>) -> Result<JobRecord, StoreError> {
+    RawRow::read(r).map_err(StoreError::read)?.decode()
+}
+
+/// Every record, oldest first.
+pub(super) fn load_all(conn: &Connection) -> Result<Vec<JobRecord>, StoreError> {
+    select(
+        conn,
+        &format!("SELECT {COLUMNS} FROM jobs ORDER BY started_at_ns, id"),
+        [],
+    )
+}
+
+/// `text` as a job id, or why the row holding it is corrupt.
+pub(super) fn parse_id(text: &str) -> Result<JobId, StoreError> {
     text.parse().map_err(|_| StoreError::Corrupt {
         id: text.to_owned(),
         what: "the id is not a canonical UUID".to_owned(),
@@ -302,7 +321,7 @@ struct RawRow {
 }
 
 impl RawRow {
-    /// Reads the columns in the order of [`load_all`]'s `SELECT`.
+    /// Reads the columns in the order of [`COLUMNS`].
     fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
             id: r.get(0)?,

@@ -18,7 +18,7 @@ type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 
 /// Entry `i` takes a database from schema version `i` to `i + 1`. Append
 /// only: a released entry never changes, since databases out there ran it.
-const MIGRATIONS: &[Migration] = &[to_v1, to_v2];
+const MIGRATIONS: &[Migration] = &[to_v1, to_v2, to_v3];
 
 // A new migration without a new SCHEMA_VERSION (or the reverse) does not build.
 const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
@@ -70,6 +70,18 @@ fn to_v2(tx: &Transaction<'_>) -> rusqlite::Result<()> {
 
 /// Applies the first `version` migrations to an empty database, as a
 /// daemon of that schema version would have left it.
+/// Version 3: finished jobs are read from the database, not kept in memory, so
+/// the reads the daemon makes per request have indexes: a page of `List`
+/// (everyone's, or one owner's, in start order from a key cursor) and
+/// retention by age (every owner's ended jobs, oldest end first).
+fn to_v3(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE INDEX jobs_started ON jobs (started_at_ns, id);
+        CREATE INDEX jobs_owner_started ON jobs (owner, started_at_ns, id);
+        CREATE INDEX jobs_ended ON jobs (ended_at_ns) WHERE ended_at_ns IS NOT NULL;",
+    )
+}
+
 #[cfg(test)]
 pub(super) fn create_at_version(conn: &mut Connection, version: u32) {
     for (from, migration) in MIGRATIONS[..version as usize].iter().enumerate() {

@@ -254,10 +254,10 @@ async fn mark_lost_marks_only_unfinished_records() {
     assert_eq!(store.mark_lost(at(2_000, 0), |_| 0).unwrap(), vec![]);
 }
 
-// remove deletes running and finished records alike and counts only the
+// remove deletes running and finished records alike and returns only the
 // ones that existed, each once.
 #[tokio::test]
-async fn remove_counts_existing_records() {
+async fn remove_returns_the_existing_records() {
     let dir = TempDir::new().unwrap();
     let store = Store::open(dir.path()).unwrap();
     for r in [bare(1, 1), bare(2, 2), bare(3, 3)] {
@@ -270,9 +270,9 @@ async fn remove_counts_existing_records() {
             .remove(vec![id(1), id(2), id(1), id(99)])
             .await
             .unwrap(),
-        2
+        [id(1), id(2)]
     );
-    assert_eq!(store.remove(vec![]).await.unwrap(), 0);
+    assert_eq!(store.remove(vec![]).await.unwrap(), []);
     assert_eq!(store.load().unwrap(), vec![bare(3, 3)]);
 }
 
@@ -290,7 +290,7 @@ async fn reopen_keeps_everything() {
         clone.insert(running.clone()).await.unwrap();
         clone.insert(bare(3, 3)).await.unwrap();
         store.finish(id(1), exited(7, 8)).await.unwrap();
-        assert_eq!(store.remove(vec![id(3)]).await.unwrap(), 1);
+        assert_eq!(store.remove(vec![id(3)]).await.unwrap(), [id(3)]);
     }
     finished.end = Some(exited(7, 8));
 
@@ -430,10 +430,13 @@ async fn empty_version_0_database_is_migrated() {
     assert_eq!(
         names,
         vec![
-            "jobs".to_owned(),
-            "jobs_owner_ended".to_owned(),
-            "uids".to_owned(),
-            "uids_owner".to_owned()
+            "jobs",
+            "jobs_ended",
+            "jobs_owner_ended",
+            "jobs_owner_started",
+            "jobs_started",
+            "uids",
+            "uids_owner"
         ]
     );
     store.insert(bare(1, 1)).await.unwrap();
@@ -741,4 +744,113 @@ async fn dropped_insert_still_completes() {
         assert!(Instant::now() < deadline, "the dropped insert never landed");
         std::thread::yield_now();
     }
+}
+
+// The reads requests make: one record, pages in start order from a key
+// cursor (everyone's or one owner's, same-time starts ordered by id), and
+// what retention and the output ledger ask of finished jobs.
+#[tokio::test]
+async fn pages_and_finished_job_reads_follow_the_indexes() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // Jobs 1..=6 start at 10, 10, 11, 12, 13, 14; owner 2 has 3 and 5.
+    for (n, started, who) in [
+        (2, 10, 1),
+        (1, 10, 1),
+        (3, 11, 2),
+        (4, 12, 1),
+        (5, 13, 2),
+        (6, 14, 1),
+    ] {
+        let mut r = bare(n, started);
+        r.owner = owner(who);
+        store.insert(r).await.unwrap();
+    }
+    let bytes = |_: u128, b: u64, ended: u64| JobEnd {
+        output_bytes: b,
+        ..exited(0, ended)
+    };
+    store.finish(id(1), bytes(1, 100, 50)).await.unwrap();
+    store.finish(id(4), bytes(4, 40, 30)).await.unwrap();
+    store.finish(id(3), bytes(3, 7, 40)).await.unwrap();
+    store.finish(id(5), bytes(5, 9, 60)).await.unwrap();
+
+    let ids = |records: Vec<JobRecord>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.page(None, None, 100).await.unwrap()),
+        [id(1), id(2), id(3), id(4), id(5), id(6)]
+    );
+    let first = store.page(None, None, 2).await.unwrap();
+    assert_eq!(ids(first.clone()), [id(1), id(2)]);
+    let cursor = (first[1].started_at, first[1].id);
+    assert_eq!(
+        ids(store.page(None, Some(cursor), 2).await.unwrap()),
+        [id(3), id(4)]
+    );
+    assert_eq!(
+        ids(store.page(Some(owner(1)), Some(cursor), 10).await.unwrap()),
+        [id(4), id(6)]
+    );
+    assert_eq!(
+        ids(store.page(Some(owner(2)), None, 10).await.unwrap()),
+        [id(3), id(5)]
+    );
+    assert_eq!(ids(store.page(Some(owner(9)), None, 10).await.unwrap()), []);
+    // A cursor before the epoch starts at the first job, one past the
+    // last start ends the listing.
+    let before = (UNIX_EPOCH - Duration::from_secs(1), id(0));
+    assert_eq!(store.page(None, Some(before), 1).await.unwrap().len(), 1);
+    assert_eq!(
+        ids(store
+            .page(None, Some((at(14, 0), id(6))), 10)
+            .await
+            .unwrap()),
+        []
+    );
+
+    assert_eq!(
+        store.get(id(4)).await.unwrap().unwrap().end,
+        Some(bytes(4, 40, 30))
+    );
+    assert_eq!(store.get(id(99)).await.unwrap(), None);
+
+    let ended = |v: Vec<Ended>| {
+        v.into_iter()
+            .map(|e| (e.id, e.output_bytes))
+            .collect::<Vec<_>>()
+    };
+    // Ends at 30 (4), 40 (3), 50 (1), 60 (5); 2 and 6 run.
+    assert_eq!(
+        ended(store.ended_by(at(40, 1), 10).await.unwrap()),
+        [(id(4), 40), (id(3), 7)]
+    );
+    assert_eq!(
+        ended(store.ended_by(at(100, 0), 1).await.unwrap()),
+        [(id(4), 40)]
+    );
+    assert_eq!(
+        store.first_end_after(at(40, 1)).await.unwrap(),
+        Some(at(50, 1))
+    );
+    assert_eq!(store.first_end_after(at(60, 1)).await.unwrap(), None);
+    assert_eq!(
+        ended(store.oldest_ended_of(owner(1), 10).await.unwrap()),
+        [(id(4), 40), (id(1), 100)]
+    );
+    assert_eq!(
+        store.latest_ended_of(owner(2)).await.unwrap().map(|e| e.id),
+        Some(id(5))
+    );
+    assert_eq!(store.latest_ended_of(owner(9)).await.unwrap(), None);
+
+    let mut totals: Vec<(Identity, u64, JobId)> = store
+        .finished_output()
+        .unwrap()
+        .into_iter()
+        .map(|(who, kept)| (who, kept.bytes, kept.latest.id))
+        .collect();
+    totals.sort_by_key(|t| t.1);
+    assert_eq!(totals, [(owner(2), 16, id(5)), (owner(1), 140, id(1))]);
+    assert_eq!(ids(store.load_unfinished().unwrap()), [id(2), id(6)]);
+    assert_eq!(store.scan().unwrap().len(), 6);
 }
