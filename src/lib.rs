@@ -100,8 +100,7 @@
 //!   self-move with `hugetlb`); the v2 limit files only by their formats.
 //! - A restart lists every job again, but what was only in memory is gone:
 //!   rate-limit buckets start full, and jobs that ran are `lost` (never
-//!   resumed). Every job record is also held in memory while the daemon runs
-//!   (bounded by retention).
+//!   resumed).
 //! - Identity limits bound each identity (by default half the machine's
 //!   memory and 4096 processes), not all identities together: several of
 //!   them can still fill the machine's memory.

@@ -281,4 +281,125 @@ mod tests {
         assert_eq!(stored[0].end, Some(end));
         jobs.shutdown().await;
     }
+
+    // Scenario: alice has 10,000 finished jobs and keeps starting more while
+    // she pages through `list` 97 at a time; every job is listed exactly
+    // once, in start order, the new ones after the old (and ones recorded
+    // with an earlier start, behind the cursor, not at all). After a
+    // restart all of them are listed, and bob sees none of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pages_over_ten_thousand_records_never_skip_or_repeat_and_survive_a_restart() {
+        const RECORDS: u128 = 10_000;
+        // tmpfs when there is one: each record is two fsynced transactions.
+        let dir = tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .unwrap();
+        let output_dir = dir.path().join("output");
+        std::fs::create_dir(&output_dir).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (alice, bob) = (
+            Identity::from_spki_der(b"alice"),
+            Identity::from_spki_der(b"bob"),
+        );
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let add = |n: u128, owner: Identity, started: SystemTime| {
+            let store = store.clone();
+            async move {
+                let id = JobId::from_u128(n);
+                let mut r = record(id, owner, None);
+                r.started_at = started;
+                store.insert(r).await.unwrap();
+                let end = JobEnd {
+                    state: State::Exited,
+                    exit: Some(ExitInfo::Exited(0)),
+                    ended_at: started + Duration::from_secs(1),
+                    usage: None,
+                    output_bytes: 0,
+                };
+                store.finish(id, end).await.unwrap();
+                id
+            }
+        };
+        let mut keyed = Vec::new();
+        // Inserted newest first; pairs share a start time, the id breaks
+        // the tie.
+        for n in (0..RECORDS).rev() {
+            let started = start + Duration::from_millis((n / 2) as u64);
+            keyed.push((started, add(n, alice, started).await));
+        }
+        add(RECORDS, bob, start).await;
+        keyed.sort();
+        let mut want: Vec<JobId> = keyed.into_iter().map(|(_, id)| id).collect();
+
+        let open = || {
+            let mut config = JobsConfig::new(output_dir.clone());
+            config.retention.max_age = None;
+            Jobs::open(
+                Arc::new(Reclaimer::default()),
+                config,
+                store.clone(),
+                store.scan().unwrap(),
+            )
+            .unwrap()
+        };
+        let grant = Gate::new(PolicyHandle::default())
+            .admit(&Caller::from_verified(alice), Rpc::List)
+            .unwrap();
+        let jobs = open();
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut next = RECORDS + 1;
+        let mut early = Vec::new();
+        for round in 0.. {
+            assert!(round < RECORDS / 97 + 30, "paging does not end");
+            let page = jobs.list(&grant, false, after, 97).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some((last.started_at, last.id));
+            seen.extend(page.iter().map(|s| s.id));
+            if next < RECORDS + 21 {
+                if next % 2 == 0 {
+                    // A job started now sorts after every earlier one.
+                    let later = start + Duration::from_secs(3600 + next as u64);
+                    want.push(add(next, alice, later).await);
+                } else {
+                    // One recorded as started before everything listed so
+                    // far (a clock stepped back) is behind the cursor: this
+                    // walk misses it rather than shift the others.
+                    early.push(add(next, alice, start - Duration::from_secs(1)).await);
+                }
+                next += 1;
+            }
+        }
+        assert_eq!(seen.len(), want.len());
+        assert!(seen == want, "every job once, in start order");
+        early.sort();
+        want.splice(0..0, early);
+        jobs.shutdown().await;
+        drop(jobs);
+
+        let jobs = open();
+        let mut again = Vec::new();
+        let mut after = None;
+        for round in 0.. {
+            assert!(round < RECORDS / 1000 + 10, "paging does not end");
+            let page = jobs.list(&grant, false, after, 1000).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some((last.started_at, last.id));
+            again.extend(page.iter().map(|s| s.id));
+        }
+        assert!(again == want, "the restart lists them all again");
+        let bobs = Gate::new(PolicyHandle::default())
+            .admit(&Caller::from_verified(bob), Rpc::List)
+            .unwrap();
+        assert_eq!(
+            jobs.list(&bobs, false, None, 1000)
+                .await
+                .unwrap()
+                .iter()
+                .map(|s| s.id)
+                .collect::<Vec<_>>(),
+            [JobId::from_u128(RECORDS)]
+        );
+        jobs.shutdown().await;
+    }
 }
