@@ -12,120 +12,17 @@
 //! 100,000 would take minutes of disk flushes that measure nothing here.
 //! Run with `cargo bench --bench records`.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{Jobsd, median, ms, p99, pki};
 use jobs::auth::Identity;
-use jobs::ca::{CertAuthority, Validity, default_server_sans};
 use jobs::client::{Client, ConnectOptions, DEFAULT_TIMEOUT};
-use jobs::tls::PemFiles;
-
-const JOBSD: &str = env!("CARGO_BIN_EXE_jobsd");
 
 /// Calls per latency figure.
 const SAMPLES: usize = 200;
-
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    alice: PemFiles,
-    identity: Identity,
-}
-
-fn pki(dir: &Path) -> Pki {
-    let validity = || Validity::days(1).expect("validity");
-    let ca = CertAuthority::generate(Validity::days(2).expect("validity")).expect("CA");
-    let server = ca
-        .issue_server(&default_server_sans(), validity())
-        .expect("server cert");
-    let alice = ca.issue_client("alice", validity()).expect("client cert");
-    let write = |name: &str, data: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, data).expect("write PEM");
-        path
-    };
-    let ca_path = write("ca.crt", ca.cert_pem());
-    Pki {
-        server_cert: write("server.crt", &server.cert_pem),
-        server_key: write("server.key", server.key_pem.as_str()),
-        alice: PemFiles {
-            ca: ca_path.clone(),
-            cert: write("alice.crt", &alice.cert_pem),
-            key: write("alice.key", alice.key_pem.as_str()),
-        },
-        ca: ca_path,
-        identity: alice.identity,
-    }
-}
-
-/// A `jobsd` child on `state`, stopped (SIGTERM, then waited for) on drop.
-struct Jobsd {
-    child: Child,
-    addr: String,
-    /// From spawning it to its "listening on" line.
-    ready_after: Duration,
-}
-
-impl Jobsd {
-    fn start(pki: &Pki, state: &Path, log: &Path) -> Self {
-        let t = Instant::now();
-        let mut child = Command::new(JOBSD)
-            .args(["--listen", "127.0.0.1:0", "--ca"])
-            .arg(&pki.ca)
-            .arg("--cert")
-            .arg(&pki.server_cert)
-            .arg("--key")
-            .arg(&pki.server_key)
-            .arg("--state-dir")
-            .arg(state)
-            // Unlimited retention: every record stays for the measurement.
-            .args(["--retention", "never"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).expect("log"))
-            .spawn()
-            .expect("spawn jobsd");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read");
-        let ready_after = t.elapsed();
-        let Some(addr) = line.trim_end().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            panic!(
-                "jobsd did not start: {line:?}\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        };
-        Self {
-            addr: addr.to_owned(),
-            child,
-            ready_after,
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Jobsd {
-    fn drop(&mut self) {
-        // Our own child, not yet reaped: its pid cannot have been reused.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
 
 /// Writes `n` finished jobs of `owner` into the store of `state` (made by
 /// [`jobs::store::Store::open`], so the schema is the daemon's), one
@@ -168,20 +65,6 @@ fn fill(state: &Path, owner: Identity, n: usize) -> Vec<String> {
     ids
 }
 
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
-}
-
-fn p99(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[(times.len() * 99 / 100).min(times.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn main() {
     let n: usize = std::env::var("JOBS_BENCH_RECORDS")
         .ok()
@@ -204,10 +87,13 @@ fn main() {
             .expect("connect")
     };
 
+    // Unlimited retention: every record stays for the measurement.
+    let keep = ["--retention", "never"];
     let empty = Jobsd::start(
         &pki,
         &dir.path().join("empty"),
         &dir.path().join("empty.log"),
+        &keep,
     );
     let client = connect(&empty.addr);
     runtime
@@ -224,7 +110,12 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    let full = Jobsd::start(&pki, &dir.path().join("full"), &dir.path().join("full.log"));
+    let full = Jobsd::start(
+        &pki,
+        &dir.path().join("full"),
+        &dir.path().join("full.log"),
+        &keep,
+    );
     let rss_listening = full.rss_kib();
     let client = connect(&full.addr);
 
