@@ -117,8 +117,9 @@
 //!   connections and stops its jobs; revocation reaches a running daemon
 //!   only through `jobsd --crl` (there is no OCSP), and a revoked identity
 //!   is recognised only by the serials seen since the daemon started.
-//! - Output reads and writes are synchronous `pread`/`write` calls on the
-//!   page cache from async tasks; a disk that stalls stalls those tasks.
+//! - Output appends are synchronous writes to the page cache from the job's
+//!   supervisor task; a disk that stalls stalls those tasks and their
+//!   threads. Reads wait for the disk only on the blocking pool.
 //! - Output on disk is bounded by default: per job by `--max-output` (1 GiB,
 //!   the policy's `max_output_bytes` overriding), per identity by
 //!   `--max-stored-output` (10 GiB) counted live, and over all identities by
