@@ -646,50 +646,46 @@ impl Jobs {
     /// Cancel safe: it only reads.
     pub async fn authorize(&self, grant: &Grant, id: &str) -> Result<OwnedJob, AccessDenied> {
         let id: JobId = id.parse().map_err(|_| AccessDenied::MalformedId)?;
-        let allowed = |owner: Identity| {
-            if owner != grant.identity() && !grant.is_admin() {
-                return Err(AccessDenied::NotOwner { owner });
-            }
-            Ok(())
-        };
         let held = self.registry.lock().get(&id).cloned();
         if let Some(job) = held {
-            allowed(job.owner)?;
+            if job.owner != grant.identity() && !grant.is_admin() {
+                return Err(AccessDenied::NotOwner { owner: job.owner });
+            }
             return Ok(OwnedJob(job));
         }
-        let record = self
-            .store
-            .get(id)
-            .await
-            .map_err(AccessDenied::Store)?
-            .ok_or(AccessDenied::NoSuchJob)?;
-        allowed(record.owner)?;
-        match self.finished_job(record).await {
-            Some(job) => Ok(OwnedJob(Arc::new(job))),
+        let store = self.store.clone();
+        let dir = self.config.output_dir.clone();
+        let (caller, admin) = (grant.identity(), grant.is_admin());
+        // One trip to the blocking pool: the record, the access check, then
+        // (only for the caller's own, or an admin) its log's length.
+        let found = tokio::task::spawn_blocking(move || {
+            let Some(mut record) = store.get_now(id).map_err(AccessDenied::Store)? else {
+                return Err(AccessDenied::NoSuchJob);
+            };
+            if record.owner != caller && !admin {
+                return Err(AccessDenied::NotOwner {
+                    owner: record.owner,
+                });
+            }
             // Recorded as running but not held: a start between its record
             // and its registration, whose id nobody has been told yet.
-            None => Err(AccessDenied::NoSuchJob),
-        }
-    }
-
-    /// The finished job `record` describes, with its output log (whose
-    /// length is read on the blocking pool); `None` if it has no end.
-    async fn finished_job(&self, mut record: JobRecord) -> Option<Job> {
-        let end = record.end.take()?;
-        let path = self.config.output_dir.join(log_name(record.id));
-        let id = record.id;
-        let log = tokio::task::spawn_blocking(move || {
+            let end = record.end.take().ok_or(AccessDenied::NoSuchJob)?;
+            let path = dir.join(log_name(id));
             // Its record says it ended with its output flushed, so only
             // someone else can have taken the file away: reading it then
             // fails (INTERNAL), rather than look empty.
-            output::open_sealed(&path, end.output_bytes).unwrap_or_else(|e| {
+            let log = output::open_sealed(&path, end.output_bytes).unwrap_or_else(|e| {
                 tracing::error!(job = %id, error = %e, "cannot open the job's output log; reading its output will fail");
                 output::sealed_empty(&path)
-            })
+            });
+            Ok(Job::final_of(record, end.into(), log))
         })
-        .await
-        .ok()?;
-        Some(Job::final_of(record, end.into(), log))
+        .await;
+        match found {
+            Ok(job) => Ok(OwnedJob(Arc::new(job?))),
+            // The runtime is shutting down.
+            Err(_) => Err(AccessDenied::NoSuchJob),
+        }
     }
 
     /// Up to `limit` of the caller's own jobs, or with `all_users` of every

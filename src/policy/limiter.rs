@@ -44,7 +44,7 @@ const MAX_FILL_NANOS: u64 = 1 << 62;
 /// the pending-connection caps and by the handshake buckets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
-    /// A peer elsewhere: its address as [`source_of`] counts it (build it
+    /// A peer elsewhere: its address as `source_of` counts it (build it
     /// with `Source::from(ip)`, which does).
     Address(IpAddr),
     /// A peer on this machine: the uid owning its socket. Every local user

@@ -405,6 +405,20 @@ impl Store {
         self.reading(move |conn| read::get(conn, id)).await
     }
 
+    /// [`Store::get`] on the calling thread.
+    ///
+    /// Blocking: call it on the blocking pool (or at start-up), not from an
+    /// async task.
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    pub fn get_now(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        read::get(
+            &self.reader.lock().unwrap_or_else(PoisonError::into_inner),
+            id,
+        )
+    }
+
     /// Up to `limit` records in start order (by `started_at`, then id)
     /// strictly after `after` (from the first without), of `owner` only or
     /// of everyone. Reads an index from the cursor on: the cost is the

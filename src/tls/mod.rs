@@ -151,7 +151,7 @@ struct Parsed {
 impl PemFiles {
     /// Reads the three files.
     /// Each must be a regular file of at most [`MAX_PEM_BYTES`]; a FIFO or a
-    /// device is refused, never waited on (see [`crate::bounded`]).
+    /// device is refused, never waited on (see `bounded.rs`).
     ///
     /// # Errors
     /// [`TlsError::Read`] naming the file that could not be read.
