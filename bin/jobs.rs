@@ -368,16 +368,21 @@ async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<u8> {
         }
         Command::Output { id } => {
             let mut chunks = client.output(&id).await?;
-            while let Some(chunk) = chunks
-                .message()
-                .await
-                .map_err(ClientError::Rpc)
-                .with_context(|| {
-                    format!("reading the output of job {id} failed; it may be incomplete")
-                })?
-            {
-                write_chunk(chunk).await?;
+            let mut writer = OutputWriter::new()?;
+            loop {
+                match chunks.message().await {
+                    Ok(Some(chunk)) => writer.write(chunk).await?,
+                    Ok(None) => break,
+                    Err(e) => {
+                        // What arrived is written before the error is told.
+                        writer.finish().await?;
+                        return Err(ClientError::Rpc(e)).with_context(|| {
+                            format!("reading the output of job {id} failed; it may be incomplete")
+                        });
+                    }
+                }
             }
+            writer.finish().await?;
             Ok(0)
         }
         Command::Stream { id } => follow(&client, &id, Interrupts::new(None)).await,
@@ -393,6 +398,7 @@ async fn follow(client: &Client, id: &str, mut interrupts: Interrupts) -> anyhow
     let incomplete = || Incomplete { id: id.to_owned() };
     let mut stopping: Option<Stopping<'_>> = None;
     let mut stop_sent = false;
+    let mut writer = OutputWriter::new()?;
     loop {
         if interrupts.count >= 1 && !stop_sent {
             stop_sent = true;
@@ -403,14 +409,24 @@ async fn follow(client: &Client, id: &str, mut interrupts: Interrupts) -> anyhow
         }
         tokio::select! {
             event = events.message() => {
-                let event = event.map_err(ClientError::Rpc).with_context(incomplete)?;
-                let Some(event) = event else {
-                    return Err(anyhow!("the stream ended without the job's final status"))
-                        .with_context(incomplete);
+                let event = match event {
+                    Ok(Some(event)) => event,
+                    // What arrived is written before the error is told.
+                    Ok(None) => {
+                        writer.finish().await.with_context(incomplete)?;
+                        return Err(anyhow!("the stream ended without the job's final status"))
+                            .with_context(incomplete);
+                    }
+                    Err(e) => {
+                        writer.finish().await.with_context(incomplete)?;
+                        return Err(ClientError::Rpc(e)).with_context(incomplete);
+                    }
                 };
                 match event.event {
-                    Some(Event::Chunk(chunk)) => write_chunk(chunk).await.with_context(incomplete)?,
+                    Some(Event::Chunk(chunk)) => writer.write(chunk).await.with_context(incomplete)?,
                     Some(Event::FinalStatus(status)) => {
+                        // Every byte is out before anything else is said.
+                        writer.finish().await.with_context(incomplete)?;
                         if status.state == proto::State::Lost as i32 {
                             eprint_line(&format!("jobs: job {id}: {}", format::describe(&status)));
                         }
@@ -495,13 +511,73 @@ fn eprint_line(text: &str) {
     let _ = writeln!(io::stderr(), "{text}");
 }
 
-/// Writes a chunk of job output to our stdout or stderr, byte for byte, and
-/// flushes it. The write runs on the blocking pool so that the runtime keeps
-/// answering the server's HTTP/2 PINGs while a slow reader (a paused pager)
-/// holds the pipe; the next chunk is not read until this one is written.
-async fn write_chunk(chunk: proto::OutputChunk) -> anyhow::Result<()> {
-    let fd = chunk.fd();
-    tokio::task::spawn_blocking(move || match fd {
+/// Chunks of job output on their way to our stdout or stderr.
+const WRITES_IN_FLIGHT: usize = 2;
+
+/// Writes job output to our stdout and stderr, byte for byte and in order,
+/// on a thread of its own: the runtime keeps answering the server's HTTP/2
+/// PINGs while a slow reader (a paused pager) holds the pipe, and the next
+/// chunk is received while the last one is written. At most
+/// [`WRITES_IN_FLIGHT`] chunks wait; then [`OutputWriter::write`] waits.
+struct OutputWriter {
+    chunks: Option<tokio::sync::mpsc::Sender<proto::OutputChunk>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl OutputWriter {
+    fn new() -> anyhow::Result<Self> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<proto::OutputChunk>(WRITES_IN_FLIGHT);
+        let thread = std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || {
+                while let Some(chunk) = rx.blocking_recv() {
+                    write_chunk(&chunk)?;
+                }
+                Ok(())
+            })
+            .context("cannot start the output writer thread")?;
+        Ok(Self {
+            chunks: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `chunk`; waits while [`WRITES_IN_FLIGHT`] are queued.
+    ///
+    /// # Errors
+    /// The writer's error once it failed (e.g. stdout closed).
+    async fn write(&mut self, chunk: proto::OutputChunk) -> anyhow::Result<()> {
+        let sent = match &self.chunks {
+            Some(tx) => tx.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            // The thread stopped: it failed.
+            self.finish().await
+        }
+    }
+
+    /// Waits until every queued chunk is written.
+    ///
+    /// # Errors
+    /// The first write that failed.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        self.chunks = None;
+        match self.thread.take() {
+            None => Ok(()),
+            Some(thread) => tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .context("the output writer thread was lost")?
+                .map_err(|_| anyhow!("the output writer thread panicked"))?,
+        }
+    }
+}
+
+/// Writes a chunk of job output to our stdout or stderr and flushes it.
+fn write_chunk(chunk: &proto::OutputChunk) -> anyhow::Result<()> {
+    match chunk.fd() {
         proto::Fd::Stdout => {
             let mut out = io::stdout().lock();
             out.write_all(&chunk.data)
@@ -518,7 +594,5 @@ async fn write_chunk(chunk: proto::OutputChunk) -> anyhow::Result<()> {
             "the server sent output from an unknown file descriptor ({})",
             chunk.fd
         )),
-    })
-    .await
-    .context("the output writer failed")?
+    }
 }
