@@ -26,6 +26,8 @@
 //! - [`limits`]: limits and quotas as plain values (per-job ceilings and
 //!   their per-identity overrides, identity limits, output quotas, grants),
 //!   below both `policy` and `job`.
+//! - [`model`]: the values a job is described by ([`model::JobId`],
+//!   [`model::State`], exit and usage), below `job`, `store` and `server`.
 //! - [`exec`]: the local executor — as root, a cgroup, an unprivileged account
 //!   and namespaces per job (otherwise a process group), a clean environment,
 //!   pidfd-based waiting, stop that kills the whole cgroup.
@@ -37,7 +39,9 @@
 //!   that let any number of followers read it from byte 0 at their own pace.
 //! - [`store`]: the SQLite database of job records and of each identity's
 //!   uid in the state directory (schema version, migrations, one transaction
-//!   per write); the source of truth for jobs after a restart.
+//!   per write, indexed reads); the source of truth for jobs after a
+//!   restart, and the only place finished jobs are kept while the daemon
+//!   runs.
 //! - [`server`]: the tonic service (translation only), the single
 //!   error-to-status mapping, the TLS accept loop, the shutdown order.
 //! - [`client`]: connecting with mutual TLS and explaining failures.
