@@ -649,6 +649,12 @@ impl Jobs {
         let held = self.registry.lock().get(&id).cloned();
         if let Some(job) = held {
             if job.owner != grant.identity() && !grant.is_admin() {
+                // The same work as refusing an id of no job (one lookup in
+                // the store on the blocking pool), so how long the refusal
+                // takes does not tell someone else's running job from no
+                // job at all.
+                let store = self.store.clone();
+                let _ = tokio::task::spawn_blocking(move || store.get_now(id)).await;
                 return Err(AccessDenied::NotOwner { owner: job.owner });
             }
             return Ok(OwnedJob(job));
