@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{Jobsd, pki};
+use common::{Jobsd, count_from_env, pki, runtime};
 use jobs::client::{Client, ConnectOptions, DEFAULT_TIMEOUT};
 use jobs::proto::stream_event::Event;
 use sha2::{Digest, Sha256};
@@ -19,16 +19,8 @@ use sha2::{Digest, Sha256};
 const LAST: u64 = 30_000_000;
 
 fn main() {
-    let followers: usize = std::env::var("JOBS_BENCH_FOLLOWERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(100);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let followers = count_from_env("JOBS_BENCH_FOLLOWERS", 100);
+    let runtime = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     let jobsd = Jobsd::start(

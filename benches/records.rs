@@ -17,7 +17,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Jobsd, median, ms, p99, pki};
+use common::{Jobsd, count_from_env, median, ms, p99, pki};
 use jobs::auth::Identity;
 use jobs::client::{Client, ConnectOptions, DEFAULT_TIMEOUT};
 
@@ -66,11 +66,7 @@ fn fill(state: &Path, owner: Identity, n: usize) -> Vec<String> {
 }
 
 fn main() {
-    let n: usize = std::env::var("JOBS_BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(100_000);
+    let n = count_from_env("JOBS_BENCH_RECORDS", 100_000);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

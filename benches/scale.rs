@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Jobsd, ms, pki};
+use common::{Jobsd, count_from_env, ms, pki, runtime};
 use futures_util::StreamExt;
 use jobs::client::{Client, ConnectOptions, DEFAULT_TIMEOUT};
 
@@ -17,16 +17,8 @@ use jobs::client::{Client, ConnectOptions, DEFAULT_TIMEOUT};
 const IN_FLIGHT: usize = 32;
 
 fn main() {
-    let n: usize = std::env::var("JOBS_BENCH_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(1000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let n = count_from_env("JOBS_BENCH_JOBS", 1000);
+    let runtime = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path());
     // Each job is its init and `sleep`: room for all of them.

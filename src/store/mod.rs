@@ -392,26 +392,14 @@ impl Store {
             .collect())
     }
 
-    /// The record `id`, if there is one.
-    ///
-    /// # Errors
-    /// [`StoreError::Corrupt`] if its row cannot be decoded;
-    /// [`StoreError::Read`] if SQLite fails; [`StoreError::NotRun`] if the
-    /// runtime shuts down first.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: it only reads.
-    pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        self.reading(move |conn| read::get(conn, id)).await
-    }
-
-    /// [`Store::get`] on the calling thread.
+    /// The record `id`, if there is one, read on the read-only connection.
     ///
     /// Blocking: call it on the blocking pool (or at start-up), not from an
     /// async task.
     ///
     /// # Errors
-    /// As [`Store::get`].
+    /// [`StoreError::Corrupt`] if its row cannot be decoded;
+    /// [`StoreError::Read`] if SQLite fails.
     pub fn get_now(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
         read::get(
             &self.reader.lock().unwrap_or_else(PoisonError::into_inner),
@@ -425,7 +413,8 @@ impl Store {
     /// page's, whatever the number of records.
     ///
     /// # Errors
-    /// As [`Store::get`].
+    /// As [`Store::get_now`]; [`StoreError::NotRun`] if the runtime shuts
+    /// down first.
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads.
@@ -443,7 +432,8 @@ impl Store {
     /// end first.
     ///
     /// # Errors
-    /// As [`Store::get`].
+    /// As [`Store::get_now`]; [`StoreError::NotRun`] if the runtime shuts
+    /// down first.
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads.
@@ -459,7 +449,8 @@ impl Store {
     /// The earliest end of a job that ended after `cutoff`, if any.
     ///
     /// # Errors
-    /// As [`Store::get`].
+    /// As [`Store::get_now`]; [`StoreError::NotRun`] if the runtime shuts
+    /// down first.
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads.
@@ -474,7 +465,8 @@ impl Store {
     /// Up to `limit` finished jobs of `owner`, oldest end first.
     ///
     /// # Errors
-    /// As [`Store::get`].
+    /// As [`Store::get_now`]; [`StoreError::NotRun`] if the runtime shuts
+    /// down first.
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads.
@@ -490,7 +482,8 @@ impl Store {
     /// The most recently ended job of `owner`, if it has a finished one.
     ///
     /// # Errors
-    /// As [`Store::get`].
+    /// As [`Store::get_now`]; [`StoreError::NotRun`] if the runtime shuts
+    /// down first.
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads.

@@ -809,10 +809,10 @@ async fn pages_and_finished_job_reads_follow_the_indexes() {
     );
 
     assert_eq!(
-        store.get(id(4)).await.unwrap().unwrap().end,
+        store.get_now(id(4)).unwrap().unwrap().end,
         Some(bytes(4, 40, 30))
     );
-    assert_eq!(store.get(id(99)).await.unwrap(), None);
+    assert_eq!(store.get_now(id(99)).unwrap(), None);
 
     let ended = |v: Vec<Ended>| {
         v.into_iter()
