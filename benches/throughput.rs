@@ -243,6 +243,10 @@ async fn sandbox_cost(state: &std::path::Path) {
     let spec = JobSpec::new("true".into(), Vec::new()).expect("spec");
     let limits = ResourceLimits::default();
     let mut took: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    // The sandboxed starts' phases as the executor measured them, and the
+    // end (exit, kill of the group, reap, counters, removal).
+    let mut phases: Vec<(&'static str, Vec<Duration>)> = Vec::new();
+    let mut ends = Vec::new();
     for i in 0..400 {
         let which = i % 2;
         let name = format!("bench-{i}");
@@ -259,9 +263,19 @@ async fn sandbox_cost(state: &std::path::Path) {
             })
             .await
             .expect("spawn");
+        let end = Instant::now();
         spawned.process.exited().await.expect("exited");
         spawned.process.finish().await.expect("finish");
         took[which].push(t.elapsed());
+        if which == 0 {
+            ends.push(end.elapsed());
+            for (k, (name, d)) in spawned.phases.iter().enumerate() {
+                if phases.len() <= k {
+                    phases.push((name, Vec::new()));
+                }
+                phases[k].1.push(*d);
+            }
+        }
     }
     for executor in &executors {
         executor.close();
@@ -276,6 +290,17 @@ async fn sandbox_cost(state: &std::path::Path) {
         median(&with),
         median(&without),
         median(&with).saturating_sub(median(&without))
+    );
+    let mut line = String::from("start breakdown (sandboxed, medians):");
+    for (name, mut times) in phases {
+        times.sort();
+        line.push_str(&format!(" {name} {:?},", median(&times)));
+    }
+    ends.sort();
+    println!(
+        "{line} then the job's end (exit, group kill, reap, removal) {:?}; \
+         the record's store transaction is in the job store line",
+        median(&ends)
     );
 }
 

@@ -2917,3 +2917,32 @@ fn a_fifo_or_device_as_the_certificate_is_refused_without_hanging() {
         );
     }
 }
+
+/// Every binary is built without aws-lc's CPU jitter entropy source
+/// (`.cargo/config.toml`): seeding it cost each new `jobs` process ~35 ms of
+/// CPU before its first handshake, half of a cold `jobs run -- true`. The
+/// source's functions are named `…jent_…` in the symbol table; the control
+/// is a function of aws-lc every binary links (RSA signing), so a stripped
+/// binary cannot pass for one without jitter entropy.
+#[test]
+fn binaries_are_built_without_cpu_jitter_entropy() {
+    // grep(1): debug binaries are hundreds of MiB.
+    let has = |bin: &str, needle: &str| {
+        let found = Command::new("grep")
+            .args(["-q", "-a", "-F", needle, bin])
+            .status()
+            .expect("run grep");
+        match found.code() {
+            Some(0) => true,
+            Some(1) => false,
+            _ => panic!("grep {needle} {bin}: {found}"),
+        }
+    };
+    for bin in [JOBS, JOBSD, env!("CARGO_BIN_EXE_jobs-ca")] {
+        assert!(has(bin, "RSA_sign"), "{bin}: no aws-lc symbols to look at");
+        assert!(
+            !has(bin, "jent_read_entropy"),
+            "{bin} has aws-lc's CPU jitter entropy built in (AWS_LC_SYS_NO_JITTER_ENTROPY unset?)"
+        );
+    }
+}

@@ -290,6 +290,74 @@ impl Containment {
 
     /// The job's group, `<subtree>/<owner>/<job>`, beneath its owner's
     /// group (equal CPU share between owners, the owner's limits).
+    /// Creates the job's cgroup, attaches the bind hook to it unless
+    /// `allow_listen`, and forks `cmd` into it (PID 1 of a new PID namespace
+    /// when `new_pid_ns`). Blocking: call it through [`sys::off_worker`].
+    /// Returns what it created (`None` when it created nothing) and the
+    /// read end of the status pipe, or why it stopped; on an error the caller
+    /// cleans up what was created.
+    fn make(
+        &self,
+        launch: &Launch<'_>,
+        allow_listen: bool,
+        new_pid_ns: bool,
+        cmd: &mut Command,
+        phases: &mut Vec<(&'static str, Duration)>,
+    ) -> (Option<Starting>, Result<OwnedFd, SpawnError>) {
+        let t = std::time::Instant::now();
+        let cgroup = match self.create_cgroup(launch) {
+            Ok(cgroup) => cgroup,
+            Err(e) => return (None, Err(e)),
+        };
+        // From here on every failure must leave nothing behind.
+        let mut starting = Starting {
+            cgroup: Some(Arc::new(cgroup)),
+            child: None,
+        };
+        let made = (|| {
+            if let (Some(hook), false) = (&self.bind_hook, allow_listen) {
+                match starting.cgroup().unified_dir() {
+                    Some(dir) => hook.attach(dir),
+                    None => Err(io::Error::other("the job's cgroup has no cgroup2 group")),
+                }
+                .map_err(|source| SpawnError::Containment {
+                    what: "cannot attach the bind hook to the job's cgroup".into(),
+                    source,
+                })?;
+            }
+            phases.push(("cgroup", t.elapsed()));
+            let t = std::time::Instant::now();
+            let (status_rx, status_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| SpawnError::Os(e.into()))?;
+            let procs: Vec<i32> = starting
+                .cgroup()
+                .procs_files()
+                .iter()
+                .map(|f| f.as_raw_fd())
+                .collect();
+            sys::enter_cgroup_before_exec(cmd, procs, status_tx.as_raw_fd());
+            let spawned = if new_pid_ns {
+                spawn_in_new_pid_namespace(cmd)
+            } else {
+                cmd.spawn()
+            };
+            // The child has its copy (or failed); ours must go so that the
+            // status pipe reaches EOF when the init exits.
+            drop(status_tx);
+            let child = spawned.map_err(|e| SpawnError::Containment {
+                what: "cannot start jobs-init in the job's cgroup".into(),
+                source: e,
+            })?;
+            starting.child = Some(child);
+            // Until jobs-init runs, in every group: the move into a v1 group
+            // waits for an RCU grace period unless the kernel favours
+            // dynamic cgroup changes (`favordynmods`).
+            phases.push(("fork", t.elapsed()));
+            Ok(status_rx)
+        })();
+        (Some(starting), made)
+    }
+
     fn create_cgroup(&self, launch: &Launch<'_>) -> Result<JobCgroup, SpawnError> {
         let guard = self.cgroups.read().unwrap_or_else(|p| p.into_inner());
         let cgroups = guard.as_ref().ok_or_else(|| SpawnError::Containment {
@@ -359,27 +427,6 @@ impl Containment {
         // In a network namespace of its own a job's ports reach nobody
         // else, so only the host network needs the listen permit.
         let allow_listen = permits.listen || ns.network == Network::None;
-        let cgroup = self.create_cgroup(&launch)?;
-        // From here on every failure must leave nothing behind.
-        let mut starting = Starting {
-            cgroup: Some(Arc::new(cgroup)),
-            child: None,
-        };
-        if let (Some(hook), false) = (&self.bind_hook, allow_listen) {
-            let attached = match starting.cgroup().unified_dir() {
-                Some(dir) => hook.attach(dir),
-                None => Err(io::Error::other("the job's cgroup has no cgroup2 group")),
-            };
-            if let Err(source) = attached {
-                starting.clean_up().await;
-                return Err(SpawnError::Containment {
-                    what: "cannot attach the bind hook to the job's cgroup".into(),
-                    source,
-                });
-            }
-        }
-        let (status_rx, status_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| SpawnError::Os(e.into()))?;
         let sandbox = &self.config.sandbox;
         let mount_namespace = ns.mount || ns.pid;
         // A private home needs the mount namespace and a /home to cover;
@@ -444,26 +491,24 @@ impl Containment {
         // Its own session: no controlling terminal, so nothing of the job
         // can reach jobsd's terminal (or be reached by a Ctrl-C there).
         sys::new_session(&mut cmd);
-        let procs: Vec<i32> = starting
-            .cgroup()
-            .procs_files()
-            .iter()
-            .map(|f| f.as_raw_fd())
-            .collect();
-        sys::enter_cgroup_before_exec(&mut cmd, procs, status_tx.as_raw_fd());
-        let spawned = if ns.pid {
-            spawn_in_new_pid_namespace(&mut cmd)
-        } else {
-            cmd.spawn()
+        // Creating the groups (cgroupfs writes), attaching the bind hook and
+        // the fork wait for the kernel (moving the child into a v1 group
+        // waits for an RCU grace period): off the runtime's worker.
+        let mut phases = Vec::with_capacity(3);
+        let (starting, made) =
+            sys::off_worker(|| self.make(&launch, allow_listen, ns.pid, &mut cmd, &mut phases));
+        let Some(mut starting) = starting else {
+            // Nothing was created.
+            return Err(made.expect_err("no group only on failure"));
         };
-        // The child has its copy (or failed); ours must go so that the status
-        // pipe reaches EOF when the init exits.
-        drop(status_tx);
-        let child = spawned.map_err(|e| SpawnError::Containment {
-            what: "cannot start jobs-init in the job's cgroup".into(),
-            source: e,
-        })?;
-        let child = starting.child.insert(child);
+        let status_rx = match made {
+            Ok(status_rx) => status_rx,
+            Err(e) => {
+                starting.clean_up().await;
+                return Err(e);
+            }
+        };
+        let child = starting.child.as_mut().expect("spawned when made");
         let setup = (|| -> io::Result<_> {
             let pidfd = sys::async_pidfd(sys::pidfd_open(child.id())?)?;
             let stdout = pipe(child.stdout.take())?;
@@ -478,7 +523,10 @@ impl Containment {
                 return Err(SpawnError::Os(e));
             }
         };
+        let t = std::time::Instant::now();
         let first = tokio::time::timeout(SETUP_TIMEOUT, read_report(&mut status)).await;
+        // jobs-init's namespaces, mounts, account, sandbox and the exec.
+        phases.push(("init", t.elapsed()));
         let failure = match first {
             Ok(Ok(Some(Report::Started))) => None,
             Ok(Ok(Some(Report::ExecFailed { errno }))) => {
@@ -524,6 +572,7 @@ impl Containment {
             // A dead daemon's whole subtree is killed and removed when the
             // next one opens it (`Containment::new`).
             recovery: None,
+            phases,
         })
     }
 }

@@ -45,7 +45,7 @@ pub(super) fn spawn(spec: &JobSpec) -> Result<Spawned, SpawnError> {
     // Last of the hooks: the program itself, never a shell's guess at it.
     sys::exec_exactly(&mut command, &path, &argv, &env)
         .map_err(|e| spawn_error(spec.program(), e))?;
-    let mut child = command
+    command
         .arg0(spec.program())
         .args(spec.args())
         .env_clear()
@@ -53,9 +53,12 @@ pub(super) fn spawn(spec: &JobSpec) -> Result<Spawned, SpawnError> {
         .current_dir(JOB_CWD)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| spawn_error(spec.program(), e))?;
+        .stderr(Stdio::piped());
+    // The fork waits until the child's exec succeeded or failed.
+    let forking = std::time::Instant::now();
+    let mut child =
+        sys::off_worker(|| command.spawn()).map_err(|e| spawn_error(spec.program(), e))?;
+    let phases = vec![("fork and exec", forking.elapsed())];
     // From here on a failure must not leave the child running: kill it (it is
     // unreaped, so its pid is still ours) and reap it.
     let setup = (|| -> io::Result<_> {
@@ -75,6 +78,7 @@ pub(super) fn spawn(spec: &JobSpec) -> Result<Spawned, SpawnError> {
             stdout: Box::pin(stdout),
             stderr: Box::pin(stderr),
             meter: None,
+            phases,
         }),
         Err(e) => {
             let _ = child.kill();

@@ -225,3 +225,17 @@ pub(super) fn kill_with_daemon(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// Runs `f`, which waits for the kernel (cgroupfs writes, a fork that
+/// moves the child into its cgroup), without holding up the runtime's other
+/// tasks: on a multi-threaded runtime the worker thread first hands its
+/// queued tasks to another thread (`block_in_place`), so the call costs no
+/// thread switch; anywhere else (a current-thread runtime, as in unit
+/// tests, or no runtime) `f` runs inline.
+pub(super) fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}

@@ -159,6 +159,11 @@ pub struct Spawned {
     /// daemon by itself (the contained executor removes a dead daemon's whole
     /// cgroup subtree when it opens).
     pub recovery: Option<String>,
+    /// Where the start's time went, phase by phase in order, as far as the
+    /// executor measures it (empty when it does not): logged at debug
+    /// level when the job starts, printed by `cargo bench --bench
+    /// throughput`.
+    pub phases: Vec<(&'static str, std::time::Duration)>,
 }
 
 /// How a job ended, once nothing of it runs any more.

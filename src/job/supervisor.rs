@@ -254,9 +254,11 @@ pub(super) async fn supervise(s: Supervisor) {
         stderr,
         meter: _,
         recovery: _,
+        phases,
     } = spawned;
 
     // 0. Record the job before anyone is told it started.
+    let recording = std::time::Instant::now();
     if let Err(e) = store.insert(record).await {
         tracing::error!(job = %id, error = %e, "cannot record the job; killing it");
         if let Err(e) = process.signal(JobSignal::Kill) {
@@ -276,6 +278,7 @@ pub(super) async fn supervise(s: Supervisor) {
         return;
     }
     registry.lock().insert(id, job.clone());
+    tracing::debug!(job = %id, ?phases, record = ?recording.elapsed(), "start timings");
     tracing::info!(job = %id, owner = %job.owner, uid, command = ?job.command, "job started");
     // The caller may have gone away; the job runs on, recorded and listed.
     let _ = started.send(Ok(job));
