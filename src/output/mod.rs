@@ -31,7 +31,11 @@
 //! still written on the supervisor's thread: buffered writes cannot be
 //! asked not to wait (ext4 refuses `RWF_NOWAIT` for them), and handing each
 //! 64 KiB record to the blocking pool halved the throughput of a followed
-//! job on the 2-core machine (631 → 312 MB/s). So a disk that stalls under
+//! job on the 2-core machine (631 → 312 MB/s). Pipelined (two buffers per
+//! pipe, the next chunk read while the last is written, queued chunks
+//! written in one hand-off) it still cost a third (296–350 against
+//! 418–586 MB/s side by side), and so did `block_in_place`: each chunk
+//! costs a cross-CPU wake-up. So a disk that stalls under
 //! the output directory (a frozen file system, dirty-page throttling on a
 //! slow disk) still holds the runtime threads of the jobs that write to it.
 
