@@ -675,7 +675,8 @@ impl Drop for Starting {
 
 /// Kills the group, waits (bounded) until it is empty, and reaps `child`.
 async fn end_group(cgroup: &JobCgroup, child: &mut Child) -> Option<std::process::ExitStatus> {
-    if let Err(e) = cgroup.kill() {
+    // cgroupfs writes; on pure v1 a freeze that is waited for.
+    if let Err(e) = sys::off_worker(|| cgroup.kill()) {
         tracing::error!(error = %e, "cannot kill the job's cgroup");
         // Still take the init down; without the group kill others may stay.
         let _ = child.kill();
@@ -799,18 +800,23 @@ impl Process for ContainedProcess {
                 .take()
                 .ok_or_else(|| io::Error::other("job already reaped"))?;
             let status = end_group(&cgroup, &mut child).await;
-            let usage = match cgroup.usage() {
-                Ok(u) => Some(ResourceUsage {
-                    peak_memory_bytes: u.peak_memory_bytes,
-                    cpu_usec: u.cpu_usec,
-                    oom_kills: u.oom_kills,
-                }),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the job's resource usage");
-                    None
-                }
-            };
-            remove_group(cgroup);
+            // Reading the counters and removing the groups (fourteen rmdirs
+            // when the identity's group goes too) are cgroupfs calls.
+            let usage = sys::off_worker(|| {
+                let usage = match cgroup.usage() {
+                    Ok(u) => Some(ResourceUsage {
+                        peak_memory_bytes: u.peak_memory_bytes,
+                        cpu_usec: u.cpu_usec,
+                        oom_kills: u.oom_kills,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the job's resource usage");
+                        None
+                    }
+                };
+                remove_group(cgroup);
+                usage
+            });
             let exit = match report {
                 Some(Report::Exited(code)) => ExitInfo::Exited(code),
                 Some(Report::Signaled {
