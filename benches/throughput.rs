@@ -149,8 +149,8 @@ async fn run() {
     }
     latencies.sort();
     println!(
-        "start latency over 200 jobs: median {:?}, p95 {:?}",
-        latencies[100], latencies[190]
+        "start latency over 200 jobs: median {:?}, p95 {:?}, p99 {:?}",
+        latencies[100], latencies[190], latencies[198]
     );
 
     let plain = status_latency(&client, &job.id).await;
