@@ -444,47 +444,6 @@ pub struct Jobs {
     uids: Option<uids::IdentityUids>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-    /// Where the supervisors run (see [`OutputThread`]).
-    output: OutputThread,
-}
-
-/// The thread every job's supervisor runs on: a runtime of its own with one
-/// worker. A supervisor reads its job's pipes and appends to its log on
-/// the thread that runs it (a buffered write cannot be asked not to wait,
-/// and handing each chunk to another thread cost a followed job a third of
-/// its throughput on the 2-core machine); here those writes hold this
-/// thread, never a worker of the runtime that answers requests, so a
-/// stalled output disk stalls output capture and nothing else. Its own
-/// blocking pool takes the supervisors' store calls and flushes.
-struct OutputThread(Option<tokio::runtime::Runtime>);
-
-impl OutputThread {
-    fn start() -> std::io::Result<Self> {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("jobs-output")
-            .enable_all()
-            .build()
-            .map(|runtime| Self(Some(runtime)))
-    }
-
-    fn handle(&self) -> &tokio::runtime::Handle {
-        self.0
-            .as_ref()
-            .expect("the runtime lives until dropped")
-            .handle()
-    }
-}
-
-impl Drop for OutputThread {
-    fn drop(&mut self) {
-        // After [`Jobs::shutdown`] no supervisor is left; without it (a
-        // dropped server) they are dropped with their runtime, as they would
-        // be with the caller's. Does not wait: it may run on a runtime thread.
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
 }
 
 /// The jobs held in memory, by id, and what wakes the retention task.
@@ -587,9 +546,6 @@ pub enum OpenError {
     /// The store could not be read, or the lost jobs not recorded.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The thread the jobs' supervisors run on could not be started.
-    #[error("cannot start the output thread")]
-    OutputThread(#[source] std::io::Error),
 }
 
 /// A job the caller may act on: their own, or (for an admin) anyone's. Only
@@ -655,7 +611,6 @@ impl Jobs {
             slots: Arc::default(),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
-            output: OutputThread::start().map_err(OpenError::OutputThread)?,
         };
         jobs.tracker.spawn(disk::run(disk::Monitor {
             room: jobs.registry.disk.clone(),
@@ -967,8 +922,8 @@ impl Jobs {
             end: None,
         };
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-        self.tracker.spawn_on(
-            supervisor::supervise(supervisor::Supervisor {
+        self.tracker
+            .spawn(supervisor::supervise(supervisor::Supervisor {
                 job,
                 record,
                 log_path,
@@ -985,9 +940,7 @@ impl Jobs {
                 identity_cap: self.config.retention.max_output_per_identity,
                 slot,
                 uid: account.as_ref().map(|a| a.uid),
-            }),
-            self.output.handle(),
-        );
+            }));
         match started_rx.await {
             Ok(started) => started.map(OwnedJob),
             // The supervisor answers before anything else; it can only be
