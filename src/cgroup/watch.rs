@@ -49,8 +49,9 @@ pub(super) async fn wait_unpopulated(events: &Path) -> Result<(), CgroupError> {
     inotify
         .add_watch(events, AddWatchFlags::IN_MODIFY)
         .map_err(|e| watch_error(e.into()))?;
-    let inotify = ClosedOffWorker(Some(register(inotify).map_err(watch_error)?));
-    let inotify = inotify.0.as_ref().expect("taken only when dropped");
+    // Held to the end of the function, which closes the instance.
+    let guard = ClosedOffWorker(Some(register(inotify).map_err(watch_error)?));
+    let inotify = guard.0.as_ref().expect("taken only when dropped");
     loop {
         if !populated(events)? {
             return Ok(());
