@@ -122,8 +122,10 @@
 //!   only through `jobsd --crl` (there is no OCSP), and a revoked identity
 //!   is recognised only by the serials seen since the daemon started.
 //! - Output appends are synchronous writes to the page cache from the job's
-//!   supervisor task; a disk that stalls stalls those tasks and their
-//!   threads. Reads wait for the disk only on the blocking pool.
+//!   supervisor task, and every supervisor runs on the one `jobs-output`
+//!   thread: a disk that stalls stalls every job's output capture and
+//!   stops, never the runtime that answers requests. Reads wait for the
+//!   disk only on the blocking pool.
 //! - Output on disk is bounded by default: per job by `--max-output` (1 GiB,
 //!   the policy's `max_output_bytes` overriding), per identity by
 //!   `--max-stored-output` (10 GiB) counted live, and over all identities by

@@ -1461,6 +1461,17 @@ fn a_daemon_out_of_processes_says_so_and_recovers() {
     fs::create_dir(&group).unwrap();
     // The daemon joins the group before it execs (a pre-exec write of "0").
     let d = Daemon::start_as(Sandbox::new(), &[], None, Some(&group.join("cgroup.procs")));
+    // jobsd's own threads count too, and its thread pools grow with the
+    // first starts and stops (and keep idle threads for a while): go through
+    // the same calls once, so that the limit set below is bitten by the
+    // jobs' processes, which is the scenario, not by the pools' growth.
+    let warm: Vec<String> = (0..4)
+        .map(|_| d.start_job(&d.alice, &["sleep", "600"]))
+        .collect();
+    assert_eq!(d.jobs(&d.alice, &["list"]).code, 0);
+    for id in &warm {
+        assert_eq!(d.jobs(&d.alice, &["stop", id]).code, 0);
+    }
     let in_use: u32 = fs::read_to_string(group.join("pids.current"))
         .unwrap()
         .trim()

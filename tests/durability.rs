@@ -1068,3 +1068,104 @@ async fn an_end_the_full_disk_refused_is_recorded_once_there_is_room() {
     assert_eq!(after.signal, Some(libc::SIGTERM));
     server.shutdown().await.unwrap();
 }
+
+/// The names of this process's threads (the in-process server's) that are
+/// in uninterruptible sleep: what waits on a frozen file system.
+fn threads_waiting_for_a_disk() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        // `pid (name) state …`: the state follows the parenthesised name.
+        .filter_map(|stat| {
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let name = head.split_once(" (")?.1;
+            rest.starts_with('D').then(|| name.to_owned())
+        })
+        .collect()
+}
+
+/// True when `text` holds the lines `0`, `1`, … `n` and nothing else.
+fn counts_from_zero(text: &[u8]) -> bool {
+    let text = std::str::from_utf8(text).unwrap();
+    text.ends_with('\n')
+        && text
+            .lines()
+            .enumerate()
+            .all(|(i, l)| l.parse::<usize>() == Ok(i))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
+async fn a_stalled_output_disk_holds_only_the_jobs_writing_to_it() {
+    // Scenario: the state directory's disk stalls (frozen with fsfreeze)
+    // while two jobs, as many as the runtime has worker threads, print a
+    // line every 10 ms. Their appends wait for the disk on the jobs' output
+    // thread; the runtime that answers requests does not: no thread of it
+    // waits for the disk, and the status of each job answers while the disk
+    // is frozen. After the thaw the output goes on, and each job's log is
+    // every line it printed, in order.
+    require_root();
+    let dir = tempfile::Builder::new()
+        .prefix("jobs-output-frozen-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let fs = common::disk::LoopExt4::mount(dir.path());
+    let state = tempfile::tempdir_in(&fs.at).unwrap();
+    let server = TestServer::start_on(state, true, |_| {}).await;
+    let alice = client(&server, "alice").await;
+    let counter = "i=0; while [ $i -lt 100000 ]; do echo $i; i=$((i+1)); sleep 0.01; done";
+    let jobs = [
+        start(&alice, "sh", &["-c", counter]).await,
+        start(&alice, "sh", &["-c", counter]).await,
+    ];
+    let mut stream = alice.stream(&jobs[0].id).await.unwrap();
+    let mut seen = Vec::new();
+    let mut lines_seen = async |seen: &mut Vec<u8>, lines: usize| {
+        while seen.iter().filter(|b| **b == b'\n').count() < lines {
+            match stream.message().await.unwrap().and_then(|e| e.event) {
+                Some(proto::stream_event::Event::Chunk(c)) => seen.extend(c.data),
+                other => panic!("the stream ended: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(TIMEOUT, lines_seen(&mut seen, 5))
+        .await
+        .expect("the first lines");
+
+    let frozen = common::disk::Frozen::freeze(&fs.at, Duration::from_secs(30));
+    assert!(
+        eventually(TIMEOUT, || threads_waiting_for_a_disk()
+            .contains(&"jobs-output".to_owned()))
+        .await,
+        "the jobs' appends never waited for the frozen disk on their output thread: {:?}",
+        threads_waiting_for_a_disk()
+    );
+    for job in &jobs {
+        let status = tokio::time::timeout(Duration::from_secs(5), alice.status(&job.id))
+            .await
+            .expect("a status waited for the frozen output disk")
+            // The client's own deadline, when the runtime was held so long
+            // that even the timeout above could not fire.
+            .unwrap_or_else(|e| panic!("a status waited for the frozen output disk: {e}"));
+        assert_eq!(status.state(), State::Running);
+    }
+    let waiting = threads_waiting_for_a_disk();
+    assert_eq!(waiting, ["jobs-output"], "only the output thread waits");
+    frozen.thaw();
+    let before = seen.iter().filter(|b| **b == b'\n').count();
+    tokio::time::timeout(TIMEOUT, lines_seen(&mut seen, before + 50))
+        .await
+        .expect("the output after the thaw");
+    drop(stream);
+    for job in &jobs {
+        alice.stop(&job.id).await.unwrap();
+        let (stdout, stderr) = collect_output(&alice, &job.id).await;
+        assert!(
+            counts_from_zero(&stdout),
+            "not every line, in order: {:?}",
+            String::from_utf8_lossy(&stdout)
+        );
+        assert!(stderr.is_empty());
+    }
+    server.shutdown().await.unwrap();
+}

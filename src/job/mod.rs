@@ -29,6 +29,7 @@ mod disk;
 mod executor;
 mod ledger;
 mod limits;
+mod output_thread;
 mod restore;
 mod retention;
 mod spec;
@@ -444,6 +445,8 @@ pub struct Jobs {
     uids: Option<uids::IdentityUids>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// Where the supervisors run.
+    output: output_thread::OutputThread,
 }
 
 /// The jobs held in memory, by id, and what wakes the retention task.
@@ -546,6 +549,9 @@ pub enum OpenError {
     /// The store could not be read, or the lost jobs not recorded.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The thread the jobs' supervisors run on could not be started.
+    #[error("cannot start the output thread")]
+    OutputThread(#[source] std::io::Error),
 }
 
 /// A job the caller may act on: their own, or (for an admin) anyone's. Only
@@ -611,6 +617,7 @@ impl Jobs {
             slots: Arc::default(),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            output: output_thread::OutputThread::start().map_err(OpenError::OutputThread)?,
         };
         jobs.tracker.spawn(disk::run(disk::Monitor {
             room: jobs.registry.disk.clone(),
@@ -922,8 +929,8 @@ impl Jobs {
             end: None,
         };
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-        self.tracker
-            .spawn(supervisor::supervise(supervisor::Supervisor {
+        self.tracker.spawn_on(
+            supervisor::supervise(supervisor::Supervisor {
                 job,
                 record,
                 log_path,
@@ -940,7 +947,9 @@ impl Jobs {
                 identity_cap: self.config.retention.max_output_per_identity,
                 slot,
                 uid: account.as_ref().map(|a| a.uid),
-            }));
+            }),
+            self.output.handle(),
+        );
         match started_rx.await {
             Ok(started) => started.map(OwnedJob),
             // The supervisor answers before anything else; it can only be

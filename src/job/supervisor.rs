@@ -1,4 +1,8 @@
-//! The one task per job that owns its processes and pipes.
+//! The one task per job that owns its processes and pipes. Every
+//! supervisor runs on the jobs' output thread (`OutputThread` in the job
+//! module): its appends to the log are plain writes that wait when the
+//! disk stalls, and must not hold a worker of the runtime that answers
+//! requests.
 //!
 //! Order of events, which is what makes output complete, final states
 //! honest and records durable:

@@ -28,16 +28,15 @@
 //! can be (`RWF_NOWAIT`), and go to tokio's blocking pool when they cannot
 //! (a follower far behind, a finished log read cold). The flush at a job's
 //! end ([`LogWriter::sync`]) runs on the blocking pool too. Appends are
-//! still written on the supervisor's thread: buffered writes cannot be
-//! asked not to wait (ext4 refuses `RWF_NOWAIT` for them), and handing each
-//! 64 KiB record to the blocking pool halved the throughput of a followed
-//! job on the 2-core machine (631 → 312 MB/s). Pipelined (two buffers per
-//! pipe, the next chunk read while the last is written, queued chunks
-//! written in one hand-off) it still cost a third (296–350 against
-//! 418–586 MB/s side by side), and so did `block_in_place`: each chunk
-//! costs a cross-CPU wake-up. So a disk that stalls under
-//! the output directory (a frozen file system, dirty-page throttling on a
-//! slow disk) still holds the runtime threads of the jobs that write to it.
+//! written on the thread of whoever calls [`LogWriter::append`]: buffered
+//! writes cannot be asked not to wait (ext4 refuses `RWF_NOWAIT` for them),
+//! and handing each 64 KiB record to another thread costs a followed job a
+//! third of its throughput on the 2-core machine (631 → 312 MB/s waiting for
+//! each; pipelined through the blocking pool or with `block_in_place`
+//! still 296–352 against 418–586 MB/s). The job module therefore runs the
+//! writers on a thread of their own (`crate::job`'s output thread), so a
+//! disk that stalls holds that thread, never a worker of the runtime that
+//! answers requests.
 
 mod fileio;
 

@@ -93,6 +93,15 @@ pub enum ServerError {
     /// The HTTP/2 server failed.
     #[error("gRPC server failed")]
     Transport(#[source] tonic::transport::Error),
+    /// A thread of the daemon's own could not be started.
+    #[error("cannot start {what}")]
+    Thread {
+        /// Which one.
+        what: &'static str,
+        /// The OS error (EAGAIN at the process's thread limit).
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Everything [`serve`] needs besides the listener.
@@ -225,6 +234,10 @@ pub async fn serve(
             |e| match e {
                 OpenError::OutputDir { path, source } => ServerError::StateDir { path, source },
                 OpenError::Store(e) => ServerError::Store(e),
+                OpenError::OutputThread(source) => ServerError::Thread {
+                    what: "the jobs' output thread",
+                    source,
+                },
             },
         )?,
     );

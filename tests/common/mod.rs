@@ -14,12 +14,15 @@
 //!   namespaces, a uid of its own per identity), so every test exercises containment in
 //!   CI; otherwise jobs run uncontained.
 //! - Helpers that read output streams to the end and check every chunk's shape.
+//! - [`disk`]: a loop-mounted ext4 and `fsfreeze` on it, to stall a disk.
 //!
 //! No helper sleeps to synchronise: waits are on events (a stream's final
 //! status, a line of output) under a deadline. Where the only observation is a
 //! condition in `/proc`, [`eventually`] polls it under a deadline.
 
 #![allow(dead_code)]
+
+pub mod disk;
 
 use std::io;
 use std::net::SocketAddr;
