@@ -659,7 +659,8 @@ impl Starting {
             if let Some(mut child) = self.child.take() {
                 end_group(&cgroup, &mut child).await;
             }
-            remove_group(cgroup);
+            // rmdirs, and on a busy group a wait for its last reference.
+            sys::off_worker(|| remove_group(cgroup));
         }
     }
 }
@@ -690,9 +691,9 @@ async fn end_group(cgroup: &JobCgroup, child: &mut Child) -> Option<std::process
             "processes of the job are still alive after SIGKILL"
         ),
     }
-    // The init is dead (its group was killed, or it had exited): this wait
-    // returns at once.
-    match child.wait() {
+    // The init is dead (its group was killed, or it had exited), so this
+    // wait returns at once, unless the group did not empty in time.
+    match sys::off_worker(|| child.wait()) {
         Ok(status) => Some(status),
         Err(e) => {
             tracing::error!(error = %e, "cannot reap jobs-init");
