@@ -838,3 +838,94 @@ fn v2_self_move_in_a_process_of_its_own() {
         std::panic::resume_unwind(panic);
     }
 }
+
+// Scenario: the host is out of inotify instances (they are counted per user
+// over the whole host, 128 by default, and each job end waiting at once holds
+// one). Waiting for a v2 group to empty still waits, and returns once it is
+// empty, instead of failing (which would leave the group behind). The wait
+// runs in a process of its own, in a user namespace whose inotify limit is 0.
+#[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
+fn a_group_is_waited_for_when_inotify_is_used_up() {
+    let test = "a_group_is_waited_for_when_inotify_is_used_up";
+    real_layout();
+    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|r| r.join("cgroup.procs").exists() && r.join("cgroup.subtree_control").exists());
+    let Some(root) = root else {
+        layout_skip(test, "no cgroup v2 mount");
+        return;
+    };
+    let group = root.join(format!("jobs-no-inotify-{}", std::process::id()));
+    std::fs::create_dir(&group).unwrap();
+    let mut sleeper = Command::new("sleep").arg("600").spawn().unwrap();
+    std::fs::write(group.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    let mut waiter = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cgroup::tests::the_wait_without_inotify_in_a_process_of_its_own",
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env("JOBS_NO_INOTIFY_EVENTS", group.join("cgroup.events"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(waiter.stdout.take().unwrap()).lines();
+    // libtest prints the test's output after its "test … " prefix.
+    let waiting = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("waiting for the group to empty"));
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    // Read the rest, so that the child's last lines find their pipe open.
+    lines.for_each(drop);
+    let status = waiter.wait().unwrap();
+    std::fs::remove_dir(&group).unwrap();
+    assert!(waiting, "the child never waited");
+    assert!(status.success(), "the child test failed: {status}");
+}
+
+#[test]
+#[ignore = "run by a_group_is_waited_for_when_inotify_is_used_up in a user namespace of its own"]
+fn the_wait_without_inotify_in_a_process_of_its_own() {
+    let Some(events) = std::env::var_os("JOBS_NO_INOTIFY_EVENTS") else {
+        return;
+    };
+    let events = PathBuf::from(events);
+    // This user namespace's own limit; the host's is untouched.
+    std::fs::write("/proc/sys/user/max_inotify_instances", "0").unwrap();
+    assert_eq!(
+        nix::sys::inotify::Inotify::init(nix::sys::inotify::InitFlags::empty()).err(),
+        Some(nix::errno::Errno::EMFILE),
+        "the inotify limit did not bite"
+    );
+    assert!(watch::populated(&events).unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let wait = watch::wait_unpopulated(&events);
+        tokio::pin!(wait);
+        // Still populated: the wait must not end before the sleeper dies.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), &mut wait)
+                .await
+                .is_err(),
+            "the wait ended while the group held a process"
+        );
+        println!("waiting for the group to empty");
+        tokio::time::timeout(KILL_TIMEOUT, wait)
+            .await
+            .expect("the group's emptying was not seen")
+            .unwrap();
+    });
+    // Once the parent killed it, the group is empty.
+    assert!(!watch::populated(&events).unwrap());
+}

@@ -32,9 +32,12 @@ pub(super) fn populated(events: &Path) -> Result<bool, CgroupError> {
 
 /// Resolves once `events` says `populated 0`.
 ///
+/// Out of inotify instances or watches (a per-user limit over the host),
+/// it polls the file with backoff instead.
+///
 /// # Errors
-/// [`CgroupError::Watch`] if inotify cannot be set up or read (or there is
-/// no tokio runtime with I/O enabled); [`CgroupError::Read`] if the file
+/// [`CgroupError::Watch`] if inotify cannot be set up for another reason or
+/// read (or there is no tokio runtime with I/O enabled); [`CgroupError::Read`] if the file
 /// cannot be read (e.g. the group was removed).
 ///
 /// # Cancel safety
@@ -44,11 +47,27 @@ pub(super) async fn wait_unpopulated(events: &Path) -> Result<(), CgroupError> {
         path: events.to_owned(),
         source,
     };
-    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-        .map_err(|e| watch_error(e.into()))?;
-    inotify
-        .add_watch(events, AddWatchFlags::IN_MODIFY)
-        .map_err(|e| watch_error(e.into()))?;
+    let watched = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).and_then(|i| {
+        i.add_watch(events, AddWatchFlags::IN_MODIFY)?;
+        Ok(i)
+    });
+    let inotify = match watched {
+        Ok(inotify) => inotify,
+        // Inotify instances and watches are counted per user over the whole
+        // host (`max_user_instances` is 128 by default, and every job end
+        // waiting at once holds one): out of them, re-read the file with
+        // backoff instead, so a job's end still waits until it is empty.
+        Err(errno @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOSPC | Errno::ENOMEM)) => {
+            tracing::warn!(error = %errno, path = %events.display(),
+                "cannot watch the group's cgroup.events; polling it instead (raise fs.inotify.max_user_instances)");
+            let mut backoff = fs::Backoff::new();
+            while populated(events)? {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            return Ok(());
+        }
+        Err(errno) => return Err(watch_error(errno.into())),
+    };
     // Held to the end of the function, which closes the instance.
     let guard = ClosedOffWorker(Some(register(inotify).map_err(watch_error)?));
     let inotify = guard.0.as_ref().expect("taken only when dropped");
