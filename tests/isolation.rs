@@ -871,8 +871,11 @@ fn jobsd_reports_every_sandbox_part_at_start_up() {
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // An orderly stop, which removes jobsd's cgroup subtree (a SIGKILL would
+    // leave it on the host, for a successor on this state directory).
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
     let mut stderr = String::new();
     child
         .stderr
@@ -884,6 +887,9 @@ fn jobsd_reports_every_sandbox_part_at_start_up() {
         line.starts_with("listening on 127.0.0.1:"),
         "{line}\n{stderr}"
     );
+    assert!(status.success(), "jobsd ended with {status}:\n{stderr}");
+    let subtree = jobs::exec::cgroup_name_for(&dir.path().join("state"));
+    assert_eq!(cgroup_dirs_named(&subtree), Vec::<PathBuf>::new());
     for part in [
         "seccomp filter",
         "landlock filesystem",
