@@ -37,8 +37,9 @@ pub(super) fn populated(events: &Path) -> Result<bool, CgroupError> {
 ///
 /// # Errors
 /// [`CgroupError::Watch`] if inotify cannot be set up for another reason or
-/// read (or there is no tokio runtime with I/O enabled); [`CgroupError::Read`] if the file
-/// cannot be read (e.g. the group was removed).
+/// read (or there is no tokio runtime with I/O enabled);
+/// [`CgroupError::Read`] if the file cannot be read (e.g. the group was
+/// removed).
 ///
 /// # Cancel safety
 /// Cancel-safe: everything lives in the future and is dropped with it.
