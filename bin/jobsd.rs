@@ -527,6 +527,11 @@ async fn contain(
         cgroup_name,
         sandbox,
     };
+    // No cgroup or namespace covers this; the operator must know (README,
+    // "Security model").
+    tracing::warn!(
+        "shared: process creation: every fork and exit write-locks, host-wide, the mappings of the files a process maps (the C library and the dynamic loader above all), so one identity's fork bomb of dynamically linked programs, within its process cap, stalls other identities' and the host's forks, execs and exits (for seconds on 2 cores); a shared machine needs a low --identity-max-pids or [identity_limits] pids"
+    );
     let executor = LocalExecutor::contained(config).context("cannot contain jobs")?;
     if let Err(e) = jobs::exec::protect_daemon_from_oom() {
         tracing::warn!(error = %e, "cannot lower jobsd's OOM score; the OOM killer may pick jobsd over a job");

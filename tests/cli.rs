@@ -1315,6 +1315,13 @@ fn jobsd_limits_each_identity_to_half_the_memory_and_4096_processes_by_default()
             Some("4096")
         )
     );
+    // The uid is alice's alone, so the cap is her RLIMIT_NPROC too: the
+    // kernel refuses a fork over it before copying the address space.
+    assert_eq!(
+        nproc_line(&d),
+        "Max processes 4096 4096 processes",
+        "the identity's cap as RLIMIT_NPROC"
+    );
     assert_eq!(d.jobs(&d.alice, &["stop", &id]).code, 0);
     drop(d);
 
@@ -1333,7 +1340,26 @@ fn jobsd_limits_each_identity_to_half_the_memory_and_4096_processes_by_default()
         (memory.as_deref(), pids.as_deref()),
         (Some("67108864"), Some("max"))
     );
+    assert_ne!(nproc_line(&d), "Max processes 4096 4096 processes");
     assert_eq!(d.jobs(&d.alice, &["stop", &id]).code, 0);
+    drop(d);
+
+    // An account every identity shares gets no RLIMIT_NPROC: the kernel
+    // counts it per uid, so one identity's processes would use up the
+    // others' count.
+    let d = Daemon::start_in(Sandbox::new(), &["--run-as", "nobody"]);
+    assert_ne!(nproc_line(&d), "Max processes 4096 4096 processes");
+}
+
+/// alice's job's `Max processes` line of /proc/self/limits, spaces squeezed.
+fn nproc_line(d: &Daemon) -> String {
+    let out = d.jobs(&d.alice, &["run", "--", "cat", "/proc/self/limits"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.stdout_str()
+        .lines()
+        .find(|l| l.starts_with("Max processes"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 #[test]

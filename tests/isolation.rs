@@ -909,6 +909,15 @@ fn jobsd_reports_every_sandbox_part_at_start_up() {
             "{part}:\n{stderr}"
         );
     }
+    // What no kernel part isolates is said too, once.
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains(" WARN ") && l.contains("shared: process creation: "))
+            .count(),
+        1,
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -58,6 +58,7 @@ fn job(program: &str, args: &[&str]) -> InitArgs {
     InitArgs {
         uid: NOBODY,
         gid: NOBODY,
+        max_processes: None,
         mount_namespace: false,
         mount_proc: false,
         private_tmp: false,
@@ -448,6 +449,44 @@ fn program_has_no_way_back_to_root() {
          CapPrm:\t0000000000000000\n\
          CapEff:\t0000000000000000\n\
          NoNewPrivs:\t1\n"
+    );
+}
+
+// The identity's process cap reaches the program as RLIMIT_NPROC, soft and
+// hard, so the account cannot raise it; without one the limit is left alone.
+#[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
+fn program_gets_the_process_cap_as_rlimit_nproc() {
+    require_root();
+    let line = |out: &Finished| {
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with("Max processes"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    let capped = run(&InitArgs {
+        max_processes: Some(300),
+        ..job("/usr/bin/cat", &["/proc/self/limits"])
+    });
+    capped.assert_exited(0);
+    assert_eq!(
+        line(&capped).as_deref(),
+        Some("Max processes 300 300 processes")
+    );
+    let raise = run(&InitArgs {
+        max_processes: Some(300),
+        ..shell("ulimit -p 301")
+    });
+    assert_ne!(raise.status.code(), Some(0), "{raise:#?}");
+    assert!(
+        raise.stderr.contains("Operation not permitted"),
+        "{raise:#?}"
+    );
+    let open = run(&job("/usr/bin/cat", &["/proc/self/limits"]));
+    open.assert_exited(0);
+    assert_ne!(
+        line(&open).as_deref(),
+        Some("Max processes 300 300 processes")
     );
 }
 

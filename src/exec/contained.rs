@@ -451,6 +451,14 @@ impl Containment {
         let args = InitArgs {
             uid: account.uid,
             gid: account.gid,
+            // Only for a uid that is this identity's alone: the kernel counts
+            // RLIMIT_NPROC per uid, so on an account shared between identities
+            // one of them would use up the others' count.
+            max_processes: launch
+                .owner_limits
+                .pids
+                .map(u64::from)
+                .filter(|_| account.private_home),
             // A private PID namespace needs its own /proc (the host's would
             // show, and let the job read, every process), so it brings a
             // mount namespace even when the scratch places are shared.

@@ -496,6 +496,11 @@ fn prepare_program_process(
     sys::reset_signal_dispositions().at(SetupStep::Signals)?;
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).at(SetupStep::Signals)?;
     setpgid(Pid::from_raw(0), Pid::from_raw(0)).at(SetupStep::Fork)?;
+    if let Some(n) = args.max_processes {
+        // Before the uid changes, so that the count of the new uid is what
+        // the kernel checks from the first fork on.
+        setrlimit(Resource::RLIMIT_NPROC, n, n).at(SetupStep::Rlimit)?;
+    }
     drop_privileges(args.uid, args.gid)?;
     chdir("/").at(SetupStep::Chdir)?;
     // The sandbox comes last, after no_new_privs (which both need), so that

@@ -101,6 +101,14 @@ pub struct InitArgs {
     pub uid: u32,
     /// The group id the program runs as; it gets no supplementary groups.
     pub gid: u32,
+    /// `RLIMIT_NPROC` (soft and hard) of the program's process: at most this
+    /// many processes and threads of `uid` at once, counted by the kernel
+    /// per uid. Meant for a uid that is one identity's alone, with its
+    /// process cap: the kernel refuses a fork over it before copying the
+    /// address space, whereas a fork over a cgroup's `pids.max` is refused
+    /// only after the copy, which write-locks every shared library's mapping
+    /// for the whole host (see the README's "Security model").
+    pub max_processes: Option<u64>,
     /// Give the job its own mount namespace, with every mount made private
     /// (recursively) so nothing propagates back to the host.
     pub mount_namespace: bool,
@@ -171,6 +179,8 @@ struct Cli {
     uid: u32,
     #[arg(long)]
     gid: u32,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_processes: Option<u64>,
     #[arg(long)]
     mount_namespace: bool,
     #[arg(long)]
@@ -214,6 +224,10 @@ impl InitArgs {
             "--gid".into(),
             self.gid.to_string().into(),
         ];
+        if let Some(n) = self.max_processes {
+            out.push("--max-processes".into());
+            out.push(n.to_string().into());
+        }
         let flags = [
             (self.mount_namespace, "--mount-namespace"),
             (self.mount_proc, "--mount-proc"),
@@ -285,6 +299,7 @@ impl InitArgs {
         Ok(Self {
             uid: cli.uid,
             gid: cli.gid,
+            max_processes: cli.max_processes,
             mount_namespace: cli.mount_namespace,
             mount_proc: cli.mount_proc,
             private_tmp: cli.private_tmp,
@@ -324,7 +339,8 @@ pub enum SetupStep {
     NetworkNamespace,
     /// Bringing `lo` up in the new network namespace.
     Loopback,
-    /// Setting the soft `RLIMIT_NOFILE`, or resetting `oom_score_adj` to 0.
+    /// Setting the soft `RLIMIT_NOFILE`, or resetting `oom_score_adj` to 0,
+    /// or (in the program's process) setting `RLIMIT_NPROC`.
     Rlimit,
     /// Blocking signals, installing the forwarding handlers, or (in the
     /// program's process) restoring the default mask and dispositions.
@@ -583,6 +599,7 @@ mod tests {
         InitArgs {
             uid: 65534,
             gid: 65533,
+            max_processes: Some(4096),
             mount_namespace: true,
             mount_proc: true,
             private_tmp: true,
@@ -637,6 +654,7 @@ mod tests {
                 },
                 uid: u32::MAX,
                 gid: 0,
+                max_processes: (bits & 2048 != 0).then_some(u64::MAX),
                 argv0: String::new(),
                 ..sample()
             };
@@ -659,6 +677,7 @@ mod tests {
             landlock_abi: 0,
             writable: vec![PathBuf::from("/srv")],
             args: vec!["-l".into()],
+            max_processes: Some(100),
             ..sample()
         };
         assert_eq!(
@@ -668,6 +687,8 @@ mod tests {
                 "65534",
                 "--gid",
                 "65533",
+                "--max-processes",
+                "100",
                 "--mount-namespace",
                 "--network-none",
                 "--seccomp",
@@ -689,6 +710,23 @@ mod tests {
             ..sample()
         };
         assert_eq!(InitArgs::parse(args.to_args()).unwrap(), args);
+    }
+
+    // RLIMIT_NPROC 0 would refuse the program's own exec; it is never asked.
+    #[test]
+    fn init_args_rejects_zero_max_processes() {
+        let err = InitArgs::parse(os(&[
+            "--uid",
+            "1",
+            "--gid",
+            "1",
+            "--max-processes",
+            "0",
+            "--",
+            "/bin/sh",
+            "sh",
+        ]));
+        assert!(matches!(err, Err(InitError::Usage(_))), "{err:?}");
     }
 
     // A relative program would be resolved against whatever cwd the init has.
