@@ -229,7 +229,38 @@ fn spawn_error(program: &str, e: io::Error) -> SpawnError {
     }
 }
 
-fn pipe(end: Option<impl Into<OwnedFd>>) -> io::Result<tokio::net::unix::pipe::Receiver> {
+fn pipe(end: Option<impl Into<OwnedFd>>) -> io::Result<LazyPipe> {
     let end = end.ok_or_else(|| io::Error::other("child pipe missing"))?;
-    tokio::net::unix::pipe::Receiver::from_owned_fd(end.into())
+    Ok(LazyPipe::Fd(Some(end.into())))
+}
+
+/// A job's output pipe, registered with the reactor of the runtime that
+/// first reads it rather than of the one that started the job: the
+/// supervisor reads on its own runtime (`jobs-output`), and a pipe left on
+/// the request runtime's reactor woke that runtime's thread at every
+/// readiness only to wake the supervisor's.
+enum LazyPipe {
+    /// Not read yet. `None` only after a failed registration.
+    Fd(Option<OwnedFd>),
+    Registered(tokio::net::unix::pipe::Receiver),
+}
+
+impl tokio::io::AsyncRead for LazyPipe {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let LazyPipe::Fd(fd) = this {
+            let fd = fd
+                .take()
+                .ok_or_else(|| io::Error::other("the pipe could not be registered"))?;
+            *this = LazyPipe::Registered(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?);
+        }
+        match this {
+            LazyPipe::Registered(rx) => std::pin::Pin::new(rx).poll_read(cx, buf),
+            LazyPipe::Fd(_) => unreachable!("registered above"),
+        }
+    }
 }
