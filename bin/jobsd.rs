@@ -287,6 +287,10 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
         max_output_per_identity: optional(&args.max_stored_output, units::parse_size)
             .context("--max-stored-output")?,
     };
+    // Used once the executor is made, after the state directory; checked
+    // here so that a bad value leaves nothing behind.
+    optional(&args.contain.identity_max_pids, parse_identity_pids)
+        .context("--identity-max-pids")?;
     let policy = match &args.policy {
         Some(path) => {
             let policy = Policy::load(path).map_err(|e| anyhow::anyhow!("invalid policy: {e}"))?;
@@ -452,7 +456,8 @@ async fn contain(
         },
         cpu_millis: optional(&args.identity_max_cpus, units::parse_cpus)
             .context("--identity-max-cpus")?,
-        pids: optional(&args.identity_max_pids, parse_pids).context("--identity-max-pids")?,
+        pids: optional(&args.identity_max_pids, parse_identity_pids)
+            .context("--identity-max-pids")?,
         ..ResourceLimits::default()
     };
     jobs.ceiling = ResourceLimits {
@@ -570,6 +575,17 @@ fn retention(s: &str) -> anyhow::Result<Option<Duration>> {
 fn parse_pids(s: &str) -> anyhow::Result<u32> {
     s.parse::<u32>()
         .map_err(|_| anyhow::anyhow!("'{s}' is not a number of processes"))
+}
+
+/// As [`parse_pids`], within what the policy's `[identity_limits] pids`
+/// takes: fewer than two processes would refuse every start.
+fn parse_identity_pids(s: &str) -> anyhow::Result<u32> {
+    let (min, max) = (jobs::limits::MIN_PIDS, jobs::limits::MAX_PIDS);
+    let n = parse_pids(s)?;
+    if !(min..=max).contains(&n) {
+        anyhow::bail!("{n} is out of range: an integer from {min} to {max}, or none");
+    }
+    Ok(n)
 }
 
 /// Half of this machine's memory (`MemTotal` of /proc/meminfo), in bytes,

@@ -1351,6 +1351,59 @@ fn jobsd_limits_each_identity_to_half_the_memory_and_4096_processes_by_default()
     assert_ne!(nproc_line(&d), "Max processes 4096 4096 processes");
 }
 
+#[test]
+#[cfg_attr(not(jobs_root), ignore = "needs root (cgroups, namespaces, uids)")]
+fn a_start_at_the_identitys_process_cap_says_so_and_others_still_start() {
+    // Scenario: alice's running jobs hold all the processes her identity may
+    // have. Her next start is refused naming her cap and what to do, not
+    // blamed on the server; bob starts as before, and alice can start again
+    // once one of her jobs is stopped.
+    common::require_root();
+    // A uid range of its own: every other test's daemon gives its first
+    // identity the default range's first uid, whose processes would count
+    // against this cap as RLIMIT_NPROC.
+    let d = Daemon::start_in(
+        Sandbox::new(),
+        &[
+            "--identity-max-pids",
+            "8",
+            "--uid-range",
+            "2013331200-2013331201",
+        ],
+    );
+    // Each job is its init and the program: four fill the cap.
+    let ids: Vec<String> = (0..4)
+        .map(|_| d.start_job(&d.alice, &["sleep", "600"]))
+        .collect();
+    let out = d.jobs(&d.alice, &["start", "--", "sleep", "600"]);
+    assert_eq!(
+        (out.code, out.stdout_str(), out.stderr.as_str()),
+        (
+            1,
+            "",
+            "jobs: error: limit reached: your jobs together are at your cap of 8 processes and threads; stop some of them, or ask the server's operator to raise the cap (jobsd --identity-max-pids, or [identity_limits] pids in the policy)\n"
+        )
+    );
+    // The refused start left no job behind.
+    let listed = d.jobs(&d.alice, &["list"]);
+    let mut listed: Vec<&str> = listed
+        .stdout_str()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    listed.sort_unstable();
+    let mut started: Vec<&str> = ids.iter().map(String::as_str).collect();
+    started.sort_unstable();
+    assert_eq!(listed, started);
+    let bobs = d.start_job(&d.bob, &["sleep", "600"]);
+    assert_eq!(d.jobs(&d.alice, &["stop", &ids[0]]).code, 0);
+    let again = d.start_job(&d.alice, &["sleep", "600"]);
+    for id in ids[1..].iter().chain([&again]) {
+        assert_eq!(d.jobs(&d.alice, &["stop", id]).code, 0);
+    }
+    assert_eq!(d.jobs(&d.bob, &["stop", &bobs]).code, 0);
+}
+
 /// alice's job's `Max processes` line of /proc/self/limits, spaces squeezed.
 fn nproc_line(d: &Daemon) -> String {
     let out = d.jobs(&d.alice, &["run", "--", "cat", "/proc/self/limits"]);
@@ -1364,9 +1417,10 @@ fn nproc_line(d: &Daemon) -> String {
 
 #[test]
 fn jobsd_refuses_bad_retention_settings_before_anything_else() {
-    // Scenario: an operator writes `--retention 0`, a typo, or an unknown
-    // size suffix; jobsd names the option and the value, creates no state
-    // directory and never listens.
+    // Scenario: an operator writes `--retention 0`, a typo, an unknown
+    // size suffix, or an identity process cap no start could fit in; jobsd
+    // names the option and the value, creates no state directory and never
+    // listens.
     let sb = Sandbox::new();
     let state = sb.dir.path().join("state");
     for (extra, message) in [
@@ -1390,6 +1444,21 @@ fn jobsd_refuses_bad_retention_settings_before_anything_else() {
             "{extra:?}"
         );
         assert!(!state.exists(), "{extra:?} created the state directory");
+    }
+    for n in ["0", "1"] {
+        let out = jobsd_refusing_with(&sb, &state, &["--identity-max-pids", n]);
+        assert_eq!(
+            (out.code, out.stdout_str(), out.stderr.as_str()),
+            (
+                1,
+                "",
+                format!(
+                    "jobsd: error: --identity-max-pids: {n} is out of range: an integer from 2 to 4194304, or none\n"
+                )
+                .as_str()
+            ),
+        );
+        assert!(!state.exists(), "{n} created the state directory");
     }
 }
 

@@ -604,6 +604,28 @@ impl JobCgroup {
         Ok(usage)
     }
 
+    /// Processes and threads of every job of this group's identity right
+    /// now (`pids.current` of the identity's group, [`Cgroups::create_for`]);
+    /// `None` for a group made without one, or without the pids controller.
+    ///
+    /// # Errors
+    /// As for [`JobCgroup::usage`].
+    pub fn identity_pids(&self) -> Result<Option<u64>, CgroupError> {
+        let identity_dir = self
+            .identity
+            .as_ref()
+            .and_then(|_| self.nodes.iter().find(|n| n.caps.pids))
+            .and_then(|node| node.dir.parent());
+        let Some(dir) = identity_dir else {
+            return Ok(None);
+        };
+        let path = dir.join("pids.current");
+        match fs::read_optional(&path)? {
+            Some(text) => Ok(Some(parse::single_value(&path, &text)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Removes every directory of the group (child groups first). Call
     /// after [`JobCgroup::wait_empty`]; an EBUSY right after the last
     /// process left is retried for up to 1 s (blocking the thread).

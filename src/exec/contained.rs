@@ -562,6 +562,7 @@ impl Containment {
             }),
         };
         if let Some(e) = failure {
+            let e = at_identity_cap(e, starting.cgroup(), launch.owner_limits.pids);
             starting.clean_up().await;
             return Err(e);
         }
@@ -618,6 +619,31 @@ fn spawn_in_new_pid_namespace(cmd: &mut Command) -> io::Result<Child> {
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the spawning thread panicked")))
     })
+}
+
+/// `e`, or [`SpawnError::IdentityProcessCap`] when it is a refused fork or
+/// exec (EAGAIN: the init's fork over the identity group's `pids.max`, or
+/// the program's exec over `RLIMIT_NPROC`) and the identity's group is at
+/// its cap. Other EAGAINs (jobsd's own cgroup, the kernel's `pid_max`)
+/// stay what they are.
+fn at_identity_cap(e: SpawnError, cgroup: &JobCgroup, cap: Option<u32>) -> SpawnError {
+    let eagain = match &e {
+        SpawnError::Os(source) | SpawnError::Containment { source, .. } => {
+            source.raw_os_error() == Some(libc::EAGAIN)
+        }
+        _ => false,
+    };
+    let Some(max) = cap.filter(|_| eagain) else {
+        return e;
+    };
+    // The failed start's own init is counted: at the cap its fork was
+    // refused, and past it the program's exec (the uid's count, without the
+    // inits, over the cap). Below it the EAGAIN came from elsewhere, e.g.
+    // another daemon's jobs on the same uid.
+    match cgroup.identity_pids() {
+        Ok(Some(current)) if current >= u64::from(max) => SpawnError::IdentityProcessCap { max },
+        _ => e,
+    }
 }
 
 /// Reads one report from the status pipe; `None` at EOF.

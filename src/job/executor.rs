@@ -42,6 +42,14 @@ pub enum SpawnError {
     /// The operating system refused to create the process or its pipes.
     #[error("cannot start the process")]
     Os(#[source] io::Error),
+    /// The owner's jobs together are at its process cap (the identity's
+    /// `pids` limit): nothing more of it can start until some of its
+    /// processes end.
+    #[error("the identity's jobs are at its cap of {max} processes and threads")]
+    IdentityProcessCap {
+        /// The cap.
+        max: u32,
+    },
     /// The job's container could not be set up (cgroup, namespaces, account):
     /// nothing of the job runs.
     #[error("cannot set up the job's containment: {what}")]

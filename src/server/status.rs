@@ -115,6 +115,11 @@ fn spawn_status(e: SpawnError) -> Status {
         SpawnError::NotExecutable { program } => {
             Status::invalid_argument(format!("program '{program}' is not an executable file"))
         }
+        // The caller's own doing: retrying helps only once its jobs have
+        // fewer processes.
+        SpawnError::IdentityProcessCap { max } => Status::resource_exhausted(format!(
+            "your jobs together are at your cap of {max} processes and threads; stop some of them, or ask the server's operator to raise the cap (jobsd --identity-max-pids, or [identity_limits] pids in the policy)"
+        )),
         // The machine or the daemon's cgroup is at its process or memory
         // limit: a transient condition the caller can retry.
         SpawnError::Os(e) if is_transient(&e) => {
