@@ -108,7 +108,7 @@ timed() {
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 pair() { # name jobs-seconds ssh-seconds
-  awk -v n="$1" -v j="$2" -v s="$3" 'BEGIN { printf "%-44s jobs %8.3f s   ssh %8.3f s   jobs/ssh %5.2f\n", n, j, s, j / s }'
+  awk -v n="$1" -v j="$2" -v s="$3" 'BEGIN { printf "%-56s jobs %8.3f s   ssh %8.3f s   jobs/ssh %5.2f\n", n, j, s, j / s }'
 }
 
 echo "jobs beside OpenSSH $(ssh -V 2>&1 | cut -d, -f1) on 127.0.0.1, $(nproc) cores, $([ "$(id -u)" = 0 ] && echo "jobs contained" || echo "jobs not contained (not root)")"
@@ -116,11 +116,21 @@ j=$(for _ in $(seq "$rounds"); do timed "$bin/jobs" run -- true; done | median)
 s=$(for _ in $(seq "$rounds"); do timed "${ssh_base[@]}" 127.0.0.1 true; done | median)
 pair "cold run true (median of $rounds)" "$j" "$s"
 
-j=$(timed sh -c '"$0" run -- seq 1 20000000 >/dev/null' "$bin/jobs")
-s=$(timed sh -c '"$@" 127.0.0.1 seq 1 20000000 >/dev/null' ssh "${warm[@]}")
-pair "seq 1 20000000 > /dev/null (warm ssh)" "$j" "$s"
+# Single runs of these vary by a fifth or more here, for ssh too: medians
+# of three, jobs and ssh taking turns.
+j=() s=()
+for _ in 1 2 3; do
+  j+=("$(timed sh -c '"$0" run -- seq 1 20000000 >/dev/null' "$bin/jobs")")
+  s+=("$(timed sh -c '"$@" 127.0.0.1 seq 1 20000000 >/dev/null' ssh "${warm[@]}")")
+done
+pair "seq 1 20000000 > /dev/null (warm ssh; median of 3)" \
+  "$(printf '%s\n' "${j[@]}" | median)" "$(printf '%s\n' "${s[@]}" | median)"
 
-j=$(timed sh -c '"$0" run -- head -c 2G /dev/zero >/dev/null' "$bin/jobs")
-s=$(timed sh -c '"$@" 127.0.0.1 head -c 2G /dev/zero >/dev/null' ssh "${warm[@]}")
-pair "head -c 2G /dev/zero > /dev/null (warm ssh)" "$j" "$s"
+j=() s=()
+for _ in 1 2 3; do
+  j+=("$(timed sh -c '"$0" run -- head -c 2G /dev/zero >/dev/null' "$bin/jobs")")
+  s+=("$(timed sh -c '"$@" 127.0.0.1 head -c 2G /dev/zero >/dev/null' ssh "${warm[@]}")")
+done
+j=$(printf '%s\n' "${j[@]}" | median) s=$(printf '%s\n' "${s[@]}" | median)
+pair "head -c 2G /dev/zero > /dev/null (warm ssh; median of 3)" "$j" "$s"
 awk -v j="$j" -v s="$s" 'BEGIN { printf "(2 GiB: jobs %.0f MB/s, ssh %.0f MB/s)\n", 2147.483648 / j, 2147.483648 / s }'
