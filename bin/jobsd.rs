@@ -2,7 +2,7 @@
 //! listener and runs [`jobs::server::serve`] until SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -349,7 +349,11 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
         units::parse_size(&args.disk_headroom).context("--disk-headroom")?;
     config.policy = policy;
     config.audit = audit;
-    if let Some(executor) = contain(&args.contain, cgroup_name, &mut config.jobs).await? {
+    // Held until jobsd ends: no other jobsd on this host may hand out these uids.
+    let mut uid_claim = None;
+    if let Some(executor) =
+        contain(&args.contain, cgroup_name, &mut config.jobs, &mut uid_claim).await?
+    {
         config.executor = Arc::new(executor);
     } else if config.policy.current().sets_job_limits() {
         tracing::warn!(
@@ -371,15 +375,19 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
     jobs::server::serve(listener, config, shutdown)
         .await
         .context("server failed")?;
+    drop(uid_claim);
     Ok(())
 }
 
 /// The contained executor, or `None` (with a warning) when jobs run
-/// uncontained. Sets the ceilings and per-identity accounts in `jobs`.
+/// uncontained. Sets the ceilings and per-identity accounts in `jobs`, and
+/// puts the host-wide claim on the uid range (when one is used) in
+/// `uid_claim`.
 async fn contain(
     args: &ContainArgs,
     cgroup_name: String,
     jobs: &mut JobsConfig,
+    uid_claim: &mut Option<jobs::accounts::RangeClaim>,
 ) -> anyhow::Result<Option<LocalExecutor>> {
     // Checked in every mode: a bad value is a mistake either way.
     let uid_range: UidRange = args
@@ -430,6 +438,10 @@ async fn contain(
                 .await
                 .context("the uid range check did not run")?
                 .context("--uid-range")?;
+            *uid_claim = Some(
+                jobs::accounts::claim(uid_range, Path::new(jobs::accounts::CLAIMS_DIR))
+                    .context("--uid-range")?,
+            );
             tracing::info!(range = %uid_range, "each identity's jobs run as a uid and gid of its own from this range");
             jobs.uid_range = Some(uid_range);
             None

@@ -204,6 +204,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .args(extra)
+            .args(common::own_uid_range(extra))
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1016,6 +1017,7 @@ fn jobsd_command(sb: &Sandbox, state_dir: &Path, extra: &[&str]) -> Command {
         .arg("--state-dir")
         .arg(state_dir)
         .args(extra)
+        .args(common::own_uid_range(extra))
         .stdin(Stdio::null());
     cmd
 }
@@ -1237,7 +1239,10 @@ fn jobsd_gives_each_identity_its_own_uid_unless_told_to_share_one() {
     // the default range; with --run-as the operator shares one account, and
     // jobsd says at start-up what that shares.
     common::require_root();
-    let d = Daemon::start();
+    // The default range, named: the harness gives every other daemon a range
+    // of its own, and the one below shows what `--uid-range` defaults to.
+    let default = "2013265920-2013331455";
+    let d = Daemon::start_in(Sandbox::new(), &["--uid-range", default]);
     for (user, uid) in [(&d.alice, 2013265920), (&d.bob, 2013265921)] {
         let id = d.start_job(user, &["id", "-u"]);
         assert_eq!(
@@ -1251,6 +1256,27 @@ fn jobsd_gives_each_identity_its_own_uid_unless_told_to_share_one() {
         "{log}"
     );
     assert!(!log.contains("--run-as:"), "{log}");
+    // A second jobsd on this host, given the same range or one that shares
+    // uids with the first, is refused before it listens: it would give other
+    // identities the same uids.
+    let sb = Sandbox::new();
+    let state = sb.dir.path().join("state");
+    for ours in [default, "2013265000-2013265920"] {
+        let extra = ["--uid-range", ours];
+        let out = jobsd_refusing_with(&sb, &state, &extra);
+        assert_eq!((out.code, out.stdout_str()), (1, ""), "{extra:?}");
+        assert!(
+            out.stderr.ends_with(&format!(
+                "jobsd: error: --uid-range: {ours} overlaps {default}, which another jobsd on this host holds (pid {}); the two would give different identities the same uids: give each jobsd a range of its own\n",
+                d.child.id()
+            )),
+            "{extra:?}: {}",
+            out.stderr
+        );
+    }
+    drop(d);
+    // Once the first is gone, the range is free again.
+    let d = Daemon::start_in(Sandbox::new(), &["--uid-range", default]);
     drop(d);
 
     let d = Daemon::start_in(Sandbox::new(), &["--run-as", "nobody"]);

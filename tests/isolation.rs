@@ -820,6 +820,7 @@ fn jobsd(state: &Path, extra: &[&str]) -> std::process::Command {
         .arg("--state-dir")
         .arg(state.join("state"))
         .args(extra)
+        .args(common::own_uid_range(extra))
         .env_clear()
         .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null());

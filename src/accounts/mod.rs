@@ -11,16 +11,21 @@
 //! kernel keeps per uid: the user keyring, inotify and other per-user
 //! limits, the right to signal or trace each other's processes, files.
 //!
+//! A daemon claims its range host-wide for as long as it runs (`claim.rs`),
+//! so that two daemons on one host never hand out the same uid.
+//!
 //! This module must not know about jobs, owners or the store; it deals in
 //! numbers and the machine's account database (`system.rs`, the only place
 //! here that calls into libc).
 
+mod claim;
 mod system;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+pub use claim::{CLAIMS_DIR, ClaimError, RangeClaim, claim};
 pub use system::{RangeConflict, check_system, local_owner_of};
 
 use crate::job::Account;

@@ -651,6 +651,24 @@ pub fn skip_here(test: &str, why: &str) {
 /// made as another user reports it as ignored, with the reason (`build.rs`
 /// sets `jobs_root` when it runs as root); it panics only when run anyway
 /// (`--include-ignored`) or when a build made as root runs as someone else.
+/// `--uid-range FIRST-LAST` for one test daemon, unless `extra` names a
+/// range or `--run-as`: 256 uids of their own above the default range, so that daemons
+/// running at once never share a uid (a daemon claims its range host-wide
+/// and refuses an overlapping one) and no test's jobs count against another
+/// test's `RLIMIT_NPROC`.
+pub fn own_uid_range(extra: &[&str]) -> Vec<String> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // `--run-as` uses no range (and clap refuses the two together).
+    if extra.contains(&"--uid-range") || extra.contains(&"--run-as") {
+        return Vec::new();
+    }
+    // Test binaries run one after another; within one, daemons are counted.
+    let slot = (std::process::id() % 16) * 256 + NEXT.fetch_add(1, Ordering::Relaxed) % 256;
+    let first = 0x7801_0000 + slot * 256;
+    vec!["--uid-range".into(), format!("{first}-{}", first + 255)]
+}
+
 pub fn require_root() {
     assert!(
         is_root(),
