@@ -59,7 +59,7 @@ pub enum ClaimError {
         holder: Option<u32>,
     },
     /// The claims directory or a file in it cannot be used.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -194,6 +194,32 @@ mod tests {
             format!("{}\n", std::process::id())
         );
         drop((beside, again));
+    }
+
+    #[test]
+    fn an_unusable_claim_names_the_file_and_the_error_once() {
+        // Scenario: a directory sits where a claim file would be; the error
+        // chain (as jobsd prints it) names the path, then the OS error, once.
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("90000-90009")).unwrap();
+        let err = claim(range(90005, 90006), dir.path()).unwrap_err();
+        let chain = format!("{:#}", anyhow_like(&err));
+        assert_eq!(
+            chain,
+            format!(
+                "{}: Is a directory (os error 21)",
+                dir.path().join("90000-90009").display()
+            )
+        );
+    }
+
+    /// `error: source`, as anyhow's `{:#}` prints a chain of two.
+    fn anyhow_like(e: &ClaimError) -> String {
+        use std::error::Error;
+        match e.source() {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        }
     }
 
     #[test]
