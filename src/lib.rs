@@ -155,6 +155,7 @@ pub mod ca;
 pub mod cgroup;
 pub mod client;
 pub mod exec;
+mod inotify;
 pub mod job;
 pub mod limits;
 pub mod model;

@@ -4,18 +4,14 @@
 //! (`populated`, `frozen`) changes (cgroup-v2.rst, "Core Interface Files").
 //! The watch is set up before the first read, so a change between the read
 //! and the wait is not missed.
-//!
-//! The only `unsafe` of the module is here: registering the inotify
-//! descriptor with tokio's reactor.
+//! The inotify instance is [`crate::inotify::Watch`]'s.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
 
-use nix::errno::Errno;
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
+use nix::sys::inotify::AddWatchFlags;
+
+use crate::inotify::{Watch, WatchError};
 
 use super::error::CgroupError;
 use super::{fs, parse};
@@ -48,18 +44,14 @@ pub(super) async fn wait_unpopulated(events: &Path) -> Result<(), CgroupError> {
         path: events.to_owned(),
         source,
     };
-    let watched = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).and_then(|i| {
-        i.add_watch(events, AddWatchFlags::IN_MODIFY)?;
-        Ok(i)
-    });
-    let inotify = match watched {
-        Ok(inotify) => inotify,
+    let watch = match Watch::new(events, AddWatchFlags::IN_MODIFY) {
+        Ok(watch) => watch,
         // Inotify instances and watches are counted per user over the whole
         // host (`max_user_instances` is 128 by default, and every job end
         // waiting at once holds one): out of them, re-read the file with
         // backoff instead, so a job's end still waits until it is empty.
-        Err(errno @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOSPC | Errno::ENOMEM)) => {
-            tracing::warn!(error = %errno, path = %events.display(),
+        Err(WatchError::Exhausted(e)) => {
+            tracing::warn!(error = %e, path = %events.display(),
                 "cannot watch the group's cgroup.events; polling it instead (raise fs.inotify.max_user_instances)");
             let mut backoff = fs::Backoff::new();
             while populated(events)? {
@@ -67,63 +59,12 @@ pub(super) async fn wait_unpopulated(events: &Path) -> Result<(), CgroupError> {
             }
             return Ok(());
         }
-        Err(errno) => return Err(watch_error(errno.into())),
+        Err(WatchError::Failed(e)) => return Err(watch_error(e)),
     };
-    // Held to the end of the function, which closes the instance.
-    let guard = ClosedOffWorker(Some(register(inotify).map_err(watch_error)?));
-    let inotify = guard.0.as_ref().expect("taken only when dropped");
     loop {
         if !populated(events)? {
             return Ok(());
         }
-        let mut ready = inotify.readable().await.map_err(watch_error)?;
-        // Drain the queue; the next loop re-reads the file, so how many
-        // events arrived does not matter.
-        loop {
-            match ready.get_inner().0.read_events() {
-                Ok(_) => continue,
-                Err(Errno::EAGAIN) => {
-                    ready.clear_ready();
-                    break;
-                }
-                Err(errno) => return Err(watch_error(errno.into())),
-            }
-        }
+        watch.changed().await.map_err(watch_error)?;
     }
-}
-
-/// An inotify instance as tokio needs it (`AsRawFd`).
-struct InotifyFd(Inotify);
-
-/// Closes its inotify instance on tokio's blocking pool when dropped:
-/// closing one waits for an SRCU grace period (`fsnotify_destroy_group`),
-/// 5-15 ms on the 2-core machine, which would otherwise hold the runtime
-/// worker that ends each job. Deregistered from the reactor first, on the
-/// calling thread; closed inline when there is no runtime to hand it to.
-struct ClosedOffWorker(Option<AsyncFd<InotifyFd>>);
-
-impl Drop for ClosedOffWorker {
-    fn drop(&mut self) {
-        let Some(inotify) = self.0.take() else { return };
-        let inotify = inotify.into_inner();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            // The close needs nothing back; the pool finishes it even while
-            // the runtime shuts down.
-            drop(runtime.spawn_blocking(move || drop(inotify)));
-        }
-    }
-}
-
-impl AsRawFd for InotifyFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
-fn register(inotify: Inotify) -> io::Result<AsyncFd<InotifyFd>> {
-    // SAFETY: `Inotify` owns its descriptor (an `OwnedFd`) and closes it only
-    // when dropped, so the fd stays open and the same for as long as the
-    // `AsyncFd` holds it, which is `register_with_interest`'s contract.
-    unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), Interest::READABLE) }
-        .map_err(io::Error::from)
 }
