@@ -102,6 +102,41 @@ struct Args {
     audit_log: Option<PathBuf>,
     #[command(flatten)]
     contain: ContainArgs,
+    #[command(flatten)]
+    slurm: SlurmArgs,
+}
+
+/// Where jobs run.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Executor")]
+struct SlurmArgs {
+    /// `local`: on this machine, contained as set below. `slurm`: submitted
+    /// to a Slurm cluster with sbatch (jobsd checks at start-up that its
+    /// controller answers); as root, each identity's jobs run as its
+    /// --run-as-for account (or --run-as), which must exist on the cluster.
+    #[arg(long, value_enum, default_value_t = ExecutorArg::Local)]
+    executor: ExecutorArg,
+    /// Slurm partition to submit to [default: the cluster's default].
+    #[arg(long, value_name = "NAME", requires = "slurm_spool")]
+    slurm_partition: Option<String>,
+    /// Directory for the Slurm jobs' output files, seen at the same path by
+    /// jobsd and every node (a shared file system on a real cluster);
+    /// created with mode 0711 if missing. Needed with --executor slurm.
+    #[arg(long, value_name = "DIR")]
+    slurm_spool: Option<PathBuf>,
+    /// Directory of sbatch, scancel and scontrol [default: found on PATH].
+    #[arg(long, value_name = "DIR", requires = "slurm_spool")]
+    slurm_bin: Option<PathBuf>,
+    /// The cluster's slurm.conf [default: Slurm's own: $SLURM_CONF, then
+    /// its compiled-in path].
+    #[arg(long, value_name = "FILE", requires = "slurm_spool")]
+    slurm_conf: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ExecutorArg {
+    Local,
+    Slurm,
 }
 
 /// How jobs are contained. jobsd must run as root for any of this.
@@ -351,7 +386,9 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
     config.audit = audit;
     // Held until jobsd ends: no other jobsd on this host may hand out these uids.
     let mut uid_claim = None;
-    if let Some(executor) =
+    if args.slurm.executor == ExecutorArg::Slurm {
+        config.executor = Arc::new(slurm(&args.slurm, &args.contain, &mut config.jobs).await?);
+    } else if let Some(executor) =
         contain(&args.contain, cgroup_name, &mut config.jobs, &mut uid_claim).await?
     {
         config.executor = Arc::new(executor);
@@ -447,20 +484,7 @@ async fn contain(
             None
         }
     };
-    for entry in &args.run_as_for {
-        let (fingerprint, user) = entry
-            .split_once('=')
-            .with_context(|| format!("--run-as-for {entry}: expected FINGERPRINT=USER"))?;
-        let identity: Identity = fingerprint
-            .parse()
-            .with_context(|| format!("--run-as-for {entry}"))?;
-        let account = Account::lookup(user, args.allow_root)
-            .with_context(|| format!("--run-as-for {entry}"))?;
-        warn_if_root(&account, "--run-as-for");
-        if jobs.accounts.insert(identity, account).is_some() {
-            anyhow::bail!("--run-as-for: {fingerprint} is given twice");
-        }
-    }
+    run_as_for(args, jobs)?;
     jobs.identity_limits = ResourceLimits {
         memory_bytes: match args.identity_max_memory.as_str() {
             "half" => Some(half_the_memory().context("--identity-max-memory half")?),
@@ -555,6 +579,80 @@ async fn contain(
     }
     tracing::info!(ceiling = ?jobs.ceiling, "job limits");
     Ok(Some(executor))
+}
+
+/// The accounts of --run-as-for, into `jobs.accounts`.
+fn run_as_for(args: &ContainArgs, jobs: &mut JobsConfig) -> anyhow::Result<()> {
+    for entry in &args.run_as_for {
+        let (fingerprint, user) = entry
+            .split_once('=')
+            .with_context(|| format!("--run-as-for {entry}: expected FINGERPRINT=USER"))?;
+        let identity: Identity = fingerprint
+            .parse()
+            .with_context(|| format!("--run-as-for {entry}"))?;
+        let account = Account::lookup(user, args.allow_root)
+            .with_context(|| format!("--run-as-for {entry}"))?;
+        warn_if_root(&account, "--run-as-for");
+        if jobs.accounts.insert(identity, account).is_some() {
+            anyhow::bail!("--run-as-for: {fingerprint} is given twice");
+        }
+    }
+    Ok(())
+}
+
+/// The Slurm executor, its controller checked; the accounts of --run-as-for
+/// into `jobs` (and --run-as as the default one).
+async fn slurm(
+    args: &SlurmArgs,
+    contain: &ContainArgs,
+    jobs: &mut JobsConfig,
+) -> anyhow::Result<jobs::slurm::SlurmExecutor> {
+    let Some(spool) = args.slurm_spool.clone() else {
+        anyhow::bail!(
+            "--executor slurm needs --slurm-spool DIR (a directory jobsd and the nodes share)"
+        );
+    };
+    if contain.uid_range.is_some() {
+        anyhow::bail!(
+            "--uid-range does not apply to --executor slurm: Slurm runs jobs only as accounts the cluster knows; map identities with --run-as-for FINGERPRINT=USER"
+        );
+    }
+    // Slurm knows only named accounts: no uid of a range.
+    jobs.uid_range = None;
+    run_as_for(contain, jobs)?;
+    let default_account = match &contain.run_as {
+        Some(user) => {
+            let account = Account::lookup(user, contain.allow_root)
+                .with_context(|| format!("--run-as {user}"))?;
+            warn_if_root(&account, "--run-as");
+            Some(account)
+        }
+        None => None,
+    };
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        tracing::warn!(
+            uid = nix::unistd::geteuid().as_raw(),
+            "jobsd does not run as root: every Slurm job runs as jobsd's own account, so identities share its files and processes on the nodes"
+        );
+    } else if jobs.accounts.is_empty() && default_account.is_none() {
+        tracing::warn!(
+            "no identity has an account on the cluster (--run-as-for FINGERPRINT=USER, or --run-as USER): every start is refused"
+        );
+    }
+    let executor = jobs::slurm::SlurmExecutor::open(jobs::slurm::SlurmConfig {
+        bin: args.slurm_bin.clone(),
+        conf: args.slurm_conf.clone(),
+        partition: args.slurm_partition.clone(),
+        spool,
+        default_account,
+    })
+    .await?;
+    tracing::info!(
+        partition = args.slurm_partition.as_deref().unwrap_or("(default)"),
+        "jobs run on the Slurm cluster; limits are not enforced there yet (requests for limits are refused)"
+    );
+    Ok(executor)
 }
 
 /// Says loudly that jobs will run as root (possible only with --allow-root).

@@ -163,6 +163,7 @@ pub mod output;
 pub mod policy;
 pub mod sandbox;
 pub mod server;
+pub mod slurm;
 pub mod store;
 pub mod tls;
 

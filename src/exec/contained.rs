@@ -272,6 +272,7 @@ impl Containment {
         Capabilities {
             limits: true,
             io_limits: !self.config.io_devices.is_empty(),
+            accounts: true,
         }
     }
 

@@ -50,6 +50,23 @@ pub enum SpawnError {
         /// The cap.
         max: u32,
     },
+    /// The job's owner has no account to run it as (a cluster's executor
+    /// without `--run-as-for` or `--run-as` for it).
+    #[error("the identity has no account to run jobs as")]
+    NoAccount,
+    /// The cluster's controller does not answer: nothing was submitted.
+    #[error("the cluster controller does not answer: {reason}")]
+    ClusterUnavailable {
+        /// What the cluster's command said.
+        reason: String,
+    },
+    /// The cluster refused the job (a bad partition, over one of its
+    /// limits, an account it does not know): nothing was submitted.
+    #[error("the cluster refused the job: {reason}")]
+    Refused {
+        /// The cluster's own words.
+        reason: String,
+    },
     /// The job's container could not be set up (cgroup, namespaces, account):
     /// nothing of the job runs.
     #[error("cannot set up the job's containment: {what}")]
@@ -106,6 +123,9 @@ pub struct Capabilities {
     pub limits: bool,
     /// IO bandwidth limits (some devices are configured).
     pub io_limits: bool,
+    /// An account per job even without `limits` (a cluster's executor, as
+    /// root, runs each identity's jobs as its account).
+    pub accounts: bool,
 }
 
 /// Starts programs.

@@ -649,7 +649,12 @@ impl Jobs {
                 self.config.accounts.get(&owner).cloned(),
             )
         } else if limits.is_empty() {
-            (None, None)
+            (
+                None,
+                caps.accounts
+                    .then(|| self.config.accounts.get(&owner).cloned())
+                    .flatten(),
+            )
         } else {
             return Err(JobError::LimitsUnavailable);
         };
@@ -657,7 +662,7 @@ impl Jobs {
         // After the quota check, so that an identity that may not start
         // anything is never given a uid.
         let account = match (account, &self.uids) {
-            (None, Some(uids)) if caps.limits => Some(uids.account(owner).await?),
+            (None, Some(uids)) if caps.limits || caps.accounts => Some(uids.account(owner).await?),
             (account, _) => account,
         };
         Ok(StartTicket {

@@ -130,6 +130,16 @@ fn spawn_status(e: SpawnError) -> Status {
             tracing::warn!(error = %source, %what, "cannot start a job now");
             Status::resource_exhausted(BUSY)
         }
+        SpawnError::NoAccount => Status::failed_precondition(
+            "your identity has no account to run jobs as on the cluster; ask the server's operator to map it (jobsd --run-as-for FINGERPRINT=USER)",
+        ),
+        SpawnError::ClusterUnavailable { reason } => {
+            tracing::warn!(%reason, "the cluster controller does not answer");
+            Status::unavailable("the cluster controller does not answer; retry later")
+        }
+        SpawnError::Refused { reason } => {
+            Status::failed_precondition(format!("the cluster refused the job: {reason}"))
+        }
         SpawnError::Os(e) => internal("cannot start the process", &e),
         SpawnError::Containment { what, source } => internal(
             "cannot set up the job's containment",

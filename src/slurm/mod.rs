@@ -1,0 +1,537 @@
+//! The Slurm executor: jobs submitted to a Slurm cluster with `sbatch`,
+//! their output followed in a spool directory that jobsd and the nodes
+//! share, their states read from the controller.
+//!
+//! Everything above the executor (identities, owner checks, policy, quotas,
+//! audit, output logs, retention) is the engine's, the same as for local
+//! jobs. This module owns only what is Slurm's:
+//! - `ctl.rs`: the client commands and what they print;
+//! - `spool.rs`: a job's output files and following them;
+//! - here: the executor, one job's process handle, and the one task that
+//!   asks the controller about every job at once and sends the signals.
+//!
+//! A job runs `SPOOL/.jobs-exec PROGRAM ARGS…`, a fixed script that sets
+//! the job's environment (`PATH`, `HOME`, `LANG`, as for a local job) and
+//! execs its arguments as they are: Slurm passes a batch script's arguments
+//! through unchanged, so nothing is parsed by a shell. Its stdout and
+//! stderr go to files made for it in the spool (see `spool.rs`).
+
+mod ctl;
+mod spool;
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use ctl::{Ctl, CtlError};
+use ctl::{JobInfo, Submission};
+
+use crate::job::{
+    Account, BoxFuture, Capabilities, Ended, Executor, ExitInfo, JobSignal, Launch, Process,
+    ResourceUsage, SpawnError, Spawned,
+};
+
+/// How often the controller is asked about running jobs.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Name of the batch script in the spool.
+const EXEC: &str = ".jobs-exec";
+
+/// The batch script every job runs: its first argument is the job's home,
+/// the rest its argv.
+const EXEC_SCRIPT: &str = "#!/bin/sh\n\
+# Written by jobsd: runs a job's argv as it is, with the environment a\n\
+# local job gets.\n\
+HOME=$1\n\
+shift\n\
+PATH=/usr/local/bin:/usr/bin:/bin\n\
+LANG=C.UTF-8\n\
+export HOME PATH LANG\n\
+cd / || exit 1\n\
+exec \"$@\"\n";
+
+/// Prefix of a Slurm job's recovery token (`slurm:ID:NAME`).
+const TOKEN: &str = "slurm:";
+
+/// How a Slurm executor is set up.
+#[derive(Clone, Debug)]
+pub struct SlurmConfig {
+    /// Where `sbatch`, `scancel` and `scontrol` are; `None`: PATH.
+    pub bin: Option<PathBuf>,
+    /// The cluster's `slurm.conf`; `None`: where Slurm looks itself
+    /// (`SLURM_CONF`, then its compiled-in path).
+    pub conf: Option<PathBuf>,
+    /// The partition to submit to; `None`: the cluster's default.
+    pub partition: Option<String>,
+    /// A directory jobsd and every node see at the same path.
+    pub spool: PathBuf,
+    /// The account of jobs whose identity has none of its own (`--run-as`).
+    pub default_account: Option<Account>,
+}
+
+/// Why the executor cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SlurmError {
+    /// The controller does not answer (or the commands are missing).
+    #[error("the Slurm controller does not answer (scontrol ping): {0}")]
+    Controller(#[source] CtlError),
+    /// The spool directory cannot be made or written.
+    #[error("cannot prepare the Slurm spool directory {}", path.display())]
+    Spool {
+        /// The directory or file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Runs jobs on a Slurm cluster.
+#[derive(Debug)]
+pub struct SlurmExecutor {
+    config: SlurmConfig,
+    ctl: Ctl,
+    poller: Arc<Poller>,
+    /// Ends the poller at [`Executor::close`].
+    cancel: CancellationToken,
+    /// The poller, ended with the executor if not closed before.
+    _task: AbortOnDrop,
+    /// jobsd runs as root: jobs run as their identity's account.
+    as_root: bool,
+}
+
+impl SlurmExecutor {
+    /// Checks that the controller answers, prepares the spool and starts
+    /// the task that follows the jobs' states. Needs a tokio runtime.
+    ///
+    /// # Errors
+    /// [`SlurmError`].
+    pub async fn open(config: SlurmConfig) -> Result<Self, SlurmError> {
+        // sbatch expands `%` patterns in output paths, and a backslash
+        // turns that off and is dropped: neither may be in the spool's.
+        let spool_text = config.spool.to_string_lossy();
+        if !config.spool.is_absolute() || spool_text.contains(['%', '\\']) {
+            return Err(SlurmError::Spool {
+                path: config.spool.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "must be an absolute path without '%' or '\\' (sbatch reads those in output paths)",
+                ),
+            });
+        }
+        let ctl = Ctl::new(config.bin.clone(), config.conf.clone());
+        ctl.ping().await.map_err(SlurmError::Controller)?;
+        let spool = config.spool.clone();
+        tokio::task::spawn_blocking(move || prepare_spool(&spool))
+            .await
+            .map_err(|e| SlurmError::Spool {
+                path: config.spool.clone(),
+                source: io::Error::other(e),
+            })??;
+        let cancel = CancellationToken::new();
+        let (signals, queue) = mpsc::unbounded_channel();
+        let poller = Arc::new(Poller {
+            jobs: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            signals,
+        });
+        let task = tokio::spawn(poller.clone().run(ctl.clone(), queue, cancel.clone()));
+        Ok(Self {
+            config,
+            ctl,
+            poller,
+            cancel,
+            _task: AbortOnDrop(task),
+            as_root: nix::unistd::geteuid().is_root(),
+        })
+    }
+}
+
+/// Makes the spool (mode 0711 when new) and writes the batch script.
+fn prepare_spool(spool: &Path) -> Result<(), SlurmError> {
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SlurmError::Spool { path, source }
+    };
+    match std::fs::DirBuilder::new().mode(0o711).create(spool) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err(spool)(e)),
+    }
+    let script = spool.join(EXEC);
+    let tmp = spool.join(format!("{EXEC}.{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o755)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(EXEC_SCRIPT.as_bytes())?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+            f.sync_all()
+        })
+        .map_err(err(&tmp))?;
+    std::fs::rename(&tmp, &script).map_err(err(&script))
+}
+
+impl Executor for SlurmExecutor {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            limits: false,
+            io_limits: false,
+            accounts: self.as_root,
+        }
+    }
+
+    fn spawn<'a>(&'a self, launch: Launch<'a>) -> BoxFuture<'a, Result<Spawned, SpawnError>> {
+        Box::pin(async move {
+            let begun = Instant::now();
+            let (uid, gid, home) = match launch.account.or(self.config.default_account.as_ref()) {
+                Some(a) => (Some(a.uid), Some(a.gid), a.home.clone()),
+                // Submitted as root without one, it would run as root.
+                None if self.as_root => return Err(SpawnError::NoAccount),
+                None => (None, None, PathBuf::from("/")),
+            };
+            let (file_uid, file_gid) = match (uid, gid) {
+                (Some(u), Some(g)) => (u, g),
+                _ => (
+                    nix::unistd::geteuid().as_raw(),
+                    nix::unistd::getegid().as_raw(),
+                ),
+            };
+            let spool = self.config.spool.clone();
+            let name = launch.name.to_owned();
+            let job = tokio::task::spawn_blocking(move || {
+                spool::create(&spool, &name, file_uid, file_gid)
+            })
+            .await
+            .map_err(|e| SpawnError::Os(io::Error::other(e)))?
+            .map_err(|source| SpawnError::Containment {
+                what: "cannot make the job's files in the Slurm spool".into(),
+                source,
+            })?;
+            let script = self.config.spool.join(EXEC);
+            let mut argv = Vec::with_capacity(launch.spec.args().len() + 1);
+            argv.push(launch.spec.program().to_owned());
+            argv.extend_from_slice(launch.spec.args());
+            let submitted = self
+                .ctl
+                .submit(&Submission {
+                    name: launch.name,
+                    partition: self.config.partition.as_deref(),
+                    uid,
+                    gid,
+                    workdir: Path::new("/"),
+                    stdout: &job.stdout,
+                    stderr: &job.stderr,
+                    script: &script,
+                    home: &home,
+                    argv: &argv,
+                })
+                .await;
+            let id = match submitted {
+                Ok(id) => id,
+                Err(e) => {
+                    let dir = job.dir.clone();
+                    let _ = tokio::task::spawn_blocking(move || spool::remove(&dir)).await;
+                    return Err(match e {
+                        e if e.is_unavailable() => SpawnError::ClusterUnavailable {
+                            reason: e.to_string(),
+                        },
+                        CtlError::Spawn { source, .. } => SpawnError::Os(source),
+                        e => SpawnError::Refused {
+                            reason: e.to_string(),
+                        },
+                    });
+                }
+            };
+            let info = self.poller.register(id);
+            let (ended_tx, ended) = watch::channel(false);
+            let (stdout, stderr, copy) = job.follow(ended);
+            let dir = job.dir.clone();
+            // The spool files' bytes are in the job's log once the copy is
+            // done: then they go.
+            let cleanup = tokio::spawn(async move {
+                match copy.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(dir = %dir.display(), error = %e, "cannot follow a Slurm job's output")
+                    }
+                    Err(e) => {
+                        tracing::error!(dir = %dir.display(), error = %e, "the follower of a Slurm job's output was lost")
+                    }
+                }
+                let _ = tokio::task::spawn_blocking(move || spool::remove(&dir)).await;
+            });
+            Ok(Spawned {
+                process: Box::new(SlurmProcess {
+                    id,
+                    info,
+                    ended: ended_tx,
+                    poller: self.poller.clone(),
+                    _cleanup: cleanup,
+                }),
+                stdout,
+                stderr,
+                meter: None,
+                recovery: Some(format!("{TOKEN}{id}:{}", launch.name)),
+                phases: vec![("sbatch", begun.elapsed())],
+            })
+        })
+    }
+
+    fn close(&self) {
+        self.cancel.cancel();
+    }
+
+    fn reclaim(&self, recovery: &str) -> io::Result<usize> {
+        // `slurm:ID:NAME`, NAME the job's spool directory (one component).
+        let (id, name) =
+            parse_token(recovery).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+        spool::remove(&self.config.spool.join(name));
+        let scancel = self
+            .config
+            .bin
+            .as_ref()
+            .map_or_else(|| PathBuf::from("scancel"), |b| b.join("scancel"));
+        let mut cmd = std::process::Command::new(scancel);
+        if let Some(conf) = &self.config.conf {
+            cmd.env("SLURM_CONF", conf);
+        }
+        let status = cmd
+            .arg(id.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        Ok(usize::from(status.success()))
+    }
+}
+
+/// `slurm:ID:NAME` → `(ID, NAME)`; NAME must be one plain path component.
+fn parse_token(token: &str) -> Option<(u64, &str)> {
+    let (id, name) = token.strip_prefix(TOKEN)?.split_once(':')?;
+    let plain = !name.is_empty() && !name.contains('/') && !name.starts_with('.');
+    Some((id.parse().ok()?, name)).filter(|_| plain)
+}
+
+/// A task aborted when this is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One job on the cluster, owned by its supervisor.
+struct SlurmProcess {
+    id: u64,
+    /// What the controller last said of it.
+    info: watch::Receiver<Option<JobInfo>>,
+    /// Tells the output follower the job ended (then it drains the files).
+    ended: watch::Sender<bool>,
+    poller: Arc<Poller>,
+    /// Removes the spool files once followed to their end.
+    _cleanup: tokio::task::JoinHandle<()>,
+}
+
+impl SlurmProcess {
+    fn final_info(&self) -> Option<JobInfo> {
+        self.info.borrow().clone().filter(JobInfo::is_final)
+    }
+}
+
+impl Process for SlurmProcess {
+    fn exited(&mut self) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            loop {
+                if self.final_info().is_some() {
+                    self.ended.send_replace(true);
+                    return Ok(());
+                }
+                if self.info.changed().await.is_err() {
+                    self.ended.send_replace(true);
+                    return Err(io::Error::other("the Slurm poller stopped"));
+                }
+            }
+        })
+    }
+
+    fn signal(&mut self, signal: JobSignal) -> io::Result<()> {
+        let signal = match signal {
+            JobSignal::Terminate => Some("TERM"),
+            JobSignal::Continue => Some("CONT"),
+            // Slurm's own cancel: everything of the job, on every node.
+            JobSignal::Kill => None,
+        };
+        self.poller
+            .signals
+            .send((self.id, signal))
+            .map_err(|_| io::Error::other("the Slurm poller stopped"))
+    }
+
+    fn finish(&mut self) -> BoxFuture<'_, io::Result<Ended>> {
+        Box::pin(async move {
+            let info = self
+                .final_info()
+                .ok_or_else(|| io::Error::other("the Slurm job has not ended"))?;
+            self.poller.deregister(self.id);
+            let (code, signal) = info.exit;
+            let exit = if info.state == "OUT_OF_MEMORY" {
+                // Slurm says 0:125 whatever the main process did; the
+                // cgroup's OOM killer sends SIGKILL.
+                ExitInfo::Signaled {
+                    signal: libc::SIGKILL,
+                    core_dumped: false,
+                }
+            } else if signal != 0 {
+                ExitInfo::Signaled {
+                    signal,
+                    core_dumped: false,
+                }
+            } else {
+                ExitInfo::Exited(code)
+            };
+            let usage = (info.state == "OUT_OF_MEMORY").then_some(ResourceUsage {
+                peak_memory_bytes: None,
+                cpu_usec: None,
+                oom_kills: 1,
+            });
+            Ok(Ended { exit, usage })
+        })
+    }
+}
+
+impl Drop for SlurmProcess {
+    fn drop(&mut self) {
+        // Nothing more will say the job ended: the follower reads the files
+        // once more and stops.
+        self.ended.send_replace(true);
+        self.poller.deregister(self.id);
+    }
+}
+
+/// The one task that asks the controller about every job and sends the
+/// jobs' signals, in order.
+#[derive(Debug)]
+struct Poller {
+    jobs: Mutex<HashMap<u64, watch::Sender<Option<JobInfo>>>>,
+    /// A job was registered: poll now.
+    wake: Notify,
+    signals: mpsc::UnboundedSender<(u64, Option<&'static str>)>,
+}
+
+impl Poller {
+    fn register(&self, id: u64) -> watch::Receiver<Option<JobInfo>> {
+        let (tx, rx) = watch::channel(None);
+        self.lock().insert(id, tx);
+        self.wake.notify_one();
+        rx
+    }
+
+    fn deregister(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, watch::Sender<Option<JobInfo>>>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        ctl: Ctl,
+        mut signals: mpsc::UnboundedReceiver<(u64, Option<&'static str>)>,
+        cancel: CancellationToken,
+    ) {
+        let mut failing = false;
+        loop {
+            while let Ok((id, signal)) = signals.try_recv() {
+                send_signal(&ctl, id, signal).await;
+            }
+            if !self.lock().is_empty() {
+                match ctl.jobs().await {
+                    Ok(list) => {
+                        if failing {
+                            tracing::info!("the Slurm controller answers again");
+                            failing = false;
+                        }
+                        let by_id: HashMap<u64, JobInfo> =
+                            list.into_iter().map(|j| (j.id, j)).collect();
+                        for (id, tx) in self.lock().iter() {
+                            match by_id.get(id) {
+                                Some(info) => {
+                                    tx.send_if_modified(|old| {
+                                        let changed = old.as_ref() != Some(info);
+                                        if changed {
+                                            *old = Some(info.clone());
+                                        }
+                                        changed
+                                    });
+                                }
+                                None => tracing::debug!(
+                                    slurm_job = id,
+                                    "not (yet) listed by the controller"
+                                ),
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "the Slurm controller does not answer; job states wait for it");
+                            failing = true;
+                        }
+                    }
+                }
+            }
+            let busy = !self.lock().is_empty();
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                Some((id, signal)) = signals.recv() => send_signal(&ctl, id, signal).await,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(POLL), if busy => {}
+            }
+        }
+    }
+}
+
+async fn send_signal(ctl: &Ctl, id: u64, signal: Option<&'static str>) {
+    if let Err(e) = ctl.cancel(id, signal).await {
+        tracing::warn!(slurm_job = id, signal = signal.unwrap_or("cancel"), error = %e, "cannot signal a Slurm job");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Scenario: a restarted jobsd reclaims a Slurm job by the token its
+    // record holds; a token that is not one of ours, or whose name would
+    // leave the spool, is refused rather than acted on.
+    #[test]
+    fn a_recovery_token_names_a_job_and_one_spool_directory() {
+        assert_eq!(parse_token("slurm:42:8d3f-aa"), Some((42, "8d3f-aa")));
+        for bad in [
+            "slurm:42",
+            "slurm:x:name",
+            "slurm:42:",
+            "slurm:42:../etc",
+            "slurm:42:a/b",
+            "slurm:42:.jobs-exec",
+            "pgid:42:name",
+        ] {
+            assert_eq!(parse_token(bad), None, "{bad}");
+        }
+    }
+}

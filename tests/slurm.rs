@@ -1,0 +1,300 @@
+//! The Slurm executor against a real one-node Slurm cluster on loopback
+//! (`scripts/slurm-loopback.sh`: munged, slurmctld and slurmd, state in a
+//! temporary directory, stopped by PID when the test ends).
+//!
+//! One test runs every scenario on one cluster, in order: bringing a
+//! cluster up takes seconds, and its jobs start a second apart at best.
+//! Identities map to system accounts that exist on every Debian host
+//! (alice → nobody, bob → daemon); carol has none.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use jobs::job::Account;
+use jobs::proto::{self, State};
+use jobs::slurm::{SlurmConfig, SlurmExecutor};
+
+/// A running cluster; `down` when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-loopback.sh")
+}
+
+/// Makes `dir` traversable by every account (the jobs' uids must reach
+/// their files under it).
+fn open_up(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+impl Cluster {
+    fn up() -> Option<Self> {
+        if Command::new("sh")
+            .args(["-c", "command -v slurmctld && command -v munged"])
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            skip_here(
+                "slurm",
+                "Slurm is not installed (apt-get install slurm-wlm munge; .ci/run does)",
+            );
+            return None;
+        }
+        // Under /tmp, whose parents every account may traverse.
+        let dir = tempfile::Builder::new()
+            .prefix("jobs-slurm-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        open_up(dir.path());
+        let cluster_dir = dir.path().join("cluster");
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("up")
+            .arg(&cluster_dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let cluster = Self {
+            dir,
+            env: HashMap::new(),
+        };
+        assert!(
+            out.status.success(),
+            "slurm-loopback.sh up failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = std::fs::read_to_string(cluster_dir.join("env")).unwrap();
+        let mut cluster = cluster;
+        for line in env.lines() {
+            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                cluster
+                    .env
+                    .insert(k.to_owned(), v.trim_matches('\'').to_owned());
+            }
+        }
+        Some(cluster)
+    }
+
+    fn conf(&self) -> PathBuf {
+        PathBuf::from(&self.env["SLURM_CONF"])
+    }
+
+    fn bin(&self) -> PathBuf {
+        PathBuf::from(&self.env["SLURM_LOOPBACK_BIN"])
+    }
+
+    fn config(&self, spool: &str, partition: Option<&str>) -> SlurmConfig {
+        SlurmConfig {
+            bin: Some(self.bin()),
+            conf: Some(self.conf()),
+            partition: partition.map(str::to_owned),
+            spool: self.dir.path().join(spool),
+            default_account: None,
+        }
+    }
+
+    fn down(&self) {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("down")
+            .arg(self.dir.path().join("cluster"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "slurm-loopback.sh down failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// A server whose jobs run on the cluster, alice as nobody, bob as daemon.
+async fn server(cluster: &Cluster, spool: &str, partition: Option<&str>) -> TestServer {
+    let executor = SlurmExecutor::open(cluster.config(spool, partition))
+        .await
+        .expect("the Slurm executor opens");
+    TestServer::start_uncontained(move |c| {
+        c.executor = Arc::new(executor);
+        c.jobs.uid_range = None;
+        c.jobs.grace = Duration::from_secs(1);
+        for (name, user) in [("alice", "nobody"), ("bob", "daemon")] {
+            c.jobs
+                .accounts
+                .insert(identity(name), Account::lookup(user, false).unwrap());
+        }
+    })
+    .await
+}
+
+fn state(status: &proto::JobStatus) -> State {
+    State::try_from(status.state).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(jobs_root), ignore = "needs root (sbatch --uid, a Slurm cluster)")]
+async fn jobs_run_on_a_real_slurm_cluster() {
+    require_root();
+    let Some(cluster) = Cluster::up() else { return };
+    let server = server(&cluster, "spool", None).await;
+    let alice = client(&server, "alice").await;
+    let bob = client(&server, "bob").await;
+
+    // Exit code, stdout and stderr apart, two followers from byte 0, and
+    // arguments exactly as given (spaces, quotes, $, non-ASCII, empty).
+    let job = start(
+        &alice,
+        "sh",
+        &[
+            "-c",
+            r#"printf '[%s]' "$@"; echo; id -un; echo err >&2; exit 3"#,
+            "sh",
+            "a b",
+            "\"q\"",
+            "$HOME",
+            "ünï€",
+            "",
+        ],
+    )
+    .await;
+    let (one, two) = tokio::join!(follow(&alice, &job.id), follow(&alice, &job.id));
+    for f in [&one, &two] {
+        assert_eq!(
+            String::from_utf8_lossy(&f.stdout()),
+            "[a b][\"q\"][$HOME][ünï€][]\nnobody\n"
+        );
+        assert_eq!(f.stderr(), b"err\n");
+        assert_eq!(
+            (state(&f.status), f.status.exit_code),
+            (State::Exited, Some(3))
+        );
+    }
+
+    // Another identity's job does not exist for it.
+    for code in [
+        bob.status(&job.id).await.unwrap_err().code(),
+        bob.stream(&job.id).await.err().and_then(|e| e.code()),
+        bob.stop(&job.id).await.unwrap_err().code(),
+    ] {
+        assert_eq!(code, Some(tonic::Code::NotFound));
+    }
+
+    // 64 MiB of every byte value, exactly.
+    let blob = cluster.dir.path().join("blob");
+    let bytes = random_bytes(64 << 20);
+    std::fs::write(&blob, &bytes).unwrap();
+    let job = start(&bob, "cat", &[blob.to_str().unwrap()]).await;
+    let (got, end) = follow_digest(bob.stream(&job.id).await.unwrap()).await;
+    assert_eq!(
+        got.stdout_sha256,
+        sha256(&bytes),
+        "64 MiB through Slurm differ"
+    );
+    assert_eq!((got.stdout_len, got.stderr_len), (bytes.len() as u64, 0));
+    assert_eq!(state(&end), State::Exited);
+
+    // A death by signal says which.
+    let job = start(&alice, "sh", &["-c", "kill -KILL $$"]).await;
+    let end = follow(&alice, &job.id).await.status;
+    assert_eq!((state(&end), end.signal), (State::Killed, Some(9)));
+
+    // A job that ignores SIGTERM is stopped all the same: SIGTERM, then
+    // Slurm's cancel after the grace period.
+    let job = start(
+        &alice,
+        "sh",
+        &["-c", "trap '' TERM; echo ready; while :; do sleep 1; done"],
+    )
+    .await;
+    let mut stream = alice.stream(&job.id).await.unwrap();
+    assert_eq!(read_lines(&mut stream, 1).await, b"ready\n");
+    let stopped = tokio::time::timeout(Duration::from_secs(60), alice.stop(&job.id))
+        .await
+        .expect("stop returned within 60 s")
+        .unwrap();
+    assert_eq!(state(&stopped), State::Stopped);
+    drop(stream);
+
+    // An identity without an account on the cluster is told so, and no
+    // job of it exists.
+    let carol = client(&server, "carol").await;
+    let e = carol.start("true", &[]).await.unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::FailedPrecondition), "{e}");
+    assert!(e.to_string().contains("--run-as-for"), "{e}");
+    assert!(carol.list(false).await.unwrap().is_empty());
+
+    // Nothing of the finished jobs is left in the spool but the script.
+    let left = || -> Vec<String> {
+        std::fs::read_dir(cluster.dir.path().join("spool"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || left() == [".jobs-exec"]).await,
+        "spool left: {:?}",
+        left()
+    );
+    server.shutdown().await.unwrap();
+
+    // sbatch refusing a job (no such partition): its words, no record.
+    let server = server_with_partition(&cluster).await;
+    let alice = client(&server, "alice").await;
+    let e = alice.start("true", &[]).await.unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::FailedPrecondition), "{e}");
+    assert!(
+        e.to_string()
+            .contains("the cluster refused the job: Batch job submission failed: Invalid partition name specified"),
+        "{e}"
+    );
+    assert!(alice.list(false).await.unwrap().is_empty());
+    server.shutdown().await.unwrap();
+
+    // With the controller down, jobsd refuses to start, naming it.
+    cluster.down();
+    let out = Command::new(env!("CARGO_BIN_EXE_jobsd"))
+        .args(["--listen", "127.0.0.1:0", "--executor", "slurm"])
+        .arg("--ca")
+        .arg(ca_cert())
+        .arg("--cert")
+        .arg(&server_pem().cert)
+        .arg("--key")
+        .arg(&server_pem().key)
+        .arg("--state-dir")
+        .arg(cluster.dir.path().join("state"))
+        .arg("--slurm-spool")
+        .arg(cluster.dir.path().join("spool3"))
+        .arg("--slurm-conf")
+        .arg(cluster.conf())
+        .arg("--slurm-bin")
+        .arg(cluster.bin())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the Slurm controller does not answer"),
+        "{stderr}"
+    );
+}
+
+async fn server_with_partition(cluster: &Cluster) -> TestServer {
+    server(cluster, "spool2", Some("nosuch")).await
+}
