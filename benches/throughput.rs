@@ -333,6 +333,7 @@ async fn store_and_restart(
                 limits: None,
                 max_output_bytes: None,
                 recovery: None,
+                cluster_job_id: None,
                 end: None,
             })
             .await

@@ -340,6 +340,9 @@ async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<u8> {
                 print(&format!("{}\n", to_json(&StatusJson::from(&status))?))?;
             } else {
                 let mut text = format!("{}\n", format::status_line(&status, 0));
+                if let Some(id) = &status.cluster_job_id {
+                    text.push_str(&format!("  cluster job: {id}\n"));
+                }
                 if let Some(limits) = &status.limits {
                     text.push_str(&format!("  limits: {}\n", units::describe_limits(limits)));
                 }

@@ -431,6 +431,7 @@ fn start_json_has_exactly_the_documented_fields() {
     assert_eq!(
         keys,
         [
+            "cluster_job_id",
             "command",
             "ended_at",
             "exit_code",
@@ -439,11 +440,16 @@ fn start_json_has_exactly_the_documented_fields() {
             "max_output_bytes",
             "output_bytes",
             "owner",
+            "pending_reason",
             "signal",
             "started_at",
             "state",
             "usage",
         ]
+    );
+    assert_eq!(
+        (&v["cluster_job_id"], &v["pending_reason"]),
+        (&Value::Null, &Value::Null)
     );
     assert!(is_canonical_uuid(v["id"].as_str().unwrap()));
     assert_eq!(v["state"], "running");

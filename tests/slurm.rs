@@ -126,7 +126,7 @@ impl Drop for Cluster {
 }
 
 /// A server whose jobs run on the cluster, alice as nobody, bob as daemon.
-async fn server(cluster: &Cluster, spool: &str, partition: Option<&str>) -> TestServer {
+async fn slurm_server(cluster: &Cluster, spool: &str, partition: Option<&str>) -> TestServer {
     let executor = SlurmExecutor::open(cluster.config(spool, partition))
         .await
         .expect("the Slurm executor opens");
@@ -152,7 +152,7 @@ fn state(status: &proto::JobStatus) -> State {
 async fn jobs_run_on_a_real_slurm_cluster() {
     require_root();
     let Some(cluster) = Cluster::up() else { return };
-    let server = server(&cluster, "spool", None).await;
+    let server = slurm_server(&cluster, "spool", None).await;
     let alice = client(&server, "alice").await;
     let bob = client(&server, "bob").await;
 
@@ -185,6 +185,14 @@ async fn jobs_run_on_a_real_slurm_cluster() {
             (State::Exited, Some(3))
         );
     }
+
+    // The cluster's id is kept with the job, ended too.
+    let id = alice.status(&job.id).await.unwrap().cluster_job_id;
+    assert!(
+        id.as_deref()
+            .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())),
+        "{id:?}"
+    );
 
     // Another identity's job does not exist for it.
     for code in [
@@ -266,6 +274,34 @@ async fn jobs_run_on_a_real_slurm_cluster() {
     assert!(alice.list(false).await.unwrap().is_empty());
     server.shutdown().await.unwrap();
 
+    // A job the cluster keeps queued is pending, with Slurm's reason, and
+    // a stop ends it there.
+    let server = slurm_server(&cluster, "spool4", Some("pending")).await;
+    let alice = client(&server, "alice").await;
+    let job = start(&alice, "true", &[]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = alice.status(&job.id).await.unwrap();
+        if state(&s) == State::Pending && s.pending_reason.as_deref() == Some("PartitionDown") {
+            assert!(s.cluster_job_id.is_some(), "{s:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not pending with Slurm's reason within 10 s: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped = tokio::time::timeout(Duration::from_secs(60), alice.stop(&job.id))
+        .await
+        .expect("stop returned within 60 s")
+        .unwrap();
+    assert_eq!(
+        (state(&stopped), stopped.pending_reason),
+        (State::Stopped, None)
+    );
+    server.shutdown().await.unwrap();
+
     // With the controller down, jobsd refuses to start, naming it.
     cluster.down();
     let out = Command::new(env!("CARGO_BIN_EXE_jobsd"))
@@ -296,5 +332,5 @@ async fn jobs_run_on_a_real_slurm_cluster() {
 }
 
 async fn server_with_partition(cluster: &Cluster) -> TestServer {
-    server(cluster, "spool2", Some("nosuch")).await
+    slurm_server(cluster, "spool2", Some("nosuch")).await
 }

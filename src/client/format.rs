@@ -42,11 +42,12 @@ pub fn signal_name(signal: i32) -> Option<Cow<'static, str>> {
     None
 }
 
-/// The `state` field of the JSON view: `running`, `exited`, `killed`,
+/// The `state` field of the JSON view: `pending`, `running`, `exited`, `killed`,
 /// `stopped`, `oom`, `output_limit`, `lost`, `output_failed`, or `unknown` for a value this client
 /// does not know.
 pub fn state_name(status: &proto::JobStatus) -> &'static str {
     match State::try_from(status.state) {
+        Ok(State::Pending) => "pending",
         Ok(State::Running) => "running",
         Ok(State::Exited) => "exited",
         Ok(State::Killed) => "killed",
@@ -59,13 +60,18 @@ pub fn state_name(status: &proto::JobStatus) -> &'static str {
     }
 }
 
-/// How the job stands, in words: `running`, `exited with code 3`,
+/// How the job stands, in words: `pending: Resources` (queued by a
+/// cluster, with its reason), `running`, `exited with code 3`,
 /// `killed by signal 11 (SIGSEGV), core dumped`,
 /// `stopped: killed by signal 15 (SIGTERM)`,
 /// `out of memory (limit 64.0 MiB, peak 64.0 MiB): killed by signal 9
 /// (SIGKILL)`.
 pub fn describe(status: &proto::JobStatus) -> String {
     match State::try_from(status.state) {
+        Ok(State::Pending) => match &status.pending_reason {
+            Some(reason) => format!("pending: {reason}"),
+            None => "pending".to_owned(),
+        },
         Ok(State::Running) => "running".to_owned(),
         Ok(State::Exited | State::Killed) => describe_end(status),
         // By its owner, an admin, or the daemon's shutdown.
@@ -181,7 +187,10 @@ fn shell_quote(word: &str) -> Cow<'_, str> {
 /// signal N (never 0), or [`EXIT_INCOMPLETE`] when nobody saw how it ended
 /// (a lost job). `None` while the job is running.
 pub fn exit_code(status: &proto::JobStatus) -> Option<u8> {
-    if matches!(State::try_from(status.state), Ok(State::Running)) {
+    if matches!(
+        State::try_from(status.state),
+        Ok(State::Running | State::Pending)
+    ) {
         return None;
     }
     match (status.exit_code, status.signal) {
@@ -226,6 +235,12 @@ pub struct StatusJson {
     pub output_bytes: u64,
     /// The job's output quota in bytes; `null` when unlimited.
     pub max_output_bytes: Option<u64>,
+    /// Why a cluster keeps the job queued (state `pending`); `null`
+    /// otherwise.
+    pub pending_reason: Option<String>,
+    /// The cluster's own id for the job (Slurm's job id); `null` for jobs
+    /// run on the server's machine.
+    pub cluster_job_id: Option<String>,
 }
 
 /// The JSON view of a job's limits (units in the field names).
@@ -282,6 +297,8 @@ impl From<&proto::JobStatus> for StatusJson {
             }),
             output_bytes: s.output_bytes,
             max_output_bytes: s.max_output_bytes,
+            pending_reason: s.pending_reason.clone(),
+            cluster_job_id: s.cluster_job_id.clone(),
         }
     }
 }
@@ -317,7 +334,20 @@ mod tests {
             usage: None,
             output_bytes: 0,
             max_output_bytes: None,
+            pending_reason: None,
+            cluster_job_id: None,
         }
+    }
+
+    #[test]
+    fn a_pending_job_says_why_and_has_no_exit_code_yet() {
+        let mut s = status(State::Pending, None, None);
+        s.pending_reason = Some("PartitionDown".to_owned());
+        assert_eq!(describe(&s), "pending: PartitionDown");
+        assert_eq!(state_name(&s), "pending");
+        assert_eq!(exit_code(&s), None);
+        s.pending_reason = None;
+        assert_eq!(describe(&s), "pending");
     }
 
     #[test]
@@ -478,6 +508,8 @@ mod tests {
                 "usage": null,
                 "output_bytes": 0,
                 "max_output_bytes": null,
+                "pending_reason": null,
+                "cluster_job_id": null,
             })
         );
         let running =

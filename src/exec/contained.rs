@@ -579,6 +579,7 @@ impl Containment {
             stdout: Box::pin(stdout),
             stderr: Box::pin(stderr),
             meter: Some(meter),
+            cluster_job_id: None,
             // A dead daemon's whole subtree is killed and removed when the
             // next one opens it (`Containment::new`).
             recovery: None,

@@ -78,6 +78,7 @@ pub(super) fn spawn(spec: &JobSpec) -> Result<Spawned, SpawnError> {
             stdout: Box::pin(stdout),
             stderr: Box::pin(stderr),
             meter: None,
+            cluster_job_id: None,
             phases,
         }),
         Err(e) => {

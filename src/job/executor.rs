@@ -165,10 +165,18 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
-/// Live resource counters of a running job.
+/// A live view of a running job: its counters, and whether it still waits
+/// in a cluster's queue.
 pub trait Meter: Send + Sync {
     /// The job's use so far; `None` once it can no longer be read.
     fn usage(&self) -> Option<ResourceUsage>;
+
+    /// Why the executor's scheduler still holds the job queued (a
+    /// cluster's words, e.g. Slurm's `Resources`), or `None` once it runs
+    /// (and always, for an executor without a queue).
+    fn queued(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A started job: its processes and its two output pipes.
@@ -181,6 +189,9 @@ pub struct Spawned {
     pub stderr: OutputPipe,
     /// Live counters, when the executor has them.
     pub meter: Option<std::sync::Arc<dyn Meter>>,
+    /// The cluster's own id for the job (Slurm's job id), for `jobs
+    /// status`; `None` for jobs run on this machine.
+    pub cluster_job_id: Option<String>,
     /// What a later daemon needs to find this job's processes if this one
     /// dies without seeing the job end (see [`Executor::reclaim`]); stored
     /// with the job's record. `None` when the executor cleans up after a dead

@@ -109,6 +109,11 @@ pub struct Status {
     pub output_bytes: u64,
     /// Its output quota in bytes; `None` when unlimited.
     pub max_output_bytes: Option<u64>,
+    /// While [`State::Running`]: why the cluster still holds it queued
+    /// (`None` once it runs, and for jobs run on this machine).
+    pub pending: Option<String>,
+    /// The cluster's own id for it, when a cluster runs it.
+    pub cluster_job_id: Option<String>,
 }
 
 /// The name of job `id`'s output log in the output directory: `<id>.log`.
@@ -203,6 +208,7 @@ struct Job {
     limits: Option<ResourceLimits>,
     max_output_bytes: Option<u64>,
     meter: Option<Arc<dyn Meter>>,
+    cluster_job_id: Option<String>,
 }
 
 impl Job {
@@ -223,11 +229,16 @@ impl Job {
             limits: record.limits,
             max_output_bytes: record.max_output_bytes,
             meter: None,
+            cluster_job_id: record.cluster_job_id,
         }
     }
 
     fn status(&self) -> Status {
         let phase = *self.phase.borrow();
+        let pending = match phase {
+            Phase::Running => self.meter.as_ref().and_then(|m| m.queued()),
+            Phase::Final { .. } => None,
+        };
         let (state, exit, ended_at, usage) = match phase {
             Phase::Running => (
                 State::Running,
@@ -254,6 +265,8 @@ impl Job {
             usage,
             output_bytes: self.log.data_len(),
             max_output_bytes: self.max_output_bytes,
+            pending,
+            cluster_job_id: self.cluster_job_id.clone(),
         }
     }
 }
@@ -747,6 +760,7 @@ impl Jobs {
             limits,
             max_output_bytes,
             meter: spawned.meter.clone(),
+            cluster_job_id: spawned.cluster_job_id.clone(),
         });
         let record = JobRecord {
             id,
@@ -756,6 +770,7 @@ impl Jobs {
             limits,
             max_output_bytes,
             recovery: spawned.recovery.clone(),
+            cluster_job_id: spawned.cluster_job_id.clone(),
             end: None,
         };
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
@@ -892,6 +907,9 @@ fn record_status(record: JobRecord) -> Status {
         usage,
         output_bytes,
         max_output_bytes: record.max_output_bytes,
+        // A job not held in memory is final or an instant old.
+        pending: None,
+        cluster_job_id: record.cluster_job_id,
     }
 }
 

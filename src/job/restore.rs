@@ -159,6 +159,7 @@ mod tests {
             limits: None,
             max_output_bytes: Some(4096),
             recovery: recovery.map(str::to_owned),
+            cluster_job_id: None,
             end: None,
         }
     }

@@ -355,6 +355,7 @@ mod tests {
                     limits: None,
                     max_output_bytes: None,
                     recovery: None,
+                    cluster_job_id: None,
                     end: None,
                 })
                 .await

@@ -258,6 +258,7 @@ pub(super) async fn supervise(s: Supervisor) {
         stderr,
         meter: _,
         recovery: _,
+        cluster_job_id: _,
         phases,
     } = spawned;
 

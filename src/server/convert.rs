@@ -29,6 +29,7 @@ pub(crate) fn status_message(s: &crate::job::Status) -> proto::JobStatus {
     proto::JobStatus {
         id: s.id.to_string(),
         state: match s.state {
+            State::Running if s.pending.is_some() => proto::State::Pending,
             State::Running => proto::State::Running,
             State::Exited => proto::State::Exited,
             State::Killed => proto::State::Killed,
@@ -49,6 +50,8 @@ pub(crate) fn status_message(s: &crate::job::Status) -> proto::JobStatus {
         usage: s.usage.map(usage_message),
         output_bytes: s.output_bytes,
         max_output_bytes: s.max_output_bytes,
+        pending_reason: s.pending.clone().filter(|_| s.state == State::Running),
+        cluster_job_id: s.cluster_job_id.clone(),
     }
 }
 

@@ -184,6 +184,8 @@ mod tests {
             usage: None,
             output_bytes: 0,
             max_output_bytes: None,
+            pending: None,
+            cluster_job_id: None,
         }
     }
 

@@ -33,7 +33,7 @@ pub use ctl::{Ctl, CtlError};
 use ctl::{JobInfo, Submission};
 
 use crate::job::{
-    Account, BoxFuture, Capabilities, Ended, Executor, ExitInfo, JobSignal, Launch, Process,
+    Account, BoxFuture, Capabilities, Ended, Executor, ExitInfo, JobSignal, Launch, Meter, Process,
     ResourceUsage, SpawnError, Spawned,
 };
 
@@ -256,6 +256,7 @@ impl Executor for SlurmExecutor {
                 }
             };
             let info = self.poller.register(id);
+            let info_view = info.clone();
             let (ended_tx, ended) = watch::channel(false);
             let (stdout, stderr, copy) = job.follow(ended);
             let dir = job.dir.clone();
@@ -283,7 +284,8 @@ impl Executor for SlurmExecutor {
                 }),
                 stdout,
                 stderr,
-                meter: None,
+                meter: Some(Arc::new(SlurmMeter(info_view))),
+                cluster_job_id: Some(id.to_string()),
                 recovery: Some(format!("{TOKEN}{id}:{}", launch.name)),
                 phases: vec![("sbatch", begun.elapsed())],
             })
@@ -335,6 +337,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What the controller last said of a job, for `jobs status`.
+struct SlurmMeter(watch::Receiver<Option<JobInfo>>);
+
+impl Meter for SlurmMeter {
+    fn usage(&self) -> Option<ResourceUsage> {
+        None
+    }
+
+    fn queued(&self) -> Option<String> {
+        // Before the first poll the job is as sbatch left it: queued.
+        match &*self.0.borrow() {
+            None => Some("submitted".to_owned()),
+            Some(info) if info.state == "PENDING" => Some(info.reason.clone()),
+            Some(_) => None,
+        }
+    }
+}
+
 /// One job on the cluster, owned by its supervisor.
 struct SlurmProcess {
     id: u64,
@@ -370,11 +390,21 @@ impl Process for SlurmProcess {
     }
 
     fn signal(&mut self, signal: JobSignal) -> io::Result<()> {
-        let signal = match signal {
-            JobSignal::Terminate => Some("TERM"),
-            JobSignal::Continue => Some("CONT"),
+        // A job still queued has no process to signal, and `scancel
+        // --signal` of a pending job retries for 95 s before it fails: it
+        // is cancelled instead (not yet seen by a poll counts as queued).
+        let queued = self
+            .info
+            .borrow()
+            .as_ref()
+            .is_none_or(|i| i.state == "PENDING");
+        let signal = match (signal, queued) {
+            (JobSignal::Continue, true) => return Ok(()),
+            (JobSignal::Terminate | JobSignal::Kill, true) => None,
+            (JobSignal::Terminate, false) => Some("TERM"),
+            (JobSignal::Continue, false) => Some("CONT"),
             // Slurm's own cancel: everything of the job, on every node.
-            JobSignal::Kill => None,
+            (JobSignal::Kill, false) => None,
         };
         self.poller
             .signals

@@ -48,7 +48,7 @@ use crate::model::{ExitInfo, JobId, ResourceUsage, State};
 /// `PRAGMA user_version` (0 = an empty, new database). Changing the schema
 /// means bumping this and appending one migration to the list in `schema.rs`
 /// (a compile-time assertion keeps the two in step).
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The database's file name inside the state directory. SQLite keeps its
 /// write-ahead log next to it as `jobs.db-wal` and `jobs.db-shm`.
@@ -74,6 +74,9 @@ pub struct JobRecord {
     /// An opaque token from the executor to find the job's leftover processes
     /// after a crash (e.g. a cgroup name); `None` if the executor has none.
     pub recovery: Option<String>,
+    /// The cluster's own id for the job (Slurm's job id) when a cluster
+    /// runs it; `None` for jobs run on this machine.
+    pub cluster_job_id: Option<String>,
     /// How it ended; `None` while it runs (as far as the database knows).
     pub end: Option<JobEnd>,
 }

@@ -185,8 +185,8 @@ pub(super) fn insert(conn: &Connection, record: &JobRecord) -> Result<(), StoreE
         .transpose()?;
     let limits = record.limits.map(|l| json(&LimitsJson::from(l)));
     let inserted = conn.execute(
-        "INSERT INTO jobs (id, owner, command, started_at_ns, limits, max_output_bytes, recovery)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO jobs (id, owner, command, started_at_ns, limits, max_output_bytes, recovery, cluster_job_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             id.to_string(),
             record.owner.to_string(),
@@ -195,6 +195,7 @@ pub(super) fn insert(conn: &Connection, record: &JobRecord) -> Result<(), StoreE
             limits,
             max_output_bytes,
             record.recovery,
+            record.cluster_job_id,
         ],
     );
     match inserted {
@@ -262,7 +263,7 @@ pub(super) fn running_ids(conn: &Connection) -> Result<Vec<JobId>, StoreError> {
 
 /// The columns of a record, in the order [`RawRow::read`] takes them.
 pub(super) const COLUMNS: &str = "id, owner, command, started_at_ns, limits, max_output_bytes, \
-    recovery, ended_at_ns, state, exit_code, signal, core_dumped, usage, output_bytes";
+    recovery, ended_at_ns, state, exit_code, signal, core_dumped, usage, output_bytes, cluster_job_id";
 
 /// The records `sql` (a `SELECT` of [`COLUMNS`]) returns for `params`, in
 /// its order.
@@ -318,6 +319,7 @@ struct RawRow {
     core_dumped: Option<i64>,
     usage: Option<String>,
     output_bytes: Option<i64>,
+    cluster_job_id: Option<String>,
 }
 
 impl RawRow {
@@ -338,6 +340,7 @@ impl RawRow {
             core_dumped: r.get(11)?,
             usage: r.get(12)?,
             output_bytes: r.get(13)?,
+            cluster_job_id: r.get(14)?,
         })
     }
 
@@ -434,6 +437,7 @@ impl RawRow {
             limits,
             max_output_bytes,
             recovery: self.recovery,
+            cluster_job_id: self.cluster_job_id,
             end,
         })
     }

@@ -18,7 +18,7 @@ type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 
 /// Entry `i` takes a database from schema version `i` to `i + 1`. Append
 /// only: a released entry never changes, since databases out there ran it.
-const MIGRATIONS: &[Migration] = &[to_v1, to_v2, to_v3];
+const MIGRATIONS: &[Migration] = &[to_v1, to_v2, to_v3, to_v4];
 
 // A new migration without a new SCHEMA_VERSION (or the reverse) does not build.
 const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
@@ -80,6 +80,13 @@ fn to_v3(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         CREATE INDEX jobs_owner_started ON jobs (owner, started_at_ns, id);
         CREATE INDEX jobs_ended ON jobs (ended_at_ns) WHERE ended_at_ns IS NOT NULL;",
     )
+}
+
+/// Version 4: the cluster's own id of a job a cluster runs (Slurm's job
+/// id), shown by `jobs status`; NULL for jobs run on the daemon's machine
+/// and for every job recorded before.
+fn to_v4(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE jobs ADD COLUMN cluster_job_id TEXT;")
 }
 
 #[cfg(test)]

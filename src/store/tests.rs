@@ -47,6 +47,7 @@ fn full(n: u128, started_secs: u64) -> JobRecord {
         }),
         max_output_bytes: Some(i64::MAX as u64),
         recovery: Some("jobsd/job-7".to_owned()),
+        cluster_job_id: Some("4711".to_owned()),
         end: None,
     }
 }
@@ -61,6 +62,7 @@ fn bare(n: u128, started_secs: u64) -> JobRecord {
         limits: None,
         max_output_bytes: None,
         recovery: None,
+        cluster_job_id: None,
         end: None,
     }
 }
