@@ -296,6 +296,8 @@ mod tests {
         let records = store.load().unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].owner, owner(1));
+        // Recorded before clusters ran jobs: none ran it.
+        assert_eq!(records[0].cluster_job_id, None);
         assert_eq!(
             store.assign_uid(owner(1), 3..=4).await.unwrap(),
             UidAssignment::New(3)
