@@ -496,27 +496,7 @@ async fn contain(
             .context("--identity-max-pids")?,
         ..ResourceLimits::default()
     };
-    jobs.ceiling = ResourceLimits {
-        memory_bytes: optional(&args.max_memory, units::parse_size).context("--max-memory")?,
-        cpu_millis: optional(&args.max_cpus, units::parse_cpus).context("--max-cpus")?,
-        pids: optional(&args.max_pids, parse_pids).context("--max-pids")?,
-        io_read_bps: args
-            .max_io_read
-            .as_deref()
-            .map(units::parse_size)
-            .transpose()
-            .context("--max-io-read")?,
-        io_write_bps: args
-            .max_io_write
-            .as_deref()
-            .map(units::parse_size)
-            .transpose()
-            .context("--max-io-write")?,
-    };
-    // The ceilings are also the defaults, so they must pass the minimums.
-    jobs.ceiling
-        .resolve(&jobs.ceiling)
-        .context("a --max-* value is out of range")?;
+    jobs.ceiling = ceiling(args)?;
     let io_devices = args
         .io_device
         .iter()
@@ -581,6 +561,32 @@ async fn contain(
     Ok(Some(executor))
 }
 
+/// The --max-* ceilings (also every job's defaults).
+fn ceiling(args: &ContainArgs) -> anyhow::Result<ResourceLimits> {
+    let ceiling = ResourceLimits {
+        memory_bytes: optional(&args.max_memory, units::parse_size).context("--max-memory")?,
+        cpu_millis: optional(&args.max_cpus, units::parse_cpus).context("--max-cpus")?,
+        pids: optional(&args.max_pids, parse_pids).context("--max-pids")?,
+        io_read_bps: args
+            .max_io_read
+            .as_deref()
+            .map(units::parse_size)
+            .transpose()
+            .context("--max-io-read")?,
+        io_write_bps: args
+            .max_io_write
+            .as_deref()
+            .map(units::parse_size)
+            .transpose()
+            .context("--max-io-write")?,
+    };
+    // The ceilings are also the defaults, so they must pass the minimums.
+    ceiling
+        .resolve(&ceiling)
+        .context("a --max-* value is out of range")?;
+    Ok(ceiling)
+}
+
 /// The accounts of --run-as-for, into `jobs.accounts`.
 fn run_as_for(args: &ContainArgs, jobs: &mut JobsConfig) -> anyhow::Result<()> {
     for entry in &args.run_as_for {
@@ -640,6 +646,13 @@ async fn slurm(
             "no identity has an account on the cluster (--run-as-for FINGERPRINT=USER, or --run-as USER): every start is refused"
         );
     }
+    // Slurm limits memory and CPUs; processes and IO it cannot.
+    jobs.ceiling = ResourceLimits {
+        pids: None,
+        io_read_bps: None,
+        io_write_bps: None,
+        ..ceiling(contain)?
+    };
     let executor = jobs::slurm::SlurmExecutor::open(jobs::slurm::SlurmConfig {
         bin: args.slurm_bin.clone(),
         conf: args.slurm_conf.clone(),
@@ -650,7 +663,8 @@ async fn slurm(
     .await?;
     tracing::info!(
         partition = args.slurm_partition.as_deref().unwrap_or("(default)"),
-        "jobs run on the Slurm cluster; limits are not enforced there yet (requests for limits are refused)"
+        ceiling = ?jobs.ceiling,
+        "jobs run on the Slurm cluster: memory and CPUs as sbatch --mem and --cpus-per-task (enforced as far as the cluster's task plugin does); process, IO and per-identity limits are not Slurm's, and requests for them are refused"
     );
     Ok(executor)
 }

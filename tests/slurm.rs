@@ -239,6 +239,54 @@ async fn jobs_run_on_a_real_slurm_cluster() {
     assert_eq!(state(&stopped), State::Stopped);
     drop(stream);
 
+    // Memory and CPUs go to Slurm (`--mem`, `--cpus-per-task`); over its
+    // memory the job ends oom. What Slurm cannot limit is refused, naming
+    // it, and nothing is submitted.
+    let limits = |memory_bytes, cpu_millis, pids| proto::Limits {
+        memory_bytes,
+        cpu_millis,
+        pids,
+        ..Default::default()
+    };
+    if cluster.env["SLURM_LOOPBACK_MEM_ENFORCED"] == "1" {
+        let job = alice
+            .start_with_limits(
+                "tail",
+                &args(&["/dev/zero"]),
+                limits(Some(64 << 20), Some(1000), None),
+            )
+            .await
+            .unwrap();
+        let asked = job
+            .limits
+            .as_ref()
+            .map(|l| (l.memory_bytes, l.cpu_millis, l.pids));
+        assert_eq!(asked, Some((Some(64 << 20), Some(1000), None)));
+        let end = follow(&alice, &job.id).await.status;
+        assert_eq!(state(&end), State::Oom, "{end:?}");
+    } else {
+        skip_here(
+            "slurm: --memory",
+            "the cluster cannot enforce --mem here (no cgroup v1 memory controller for task/cgroup)",
+        );
+    }
+    let listed = alice.list(false).await.unwrap().len();
+    for (asked, says) in [
+        (limits(None, None, Some(10)), "leave out --pids"),
+        (
+            limits(None, Some(1500), None),
+            "Slurm allocates whole CPUs, not 1.500",
+        ),
+    ] {
+        let e = alice
+            .start_with_limits("true", &[], asked)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(tonic::Code::FailedPrecondition), "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    assert_eq!(alice.list(false).await.unwrap().len(), listed);
+
     // An identity without an account on the cluster is told so, and no
     // job of it exists.
     let carol = client(&server, "carol").await;

@@ -273,6 +273,8 @@ impl Containment {
             limits: true,
             io_limits: !self.config.io_devices.is_empty(),
             accounts: true,
+            no_pids_limit: false,
+            no_owner_limits: false,
         }
     }
 

@@ -93,6 +93,10 @@ pub enum JobError {
     /// Limits were asked of a daemon that does not contain jobs.
     #[error("this server runs jobs without containment and cannot enforce resource limits")]
     LimitsUnavailable,
+    /// A process limit was asked of a daemon whose executor cannot limit
+    /// processes (a cluster's).
+    #[error("this server's cluster cannot limit a job's processes; leave out --pids")]
+    PidsLimitUnavailable,
     /// IO limits were asked of a daemon with no IO devices configured.
     #[error("this server has no IO devices configured and cannot enforce IO limits")]
     IoLimitsUnavailable,

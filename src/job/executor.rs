@@ -126,6 +126,13 @@ pub struct Capabilities {
     /// An account per job even without `limits` (a cluster's executor, as
     /// root, runs each identity's jobs as its account).
     pub accounts: bool,
+    /// With `limits`: what of them it cannot enforce (a cluster limits a
+    /// job's memory and CPUs, not its processes, nor an owner's jobs
+    /// together). The engine refuses requests for these and applies no
+    /// default for them.
+    pub no_pids_limit: bool,
+    /// With `limits`: the owner's jobs together are not limited.
+    pub no_owner_limits: bool,
 }
 
 /// Starts programs.

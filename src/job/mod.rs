@@ -653,9 +653,15 @@ impl Jobs {
             if limits.has_io() && !caps.io_limits {
                 return Err(JobError::IoLimitsUnavailable);
             }
+            if limits.pids.is_some() && caps.no_pids_limit {
+                return Err(JobError::PidsLimitUnavailable);
+            }
             let mut ceiling = quota.ceilings.apply(&self.config.ceiling);
             if !caps.io_limits {
                 (ceiling.io_read_bps, ceiling.io_write_bps) = (None, None);
+            }
+            if caps.no_pids_limit {
+                ceiling.pids = None;
             }
             (
                 Some(limits.resolve(&ceiling)?),
@@ -686,7 +692,7 @@ impl Jobs {
             permits: quota.permits,
             // Enforced only by an executor that limits at all, like the
             // per-job ceilings.
-            owner_limits: if caps.limits {
+            owner_limits: if caps.limits && !caps.no_owner_limits {
                 quota.identity_limits.apply(&self.config.identity_limits)
             } else {
                 ResourceLimits::default()

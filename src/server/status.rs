@@ -37,6 +37,7 @@ pub(crate) fn to_status(e: JobError) -> Status {
         | JobError::LimitAboveCeiling { .. } => Status::invalid_argument(e.to_string()),
         JobError::LimitsUnavailable
         | JobError::IoLimitsUnavailable
+        | JobError::PidsLimitUnavailable
         | JobError::AccountUnavailable => Status::failed_precondition(e.to_string()),
         // Same code and text for "no such job" and "not yours".
         JobError::NotFound => Status::not_found("no such job"),

@@ -113,6 +113,10 @@ pub(super) struct Submission<'a> {
     pub(super) partition: Option<&'a str>,
     pub(super) uid: Option<u32>,
     pub(super) gid: Option<u32>,
+    /// `--mem`, in MiB.
+    pub(super) mem_mib: Option<u64>,
+    /// `--cpus-per-task`.
+    pub(super) cpus: Option<u32>,
     pub(super) workdir: &'a Path,
     pub(super) stdout: &'a Path,
     pub(super) stderr: &'a Path,
@@ -238,6 +242,12 @@ impl Ctl {
         }
         if let Some(gid) = s.gid {
             args.push(format!("--gid={gid}").into());
+        }
+        if let Some(mib) = s.mem_mib {
+            args.push(format!("--mem={mib}M").into());
+        }
+        if let Some(cpus) = s.cpus {
+            args.push(format!("--cpus-per-task={cpus}").into());
         }
         args.push(s.script.as_os_str().to_owned());
         args.push(s.home.as_os_str().to_owned());

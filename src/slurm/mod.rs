@@ -34,7 +34,7 @@ use ctl::{JobInfo, Submission};
 
 use crate::job::{
     Account, BoxFuture, Capabilities, Ended, Executor, ExitInfo, JobSignal, Launch, Meter, Process,
-    ResourceUsage, SpawnError, Spawned,
+    ResourceLimits, ResourceUsage, SpawnError, Spawned,
 };
 
 /// How often the controller is asked about running jobs.
@@ -187,15 +187,21 @@ fn prepare_spool(spool: &Path) -> Result<(), SlurmError> {
 impl Executor for SlurmExecutor {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            limits: false,
+            // Memory (`--mem`) and CPUs (`--cpus-per-task`); enforcing
+            // them is the cluster's configuration (task/cgroup).
+            limits: true,
             io_limits: false,
             accounts: self.as_root,
+            no_pids_limit: true,
+            no_owner_limits: true,
         }
     }
 
     fn spawn<'a>(&'a self, launch: Launch<'a>) -> BoxFuture<'a, Result<Spawned, SpawnError>> {
         Box::pin(async move {
             let begun = Instant::now();
+            // Refused before anything is made.
+            let (mem_mib, cpus) = slurm_limits(launch.limits)?;
             let (uid, gid, home) = match launch.account.or(self.config.default_account.as_ref()) {
                 Some(a) => (Some(a.uid), Some(a.gid), a.home.clone()),
                 // Submitted as root without one, it would run as root.
@@ -234,6 +240,8 @@ impl Executor for SlurmExecutor {
                     workdir: Path::new("/"),
                     stdout: &job.stdout,
                     stderr: &job.stderr,
+                    mem_mib,
+                    cpus,
                     script: &script,
                     home: &home,
                     argv: &argv,
@@ -318,6 +326,27 @@ impl Executor for SlurmExecutor {
             .status()?;
         Ok(usize::from(status.success()))
     }
+}
+
+/// A job's limits as sbatch takes them: memory in MiB (rounded up) and
+/// whole CPUs. Slurm allocates whole CPUs, so a fraction is refused rather
+/// than rounded: the record would say less than the job gets.
+fn slurm_limits(limits: &ResourceLimits) -> Result<(Option<u64>, Option<u32>), SpawnError> {
+    let mem = limits.memory_bytes.map(|b| b.div_ceil(1 << 20));
+    let cpus = match limits.cpu_millis {
+        Some(m) if m % 1000 != 0 => {
+            return Err(SpawnError::Refused {
+                reason: format!(
+                    "Slurm allocates whole CPUs, not {}.{:03}: ask for --cpus 1, 2, ...",
+                    m / 1000,
+                    m % 1000
+                ),
+            });
+        }
+        Some(m) => Some(m / 1000),
+        None => None,
+    };
+    Ok((mem, cpus))
 }
 
 /// `slurm:ID:NAME` → `(ID, NAME)`; NAME must be one plain path component.
@@ -545,6 +574,30 @@ async fn send_signal(ctl: &Ctl, id: u64, signal: Option<&'static str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Scenario: a job's limits as sbatch takes them: memory rounded up to
+    // a MiB (never less than asked), CPUs whole or refused.
+    #[test]
+    fn limits_become_mebibytes_and_whole_cpus() {
+        let l = |memory_bytes, cpu_millis| ResourceLimits {
+            memory_bytes,
+            cpu_millis,
+            ..ResourceLimits::default()
+        };
+        assert_eq!(slurm_limits(&l(None, None)).unwrap(), (None, None));
+        assert_eq!(
+            slurm_limits(&l(Some(64 << 20), Some(2000))).unwrap(),
+            (Some(64), Some(2))
+        );
+        assert_eq!(
+            slurm_limits(&l(Some((64 << 20) + 1), None)).unwrap(),
+            (Some(65), None)
+        );
+        assert!(matches!(
+            slurm_limits(&l(None, Some(250))),
+            Err(SpawnError::Refused { reason }) if reason.contains("not 0.250")
+        ));
+    }
 
     // Scenario: a restarted jobsd reclaims a Slurm job by the token its
     // record holds; a token that is not one of ours, or whose name would
