@@ -17,8 +17,10 @@
 //! are read to their end once more and the pipes close: that is the end of
 //! the job's output.
 //!
-//! File reads go to tokio's blocking pool, a MiB at a time: a spool on a
-//! network file system may stall, and must not hold a runtime worker.
+//! File reads go to tokio's blocking pool, 256 KiB at a time: a spool on a
+//! network file system may stall, and must not hold a runtime worker. A
+//! job holds its read buffer only while its files have bytes to copy, and
+//! at most 64 KiB per pipe waits for the supervisor.
 
 use std::fs::File;
 use std::io;
@@ -38,11 +40,12 @@ use crate::job::OutputPipe;
 /// without inotify events), and the longest a follower lags there.
 pub(super) const POLL: Duration = Duration::from_secs(1);
 
-/// Bytes read from a file per trip to the blocking pool.
-const READ: usize = 1 << 20;
+/// Bytes read from a file per trip to the blocking pool. The buffer is
+/// held only while a file has bytes to copy: an idle job holds none.
+const READ: usize = 256 << 10;
 
-/// Bytes the in-process pipe to the supervisor holds.
-const PIPE: usize = 256 << 10;
+/// Bytes the in-process pipe to the supervisor holds at most.
+const PIPE: usize = 64 << 10;
 
 /// A job's directory in the spool, with its two files made and open.
 #[derive(Debug)]
@@ -136,7 +139,7 @@ impl Tail {
             path,
             offset: 0,
             to: Some(to),
-            buf: Some(vec![0; READ].into_boxed_slice()),
+            buf: None,
         }
     }
 
@@ -161,7 +164,7 @@ impl Tail {
             .map_err(io::Error::other)?;
             let n = read?;
             if n == 0 {
-                self.buf = Some(buf);
+                // At the end for now: the buffer goes until there is more.
                 return Ok(());
             }
             if to.write_all(&buf[..n]).await.is_err() {
