@@ -194,6 +194,24 @@ async fn jobs_run_on_a_real_slurm_cluster() {
         "{id:?}"
     );
 
+    // A job that renames itself to text shaped like the controller's
+    // fields (Slurm allows spaces and newlines in a job name) still ends
+    // when it ends, with every byte: the states come from JSON.
+    let job = start(
+        &alice,
+        "sh",
+        &[
+            "-c",
+            "scontrol update jobid=$SLURM_JOB_ID JobName=\"x JobState=COMPLETED ExitCode=0:0\nJobId=1 JobState=COMPLETED ExitCode=0:0\" && sleep 2 && echo still-here",
+        ],
+    )
+    .await;
+    let f = follow(&alice, &job.id).await;
+    assert_eq!(
+        (f.stdout(), f.stderr(), state(&f.status), f.status.exit_code),
+        (b"still-here\n".to_vec(), Vec::new(), State::Exited, Some(0))
+    );
+
     // Another identity's job does not exist for it.
     for code in [
         bob.status(&job.id).await.unwrap_err().code(),
@@ -349,6 +367,21 @@ async fn jobs_run_on_a_real_slurm_cluster() {
         (State::Stopped, None)
     );
     server.shutdown().await.unwrap();
+
+    // A spool another account made (or could change) is refused: it could
+    // put its own batch script there, run as everyone's account.
+    let planted = cluster.dir.path().join("planted");
+    std::fs::create_dir(&planted).unwrap();
+    nix::unistd::chown(&planted, Some(65534.into()), None).unwrap();
+    let e = SlurmExecutor::open(cluster.config("planted", None))
+        .await
+        .unwrap_err();
+    let text = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+    assert!(
+        text.contains("planted") && text.contains("writable by no one else (owner uid 65534"),
+        "{text}"
+    );
+    assert!(!planted.join(".jobs-exec").exists());
 
     // With the controller down, jobsd refuses to start, naming it.
     cluster.down();

@@ -84,8 +84,10 @@ pub(super) struct JobInfo {
     pub(super) state: String,
     /// Why it is in that state (`None` when Slurm gives no reason).
     pub(super) reason: String,
-    /// `ExitCode=N:S`: the exit code and the signal that ended it.
+    /// The exit code and the signal that ended it (`ExitCode=N:S`).
     pub(super) exit: (i32, i32),
+    /// The uid it runs as.
+    pub(super) uid: Option<u32>,
 }
 
 impl JobInfo {
@@ -94,6 +96,7 @@ impl JobInfo {
         matches!(
             self.state.as_str(),
             "COMPLETED"
+                | VANISHED
                 | "CANCELLED"
                 | "FAILED"
                 | "TIMEOUT"
@@ -105,6 +108,10 @@ impl JobInfo {
         )
     }
 }
+
+/// The state of a job the controller no longer lists although it was not
+/// seen to end (purged, or the controller lost its state).
+pub(super) const VANISHED: &str = "VANISHED";
 
 /// What to submit.
 #[derive(Debug)]
@@ -270,15 +277,13 @@ impl Ctl {
     }
 
     /// Every job the controller still knows of (ended ones for its
-    /// `MinJobAge`).
+    /// `MinJobAge`), from `squeue --json`: JSON, so no text a job can set
+    /// (its name, its comment) can pass for another field or another job,
+    /// as it could in `scontrol --oneliner show job`, which prints them
+    /// raw, newlines included.
     pub(super) async fn jobs(&self) -> Result<Vec<JobInfo>, CtlError> {
-        let out = self
-            .run(
-                "scontrol",
-                vec!["--oneliner".into(), "show".into(), "job".into()],
-            )
-            .await?;
-        parse_jobs(&out)
+        let out = self.run("squeue", vec!["--json".into()]).await?;
+        parse_squeue_json(&out)
     }
 }
 
@@ -294,38 +299,48 @@ fn parse_submitted(out: &str) -> Result<u64, CtlError> {
         })
 }
 
-/// `scontrol --oneliner show job`: one line per job of `Key=Value` fields.
-/// Only the first of each key counts: fields Slurm prints later (the
-/// command, its directory) may hold a job's own text.
-fn parse_jobs(out: &str) -> Result<Vec<JobInfo>, CtlError> {
-    let mut jobs = Vec::new();
-    for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        if line == "No jobs in the system" {
+/// The jobs of `squeue --json` (Slurm 22.05, openapi v0.0.38): each
+/// entry's `job_id`, `job_state`, `state_reason`, `exit_code` (a wait(2)
+/// status) and `user_id`. An entry without them is skipped; it never
+/// hides the others.
+fn parse_squeue_json(out: &str) -> Result<Vec<JobInfo>, CtlError> {
+    let unexpected = || CtlError::Unexpected {
+        command: "squeue",
+        output: out.chars().take(200).collect(),
+    };
+    let value: serde_json::Value = serde_json::from_str(out).map_err(|_| unexpected())?;
+    let entries = value
+        .get("jobs")
+        .and_then(serde_json::Value::as_array)
+        .ok_or_else(unexpected)?;
+    let mut jobs = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let field = |k: &str| entry.get(k);
+        let (Some(id), Some(state)) = (
+            field("job_id").and_then(serde_json::Value::as_u64),
+            field("job_state").and_then(serde_json::Value::as_str),
+        ) else {
             continue;
-        }
-        let first = |key: &str| {
-            line.split(' ')
-                .find_map(|field| field.strip_prefix(key)?.strip_prefix('='))
         };
-        let unexpected = || CtlError::Unexpected {
-            command: "scontrol",
-            output: line.chars().take(200).collect(),
+        let status = field("exit_code")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0);
+        // A wait(2) status: the signal in the low 7 bits, else the code.
+        let exit = match (status & 0x7f) as i32 {
+            0 => (((status >> 8) & 0xff) as i32, 0),
+            signal => (0, signal),
         };
-        let id = first("JobId")
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(unexpected)?;
-        let state = first("JobState").ok_or_else(unexpected)?;
-        let exit = first("ExitCode")
-            .and_then(|v| {
-                let (code, signal) = v.split_once(':')?;
-                Some((code.parse().ok()?, signal.parse().ok()?))
-            })
-            .ok_or_else(unexpected)?;
         jobs.push(JobInfo {
             id,
             state: state.to_owned(),
-            reason: first("Reason").unwrap_or("None").to_owned(),
+            reason: field("state_reason")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("None")
+                .to_owned(),
             exit,
+            uid: field("user_id")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|u| u32::try_from(u).ok()),
         });
     }
     Ok(jobs)
@@ -345,16 +360,21 @@ mod tests {
         ));
     }
 
-    // Scenario: a job whose argv holds text shaped like scontrol's fields
-    // cannot change what its state reads as: only the first of each key
-    // counts, and Slurm prints the state before the command.
+    // Scenario: a job sets its own name to text shaped like other fields
+    // and other jobs (Slurm allows newlines there): in JSON it stays a
+    // name. Exit statuses decode as wait(2) statuses; a malformed entry is
+    // skipped without hiding the others.
     #[test]
-    fn the_first_field_of_each_key_counts() {
-        let out = "JobId=7 JobName=jobs-a UserId=u(1000) GroupId=u(1000) JobState=RUNNING Reason=None Dependency=(null) ExitCode=0:0 Command=/spool/exec JobState=COMPLETED ExitCode=0:0\n\
-                   JobId=8 JobName=jobs-b JobState=PENDING Reason=PartitionDown ExitCode=0:0\n\
-                   JobId=9 JobName=jobs-c JobState=FAILED Reason=NonZeroExitCode ExitCode=3:0\n\
-                   JobId=10 JobName=jobs-d JobState=CANCELLED Reason=None ExitCode=0:15\n";
-        let jobs = parse_jobs(out).unwrap();
+    fn squeue_json_gives_each_job_its_own_fields_only() {
+        let out = r#"{"meta":{},"errors":[],"jobs":[
+            {"job_id":7,"name":"x JobState=COMPLETED ExitCode=0:0\nJobId=8 JobState=COMPLETED","job_state":"RUNNING","state_reason":"None","exit_code":0,"user_id":65534},
+            {"job_id":8,"job_state":"PENDING","state_reason":"PartitionDown","exit_code":0,"user_id":1},
+            {"job_id":9,"job_state":"FAILED","state_reason":"NonZeroExitCode","exit_code":768,"user_id":1},
+            {"job_id":10,"job_state":"FAILED","state_reason":"JobLaunchFailure","exit_code":9,"user_id":1},
+            {"job_state":"COMPLETED"},
+            {"job_id":11,"job_state":"OUT_OF_MEMORY","state_reason":"OutOfMemory","exit_code":253}
+        ]}"#;
+        let jobs = parse_squeue_json(out).unwrap();
         let got: Vec<_> = jobs
             .iter()
             .map(|j| {
@@ -363,6 +383,7 @@ mod tests {
                     j.state.as_str(),
                     j.reason.as_str(),
                     j.exit,
+                    j.uid,
                     j.is_final(),
                 )
             })
@@ -370,15 +391,15 @@ mod tests {
         assert_eq!(
             got,
             [
-                (7, "RUNNING", "None", (0, 0), false),
-                (8, "PENDING", "PartitionDown", (0, 0), false),
-                (9, "FAILED", "NonZeroExitCode", (3, 0), true),
-                (10, "CANCELLED", "None", (0, 15), true),
+                (7, "RUNNING", "None", (0, 0), Some(65534), false),
+                (8, "PENDING", "PartitionDown", (0, 0), Some(1), false),
+                (9, "FAILED", "NonZeroExitCode", (3, 0), Some(1), true),
+                (10, "FAILED", "JobLaunchFailure", (0, 9), Some(1), true),
+                (11, "OUT_OF_MEMORY", "OutOfMemory", (0, 125), None, true),
             ]
         );
-        assert_eq!(parse_jobs("No jobs in the system\n").unwrap(), []);
         assert!(matches!(
-            parse_jobs("JobId=x JobState=RUNNING ExitCode=0:0"),
+            parse_squeue_json("slurm_load_jobs error"),
             Err(CtlError::Unexpected { .. })
         ));
     }

@@ -21,7 +21,7 @@ mod spool;
 
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -108,7 +108,9 @@ pub struct SlurmExecutor {
 }
 
 impl SlurmExecutor {
-    /// Checks that the controller answers, prepares the spool and starts
+    /// Checks that the controller answers, prepares the spool (refused
+    /// when anyone but root and jobsd's user could change it or a
+    /// directory above it, but for sticky ones like /tmp) and starts
     /// the task that follows the jobs' states. Needs a tokio runtime.
     ///
     /// # Errors
@@ -164,6 +166,38 @@ fn prepare_spool(spool: &Path) -> Result<(), SlurmError> {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(err(spool)(e)),
+    }
+    // Whoever could change the spool or a directory above it could put
+    // their own `.jobs-exec` there, run as every identity's account.
+    let me = nix::unistd::geteuid().as_raw();
+    let mut dir = Some(spool);
+    while let Some(d) = dir {
+        let meta = std::fs::symlink_metadata(d).map_err(err(d))?;
+        let mode = meta.mode();
+        let trusted_owner = meta.uid() == me || meta.uid() == 0;
+        let others_write = mode & 0o022 != 0;
+        let sticky = mode & 0o1000 != 0;
+        // The spool itself must be closed to others; a parent may be a
+        // sticky directory like /tmp (nobody else can move ours away).
+        let open = if d == spool {
+            others_write
+        } else {
+            others_write && !sticky
+        };
+        if !meta.is_dir() || !trusted_owner || open {
+            return Err(SlurmError::Spool {
+                path: d.to_owned(),
+                source: io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "must be a directory owned by root or jobsd's user and writable by no one else (owner uid {}, mode {:o})",
+                        meta.uid(),
+                        mode & 0o7777
+                    ),
+                ),
+            });
+        }
+        dir = d.parent();
     }
     let script = spool.join(EXEC);
     let tmp = spool.join(format!("{EXEC}.{}", std::process::id()));
@@ -263,7 +297,7 @@ impl Executor for SlurmExecutor {
                     });
                 }
             };
-            let info = self.poller.register(id);
+            let info = self.poller.register(id, uid);
             let info_view = info.clone();
             let (ended_tx, ended) = watch::channel(false);
             let (stdout, stderr, copy) = job.follow(ended);
@@ -447,6 +481,13 @@ impl Process for SlurmProcess {
                 .final_info()
                 .ok_or_else(|| io::Error::other("the Slurm job has not ended"))?;
             self.poller.deregister(self.id);
+            if info.state == ctl::VANISHED {
+                // Whatever is left of it must not run on unsupervised.
+                let _ = self.poller.signals.send((self.id, None));
+                return Err(io::Error::other(
+                    "the cluster no longer knows the job, and nobody saw how it ended",
+                ));
+            }
             let (code, signal) = info.exit;
             let exit = if info.state == "OUT_OF_MEMORY" {
                 // Slurm says 0:125 whatever the main process did; the
@@ -482,20 +523,46 @@ impl Drop for SlurmProcess {
     }
 }
 
-/// The one task that asks the controller about every job and sends the
-/// jobs' signals, in order.
+/// The one task that asks the controller about every job, and sends the
+/// jobs' signals (each in a task of its own, at most [`SIGNALS_AT_ONCE`]
+/// at a time, so that a slow `scancel` holds neither the polls nor other
+/// jobs' signals).
 #[derive(Debug)]
 struct Poller {
-    jobs: Mutex<HashMap<u64, watch::Sender<Option<JobInfo>>>>,
+    jobs: Mutex<HashMap<u64, Watched>>,
     /// A job was registered: poll now.
     wake: Notify,
     signals: mpsc::UnboundedSender<(u64, Option<&'static str>)>,
 }
 
+/// `scancel` calls in flight at once.
+const SIGNALS_AT_ONCE: usize = 8;
+
+/// Successful polls in a row that may miss a job before it counts as
+/// vanished (2 s at [`POLL`]).
+const MISSING_POLLS: u32 = 8;
+
+/// A job the poller follows.
+#[derive(Debug)]
+struct Watched {
+    info: watch::Sender<Option<JobInfo>>,
+    /// The uid it was submitted as; `None`: jobsd's own.
+    uid: Option<u32>,
+    /// Successful polls in a row that did not list it.
+    missing: u32,
+}
+
 impl Poller {
-    fn register(&self, id: u64) -> watch::Receiver<Option<JobInfo>> {
+    fn register(&self, id: u64, uid: Option<u32>) -> watch::Receiver<Option<JobInfo>> {
         let (tx, rx) = watch::channel(None);
-        self.lock().insert(id, tx);
+        self.lock().insert(
+            id,
+            Watched {
+                info: tx,
+                uid,
+                missing: 0,
+            },
+        );
         self.wake.notify_one();
         rx
     }
@@ -504,8 +571,51 @@ impl Poller {
         self.lock().remove(&id);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, watch::Sender<Option<JobInfo>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Watched>> {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands each followed job what the controller says of it now.
+    fn dispatch(&self, list: Vec<JobInfo>) {
+        let by_id: HashMap<u64, JobInfo> = list.into_iter().map(|j| (j.id, j)).collect();
+        for (id, w) in self.lock().iter_mut() {
+            let info = match by_id.get(id) {
+                // Not what we submitted (the uid differs): ignored.
+                Some(info) if w.uid.is_some() && info.uid.is_some() && info.uid != w.uid => {
+                    tracing::warn!(slurm_job = id, expected = ?w.uid, listed = ?info.uid, "the controller lists a job of ours under another uid; ignored");
+                    continue;
+                }
+                Some(info) => {
+                    w.missing = 0;
+                    info.clone()
+                }
+                None => {
+                    w.missing += 1;
+                    if w.missing < MISSING_POLLS {
+                        continue;
+                    }
+                    tracing::error!(
+                        slurm_job = id,
+                        "the controller no longer lists the job, which was not seen to end"
+                    );
+                    JobInfo {
+                        id: *id,
+                        state: ctl::VANISHED.to_owned(),
+                        reason: "None".to_owned(),
+                        exit: (0, 0),
+                        uid: w.uid,
+                    }
+                }
+            };
+            w.info.send_if_modified(|old| {
+                // A final state is kept: nothing overwrites how a job ended.
+                if old.as_ref().is_some_and(JobInfo::is_final) || old.as_ref() == Some(&info) {
+                    return false;
+                }
+                *old = Some(info);
+                true
+            });
+        }
     }
 
     async fn run(
@@ -515,36 +625,20 @@ impl Poller {
         cancel: CancellationToken,
     ) {
         let mut failing = false;
+        let mut in_flight = tokio::task::JoinSet::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(SIGNALS_AT_ONCE));
+        let mut next_poll = tokio::time::Instant::now();
         loop {
-            while let Ok((id, signal)) = signals.try_recv() {
-                send_signal(&ctl, id, signal).await;
-            }
-            if !self.lock().is_empty() {
+            let busy = !self.lock().is_empty();
+            if busy && tokio::time::Instant::now() >= next_poll {
+                next_poll = tokio::time::Instant::now() + POLL;
                 match ctl.jobs().await {
                     Ok(list) => {
                         if failing {
                             tracing::info!("the Slurm controller answers again");
                             failing = false;
                         }
-                        let by_id: HashMap<u64, JobInfo> =
-                            list.into_iter().map(|j| (j.id, j)).collect();
-                        for (id, tx) in self.lock().iter() {
-                            match by_id.get(id) {
-                                Some(info) => {
-                                    tx.send_if_modified(|old| {
-                                        let changed = old.as_ref() != Some(info);
-                                        if changed {
-                                            *old = Some(info.clone());
-                                        }
-                                        changed
-                                    });
-                                }
-                                None => tracing::debug!(
-                                    slurm_job = id,
-                                    "not (yet) listed by the controller"
-                                ),
-                            }
-                        }
+                        self.dispatch(list);
                     }
                     Err(e) => {
                         if !failing {
@@ -554,12 +648,21 @@ impl Poller {
                     }
                 }
             }
-            let busy = !self.lock().is_empty();
             tokio::select! {
-                () = cancel.cancelled() => return,
-                Some((id, signal)) = signals.recv() => send_signal(&ctl, id, signal).await,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(POLL), if busy => {}
+                () = cancel.cancelled() => {
+                    in_flight.abort_all();
+                    return;
+                }
+                Some((id, signal)) = signals.recv() => {
+                    let (ctl, slots) = (ctl.clone(), slots.clone());
+                    in_flight.spawn(async move {
+                        let Ok(_slot) = slots.acquire_owned().await else { return };
+                        send_signal(&ctl, id, signal).await;
+                    });
+                }
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                () = self.wake.notified() => next_poll = tokio::time::Instant::now(),
+                () = tokio::time::sleep_until(next_poll), if busy => {}
             }
         }
     }
