@@ -30,9 +30,10 @@
 //! waits for the writeback of its pages, and inline they took a third of
 //! the writer's time. Each writer has at most one batch queued (windows
 //! completed meanwhile join the next), and so has each reader: the queue
-//! never holds more than one entry per open log cursor. A disk
-//! that stalls stalls this thread and nothing else; the pages then simply
-//! stay cached. Nothing here changes what a reader gets, only whether it
+//! holds at most one entry per log cursor (one whose reader was dropped
+//! meanwhile stays until its turn, with its descriptor). Nobody waits for
+//! the thread, not even a job's end: a disk that stalls stalls this thread
+//! and nothing else; the pages then simply stay cached. Nothing here changes what a reader gets, only whether it
 //! comes from the cache or from the disk.
 
 use std::fs::File;
@@ -225,7 +226,7 @@ pub(super) struct Work {
 /// The cache thread's queue: work, and whom to tell it is done.
 type Queue = mpsc::Sender<(Work, tokio::sync::oneshot::Sender<()>)>;
 
-/// Work handed to the cache thread; [`Pending::done`] waits for it.
+/// Work handed to the cache thread; [`Pending::is_done`] says when it was done.
 #[derive(Debug)]
 pub(super) struct Pending(tokio::sync::oneshot::Receiver<()>);
 
@@ -272,11 +273,6 @@ impl Pending {
             self.0.try_recv(),
             Err(tokio::sync::oneshot::error::TryRecvError::Empty)
         )
-    }
-
-    /// Waits until the work was done (or dropped).
-    pub(super) async fn done(self) {
-        let _ = self.0.await;
     }
 }
 
