@@ -260,6 +260,7 @@ async fn sandbox_cost(state: &std::path::Path) {
                 owner: "id-0000000000000000",
                 owner_limits: &limits,
                 permits: JobPermits::default(),
+                max_output_bytes: None,
             })
             .await
             .expect("spawn");

@@ -78,6 +78,7 @@ async fn spawn(
         owner: "id-0000000000000000",
         owner_limits: &limits,
         permits,
+        max_output_bytes: None,
     })
     .await
     .unwrap_or_else(|e| panic!("start {program} {args:?}: {e:?}"))
@@ -944,6 +945,7 @@ async fn a_job_whose_sandbox_cannot_be_set_up_does_not_start() {
             owner: "id-0000000000000000",
             owner_limits: &limits,
             permits: NO_PERMITS,
+            max_output_bytes: None,
         })
         .await
         .err()

@@ -235,6 +235,23 @@ async fn jobs_run_on_a_real_slurm_cluster() {
     assert_eq!((got.stdout_len, got.stderr_len), (bytes.len() as u64, 0));
     assert_eq!(state(&end), State::Exited);
 
+    // A job that leaves more in its files at its end than can be read in
+    // the usual drain bound (a sparse 600 MiB) still has every byte.
+    let job = start(
+        &bob,
+        "sh",
+        &[
+            "-c",
+            "truncate -s 600M /proc/self/fd/1 && echo end-marker >&2",
+        ],
+    )
+    .await;
+    let (got, end) = follow_digest(bob.stream(&job.id).await.unwrap()).await;
+    assert_eq!(
+        (got.stdout_len, got.stderr_len, state(&end)),
+        (600 << 20, 11, State::Exited)
+    );
+
     // A death by signal says which.
     let job = start(&alice, "sh", &["-c", "kill -KILL $$"]).await;
     let end = follow(&alice, &job.id).await.status;

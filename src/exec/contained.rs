@@ -582,6 +582,7 @@ impl Containment {
             stderr: Box::pin(stderr),
             meter: Some(meter),
             cluster_job_id: None,
+            drain_until_eof: false,
             // A dead daemon's whole subtree is killed and removed when the
             // next one opens it (`Containment::new`).
             recovery: None,

@@ -79,6 +79,7 @@ pub(super) fn spawn(spec: &JobSpec) -> Result<Spawned, SpawnError> {
             stderr: Box::pin(stderr),
             meter: None,
             cluster_job_id: None,
+            drain_until_eof: false,
             phases,
         }),
         Err(e) => {

@@ -113,6 +113,10 @@ pub struct Launch<'a> {
     pub owner_limits: &'a ResourceLimits,
     /// What the job may do beyond the default sandbox.
     pub permits: JobPermits,
+    /// The job's output quota (bytes kept in its log; `None`: unlimited).
+    /// An executor that copies output from files may stop copying beyond
+    /// it: the engine would discard those bytes.
+    pub max_output_bytes: Option<u64>,
 }
 
 /// What an executor can enforce.
@@ -199,6 +203,11 @@ pub struct Spawned {
     /// The cluster's own id for the job (Slurm's job id), for `jobs
     /// status`; `None` for jobs run on this machine.
     pub cluster_job_id: Option<String>,
+    /// The output pipes end by themselves once the job ended (they copy
+    /// files of a size fixed by then): after the end the engine reads them
+    /// for as long as bytes keep coming, not only for its usual bound
+    /// (which is there for a process that escaped a local job).
+    pub drain_until_eof: bool,
     /// What a later daemon needs to find this job's processes if this one
     /// dies without seeing the job end (see [`Executor::reclaim`]); stored
     /// with the job's record. `None` when the executor cleans up after a dead

@@ -743,6 +743,7 @@ impl Jobs {
             owner: &owner_name,
             owner_limits: &owner_limits,
             permits,
+            max_output_bytes,
         };
         // Dropping this future while the executor starts the job kills and
         // reaps what it started; nothing else exists yet.

@@ -259,6 +259,7 @@ pub(super) async fn supervise(s: Supervisor) {
         meter: _,
         recovery: _,
         cluster_job_id: _,
+        drain_until_eof,
         phases,
     } = spawned;
 
@@ -381,11 +382,23 @@ pub(super) async fn supervise(s: Supervisor) {
     sink.wait_on_full = false;
     out.flush(id, &mut sink);
     err.flush(id, &mut sink);
-    let deadline = Instant::now() + super::DRAIN_TIMEOUT;
+    let mut deadline = Instant::now() + super::DRAIN_TIMEOUT;
+    // Pipes that end by themselves get the bound again with every byte.
+    let progress = |r: &std::io::Result<usize>, deadline: &mut Instant| {
+        if drain_until_eof && matches!(r, Ok(n) if *n > 0) {
+            *deadline = Instant::now() + super::DRAIN_TIMEOUT;
+        }
+    };
     while out.open() || err.open() {
         tokio::select! {
-            r = out.read() => out.store(id, r, &mut sink),
-            r = err.read() => err.store(id, r, &mut sink),
+            r = out.read() => {
+                progress(&r, &mut deadline);
+                out.store(id, r, &mut sink)
+            }
+            r = err.read() => {
+                progress(&r, &mut deadline);
+                err.store(id, r, &mut sink)
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::warn!(job = %id, "output pipes still open after the job's processes were killed; a process escaped the job");
                 break;

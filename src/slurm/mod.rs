@@ -300,7 +300,7 @@ impl Executor for SlurmExecutor {
             let info = self.poller.register(id, uid);
             let info_view = info.clone();
             let (ended_tx, ended) = watch::channel(false);
-            let (stdout, stderr, copy) = job.follow(ended);
+            let (stdout, stderr, copy) = job.follow(ended, launch.max_output_bytes);
             let dir = job.dir.clone();
             // The spool files' bytes are in the job's log once the copy is
             // done: then they go.
@@ -328,6 +328,9 @@ impl Executor for SlurmExecutor {
                 stderr,
                 meter: Some(Arc::new(SlurmMeter(info_view))),
                 cluster_job_id: Some(id.to_string()),
+                // The follower ends once the files are read to their end
+                // (or to the output quota).
+                drain_until_eof: true,
                 recovery: Some(format!("{TOKEN}{id}:{}", launch.name)),
                 phases: vec![("sbatch", begun.elapsed())],
             })

@@ -104,9 +104,13 @@ impl JobSpool {
     /// Follows both files until `ended` turns true (or its sender goes) and
     /// both are read to their end: the job's stdout and stderr, and the
     /// task that copies them (its error is the first file that failed).
+    /// Each file is copied up to `limit` bytes (the job's output quota:
+    /// the engine would discard the rest), so a job that leaves a huge
+    /// (sparse) file behind costs no more than its quota to read.
     pub(super) fn follow(
         &self,
         ended: watch::Receiver<bool>,
+        limit: Option<u64>,
     ) -> (
         OutputPipe,
         OutputPipe,
@@ -115,8 +119,8 @@ impl JobSpool {
         let (out_r, out_w) = tokio::io::duplex(PIPE);
         let (err_r, err_w) = tokio::io::duplex(PIPE);
         let tails = [
-            Tail::new(self.files[0].clone(), self.stdout.clone(), out_w),
-            Tail::new(self.files[1].clone(), self.stderr.clone(), err_w),
+            Tail::new(self.files[0].clone(), self.stdout.clone(), out_w, limit),
+            Tail::new(self.files[1].clone(), self.stderr.clone(), err_w, limit),
         ];
         let task = tokio::spawn(copy(self.dir.clone(), tails, ended));
         (Box::pin(out_r), Box::pin(err_r), task)
@@ -130,16 +134,19 @@ struct Tail {
     offset: u64,
     to: Option<DuplexStream>,
     buf: Option<Box<[u8]>>,
+    /// Bytes copied at most.
+    limit: Option<u64>,
 }
 
 impl Tail {
-    fn new(file: Arc<File>, path: PathBuf, to: DuplexStream) -> Self {
+    fn new(file: Arc<File>, path: PathBuf, to: DuplexStream, limit: Option<u64>) -> Self {
         Self {
             file,
             path,
             offset: 0,
             to: Some(to),
             buf: None,
+            limit,
         }
     }
 
@@ -147,8 +154,18 @@ impl Tail {
     /// that went away (the supervisor dropped the pipe) ends the copy.
     async fn drain(&mut self) -> io::Result<()> {
         loop {
-            let Some(to) = self.to.as_mut() else {
+            if self.to.is_none() {
                 return Ok(());
+            }
+            let want = match self.limit {
+                Some(limit) if self.offset >= limit => {
+                    // The quota is reached: the rest is the engine's to
+                    // discard, so it is not read at all.
+                    self.close().await;
+                    return Ok(());
+                }
+                Some(limit) => (limit - self.offset).min(READ as u64) as usize,
+                None => READ,
             };
             let file = self.file.clone();
             let mut buf = self
@@ -157,7 +174,7 @@ impl Tail {
                 .unwrap_or_else(|| vec![0; READ].into_boxed_slice());
             let offset = self.offset;
             let (buf, read) = tokio::task::spawn_blocking(move || {
-                let n = file.read_at(&mut buf, offset);
+                let n = file.read_at(&mut buf[..want], offset);
                 (buf, n)
             })
             .await
@@ -167,6 +184,9 @@ impl Tail {
                 // At the end for now: the buffer goes until there is more.
                 return Ok(());
             }
+            let Some(to) = self.to.as_mut() else {
+                return Ok(());
+            };
             if to.write_all(&buf[..n]).await.is_err() {
                 self.to = None;
             }
@@ -286,7 +306,7 @@ mod tests {
         let (uid, gid) = me();
         let job = create(spool.path(), "j1", uid, gid).unwrap();
         let (ended_tx, ended) = watch::channel(false);
-        let (out, err, task) = job.follow(ended);
+        let (out, err, task) = job.follow(ended, None);
         let out = tokio::spawn(read_all(out));
         let err = tokio::spawn(read_all(err));
         let mut w_out = std::fs::OpenOptions::new()
@@ -311,6 +331,29 @@ mod tests {
         task.await.unwrap().unwrap();
         assert!(out.await.unwrap() == expect, "stdout differs");
         assert_eq!(err.await.unwrap(), b"on stderr\n");
+    }
+
+    // Scenario: a job leaves a file far larger than its output quota (a
+    // sparse one costs it nothing). Only the quota's bytes are read; the
+    // other file is copied whole.
+    #[tokio::test]
+    async fn a_file_is_copied_up_to_the_quota_only() {
+        let spool = tempfile::tempdir().unwrap();
+        let (uid, gid) = me();
+        let job = create(spool.path(), "j4", uid, gid).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&job.stdout)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        std::fs::write(&job.stderr, b"end").unwrap();
+        let (ended_tx, ended) = watch::channel(true);
+        let (out, err, task) = job.follow(ended, Some(1000));
+        let (out, err) = tokio::join!(read_all(out), read_all(err));
+        task.await.unwrap().unwrap();
+        drop(ended_tx);
+        assert_eq!((out, err), (vec![0u8; 1000], b"end".to_vec()));
     }
 
     // Scenario: the files are made for the job's account only, in a
@@ -346,7 +389,7 @@ mod tests {
         let (uid, gid) = me();
         let job = create(spool.path(), "j3", uid, gid).unwrap();
         let (_ended_tx, ended) = watch::channel(false);
-        let (out, err, task) = job.follow(ended);
+        let (out, err, task) = job.follow(ended, None);
         std::fs::remove_file(&job.stderr).unwrap();
         let e = tokio::time::timeout(Duration::from_secs(10), task)
             .await
