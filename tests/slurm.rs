@@ -322,6 +322,56 @@ async fn jobs_run_on_a_real_slurm_cluster() {
     }
     assert_eq!(alice.list(false).await.unwrap().len(), listed);
 
+    // A program that is not there, or not executable, is a start error
+    // (C29), not a job that ends with 127 on a node; nothing is submitted.
+    let listed = alice.list(false).await.unwrap().len();
+    for (program, says) in [
+        (
+            "nonexistent-binary",
+            "program 'nonexistent-binary' not found",
+        ),
+        (
+            "/etc/passwd",
+            "program '/etc/passwd' is not an executable file",
+        ),
+    ] {
+        let e = alice.start(program, &[]).await.unwrap_err();
+        assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    assert_eq!(alice.list(false).await.unwrap().len(), listed);
+
+    // Nothing of the daemon's environment reaches a job (C28): the job
+    // gets PATH, HOME (its account's) and LANG as a local job does, plus
+    // Slurm's own SLURM_* and what slurmstepd sets.
+    let job = start(&alice, "env", &[]).await;
+    let env = String::from_utf8(follow(&alice, &job.id).await.stdout()).unwrap();
+    let vars: HashMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(
+        vars.get("PATH"),
+        Some(&"/usr/local/bin:/usr/bin:/bin"),
+        "{env}"
+    );
+    assert_eq!(vars.get("LANG"), Some(&"C.UTF-8"), "{env}");
+    let home = Account::lookup("nobody", false).unwrap().home;
+    assert_eq!(
+        vars.get("HOME").map(Path::new),
+        Some(home.as_path()),
+        "{env}"
+    );
+    // Not even where jobsd runs.
+    assert_eq!(vars.get("SLURM_SUBMIT_DIR"), Some(&"/"), "{env}");
+    for (k, _) in std::env::vars() {
+        // The shell sets PWD, OLDPWD and SHLVL itself.
+        let own = ["PATH", "HOME", "LANG", "PWD", "OLDPWD", "SHLVL", "_"];
+        if !k.starts_with("SLURM") && !own.contains(&k.as_str()) {
+            assert!(
+                !vars.contains_key(k.as_str()),
+                "jobsd's {k} reached the job:\n{env}"
+            );
+        }
+    }
+
     // An identity without an account on the cluster is told so, and no
     // job of it exists.
     let carol = client(&server, "carol").await;

@@ -159,7 +159,7 @@ pub fn protect_daemon_from_oom() -> io::Result<()> {
 }
 
 /// Finds the file to execute for `program`.
-fn resolve(program: &str) -> Result<PathBuf, SpawnError> {
+pub(crate) fn resolve(program: &str) -> Result<PathBuf, SpawnError> {
     if program.starts_with('/') {
         let path = PathBuf::from(program);
         return match check_executable(&path) {

@@ -154,7 +154,8 @@ impl Ctl {
         let mut cmd = tokio::process::Command::new(&command);
         // Nothing of jobsd's environment reaches the commands (nor, through
         // sbatch, the jobs) but where to find them and the cluster.
-        cmd.env_clear().env("LANG", "C.UTF-8");
+        // Nor where jobsd runs (sbatch records its directory for the job).
+        cmd.env_clear().env("LANG", "C.UTF-8").current_dir("/");
         for var in ["PATH", "SLURM_CONF"] {
             if let Some(value) = std::env::var_os(var) {
                 cmd.env(var, value);

@@ -53,7 +53,6 @@ shift\n\
 PATH=/usr/local/bin:/usr/bin:/bin\n\
 LANG=C.UTF-8\n\
 export HOME PATH LANG\n\
-cd / || exit 1\n\
 exec \"$@\"\n";
 
 /// Prefix of a Slurm job's recovery token (`slurm:ID:NAME`).
@@ -249,6 +248,14 @@ impl Executor for SlurmExecutor {
                     nix::unistd::getegid().as_raw(),
                 ),
             };
+            // Not found or not executable is a start error, as for a local
+            // job, never a job that ends with 127 on a node: the program is
+            // looked up here, in the PATH jobs get, on the rule that the
+            // nodes have the software jobsd's machine has.
+            let program = launch.spec.program().to_owned();
+            tokio::task::spawn_blocking(move || crate::exec::resolve(&program))
+                .await
+                .map_err(|e| SpawnError::Os(io::Error::other(e)))??;
             let spool = self.config.spool.clone();
             let name = launch.name.to_owned();
             let job = tokio::task::spawn_blocking(move || {

@@ -173,8 +173,10 @@ impl Tail {
                 .take()
                 .unwrap_or_else(|| vec![0; READ].into_boxed_slice());
             let offset = self.offset;
+            let path = self.path.clone();
             let (buf, read) = tokio::task::spawn_blocking(move || {
-                let n = file.read_at(&mut buf[..want], offset);
+                // The check stats the files: off the runtime, like the read.
+                let n = check(&file, &path).and_then(|()| file.read_at(&mut buf[..want], offset));
                 (buf, n)
             })
             .await
@@ -195,28 +197,24 @@ impl Tail {
         }
     }
 
-    /// Errors when the path no longer names the file we read: it was
-    /// removed or replaced behind our back, so what Slurm writes next may
-    /// never reach us.
-    fn check(&self) -> io::Result<()> {
-        let ours = self.file.metadata()?;
-        match std::fs::symlink_metadata(&self.path) {
-            Ok(there) if there.ino() == ours.ino() && there.dev() == ours.dev() => Ok(()),
-            Ok(_) => Err(io::Error::other(format!(
-                "{} was replaced",
-                self.path.display()
-            ))),
-            Err(e) => Err(io::Error::new(
-                e.kind(),
-                format!("{} vanished", self.path.display()),
-            )),
-        }
-    }
-
     async fn close(&mut self) {
         if let Some(mut to) = self.to.take() {
             let _ = to.shutdown().await;
         }
+    }
+}
+
+/// Errors when `path` no longer names `file`: it was removed or replaced
+/// behind our back, so what Slurm writes next may never reach us.
+fn check(file: &File, path: &Path) -> io::Result<()> {
+    let ours = file.metadata()?;
+    match std::fs::symlink_metadata(path) {
+        Ok(there) if there.ino() == ours.ino() && there.dev() == ours.dev() => Ok(()),
+        Ok(_) => Err(io::Error::other(format!("{} was replaced", path.display()))),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("{} vanished", path.display()),
+        )),
     }
 }
 
@@ -247,7 +245,6 @@ async fn copy(
             // end is then in them.
             let done = *ended.borrow_and_update();
             for tail in &mut tails {
-                tail.check()?;
                 tail.drain().await?;
             }
             if done {
